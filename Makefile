@@ -1,0 +1,36 @@
+# Two commands: `make train` and `make test`. Each creates .venv and installs the project first.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install train test test-slow lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --upgrade pip
+	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PYTHON) -m ddpm_lightning.train $(ARGS)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest $(ARGS)
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -m slow $(ARGS)
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: $(STAMP)
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+clean:
+	rm -rf $(VENV) dist build .ruff_cache .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

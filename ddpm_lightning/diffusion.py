@@ -1,0 +1,117 @@
+"""The Gaussian diffusion process and its training loss, independent of Lightning.
+
+Objectives follow lucidrains' vocabulary: predict the noise ε (Ho et al. 2020), the clean
+image x₀, or the velocity v = √ᾱ_t ε − √(1−ᾱ_t) x₀ (Salimans & Ho 2022).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.schedules import NoiseSchedule, extract
+
+Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+
+
+class Objective(str, enum.Enum):
+    EPS = "eps"
+    X0 = "x0"
+    V = "v"
+
+
+class LossType(str, enum.Enum):
+    L2 = "l2"
+    L1 = "l1"
+    HUBER = "huber"
+
+
+def parse_choice(enum_type: type[enum.Enum], value: str, key: str) -> enum.Enum:
+    """`enum_type(value)`, or a ConfigError naming `key` and the allowed values."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum_type)
+        raise ConfigError(f"{key}={value!r} is unknown; choose one of: {allowed}") from None
+
+
+class GaussianDiffusion(nn.Module):
+    """Forward process q(x_t | x_0) over a `NoiseSchedule`, and the denoising loss."""
+
+    def __init__(self, schedule: NoiseSchedule, objective: str = "eps", loss: str = "l2"):
+        super().__init__()
+        self.schedule = schedule
+        self.objective = parse_choice(Objective, objective, "diffusion.objective")
+        self.loss_type = parse_choice(LossType, loss, "diffusion.loss")
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Ho et al. eq. 4). x0, noise: (B, …); t: (B,)."""
+        s = self.schedule
+        return (
+            extract(s.sqrt_alphas_cumprod, t, x0.shape) * x0
+            + extract(s.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+        )
+
+    def target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """What the network should output for this objective."""
+        if self.objective is Objective.EPS:
+            return noise
+        if self.objective is Objective.X0:
+            return x0
+        s = self.schedule
+        return (
+            extract(s.sqrt_alphas_cumprod, t, x0.shape) * noise
+            - extract(s.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0
+        )
+
+    def predict_x0_eps(self, x_t: Tensor, t: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂_0, ε̂) from the network `output` at x_t, whatever the objective."""
+        s = self.schedule
+        a = extract(s.sqrt_alphas_cumprod, t, x_t.shape)
+        b = extract(s.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
+        if self.objective is Objective.EPS:
+            return (x_t - b * output) / a, output
+        if self.objective is Objective.X0:
+            return output, (x_t - a * output) / b
+        return a * x_t - b * output, b * x_t + a * output
+
+    def sample_timesteps(self, batch_size: int, device: torch.device, generator=None) -> Tensor:
+        """t ~ U{0, …, T−1}: (B,) int64."""
+        return torch.randint(
+            0, self.num_timesteps, (batch_size,), device=device, generator=generator
+        )
+
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Mean l2 / l1 / Huber (δ = 1) error over all elements, computed in float32."""
+        prediction, target = prediction.float(), target.float()
+        if self.loss_type is LossType.L2:
+            return F.mse_loss(prediction, target)
+        if self.loss_type is LossType.L1:
+            return F.l1_loss(prediction, target)
+        return F.huber_loss(prediction, target, delta=1.0)
+
+    def training_loss(
+        self,
+        model: Denoiser,
+        x0: Tensor,
+        y: Tensor | None = None,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Loss of `model(x_t, t, y)` against the objective's target; t and ε drawn if not given."""
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], x0.device, generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        prediction = model(self.q_sample(x0, t, noise), t, y)
+        return self.loss(prediction, self.target(x0, t, noise))

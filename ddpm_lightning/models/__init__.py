@@ -1,0 +1,5 @@
+"""Denoising networks."""
+
+from ddpm_lightning.models.unet import UNet
+
+__all__ = ["UNet"]

@@ -1,0 +1,120 @@
+"""The UNet's building blocks, ported from seed 000 (DenoisingDiffusion.jl)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
+    """3×3 convolution, stride 1, padding 1: keeps the spatial size."""
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+
+
+def downsample(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """4×4 convolution with stride 2 and padding 1: halves H and W (seed's `downsample_layer`)."""
+    return nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1)
+
+
+def upsample(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Nearest-neighbour ×2 then a 3×3 convolution (seed's `upsample_layer`; no checkerboard)."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(in_channels, out_channels)
+    )
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
+    """(num_positions, dim) table: [sin(t·ω_i), cos(t·ω_i)], ω_i = 10000^(−i/(dim/2 − 1))."""
+    half = dim // 2
+    exponents = torch.arange(half, dtype=torch.float64) / (half - 1)
+    frequencies = torch.exp(-math.log(10000.0) * exponents)
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * frequencies[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+class SinusoidalPositionEmbedding(nn.Module):
+    """Fixed lookup t → table[t] (seed part 1); the table is a buffer, not a parameter."""
+
+    def __init__(self, num_positions: int, dim: int):
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(num_positions, dim), persistent=False)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """t: (B,) integer timesteps → (B, dim)."""
+        return self.table[t]
+
+
+class TimeEmbedding(nn.Sequential):
+    """Sinusoidal table (T × 4d) → Linear(4d, 4d) + GELU → Linear(4d, 4d), as lucidrains."""
+
+    def __init__(self, num_timesteps: int, dim: int):
+        super().__init__(
+            SinusoidalPositionEmbedding(num_timesteps, dim),
+            nn.Linear(dim, dim),
+            nn.GELU(),
+            nn.Linear(dim, dim),
+        )
+
+
+class ConvEmbed(nn.Module):
+    """activation(norm(conv(x)) + embed_layers(emb)): the seed's conditioned conv block."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, groups: int = 8):
+        super().__init__()
+        self.embed_layers = nn.Linear(emb_dim, out_channels)
+        self.conv = conv3x3(in_channels, out_channels)
+        self.norm = nn.GroupNorm(groups, out_channels)
+        self.activation = nn.SiLU()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x: (B, C_in, H, W), emb: (B, E) → (B, C_out, H, W)."""
+        h = self.norm(self.conv(x))
+        return self.activation(h + self.embed_layers(emb)[:, :, None, None])
+
+
+class ResBlock(nn.Module):
+    """ConvEmbed → conv → GroupNorm → SiLU, plus a skip (3×3 conv when channels change)."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, groups: int = 8):
+        super().__init__()
+        self.in_layers = ConvEmbed(in_channels, out_channels, emb_dim, groups)
+        self.out_layers = nn.Sequential(
+            conv3x3(out_channels, out_channels), nn.GroupNorm(groups, out_channels), nn.SiLU()
+        )
+        self.skip_transform = (
+            nn.Identity() if in_channels == out_channels else conv3x3(in_channels, out_channels)
+        )
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x: (B, C_in, H, W), emb: (B, E) → (B, C_out, H, W)."""
+        return self.out_layers(self.in_layers(x, emb)) + self.skip_transform(x)
+
+
+BLOCK_LAYERS = {"resblock": ResBlock, "convembed": ConvEmbed}
+
+
+class MultiheadAttention(nn.Module):
+    """Self-attention over pixels with 3×3-conv projections, returning x + attention(x).
+
+    qkv: 3×3 conv without bias, output: 3×3 conv (seed 000); channels are split into
+    `num_heads` contiguous groups. Computed with `scaled_dot_product_attention`.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 4):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_qkv = conv3x3(channels, 3 * channels, bias=False)
+        self.to_out = conv3x3(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) → (B, C, H, W)."""
+        b, c, h, w = x.shape
+        q, k, v = (
+            part.reshape(b, self.num_heads, c // self.num_heads, h * w).transpose(2, 3)
+            for part in self.to_qkv(x).chunk(3, dim=1)
+        )
+        attention = F.scaled_dot_product_attention(q, k, v)
+        return x + self.to_out(attention.transpose(2, 3).reshape(b, c, h, w))

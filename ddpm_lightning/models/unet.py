@@ -1,0 +1,170 @@
+"""The seed 000 UNet (DenoisingDiffusion.jl) in PyTorch, with the seed's layer names."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.models.blocks import (
+    BLOCK_LAYERS,
+    MultiheadAttention,
+    TimeEmbedding,
+    conv3x3,
+    downsample,
+    upsample,
+)
+
+
+def level_keys(prefix: str, level: int, num_blocks: int) -> list[str]:
+    """Seed naming: `down_2` for one block per level, `down_2_1`, `down_2_2`, … for more."""
+    if num_blocks == 1:
+        return [f"{prefix}_{level}"]
+    return [f"{prefix}_{level}_{i}" for i in range(1, num_blocks + 1)]
+
+
+class UNet(nn.Module):
+    """Noise-prediction UNet: x (B, C, H, W), t (B,), y (B,) or None → (B, C, H, W).
+
+    Levels i = 1..L (L = len(channel_multipliers)) each hold `num_blocks_per_level` blocks
+    down and up; only the last down block feeds the skip, concatenated on channels before
+    the level's up blocks. Between levels a stride-2 conv halves the image and a nearest ×2
+    + conv doubles it. The middle is conv → block → self-attention → block. Registration
+    order follows the seed's printout (time_embedding, init, down_1, downsample_1, …, final).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        model_channels: int = 16,
+        num_timesteps: int = 100,
+        channel_multipliers: Sequence[int] = (1, 2, 3),
+        block_layer: str = "resblock",
+        num_blocks_per_level: int = 1,
+        block_groups: int = 8,
+        num_attention_heads: int = 4,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        channel_multipliers = tuple(int(m) for m in channel_multipliers)
+        check_unet_config(
+            model_channels,
+            channel_multipliers,
+            block_layer,
+            num_blocks_per_level,
+            block_groups,
+            num_attention_heads,
+            num_classes,
+        )
+        self.num_levels = len(channel_multipliers)
+        self.num_classes = num_classes
+        self.size_divisor = 2 ** (self.num_levels - 1)
+        block = BLOCK_LAYERS[block_layer]
+        emb_dim = 4 * model_channels
+        channels = [model_channels] + [model_channels * m for m in channel_multipliers]
+        in_out = list(zip(channels[:-1], channels[1:], strict=True))
+
+        self.time_embedding = TimeEmbedding(num_timesteps, emb_dim)
+        if num_classes is not None:
+            self.label_embedding = nn.Embedding(num_classes + 1, emb_dim)
+        self.init = conv3x3(in_channels, model_channels)
+        self.down_keys, self.up_keys = [], []
+        for level, (c_in, _) in enumerate(in_out, start=1):
+            if level > 1:
+                self.add_module(f"downsample_{level - 1}", downsample(*in_out[level - 2]))
+            self.down_keys.append(level_keys("down", level, num_blocks_per_level))
+            for key in self.down_keys[-1]:
+                self.add_module(key, block(c_in, c_in, emb_dim, block_groups))
+        middle_in, middle = in_out[-1]
+        self.add_module(f"down_{self.num_levels + 1}", conv3x3(middle_in, middle))
+        self.middle_1 = block(middle, middle, emb_dim, block_groups)
+        self.middle_attention = MultiheadAttention(middle, num_attention_heads)
+        self.middle_2 = block(middle, middle, emb_dim, block_groups)
+        for level in range(self.num_levels, 0, -1):
+            c_in, c_out = in_out[level - 1]
+            keys = level_keys("up", level, num_blocks_per_level)
+            self.up_keys.insert(0, keys)
+            for i, key in enumerate(keys):
+                block_in = c_in + c_out if i == 0 else c_out
+                self.add_module(key, block(block_in, c_out, emb_dim, block_groups))
+            if level > 1:
+                self.add_module(f"upsample_{level}", upsample(c_out, c_in))
+        self.final = conv3x3(model_channels, in_channels)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise a ConfigError unless H and W are divisible by 2^(number of down-samplings)."""
+        if height % self.size_divisor or width % self.size_divisor:
+            raise ConfigError(
+                f"image size {height}x{width} is not divisible by 2^{self.num_levels - 1}="
+                f"{self.size_divisor}, as {self.num_levels - 1} down-samplings need "
+                "(model.channel_multipliers); change data.pad or model.channel_multipliers"
+            )
+
+    def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
+        """Time embedding (B, 4d), plus the label embedding for conditional models."""
+        emb = self.time_embedding(t)
+        if self.num_classes is None:
+            return emb
+        if y is None:
+            y = torch.full_like(t, self.num_classes)
+        return emb + self.label_embedding(y)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W), t: (B,) int in [0, T), y: (B,) labels or None → (B, C, H, W)."""
+        self.check_image_size(x.shape[-2], x.shape[-1])
+        emb = self.embed(t, y)
+        h = self.init(x)
+        skips = []
+        for level, keys in enumerate(self.down_keys, start=1):
+            if level > 1:
+                h = getattr(self, f"downsample_{level - 1}")(h)
+            for key in keys:
+                h = getattr(self, key)(h, emb)
+            skips.append(h)
+        h = getattr(self, f"down_{self.num_levels + 1}")(h)
+        h = self.middle_2(self.middle_attention(self.middle_1(h, emb)), emb)
+        for level in range(self.num_levels, 0, -1):
+            h = torch.cat([skips.pop(), h], dim=1)
+            for key in self.up_keys[level - 1]:
+                h = getattr(self, key)(h, emb)
+            if level > 1:
+                h = getattr(self, f"upsample_{level}")(h)
+        return self.final(h)
+
+
+def check_unet_config(
+    model_channels: int,
+    channel_multipliers: tuple[int, ...],
+    block_layer: str,
+    num_blocks_per_level: int,
+    block_groups: int,
+    num_attention_heads: int,
+    num_classes: int | None,
+) -> None:
+    """One-line ConfigErrors naming the `model.*` key, with the seed's wording where it has one."""
+    if block_layer not in BLOCK_LAYERS:
+        raise ConfigError(
+            f"model.block_layer={block_layer!r} is unknown; choose one of {sorted(BLOCK_LAYERS)}"
+        )
+    if model_channels < 1 or not channel_multipliers or min(channel_multipliers) < 1:
+        raise ConfigError(
+            "model.model_channels and model.channel_multipliers must be positive and non-empty"
+        )
+    if num_blocks_per_level < 1:
+        raise ConfigError(f"model.num_blocks_per_level={num_blocks_per_level} must be at least 1")
+    if block_groups < 1 or model_channels % block_groups:
+        raise ConfigError(
+            f"The number of block_groups ({block_groups}) must divide the number of "
+            f"model_channels ({model_channels}): change model.block_groups or model.model_channels"
+        )
+    attention_dim = model_channels * channel_multipliers[-1]
+    if num_attention_heads < 1 or attention_dim % num_attention_heads:
+        raise ConfigError(
+            f"model dimension={attention_dim} is not divisible by number of heads="
+            f"{num_attention_heads}: model.model_channels × model.channel_multipliers[-1] must "
+            "be divisible by model.num_attention_heads"
+        )
+    if num_classes is not None and num_classes < 1:
+        raise ConfigError(f"model.num_classes={num_classes} must be at least 1 (or null)")

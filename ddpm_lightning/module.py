@@ -1,0 +1,96 @@
+"""The LightningModule: a denoising network, its noise schedule and the training objective."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+
+from ddpm_lightning.diffusion import GaussianDiffusion
+from ddpm_lightning.errors import ConfigError
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, cosine_decay: bool) -> float:
+    """LR factor: linear warm-up over `warmup_steps`, then constant or cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine_decay or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains `model(x_t, t, y)` to denoise under `schedule` with `diffusion.objective`.
+
+    All arguments are plain dicts/lists (Hydra `_target_` configs), saved as hyperparameters,
+    so a checkpoint alone rebuilds the module: `DiffusionModule.load_from_checkpoint(path)`.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        schedule: dict[str, Any],
+        diffusion: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        lr_schedule: dict[str, Any] | None = None,
+        image_shape: tuple[int, int, int] = (1, 32, 32),
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        optimizer = optimizer or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-4}
+        if float(optimizer.get("lr", 1.0)) <= 0:
+            raise ConfigError(f"optimizer.lr={optimizer['lr']} must be positive")
+        self.optimizer_config = optimizer
+        self.lr_schedule = {"warmup_steps": 0, "cosine_decay": False, **(lr_schedule or {})}
+        self.image_shape = tuple(image_shape)
+        self.model = instantiate(model)
+        self.model.check_image_size(*self.image_shape[1:])
+        self.diffusion = GaussianDiffusion(instantiate(schedule), **(diffusion or {}))
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The network's prediction for x_t: (B, C, H, W) at t: (B,)."""
+        return self.model(x_t, t, y)
+
+    def labels(self, y: Tensor) -> Tensor | None:
+        """Labels for conditional models, None for unconditional ones."""
+        return y if getattr(self.model, "num_classes", None) is not None else None
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = self.diffusion.training_loss(self.model, x, self.labels(y))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def evaluation_loss(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Loss with t and ε from a generator seeded by `batch_idx`: comparable across epochs."""
+        x, y = batch
+        generator = torch.Generator(device=x.device).manual_seed(batch_idx)
+        return self.diffusion.training_loss(self.model, x, self.labels(y), generator=generator)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val/loss", self.evaluation_loss(batch, batch_idx), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("test/loss", self.evaluation_loss(batch, batch_idx), sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.optimizer_config)(params=self.parameters())
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(
+                step,
+                int(self.lr_schedule["warmup_steps"]),
+                total_steps,
+                bool(self.lr_schedule["cosine_decay"]),
+            ),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

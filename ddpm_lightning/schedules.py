@@ -1,0 +1,104 @@
+"""Noise schedules β_1..β_T and every quantity derived from them, computed once in float64."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ddpm_lightning.errors import ConfigError
+
+MAX_BETA = 0.999
+
+
+def betas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
+    """β_t = 1 − ᾱ_t / ᾱ_{t−1} from ᾱ at t = 0..T (T+1 values), clamped to [0, 0.999]."""
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(0, MAX_BETA)
+
+
+def linear_beta_schedule(
+    num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> Tensor:
+    """Ho et al. 2020: β linear from `beta_start` to `beta_end` for T=1000, scaled by 1000/T."""
+    scale = 1000 / num_timesteps
+    betas = torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
+    return betas.clamp(max=MAX_BETA)
+
+
+def cosine_beta_schedule(num_timesteps: int, s: float = 0.008) -> Tensor:
+    """Nichol & Dhariwal 2021 (seed 000): ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2)."""
+    t = torch.linspace(0, num_timesteps, num_timesteps + 1, dtype=torch.float64)
+    f = torch.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+    return betas_from_alphas_cumprod(f)
+
+
+def sigmoid_beta_schedule(
+    num_timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0
+) -> Tensor:
+    """Jabri et al. 2022: ᾱ_t ∝ σ(end/τ) − σ(((t/T)(end − start) + start)/τ)."""
+    t = torch.linspace(0, 1, num_timesteps + 1, dtype=torch.float64)
+    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+    alphas_cumprod = v_end - torch.sigmoid((t * (end - start) + start) / tau)
+    return betas_from_alphas_cumprod(alphas_cumprod)
+
+
+BETA_SCHEDULES = {
+    "linear": linear_beta_schedule,
+    "cosine": cosine_beta_schedule,
+    "sigmoid": sigmoid_beta_schedule,
+}
+
+
+def extract(values: Tensor, t: Tensor, shape: torch.Size) -> Tensor:
+    """values[t] reshaped to broadcast against `shape`: values (T,), t (B,) → (B, 1, …, 1)."""
+    return values.gather(0, t).reshape(t.shape[0], *([1] * (len(shape) - 1)))
+
+
+class NoiseSchedule(nn.Module):
+    """β_t and the derived ᾱ_t, √ᾱ_t, √(1−ᾱ_t), posterior q(x_{t−1}|x_t, x_0) terms.
+
+    Timesteps are 0-based: index t here is step t+1 of the papers. Buffers are float32,
+    computed in float64 and not saved in checkpoints (they follow from the config).
+    """
+
+    def __init__(self, name: str = "cosine", num_timesteps: int = 1000, **kwargs: float):
+        super().__init__()
+        if name not in BETA_SCHEDULES:
+            raise ConfigError(
+                f"schedule.name={name!r} is unknown; choose one of {sorted(BETA_SCHEDULES)}"
+            )
+        if int(num_timesteps) < 2:
+            raise ConfigError(f"schedule.num_timesteps={num_timesteps} must be at least 2")
+        self.name = name
+        self.num_timesteps = int(num_timesteps)
+        try:
+            betas = BETA_SCHEDULES[name](self.num_timesteps, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"schedule={name} got an unknown option: {exc}") from exc
+        alphas = 1 - betas
+        alphas_cumprod = torch.cumprod(alphas, 0)
+        alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        one_minus = 1 - alphas_cumprod
+        posterior_variance = betas * (1 - alphas_cumprod_prev) / one_minus
+        derived = {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": one_minus.sqrt(),
+            "posterior_variance": posterior_variance,
+            # log β̃ with β̃_0 = 0 replaced by β̃_1 (improved-diffusion's clipping).
+            "posterior_log_variance_clipped": torch.log(
+                torch.cat([posterior_variance[1:2], posterior_variance[1:]])
+            ),
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / one_minus,
+            "posterior_mean_coef2": (1 - alphas_cumprod_prev) * alphas.sqrt() / one_minus,
+        }
+        for key, value in derived.items():
+            self.register_buffer(key, value.float(), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, num_timesteps={self.num_timesteps}"

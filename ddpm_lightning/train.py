@@ -1,0 +1,83 @@
+"""`python -m ddpm_lightning.train`: train a diffusion model from the Hydra configs in `conf/`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm_lightning.config import config_dir
+from ddpm_lightning.errors import ConfigError, report_errors
+from ddpm_lightning.module import DiffusionModule
+
+# The datamodule serves whole in-memory batches, so worker processes would only add overhead.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+# Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for users to act on.
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def instantiate_named(group: DictConfig | None) -> list[Any]:
+    """Instantiate each `_target_` entry of a named group (callbacks, loggers); skip nulls."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> DiffusionModule:
+    """The LightningModule with every sub-config as a plain, resolved dict."""
+
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    return DiffusionModule(
+        model=plain(cfg.model),
+        schedule=plain(cfg.schedule),
+        diffusion=plain(cfg.get("diffusion")),
+        optimizer=plain(cfg.optimizer),
+        lr_schedule=plain(cfg.get("lr_schedule")),
+        image_shape=image_shape,
+    )
+
+
+def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
+    """The checkpoint to resume from, checked to exist."""
+    if ckpt_path is None:
+        return None
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass a .ckpt file to resume")
+    return str(ckpt_path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model described by `cfg`; return the final logged metrics (e.g. `val/loss`)."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule.image_shape)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=instantiate_named(cfg.get("callbacks")),
+        logger=instantiate_named(cfg.get("logger")) or False,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")))
+    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@report_errors
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns `optimized_metric` for sweepers."""
+    metrics = train(cfg)
+    metric = cfg.get("optimized_metric")
+    if metric and metric in metrics:
+        return metrics[metric]
+    return None
+
+
+if __name__ == "__main__":
+    main()
