@@ -31,7 +31,7 @@ if not OmegaConf.has_resolver("project_root"):
 def compose_config(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
     """Compose a config as the command line would, for tests and notebooks.
 
-    `${hydra:...}` interpolations are resolvable because the Hydra config is returned too.
+    Outside a Hydra run there is no run folder: pass `paths.output_dir=DIR` in `overrides`.
     """
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose(config_name, overrides=overrides or [], return_hydra_config=True)
+        return compose(config_name, overrides=overrides or [])

@@ -65,9 +65,10 @@ def load_split(root: str | Path, dataset: str, train: bool) -> tuple[Tensor, Ten
             DATASETS[dataset](str(root), train=train, download=True)
         except Exception as exc:
             expected = ", ".join(RAW_FILES["train"] + RAW_FILES["test"])
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise DataError(
-                f"{dataset} data not found in {folder} and could not be downloaded ({exc}); "
-                f"put {expected} there, or set data.root=PATH / DDPM_DATA_DIR=PATH "
+                f"{dataset} data not found in {folder} and the download failed ({reason}); "
+                f"put {expected} there, or set data.root=PATH or DDPM_DATA_DIR=PATH "
                 f"to the folder that holds {folder.parent.name}/raw"
             ) from None
     for name in names:

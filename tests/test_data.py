@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_lightning.config import compose_config
+from ddpm_lightning.data import MNISTDataModule, check_idx_file, load_split
+from ddpm_lightning.errors import ConfigError, DataError
+
+
+def make(data_root: Path, **kwargs) -> MNISTDataModule:
+    datamodule = MNISTDataModule(root=str(data_root), **kwargs)
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_images_are_padded_scaled_and_labelled(data_root, name):
+    datamodule = make(data_root, name=name, batch_size=16)
+    x, y = next(iter(datamodule.train_dataloader()))
+    assert x.shape == (16, 1, 32, 32) and x.dtype == torch.float32
+    assert y.shape == (16,) and y.dtype == torch.int64 and 0 <= y.min() and y.max() <= 9
+    assert x.min() >= -1 and x.max() <= 1
+    border = torch.cat([x[..., :2, :].flatten(), x[..., -2:, :].flatten(),
+                        x[..., :, :2].flatten(), x[..., :, -2:].flatten()])
+    assert torch.all(border == -1), "padding must be black (-1)"
+    assert torch.all(x[..., 2:-2, 2:-2] > -1), "synthetic pixels are 1..255, never black"
+    assert datamodule.image_shape == (1, 32, 32)
+
+
+def test_pixel_values_map_exactly(data_root):
+    images, _ = load_split(data_root, "mnist", train=True)
+    datamodule = make(data_root, val_fraction=0.5)
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(datamodule.split_seed))
+    first_train = images[order[50]]
+    expected = first_train.float() / 127.5 - 1
+    assert torch.allclose(datamodule.splits["train"].images[0, 0, 2:-2, 2:-2], expected)
+
+
+def test_split_sizes_and_loaders_cover_every_image(data_root):
+    datamodule = make(data_root, batch_size=16, val_fraction=0.1)
+    assert {k: len(v) for k, v in datamodule.splits.items()} == {"train": 90, "val": 10, "test": 30}
+    batches = list(datamodule.train_dataloader())
+    assert [len(b[0]) for b in batches] == [16] * 5 + [10]
+    seen = torch.cat([b[0] for b in batches]).flatten(1)
+    assert torch.unique(seen, dim=0).shape[0] == 90
+    assert sum(len(b[0]) for b in datamodule.test_dataloader()) == 30
+
+
+def test_split_is_seeded(data_root):
+    a, b = make(data_root), make(data_root)
+    c = make(data_root, split_seed=7)
+    assert torch.equal(a.splits["val"].images, b.splits["val"].images)
+    assert not torch.equal(a.splits["val"].images, c.splits["val"].images)
+    labels = {k: torch.cat([d.splits["train"].labels, d.splits["val"].labels]).sort().values
+              for k, d in (("a", a), ("c", c))}
+    assert torch.equal(labels["a"], labels["c"]), "both splits partition the same 100 images"
+
+
+def test_missing_data_names_folder_files_and_fix(tmp_path):
+    with pytest.raises(DataError) as info:
+        make(tmp_path / "nowhere")
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert name in message
+    assert "DDPM_DATA_DIR" in message and "data.root" in message
+
+
+def test_truncated_idx_file_is_reported_with_its_path(data_root):
+    path = data_root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="truncated or corrupt") as info:
+        make(data_root)
+    assert str(path) in str(info.value)
+
+
+def test_corrupt_idx_magic_is_reported(data_root):
+    path = data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x99\x99" + path.read_bytes()[4:])
+    with pytest.raises(DataError, match="not an unsigned-byte IDX file") as info:
+        check_idx_file(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [({"batch_size": 0}, "data.batch_size"), ({"val_fraction": 0.0}, "data.val_fraction"),
+     ({"val_fraction": 1.0}, "data.val_fraction"), ({"name": "cifar"}, "data.name")],
+)
+def test_bad_data_config_names_the_key(data_root, kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        MNISTDataModule(root=str(data_root), **kwargs)
+
+
+def test_data_root_comes_from_ddpm_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDPM_DATA_DIR", str(tmp_path))
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}"])
+    assert cfg.data.root == str(tmp_path)
+    monkeypatch.delenv("DDPM_DATA_DIR")
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}"])
+    assert cfg.data.root == str(Path(__file__).resolve().parents[1] / "data")
