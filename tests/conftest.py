@@ -52,6 +52,7 @@ def tiny_overrides(data_root: Path, output_dir: Path, *overrides: str) -> list[s
     return [
         f"data.root={data_root}",
         f"paths.output_dir={output_dir}",
+        f"paths.log_dir={output_dir}/logs",
         "data.batch_size=16",
         "trainer.accelerator=cpu",
         "callbacks.rich_progress_bar=null",

@@ -19,10 +19,16 @@ def test_images_are_padded_scaled_and_labelled(data_root, name):
     datamodule = make(data_root, name=name, batch_size=16)
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == (16, 1, 32, 32) and x.dtype == torch.float32
-    assert y.shape == (16,) and y.dtype == torch.int64 and 0 <= y.min() and y.max() <= 9
+    assert y.shape == (16,) and y.dtype == torch.int64 and y.min() >= 0 and y.max() <= 9
     assert x.min() >= -1 and x.max() <= 1
-    border = torch.cat([x[..., :2, :].flatten(), x[..., -2:, :].flatten(),
-                        x[..., :, :2].flatten(), x[..., :, -2:].flatten()])
+    border = torch.cat(
+        [
+            x[..., :2, :].flatten(),
+            x[..., -2:, :].flatten(),
+            x[..., :, :2].flatten(),
+            x[..., :, -2:].flatten(),
+        ]
+    )
     assert torch.all(border == -1), "padding must be black (-1)"
     assert torch.all(x[..., 2:-2, 2:-2] > -1), "synthetic pixels are 1..255, never black"
     assert datamodule.image_shape == (1, 32, 32)
@@ -52,8 +58,10 @@ def test_split_is_seeded(data_root):
     c = make(data_root, split_seed=7)
     assert torch.equal(a.splits["val"].images, b.splits["val"].images)
     assert not torch.equal(a.splits["val"].images, c.splits["val"].images)
-    labels = {k: torch.cat([d.splits["train"].labels, d.splits["val"].labels]).sort().values
-              for k, d in (("a", a), ("c", c))}
+    labels = {
+        k: torch.cat([d.splits["train"].labels, d.splits["val"].labels]).sort().values
+        for k, d in (("a", a), ("c", c))
+    }
     assert torch.equal(labels["a"], labels["c"]), "both splits partition the same 100 images"
 
 
@@ -63,8 +71,12 @@ def test_missing_data_names_folder_files_and_fix(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         assert name in message
     assert "DDPM_DATA_DIR" in message and "data.root" in message
 
@@ -87,8 +99,12 @@ def test_corrupt_idx_magic_is_reported(data_root):
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"batch_size": 0}, "data.batch_size"), ({"val_fraction": 0.0}, "data.val_fraction"),
-     ({"val_fraction": 1.0}, "data.val_fraction"), ({"name": "cifar"}, "data.name")],
+    [
+        ({"batch_size": 0}, "data.batch_size"),
+        ({"val_fraction": 0.0}, "data.val_fraction"),
+        ({"val_fraction": 1.0}, "data.val_fraction"),
+        ({"name": "cifar"}, "data.name"),
+    ],
 )
 def test_bad_data_config_names_the_key(data_root, kwargs, key):
     with pytest.raises(ConfigError, match=key):

@@ -55,12 +55,19 @@ def test_timesteps_are_uniform():
 
 
 def test_training_loss_is_reproducible_with_a_generator():
-    model = UNet(model_channels=8, channel_multipliers=(1, 2), block_groups=4,
-                 num_attention_heads=2, num_timesteps=100)
+    model = UNet(
+        model_channels=8,
+        channel_multipliers=(1, 2),
+        block_groups=4,
+        num_attention_heads=2,
+        num_timesteps=100,
+    )
     diffusion = make()
     x0 = torch.rand(4, 1, 32, 32) * 2 - 1
-    losses = [diffusion.training_loss(model, x0, generator=torch.Generator().manual_seed(3))
-              for _ in range(2)]
+    losses = [
+        diffusion.training_loss(model, x0, generator=torch.Generator().manual_seed(3))
+        for _ in range(2)
+    ]
     assert losses[0].item() == losses[1].item()
 
 
@@ -68,8 +75,13 @@ def test_training_loss_is_reproducible_with_a_generator():
 def test_tiny_unet_overfits_one_batch(objective):
     """150 Adam steps on one batch of 16 images cut the fixed-noise loss at least 10-fold."""
     torch.manual_seed(0)
-    model = UNet(model_channels=8, channel_multipliers=(1, 2), block_groups=4,
-                 num_attention_heads=2, num_timesteps=20)
+    model = UNet(
+        model_channels=8,
+        channel_multipliers=(1, 2),
+        block_groups=4,
+        num_attention_heads=2,
+        num_timesteps=20,
+    )
     diffusion = make(objective, T=20)
     x0 = torch.zeros(16, 1, 16, 16)
     x0[:, :, 4:12, 6:10] = 1.0

@@ -1,0 +1,204 @@
+import math
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.module import DiffusionModule
+from ddpm_lightning.train import train
+from tests.conftest import PYTHON, REPO_ROOT, cli_env, tiny_config, tiny_overrides
+
+SHORT_EPOCH = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def test_fast_dev_run_on_synthetic_data(data_root, tmp_path):
+    metrics = train(tiny_config(data_root, tmp_path, "trainer.fast_dev_run=true"))
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
+
+
+@pytest.mark.parametrize("data", ["mnist", "fashion_mnist"])
+def test_short_run_writes_checkpoints_and_losses(data_root, tmp_path, data):
+    metrics = train(tiny_config(data_root, tmp_path, f"data={data}", *SHORT_EPOCH))
+    assert metrics["val/loss"] > 0
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (tmp_path / "checkpoints" / "epoch_000.ckpt").is_file()
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/loss", "step", "epoch"} <= set(header)
+
+    checkpoint = torch.load(last, weights_only=True, map_location="cpu")
+    assert checkpoint["hyper_parameters"]["model"]["model_channels"] == 8
+    assert checkpoint["global_step"] == 3
+    module = DiffusionModule.load_from_checkpoint(last, map_location="cpu")
+    assert module.diffusion.num_timesteps == 20
+    torch.testing.assert_close(module.state_dict(), checkpoint["state_dict"])
+
+
+def test_resume_continues_the_global_step(data_root, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_config(data_root, first, *SHORT_EPOCH))
+    second = tmp_path / "second"
+    resume = [f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2"]
+    train(tiny_config(data_root, second, *SHORT_EPOCH, *resume))
+    checkpoint = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 6 and checkpoint["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("model.block_groups=3", "model.block_groups"),
+        ("model.num_attention_heads=3", "model.num_attention_heads"),
+        ("schedule.num_timesteps=1", "schedule.num_timesteps"),
+        ("diffusion.objective=score", "diffusion.objective"),
+        ("data.pad=0", "model.channel_multipliers"),
+        ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path"),
+    ],
+)
+def test_bad_config_names_the_key(data_root, tmp_path, override, key):
+    cfg = tiny_config(
+        data_root,
+        tmp_path,
+        "trainer.fast_dev_run=true",
+        override,
+        "model.channel_multipliers=[1,2,2,2]" if "pad" in override else "seed=1",
+    )
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    error = info.value
+    while not isinstance(error, ConfigError) and error.__cause__ is not None:
+        error = error.__cause__
+    assert isinstance(error, ConfigError) and key in str(error)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "ddpm_lightning.train", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_trains_from_another_directory(data_root, tmp_path):
+    result = run_cli(
+        *tiny_overrides(data_root, tmp_path / "run", "trainer.fast_dev_run=true"),
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("model.block_groups=5", ["block_groups (5)", "model.block_groups"]),
+        ("data.root={missing}", ["{missing}", "DDPM_DATA_DIR", "train-images-idx3-ubyte"]),
+    ],
+)
+def test_cli_errors_are_one_line(data_root, tmp_path, override, names):
+    missing = str(tmp_path / "missing")
+    result = run_cli(
+        *tiny_overrides(data_root, tmp_path / "run", "trainer.fast_dev_run=true"),
+        override.format(missing=missing),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for name in names:
+        assert name.format(missing=missing) in errors[0]
+
+
+def test_cli_unknown_key_gets_hydras_message(data_root, tmp_path):
+    result = run_cli("model.no_such_key=1", f"data.root={data_root}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "+model.no_such_key=1" in result.stderr
+
+
+def test_make_train_passes_args_through():
+    result = subprocess.run(
+        ["make", "-n", "train", "ARGS=schedule=linear trainer.max_epochs=1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert "-m ddpm_lightning.train schedule=linear trainer.max_epochs=1" in result.stdout
+
+
+def test_installed_wheel_finds_its_configs(tmp_path):
+    """Build the wheel, install it into a fresh venv outside the repo, compose the config."""
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(REPO_ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(dist.glob("ddpm_lightning-*.whl"))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # torch and friends come from the test's own environment, appended after the wheel.
+    dev_site = subprocess.run(
+        [PYTHON, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "dev_dependencies.pth").write_text(dev_site + "\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run(
+        [str(python), "-c", "import ddpm_lightning; print(ddpm_lightning.__file__)"],
+        cwd=elsewhere,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert where.startswith(str(env_dir)), where
+    result = subprocess.run(
+        [str(python), "-m", "ddpm_lightning.train", "--cfg", "job"],
+        cwd=elsewhere,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model_channels: 16" in result.stdout and "name: cosine" in result.stdout
+    assert not (elsewhere / "conf").exists()
