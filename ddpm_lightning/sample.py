@@ -1,0 +1,59 @@
+"""`python -m ddpm_lightning.sample ckpt_path=PATH`: images from a trained checkpoint.
+
+Writes grid.png, samples.npz (uint8 images, labels when conditional) and reverse.gif.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ddpm_lightning.checkpoints import load_module
+from ddpm_lightning.config import config_dir
+from ddpm_lightning.errors import ConfigError, report_errors
+from ddpm_lightning.pictures import ReverseProcessRecorder, save_grid, to_uint8
+from ddpm_lightning.samplers import Sampler
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sample(cfg: DictConfig) -> dict[str, Path]:
+    """Sample `cfg.num_samples` images with `cfg.sampler`; return the written files."""
+    if int(cfg.num_samples) < 1:
+        raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
+    device = default_device()
+    module = load_module(cfg.ckpt_path).to(device)
+    sampler: Sampler = instantiate(cfg.sampler)(
+        schedule=module.diffusion.schedule, objective=module.diffusion.objective.value
+    )
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorder = ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
+    generator = torch.Generator(device).manual_seed(int(cfg.seed))
+    shape = (int(cfg.num_samples), *module.image_shape)
+    images = sampler.sample(module.model, shape, generator=generator, callback=recorder)
+
+    files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
+    save_grid(images, files["grid.png"])
+    np.savez_compressed(files["samples.npz"], images=to_uint8(images).cpu().numpy())
+    recorder.save_gif(files["reverse.gif"], images)
+    for path in files.values():
+        print(f"wrote {path}")
+    return files
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sample")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    sample(cfg)
+
+
+if __name__ == "__main__":
+    main()
