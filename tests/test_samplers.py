@@ -16,7 +16,8 @@ MU, S = 0.3, 0.2
 def exact_denoiser(schedule: NoiseSchedule, objective: str):
     """The optimal predictor for data ~ N(MU, S²) per pixel, in the objective's terms.
 
-    E[ε | x_t] = √(1−ᾱ)(x_t − √ᾱ μ)/(ᾱ s² + 1 − ᾱ); E[x₀ | x_t] = μ + √ᾱ s²(x_t − √ᾱ μ)/(ᾱ s² + 1 − ᾱ).
+    E[ε | x_t] = √(1−ᾱ)(x_t − √ᾱ μ)/(ᾱ s² + 1 − ᾱ),
+    E[x₀ | x_t] = μ + √ᾱ s²(x_t − √ᾱ μ)/(ᾱ s² + 1 − ᾱ).
     """
 
     def model(x, t, y=None):
@@ -126,9 +127,10 @@ def test_known_spacings():
     ]
     assert timestep_sequence(linear, 5, "uniform") == [999, 749, 500, 250, 0]
     assert timestep_sequence(NoiseSchedule("linear", 100), 4, "quadratic") == [99, 44, 11, 0]
-    lam = lambda t: 0.5 * torch.log(linear.alphas_cumprod[t] / (1 - linear.alphas_cumprod[t]))
+    a = linear.alphas_cumprod
+    lam = 0.5 * torch.log(a / (1 - a))
     steps = timestep_sequence(linear, 5, "logsnr")
-    gaps = [(lam(b) - lam(a)).item() for a, b in zip(steps, steps[1:], strict=False)]
+    gaps = [(lam[b] - lam[a]).item() for a, b in zip(steps, steps[1:], strict=False)]
     assert max(gaps) - min(gaps) < 0.05, f"equal log-SNR gaps, got {gaps}"
 
 
