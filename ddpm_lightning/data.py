@@ -83,84 +83,67 @@ def to_model_range(images: Tensor, pad: int) -> Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-class ImageBatches(Dataset):
-    """Images (N, C, H, W) and labels (N,) served a whole batch per index list.
+class TensorBatches(Dataset):
+    """Inputs (N, …) and labels (N,) served a whole batch per index list.
 
-    Used with a `BatchSampler`, so one indexing op cuts a batch: no per-image transforms.
+    Used with a `BatchSampler`, so one indexing op cuts a batch: no per-item transforms.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor):
-        self.images, self.labels = images, labels
+    def __init__(self, inputs: Tensor, labels: Tensor):
+        self.inputs, self.labels = inputs, labels
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.inputs.shape[0]
 
     def __getitem__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(indices, device=self.images.device)
-        return self.images[index], self.labels[index]
+        index = torch.as_tensor(indices, device=self.inputs.device)
+        return self.inputs[index], self.labels[index]
 
-    def to(self, device: torch.device) -> ImageBatches:
-        return ImageBatches(self.images.to(device), self.labels.to(device))
+    def to(self, device: torch.device) -> TensorBatches:
+        return TensorBatches(self.inputs.to(device), self.labels.to(device))
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """Train/val split of the 60k training images (seeded) and the 10k test set, in memory.
+class InMemoryDataModule(L.LightningDataModule):
+    """A seeded train/val split of a training set plus a test set, all held as tensors.
 
-    Batches are `(x: (B, 1, 32, 32) in [-1, 1], y: (B,) int64)`. On a GPU the splits live on it.
+    Subclasses implement `load()` and `data_shape`. Batches are `(x, y)` cut from memory
+    (no worker processes); on a GPU the splits live on the device.
     """
 
-    def __init__(
-        self,
-        name: str = "mnist",
-        root: str | None = None,
-        batch_size: int = 128,
-        val_fraction: float = 0.1,
-        pad: int = 2,
-        split_seed: int = 42,
-    ):
+    def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, split_seed: int = 42):
         super().__init__()
-        if name not in DATASETS:
-            raise ConfigError(f"data.name={name!r} is unknown; choose one of {sorted(DATASETS)}")
         if int(batch_size) < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         if not 0 < float(val_fraction) < 1:
             raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
-        if int(pad) < 0:
-            raise ConfigError(f"data.pad={pad} must be at least 0")
-        self.name = name
-        self.root = root or os.environ.get("DDPM_DATA_DIR") or "data"
         self.batch_size = int(batch_size)
         self.val_fraction = float(val_fraction)
-        self.pad = int(pad)
         self.split_seed = int(split_seed)
-        self.splits: dict[str, ImageBatches] = {}
+        self.splits: dict[str, TensorBatches] = {}
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the model's input."""
-        return (1, 28 + 2 * self.pad, 28 + 2 * self.pad)
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one model input, e.g. (C, H, W)."""
+        raise NotImplementedError
 
-    def prepare_data(self) -> None:
-        for train in (True, False):
-            load_split(self.root, self.name, train)
+    def load(self) -> tuple[TensorBatches, TensorBatches]:
+        """The whole training set and the test set, in the model's range."""
+        raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        images, labels = load_split(self.root, self.name, train=True)
-        order = torch.randperm(
-            len(images), generator=torch.Generator().manual_seed(self.split_seed)
-        )
-        num_val = max(1, int(round(self.val_fraction * len(images))))
-        if num_val >= len(images):
-            raise ConfigError(f"data.val_fraction={self.val_fraction} leaves no training images")
+        full, test = self.load()
+        generator = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(len(full), generator=generator)
+        num_val = max(1, int(round(self.val_fraction * len(full))))
+        if num_val >= len(full):
+            raise ConfigError(f"data.val_fraction={self.val_fraction} leaves no training data")
         val_idx, train_idx = order[:num_val], order[num_val:]
-        x = to_model_range(images, self.pad)
-        test_images, test_labels = load_split(self.root, self.name, train=False)
         self.splits = {
-            "train": ImageBatches(x[train_idx], labels[train_idx]),
-            "val": ImageBatches(x[val_idx], labels[val_idx]),
-            "test": ImageBatches(to_model_range(test_images, self.pad), test_labels),
+            "train": TensorBatches(full.inputs[train_idx], full.labels[train_idx]),
+            "val": TensorBatches(full.inputs[val_idx], full.labels[val_idx]),
+            "test": test,
         }
         trainer = self.trainer
         if trainer is not None and trainer.strategy.root_device.type == "cuda":
@@ -185,3 +168,40 @@ class MNISTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test", shuffle=False)
+
+
+class MNISTDataModule(InMemoryDataModule):
+    """MNIST or Fashion-MNIST: `x: (B, 1, 32, 32)` in [-1, 1] (black padding), `y: (B,)` labels."""
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        root: str | None = None,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        pad: int = 2,
+        split_seed: int = 42,
+    ):
+        super().__init__(batch_size, val_fraction, split_seed)
+        if name not in DATASETS:
+            raise ConfigError(f"data.name={name!r} is unknown; choose one of {sorted(DATASETS)}")
+        if int(pad) < 0:
+            raise ConfigError(f"data.pad={pad} must be at least 0")
+        self.name = name
+        self.root = root or os.environ.get("DDPM_DATA_DIR") or "data"
+        self.pad = int(pad)
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        return (1, 28 + 2 * self.pad, 28 + 2 * self.pad)
+
+    def prepare_data(self) -> None:
+        for train in (True, False):
+            load_split(self.root, self.name, train)
+
+    def load(self) -> tuple[TensorBatches, TensorBatches]:
+        splits = []
+        for train in (True, False):
+            images, labels = load_split(self.root, self.name, train)
+            splits.append(TensorBatches(to_model_range(images, self.pad), labels))
+        return splits[0], splits[1]

@@ -38,7 +38,7 @@ class DiffusionModule(L.LightningModule):
         diffusion: dict[str, Any] | None = None,
         optimizer: dict[str, Any] | None = None,
         lr_schedule: dict[str, Any] | None = None,
-        image_shape: tuple[int, int, int] = (1, 32, 32),
+        data_shape: tuple[int, ...] = (1, 32, 32),
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -47,9 +47,9 @@ class DiffusionModule(L.LightningModule):
             raise ConfigError(f"optimizer.lr={optimizer['lr']} must be positive")
         self.optimizer_config = optimizer
         self.lr_schedule = {"warmup_steps": 0, "cosine_decay": False, **(lr_schedule or {})}
-        self.image_shape = tuple(image_shape)
+        self.data_shape = tuple(data_shape)
         self.model = instantiate(model)
-        self.model.check_image_size(*self.image_shape[1:])
+        self.model.check_input_shape(self.data_shape)
         self.diffusion = GaussianDiffusion(instantiate(schedule), **(diffusion or {}))
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:

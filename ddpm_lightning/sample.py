@@ -1,6 +1,7 @@
-"""`python -m ddpm_lightning.sample ckpt_path=PATH`: images from a trained checkpoint.
+"""`python -m ddpm_lightning.sample ckpt_path=PATH`: samples from a trained checkpoint.
 
-Writes grid.png, samples.npz (uint8 images, labels when conditional) and reverse.gif.
+Images: grid.png, samples.npz (uint8 images) and reverse.gif. 2-D points (data=spiral):
+points.png (samples over the spiral) and samples.npz (float points).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ddpm_lightning.config import config_dir
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.pictures import ReverseProcessRecorder, save_grid, to_uint8
 from ddpm_lightning.samplers import Sampler
+from ddpm_lightning.spiral import save_spiral_plot
 
 
 def default_device() -> torch.device:
@@ -35,15 +37,20 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     )
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recorder = ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
     generator = torch.Generator(device).manual_seed(int(cfg.seed))
-    shape = (int(cfg.num_samples), *module.image_shape)
-    images = sampler.sample(module.model, shape, generator=generator, callback=recorder)
-
-    files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
-    save_grid(images, files["grid.png"])
-    np.savez_compressed(files["samples.npz"], images=to_uint8(images).cpu().numpy())
-    recorder.save_gif(files["reverse.gif"], images)
+    shape = (int(cfg.num_samples), *module.data_shape)
+    if len(module.data_shape) == 1:
+        points = sampler.sample(module.model, shape, generator=generator)
+        files = {name: out_dir / name for name in ("points.png", "samples.npz")}
+        save_spiral_plot(points, files["points.png"])
+        np.savez_compressed(files["samples.npz"], points=points.cpu().numpy())
+    else:
+        recorder = ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
+        images = sampler.sample(module.model, shape, generator=generator, callback=recorder)
+        files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
+        save_grid(images, files["grid.png"])
+        np.savez_compressed(files["samples.npz"], images=to_uint8(images).cpu().numpy())
+        recorder.save_gif(files["reverse.gif"], images)
     for path in files.values():
         print(f"wrote {path}")
     return files

@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import config_dir
@@ -28,7 +29,7 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
-def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> DiffusionModule:
+def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
     """The LightningModule with every sub-config as a plain, resolved dict."""
 
     def plain(node: Any) -> Any:
@@ -40,7 +41,7 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> Diffusio
         diffusion=plain(cfg.get("diffusion")),
         optimizer=plain(cfg.optimizer),
         lr_schedule=plain(cfg.get("lr_schedule")),
-        image_shape=image_shape,
+        data_shape=data_shape,
     )
 
 
@@ -58,12 +59,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule.image_shape)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_named(cfg.get("callbacks")),
-        logger=instantiate_named(cfg.get("logger")) or False,
-    )
+    module = build_module(cfg, datamodule.data_shape)
+    loggers = instantiate_named(cfg.get("logger"))
+    callbacks = instantiate_named(cfg.get("callbacks"))
+    if not loggers:  # `~logger`: the LR monitor would have nowhere to write and refuses to run.
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")))
     return {key: float(value) for key, value in trainer.callback_metrics.items()}
 

@@ -31,7 +31,7 @@ def test_images_are_padded_scaled_and_labelled(data_root, name):
     )
     assert torch.all(border == -1), "padding must be black (-1)"
     assert torch.all(x[..., 2:-2, 2:-2] > -1), "synthetic pixels are 1..255, never black"
-    assert datamodule.image_shape == (1, 32, 32)
+    assert datamodule.data_shape == (1, 32, 32)
 
 
 def test_pixel_values_map_exactly(data_root):
@@ -40,7 +40,7 @@ def test_pixel_values_map_exactly(data_root):
     order = torch.randperm(100, generator=torch.Generator().manual_seed(datamodule.split_seed))
     first_train = images[order[50]]
     expected = first_train.float() / 127.5 - 1
-    assert torch.allclose(datamodule.splits["train"].images[0, 0, 2:-2, 2:-2], expected)
+    assert torch.allclose(datamodule.splits["train"].inputs[0, 0, 2:-2, 2:-2], expected)
 
 
 def test_split_sizes_and_loaders_cover_every_image(data_root):
@@ -56,8 +56,8 @@ def test_split_sizes_and_loaders_cover_every_image(data_root):
 def test_split_is_seeded(data_root):
     a, b = make(data_root), make(data_root)
     c = make(data_root, split_seed=7)
-    assert torch.equal(a.splits["val"].images, b.splits["val"].images)
-    assert not torch.equal(a.splits["val"].images, c.splits["val"].images)
+    assert torch.equal(a.splits["val"].inputs, b.splits["val"].inputs)
+    assert not torch.equal(a.splits["val"].inputs, c.splits["val"].inputs)
     labels = {
         k: torch.cat([d.splits["train"].labels, d.splits["val"].labels]).sort().values
         for k, d in (("a", a), ("c", c))

@@ -59,6 +59,7 @@ class UNet(nn.Module):
             num_classes,
         )
         self.num_levels = len(channel_multipliers)
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.size_divisor = 2 ** (self.num_levels - 1)
         block = BLOCK_LAYERS[block_layer]
@@ -92,6 +93,15 @@ class UNet(nn.Module):
             if level > 1:
                 self.add_module(f"upsample_{level}", upsample(c_out, c_in))
         self.final = conv3x3(model_channels, in_channels)
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise a ConfigError unless shape is (C, H, W) with H, W divisible by 2^(down-samplings)."""
+        if len(shape) != 3 or shape[0] != self.in_channels:
+            raise ConfigError(
+                f"model=unet takes images (C={self.in_channels}, H, W) but the data gives "
+                f"shape {tuple(shape)}; use an image dataset or model=mlp"
+            )
+        self.check_image_size(shape[1], shape[2])
 
     def check_image_size(self, height: int, width: int) -> None:
         """Raise a ConfigError unless H and W are divisible by 2^(number of down-samplings)."""
