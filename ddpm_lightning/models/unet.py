@@ -95,7 +95,7 @@ class UNet(nn.Module):
         self.final = conv3x3(model_channels, in_channels)
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
-        """Raise a ConfigError unless shape is (C, H, W) with H, W divisible by 2^(down-samplings)."""
+        """ConfigError unless shape is (C, H, W) with H and W divisible by 2^(down-samplings)."""
         if len(shape) != 3 or shape[0] != self.in_channels:
             raise ConfigError(
                 f"model=unet takes images (C={self.in_channels}, H, W) but the data gives "
