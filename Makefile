@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-slow lint format clean
+.PHONY: install train test test-slow lint format clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -35,3 +35,6 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) dist build .ruff_cache .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+bench: $(STAMP)
+	$(PYTHON) -m ddpm_lightning.bench $(ARGS)
