@@ -11,7 +11,11 @@ from hydra.utils import instantiate
 from torch import Tensor
 
 from ddpm_lightning.diffusion import GaussianDiffusion
-from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.errors import ConfigError, DDPMError
+
+
+class NonFiniteLossError(DDPMError, FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, cosine_decay: bool) -> float:
@@ -27,8 +31,8 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, cosine_decay: 
 class DiffusionModule(L.LightningModule):
     """Trains `model(x_t, t, y)` to denoise under `schedule` with `diffusion.objective`.
 
-    All arguments are plain dicts/lists (Hydra `_target_` configs), saved as hyperparameters,
-    so a checkpoint alone rebuilds the module: `DiffusionModule.load_from_checkpoint(path)`.
+    All arguments are plain values (Hydra `_target_` dicts, the data shape and dataset name),
+    saved as hyperparameters, so a checkpoint alone rebuilds the module.
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class DiffusionModule(L.LightningModule):
         optimizer: dict[str, Any] | None = None,
         lr_schedule: dict[str, Any] | None = None,
         data_shape: tuple[int, ...] = (1, 32, 32),
+        dataset: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -63,6 +68,12 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = self.diffusion.training_loss(self.model, x, self.labels(y))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}, before "
+                "the update: stopped, the last checkpoint is kept; lower optimizer.lr or check "
+                "the data"
+            )
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,14 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import config_dir
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.module import DiffusionModule
+from ddpm_lightning.runinfo import write_run_info
+from ddpm_lightning.safety import check_resume_checkpoint, find_last_checkpoint
 
 # The datamodule serves whole in-memory batches, so worker processes would only add overhead.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -42,30 +46,45 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModul
         optimizer=plain(cfg.optimizer),
         lr_schedule=plain(cfg.get("lr_schedule")),
         data_shape=data_shape,
+        dataset=cfg.data.get("name"),
     )
 
 
-def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
-    """The checkpoint to resume from, checked to exist."""
+def resolve_ckpt_path(cfg: DictConfig, module: DiffusionModule) -> str | None:
+    """The checkpoint to resume from: `last` = the task's newest last.ckpt; checked to match."""
+    ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass a .ckpt file to resume")
-    return str(ckpt_path)
+    if ckpt_path == "last":
+        path = find_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name)
+    else:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={path} does not exist; pass a .ckpt file or last")
+    check_resume_checkpoint(path, dict(module.hparams))
+    return str(path)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model described by `cfg`; return the final logged metrics (e.g. `val/loss`)."""
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
+    """Fit the model described by `cfg`; return the final logged metrics (e.g. `val/loss`).
+
+    `extra_callbacks` are added to the configured ones (for notebooks and tests).
+    """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    write_run_info(Path(cfg.paths.output_dir), Path(cfg.paths.root_dir))
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule.data_shape)
+    ckpt_path = resolve_ckpt_path(cfg, module)
     loggers = instantiate_named(cfg.get("logger"))
-    callbacks = instantiate_named(cfg.get("callbacks"))
+    callbacks = instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
     if not loggers:  # `~logger`: the LR monitor would have nowhere to write and refuses to run.
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None
     return {key: float(value) for key, value in trainer.callback_metrics.items()}
 
 

@@ -56,6 +56,7 @@ def tiny_overrides(data_root: Path, output_dir: Path, *overrides: str) -> list[s
         "data.batch_size=16",
         "trainer.accelerator=cpu",
         "callbacks.rich_progress_bar=null",
+        "callbacks.fld=null",
         *TINY_MODEL,
         *overrides,
     ]

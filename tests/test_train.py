@@ -202,3 +202,15 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model_channels: 16" in result.stdout and "name: cosine" in result.stdout
     assert not (elsewhere / "conf").exists()
+    shipped = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from ddpm_lightning.fld import FLD; print(FLD('fashion_mnist').dataset)",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert shipped.stdout.strip() == "fashion_mnist", shipped.stderr[-2000:]

@@ -1,0 +1,159 @@
+"""`python -m ddpm_lightning.evaluate ckpt_path=PATH` (or `samples=PATH.npz`): FLD and friends.
+
+Scores generated images against the test set with the shipped LeNet-5 (no real data needed):
+FLD, the LeNet's predicted-label histogram and mean confidence, and seed 000's mean minimum
+distance to the class-mean images. Writes metrics.json and label_histogram.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from ddpm_lightning.checkpoints import load_module
+from ddpm_lightning.config import config_dir
+from ddpm_lightning.errors import ConfigError, DataError, report_errors
+from ddpm_lightning.fld import (
+    FLD,
+    feature_statistics,
+    frechet_distance,
+    load_record,
+    to_model_input,
+)
+from ddpm_lightning.sample import default_device
+
+
+def load_samples(path: str | Path) -> Tensor:
+    """Images from a `samples.npz` written by the sample command: (N, 1, 32, 32) in [-1, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"samples={path} does not exist; pass a samples.npz from the sample command"
+        )
+    try:
+        with np.load(path) as archive:
+            images = archive["images"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(
+            f"samples={path} is not a samples.npz with an 'images' array ({exc})"
+        ) from None
+    images = to_model_input(images)
+    if images.shape[1:] != (1, 32, 32) or images.shape[0] < 2:
+        raise DataError(
+            f"samples={path}: images have shape {tuple(images.shape)}, need (N≥2, 1, 32, 32)"
+        )
+    return images
+
+
+def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, str | None]:
+    """`cfg.num_samples` images from `cfg.ckpt_path` with `cfg.sampler`, and its dataset name."""
+    module = load_module(cfg.ckpt_path).to(device)
+    sampler = instantiate(cfg.sampler)(
+        schedule=module.diffusion.schedule, objective=module.diffusion.objective.value
+    )
+    generator = torch.Generator(device).manual_seed(int(cfg.seed))
+    shape = (int(cfg.num_samples), *module.data_shape)
+    images = sampler.sample(module.model, shape, generator=generator)
+    return images.cpu(), module.hparams.get("dataset")
+
+
+def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
+    """Seed 000's score: mean over images of the Euclidean distance to the nearest class mean."""
+    distances = torch.cdist(images.flatten(1).double(), class_means.flatten(1).double())
+    return distances.min(dim=1).values.mean().item()
+
+
+def score(images: Tensor, dataset: str, device: torch.device) -> dict:
+    """Every metric for images (N, 1, 32, 32) in [-1, 1]."""
+    fld = FLD(dataset, device)
+    features = fld.features(images)
+    mean, cov = feature_statistics(features)
+    logits = fld.model.head(features.float().to(device)).cpu()
+    probabilities = logits.softmax(dim=1)
+    stats = fld.test_stats
+    return {
+        "dataset": dataset,
+        "num_samples": images.shape[0],
+        "fld": frechet_distance(mean, cov, stats["mean"], stats["cov"]),
+        "label_counts": torch.bincount(probabilities.argmax(1), minlength=10).tolist(),
+        "test_label_counts": stats["label_counts"].tolist(),
+        "mean_confidence": probabilities.max(dim=1).values.mean().item(),
+        "mean_min_distance_to_class_means": min_class_mean_distance(images, stats["class_means"]),
+    }
+
+
+def save_histograms(metrics: dict, path: Path, width: int = 640, height: int = 260) -> None:
+    """Bar charts of predicted labels (samples, left) and true labels (test set, right)."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    panels = [
+        ("samples (LeNet labels)", metrics["label_counts"]),
+        ("test set", metrics["test_label_counts"]),
+    ]
+    for p, (title, counts) in enumerate(panels):
+        left, panel_width = p * width // 2 + 20, width // 2 - 40
+        total, top, bottom = max(sum(counts), 1), 30, height - 25
+        tallest = max(max(counts) / total, 1e-9)
+        draw.text((left, 8), title, fill="black")
+        bar = panel_width / 10
+        for c, count in enumerate(counts):
+            x0 = left + c * bar
+            y0 = bottom - (bottom - top) * (count / total) / tallest
+            draw.rectangle((x0 + 2, y0, x0 + bar - 2, bottom), fill=(60, 110, 200))
+            draw.text((x0 + bar / 2 - 3, bottom + 4), str(c), fill="black")
+    image.save(path)
+
+
+def print_table(metrics: dict, reference: dict) -> None:
+    table = Table(title=f"Evaluation against the {metrics['dataset']} test set (shipped LeNet-5)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("FLD", f"{metrics['fld']:.4f}")
+    table.add_row("mean LeNet confidence", f"{metrics['mean_confidence']:.4f}")
+    table.add_row(
+        "mean min distance to class means", f"{metrics['mean_min_distance_to_class_means']:.4f}"
+    )
+    table.add_row("predicted labels 0-9", " ".join(map(str, metrics["label_counts"])))
+    for name, value in reference.items():
+        table.add_row(f"reference FLD: {name.replace('_', ' ')}", f"{value:.4f}")
+    Console().print(table)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`."""
+    device = default_device()
+    if cfg.get("samples"):
+        images, dataset = load_samples(cfg.samples), None
+    elif cfg.get("ckpt_path"):
+        images, dataset = generate(cfg, device)
+    else:
+        raise ConfigError("pass ckpt_path=PATH/last.ckpt or samples=PATH/samples.npz")
+    dataset = cfg.get("dataset") or dataset or "mnist"
+    metrics = score(images, dataset, device)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_histograms(metrics, out_dir / "label_histogram.png")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print_table(metrics, load_record(dataset).get("reference_fld", {}))
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'label_histogram.png'}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Fréchet LeNet Distance (seed 000, eq. 4.7) with the LeNet-5 weights shipped in `assets/`.
+
+FLD = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between Gaussian fits of the 84-wide LeNet
+features of two image sets, in float64. Shipping the weights makes every user's FLD comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+from ddpm_lightning.errors import DataError
+from ddpm_lightning.models.lenet import LeNet5
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def asset_paths(dataset: str, directory: Path = ASSETS_DIR) -> dict[str, Path]:
+    """Weights, test-set feature statistics and the JSON record of the LeNet for `dataset`."""
+    return {
+        "weights": directory / f"lenet_{dataset}.pt",
+        "stats": directory / f"lenet_{dataset}_test_stats.pt",
+        "record": directory / f"lenet_{dataset}.json",
+    }
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."""
+    features = features.double()
+    return features.mean(0), torch.cov(features.T)
+
+
+def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
+    """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), with scipy's `sqrtm` in float64."""
+    mu1, mu2 = mu1.double().cpu().numpy(), mu2.double().cpu().numpy()
+    sigma1, sigma2 = sigma1.double().cpu().numpy(), sigma2.double().cpu().numpy()
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    covmean = np.real(covmean)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def load_record(dataset: str) -> dict:
+    paths = asset_paths(dataset)
+    if not paths["record"].is_file():
+        raise DataError(
+            f"no LeNet weights for data={dataset} in {ASSETS_DIR}; "
+            f"train them with: python -m ddpm_lightning.classifier data={dataset}"
+        )
+    return json.loads(paths["record"].read_text())
+
+
+def load_lenet(dataset: str, device: torch.device | str = "cpu") -> LeNet5:
+    """The shipped LeNet-5 for `dataset`, its SHA-256 checked, in eval mode."""
+    record, path = load_record(dataset), asset_paths(dataset)["weights"]
+    if sha256(path) != record["sha256"]:
+        raise DataError(f"{path}: SHA-256 does not match {record['sha256']}; reinstall the package")
+    model = LeNet5()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval().to(device)
+
+
+def load_test_statistics(dataset: str) -> dict[str, Tensor]:
+    """The test set's feature `mean` (84,) and `cov` (84, 84), `label_counts` (10,) and
+    `class_means` (10, 1, 32, 32), as exported with the shipped LeNet."""
+    record, path = load_record(dataset), asset_paths(dataset)["stats"]
+    if sha256(path) != record["stats_sha256"]:
+        raise DataError(f"{path}: SHA-256 does not match; reinstall the package")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def to_model_input(images: Tensor | np.ndarray) -> Tensor:
+    """uint8 images in [0, 255] or floats in [-1, 1], (N, 1, 32, 32) or (N, 32, 32) → float."""
+    images = torch.as_tensor(images)
+    if images.dim() == 3:
+        images = images[:, None]
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1
+    return images.float()
+
+
+@torch.no_grad()
+def lenet_features(model: LeNet5, images: Tensor | np.ndarray, batch_size: int = 1000) -> Tensor:
+    """(N, 84) float64 features of images (see `to_model_input`), computed in batches."""
+    device = next(model.parameters()).device
+    images = to_model_input(images)
+    return torch.cat(
+        [
+            model.features(images[i : i + batch_size].to(device)).double().cpu()
+            for i in range(0, images.shape[0], batch_size)
+        ]
+    )
+
+
+class FLD:
+    """FLD of image sets against the test set of `dataset`, with the shipped LeNet."""
+
+    def __init__(self, dataset: str = "mnist", device: torch.device | str = "cpu"):
+        self.dataset = dataset
+        self.model = load_lenet(dataset, device)
+        self.test_stats = load_test_statistics(dataset)
+
+    def features(self, images: Tensor | np.ndarray) -> Tensor:
+        return lenet_features(self.model, images)
+
+    def __call__(self, images: Tensor | np.ndarray) -> float:
+        """FLD of `images` (N ≥ 2) against the test set."""
+        mean, cov = feature_statistics(self.features(images))
+        return frechet_distance(mean, cov, self.test_stats["mean"], self.test_stats["cov"])

@@ -1,0 +1,83 @@
+"""Nothing a user trained is lost: checkpoints on Ctrl-C / SIGTERM, and safe resumption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ddpm_lightning.errors import ConfigError
+
+
+class InterruptCheckpoint(L.Callback):
+    """On Ctrl-C or SIGTERM, save the current state as `last.ckpt` before the process exits.
+
+    Lightning turns SIGTERM into `SIGTERMException` at the next batch boundary and Ctrl-C into
+    `KeyboardInterrupt`; both reach `on_exception`. Other errors (e.g. a non-finite loss) save
+    nothing, so the last good checkpoint stays.
+    """
+
+    def __init__(self, dirpath: str | None = None):
+        self.dirpath = dirpath
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        dirpath = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
+        path = dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        rank_zero_info(
+            f"interrupted at step {trainer.global_step}: saved {path}; "
+            "resume with ckpt_path=last (or ckpt_path=PATH)"
+        )
+
+
+def find_last_checkpoint(runs_root: Path) -> Path:
+    """The newest `checkpoints/last.ckpt` below `runs_root` (runs and multiruns of a task)."""
+    candidates = sorted(runs_root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(
+            f"ckpt_path=last: no checkpoints/last.ckpt under {runs_root}; "
+            "pass ckpt_path=PATH to a .ckpt file"
+        )
+    return candidates[-1]
+
+
+def differing_keys(saved: object, requested: object, prefix: str) -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(saved, dict) and isinstance(requested, dict):
+        keys = sorted(set(saved) | set(requested))
+        return [
+            k
+            for key in keys
+            for k in differing_keys(saved.get(key), requested.get(key), f"{prefix}.{key}")
+        ]
+    if isinstance(saved, (list, tuple)) and isinstance(requested, (list, tuple)):
+        saved, requested = list(saved), list(requested)
+    return (
+        [] if saved == requested else [f"{prefix} ({saved!r} in the checkpoint, {requested!r} now)"]
+    )
+
+
+def check_resume_checkpoint(path: Path, hparams: dict) -> None:
+    """Refuse a file that is not a checkpoint, or whose model/schedule differ from `hparams`."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"ckpt_path={path} is not a loadable checkpoint ({reason})") from None
+    saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path={path} is not a ddpm_lightning training checkpoint")
+    differences = [
+        difference
+        for group in ("model", "schedule", "diffusion", "data_shape")
+        for difference in differing_keys(saved.get(group), hparams.get(group), group)
+    ]
+    if differences:
+        raise ConfigError(
+            f"ckpt_path={path} does not match the requested config: {'; '.join(differences)}"
+        )

@@ -1,0 +1,177 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.image.fid import _compute_fid
+
+from ddpm_lightning.config import compose_config
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.evaluate import evaluate, min_class_mean_distance
+from ddpm_lightning.fld import (
+    FLD,
+    asset_paths,
+    feature_statistics,
+    frechet_distance,
+    lenet_features,
+    load_lenet,
+    load_record,
+    sha256,
+)
+from ddpm_lightning.train import train
+from tests.conftest import tiny_config
+
+DATASETS = ["mnist", "fashion_mnist"]
+
+
+def random_stats(seed: int, dim: int = 84):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(500, dim, generator=generator, dtype=torch.float64)
+    features = features @ torch.randn(dim, dim, generator=generator, dtype=torch.float64) * 0.3
+    return feature_statistics(features + seed)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_shipped_weights_match_their_record(dataset):
+    record = load_record(dataset)
+    paths = asset_paths(dataset)
+    assert sha256(paths["weights"]) == record["sha256"]
+    assert sha256(paths["stats"]) == record["stats_sha256"]
+    assert record["test_accuracy"] >= {"mnist": 0.99, "fashion_mnist": 0.90}[dataset]
+    assert paths["weights"].stat().st_size < 1_000_000
+
+
+def test_features_are_84_wide():
+    model = load_lenet("mnist")
+    assert lenet_features(model, torch.zeros(5, 1, 32, 32)).shape == (5, 84)
+    uint8 = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    assert lenet_features(model, uint8).shape == (3, 84)
+
+
+def test_fld_with_itself_is_zero_and_symmetric():
+    mu1, s1 = random_stats(1)
+    mu2, s2 = random_stats(2)
+    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-6
+    d12, d21 = frechet_distance(mu1, s1, mu2, s2), frechet_distance(mu2, s2, mu1, s1)
+    assert d12 > 1 and d12 == pytest.approx(d21, rel=1e-9)
+
+
+def test_scipy_and_torchmetrics_agree():
+    mu1, s1 = random_stats(3)
+    mu2, s2 = random_stats(4)
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    theirs = _compute_fid(mu1, s1, mu2, s2).item()
+    assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_closed_form_for_known_gaussians():
+    # Commuting covariances: tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) = Σᵢ (√λ₁ᵢ − √λ₂ᵢ)² in a shared eigenbasis.
+    q, _ = torch.linalg.qr(
+        torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    )
+    l1 = torch.tensor([1.0, 2, 3, 4, 5, 6], dtype=torch.float64)
+    l2 = torch.tensor([4.0, 1, 9, 1, 0.25, 6], dtype=torch.float64)
+    s1, s2 = q @ torch.diag(l1) @ q.T, q @ torch.diag(l2) @ q.T
+    mu1, mu2 = torch.zeros(6, dtype=torch.float64), torch.full((6,), 0.5, dtype=torch.float64)
+    expected = 6 * 0.25 + ((l1.sqrt() - l2.sqrt()) ** 2).sum().item()
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_min_class_mean_distance():
+    means = torch.stack([torch.full((1, 2, 2), float(c)) for c in range(10)])
+    images = torch.stack([torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 3.0)])
+    # Nearest means: 0 or 1 at distance √(4·0.25) = 1, and 3 exactly.
+    assert min_class_mean_distance(images, means) == pytest.approx(0.5)
+
+
+DATA_DIR = os.environ.get("DDPM_DATA_DIR")
+
+
+@pytest.mark.skipif(not DATA_DIR, reason="DDPM_DATA_DIR not set")
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_shipped_lenet_classifies_real_test_images(dataset):
+    from ddpm_lightning.data import load_split, to_model_range
+
+    images, labels = load_split(DATA_DIR, dataset, train=False)
+    model = load_lenet(dataset)
+    with torch.no_grad():
+        predicted = model(to_model_range(images[:500], 2)).argmax(1)
+    accuracy = (predicted == labels[:500]).float().mean().item()
+    assert accuracy >= {"mnist": 0.98, "fashion_mnist": 0.85}[dataset]
+    test_fld = FLD(dataset)(to_model_range(images, 2))
+    assert test_fld < 1e-3, "the test set against its own statistics"
+
+
+def test_evaluate_on_a_tiny_npz(tmp_path):
+    images = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8).numpy()
+    np.savez_compressed(tmp_path / "samples.npz", images=images)
+    cfg = compose_config(
+        "evaluate",
+        [
+            f"samples={tmp_path / 'samples.npz'}",
+            f"out_dir={tmp_path / 'eval'}",
+            f"paths.output_dir={tmp_path}",
+        ],
+    )
+    metrics = evaluate(cfg)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert sum(metrics["label_counts"]) == 40 and sum(metrics["test_label_counts"]) == 10_000
+    assert metrics["fld"] > 10, "uniform noise is far from digits"
+    assert 0.1 <= metrics["mean_confidence"] <= 1
+    assert (tmp_path / "eval" / "label_histogram.png").stat().st_size > 500
+
+
+def test_evaluate_needs_an_input(tmp_path):
+    with pytest.raises(ConfigError, match="ckpt_path"):
+        evaluate(compose_config("evaluate", [f"paths.output_dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        evaluate(
+            compose_config(
+                "evaluate", [f"paths.output_dir={tmp_path}", f"samples={tmp_path / 'none.npz'}"]
+            )
+        )
+
+
+def test_fld_callback_logs_val_fld(data_root, tmp_path):
+    cfg = tiny_config(
+        data_root,
+        tmp_path,
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+    )
+    cfg.callbacks.fld = compose_config("train", [f"paths.output_dir={tmp_path}"]).callbacks.fld
+    cfg.callbacks.fld.num_samples = 16
+    cfg.callbacks.fld.sampler.num_steps = 2
+    metrics = train(cfg)
+    assert np.isfinite(metrics["val/fld"]) and metrics["val/fld"] > 0
+
+
+def test_classifier_exports_weights_and_statistics(data_root, tmp_path):
+    from ddpm_lightning.classifier import train_classifier
+
+    cfg = compose_config(
+        "classifier",
+        [
+            f"data.root={data_root}",
+            f"export_dir={tmp_path}",
+            f"paths.output_dir={tmp_path}",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "data.batch_size=30",
+        ],
+    )
+    record = train_classifier(cfg)
+    paths = asset_paths("mnist", Path(tmp_path))
+    assert record["sha256"] == sha256(paths["weights"])
+    stats = torch.load(paths["stats"], weights_only=True)
+    assert stats["mean"].shape == (84,) and stats["cov"].shape == (84, 84)
+    assert stats["class_means"].shape == (10, 1, 32, 32) and int(stats["label_counts"].sum()) == 30
+    assert set(record["reference_fld"]) == {
+        "test_half_vs_test_half",
+        "train_10k_vs_test",
+        "gaussian_noise_vs_test",
+    }

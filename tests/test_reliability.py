@@ -1,0 +1,280 @@
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_lightning import evaluate as evaluate_command
+from ddpm_lightning import sample as sample_command
+from ddpm_lightning import train as train_command
+from ddpm_lightning.config import compose_config
+from ddpm_lightning.module import NonFiniteLossError
+from ddpm_lightning.train import train
+from tests.conftest import PYTHON, cli_env, tiny_config, tiny_overrides, write_fake_dataset
+
+SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"]
+
+
+def run_main(main, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run a Hydra entry point in-process as the command line would; (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["prog", *argv])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """last.ckpt of a 3-step tiny run, shared by the tests of this module (read-only)."""
+    root = tmp_path_factory.mktemp("trained")
+    write_fake_dataset(root / "data", "MNIST")
+    train(tiny_config(root / "data", root / "first", *SHORT))
+    return root / "first" / "checkpoints" / "last.ckpt"
+
+
+def evil_checkpoint(path: Path, marker: Path) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path.write_bytes(pickle.dumps({"state_dict": Evil()}))
+    return path
+
+
+TRAIN_ROWS = [
+    (["model.block_groups=5"], "model.block_groups"),
+    (["model.num_attention_heads=3"], "model.num_attention_heads"),
+    (["data.pad=0", "model.channel_multipliers=[1,2,2,2]"], "model.channel_multipliers"),
+    (["schedule.num_timesteps=1"], "schedule.num_timesteps"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["data.val_fraction=1.5"], "data.val_fraction"),
+    (["optimizer.lr=0"], "optimizer.lr"),
+    (["data.root={tmp}/nowhere"], "DDPM_DATA_DIR"),
+    (["ckpt_path={tmp}/missing.ckpt"], "missing.ckpt"),
+    (["ckpt_path={junk}"], "junk.ckpt"),
+    (["ckpt_path={trained}", "model.model_channels=16"], "model.model_channels (8 in the"),
+    (["ckpt_path=last"], "no checkpoints/last.ckpt"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "names"), TRAIN_ROWS)
+def test_train_bad_input_is_one_line(
+    data_root, tmp_path, trained, monkeypatch, capsys, overrides, names
+):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00" * 100)
+    fill = {"tmp": tmp_path, "junk": junk, "trained": trained}
+    argv = tiny_overrides(
+        data_root,
+        tmp_path / "run",
+        "trainer.fast_dev_run=true",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.log_dir={tmp_path / 'empty_logs'}",
+        *[o.format(**fill) for o in overrides],
+    )
+    code, stderr = run_main(train_command.main, argv, monkeypatch, capsys)
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1, stderr[-2000:]
+    assert names in errors[0]
+
+
+def test_corrupt_idx_file_is_one_line(data_root, tmp_path, monkeypatch, capsys):
+    path = data_root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:50])
+    argv = tiny_overrides(
+        data_root, tmp_path, "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}"
+    )
+    code, stderr = run_main(train_command.main, argv, monkeypatch, capsys)
+    assert code == 1 and f"error: {path}: truncated or corrupt IDX file" in stderr
+
+
+def test_unknown_option_is_hydras_message(monkeypatch, capsys, tmp_path):
+    code, stderr = run_main(
+        train_command.main, ["model.colour=red", f"hydra.run.dir={tmp_path}"], monkeypatch, capsys
+    )
+    assert code == 1 and "model.colour" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        (["sampler.num_steps=0"], "sampler.num_steps=0"),
+        (["sampler.num_steps=21"], "sampler.num_steps=21"),
+        (["num_samples=0"], "num_samples"),
+    ],
+)
+def test_sample_bad_input_is_one_line(trained, tmp_path, monkeypatch, capsys, overrides, names):
+    argv = [f"ckpt_path={trained}", f"hydra.run.dir={tmp_path / 's'}", *overrides]
+    code, stderr = run_main(sample_command.main, argv, monkeypatch, capsys)
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1 and names in errors[0], stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "train"])
+def test_crafted_pickle_is_refused_not_run(data_root, tmp_path, monkeypatch, capsys, command):
+    marker = tmp_path / "pwned"
+    evil = evil_checkpoint(tmp_path / "evil.ckpt", marker)
+    main = {
+        "sample": sample_command.main,
+        "evaluate": evaluate_command.main,
+        "train": train_command.main,
+    }[command]
+    argv = [f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'r'}"]
+    if command == "train":
+        argv = tiny_overrides(data_root, tmp_path / "r", "trainer.fast_dev_run=true", *argv)
+    code, stderr = run_main(main, argv, monkeypatch, capsys)
+    assert code == 1 and "is not a loadable checkpoint" in stderr
+    assert not marker.exists(), "the pickle's code must never run"
+
+
+def test_exploding_learning_rate_stops_and_keeps_good_checkpoints(data_root, tmp_path):
+    cfg = tiny_config(
+        data_root,
+        tmp_path,
+        "optimizer.lr=1e30",
+        "trainer.max_epochs=20",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss .* at step \d+"):
+        train(cfg)
+    for path in (tmp_path / "checkpoints").glob("*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values()), path
+
+
+def test_interrupted_save_leaves_last_checkpoint_intact(trained, tmp_path, monkeypatch):
+    """Lightning's TorchCheckpointIO writes through an fsspec transaction (temp file + move)."""
+    import fsspec.implementations.local as local
+    from lightning.fabric.utilities.cloud_io import _atomic_save
+
+    before = trained.read_bytes()
+    trained = tmp_path / "last.ckpt"
+    trained.write_bytes(before)
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["global_step"] = 999
+
+    def failing_write(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(local.LocalFileOpener, "write", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        _atomic_save(checkpoint, trained)
+    assert trained.read_bytes() == before
+    assert torch.load(trained, weights_only=True)["global_step"] == 3
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(data_root, tmp_path):
+    logs = tmp_path / "logs"
+    common = tiny_overrides(
+        data_root,
+        tmp_path / "unused",
+        "trainer.max_epochs=1000",
+        "+trainer.limit_val_batches=1",
+        f"paths.log_dir={logs}",
+    )
+    common = [o for o in common if not o.startswith("paths.output_dir")]
+    process = subprocess.Popen(
+        [PYTHON, "-m", "ddpm_lightning.train", *common],
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not list(logs.glob("train/runs/*/checkpoints/epoch_*.ckpt")):
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    (last,) = logs.glob("train/runs/*/checkpoints/last.ckpt")
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert stopped_at >= 6, "at least one whole epoch of 6 steps"
+
+    resumed = tmp_path / "resumed"
+    cfg = compose_config(
+        "train",
+        [
+            *common,
+            "ckpt_path=last",
+            f"paths.output_dir={resumed}",
+            f"trainer.max_steps={stopped_at + 3}",
+        ],
+    )
+    train(cfg)
+    final = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == stopped_at + 3
+
+
+def test_same_seed_same_losses_and_weights(data_root, tmp_path):
+    def run(name):
+        out = tmp_path / name
+        train(
+            tiny_config(
+                data_root,
+                out,
+                "trainer.max_epochs=9",
+                "trainer.log_every_n_steps=1",
+                "+trainer.limit_val_batches=1",
+                "seed=3",
+            )
+        )
+        lines = (out / "csv" / "metrics.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        column = header.index("train/loss")
+        losses = [row.split(",")[column] for row in lines[1:] if row.split(",")[column]]
+        return losses, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+
+    losses_a, ckpt_a = run("a")
+    losses_b, ckpt_b = run("b")
+    assert len(losses_a) >= 50 and losses_a[:50] == losses_b[:50]
+    for key, value in ckpt_a["state_dict"].items():
+        assert torch.equal(value, ckpt_b["state_dict"][key]), key
+
+
+def test_run_folder_records_config_command_versions_and_commit(trained):
+    run = trained.parent.parent
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["versions"]["torch"] == version("torch")
+    assert {"lightning", "hydra-core", "ddpm_lightning"} <= set(info["versions"])
+    assert info["command"]
+    git_dir = Path(__file__).resolve().parents[1] / ".git"
+    if git_dir.exists():
+        assert len(info["git"]["commit"]) == 40
+
+
+@pytest.mark.slow
+def test_soak_resident_memory_is_flat(data_root, tmp_path):
+    """20 short epochs with the FLD callback on: RSS after epoch 20 within 10% of epoch 2."""
+    import lightning as L
+
+    rss: list[int] = []
+
+    class RecordRSS(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+            rss.append(pages * os.sysconf("SC_PAGE_SIZE"))
+
+    cfg = tiny_config(data_root, tmp_path, "trainer.max_epochs=20", "+trainer.limit_val_batches=1")
+    cfg.callbacks.fld = compose_config("train", [f"paths.output_dir={tmp_path}"]).callbacks.fld
+    cfg.callbacks.fld.num_samples = 64
+    cfg.callbacks.fld.sampler.num_steps = 5
+    train(cfg, extra_callbacks=[RecordRSS()])
+    assert len(rss) == 20
+    assert rss[19] <= rss[1] * 1.10, [r // 2**20 for r in rss]
+    assert np.isfinite(rss[19])
