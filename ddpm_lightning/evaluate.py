@@ -93,17 +93,18 @@ def score(images: Tensor, dataset: str, device: torch.device) -> dict:
 
 
 def save_histograms(metrics: dict, path: Path, width: int = 640, height: int = 260) -> None:
-    """Bar charts of predicted labels (samples, left) and true labels (test set, right)."""
+    """Bar charts of the share of each label: predicted for the samples (left), true for the
+    test set (right), on one scale."""
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     panels = [
         ("samples (LeNet labels)", metrics["label_counts"]),
         ("test set", metrics["test_label_counts"]),
     ]
+    tallest = max(max(counts) / max(sum(counts), 1) for _, counts in panels) or 1.0
     for p, (title, counts) in enumerate(panels):
         left, panel_width = p * width // 2 + 20, width // 2 - 40
         total, top, bottom = max(sum(counts), 1), 30, height - 25
-        tallest = max(max(counts) / total, 1e-9)
         draw.text((left, 8), title, fill="black")
         bar = panel_width / 10
         for c, count in enumerate(counts):
@@ -139,6 +140,11 @@ def evaluate(cfg: DictConfig) -> dict:
     else:
         raise ConfigError("pass ckpt_path=PATH/last.ckpt or samples=PATH/samples.npz")
     dataset = cfg.get("dataset") or dataset or "mnist"
+    if images.shape[0] <= 84:
+        print(
+            f"warning: {images.shape[0]} samples give a rank-deficient 84×84 covariance; "
+            "FLD needs more samples (10,000 by default) to be meaningful"
+        )
     metrics = score(images, dataset, device)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,11 @@ def test_interrupted_save_leaves_last_checkpoint_intact(trained, tmp_path, monke
     assert torch.load(trained, weights_only=True)["global_step"] == 3
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_continues(data_root, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "exit_code"), [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)]
+)
+def test_interrupt_saves_a_checkpoint_and_resume_continues(data_root, tmp_path, signum, exit_code):
+    """SIGTERM (a cluster's pre-emption) or Ctrl-C mid-training: last.ckpt, then resume."""
     logs = tmp_path / "logs"
     common = tiny_overrides(
         data_root,
@@ -199,9 +203,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(data_root, tmp_path):
         assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
         time.sleep(0.2)
     time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert process.returncode == exit_code, stderr[-2000:]
+    assert "interrupted at step" in stderr
     (last,) = logs.glob("train/runs/*/checkpoints/last.ckpt")
     stopped_at = torch.load(last, weights_only=True)["global_step"]
     assert stopped_at >= 6, "at least one whole epoch of 6 steps"
