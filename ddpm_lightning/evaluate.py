@@ -76,7 +76,7 @@ def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
 def score(images: Tensor, dataset: str, device: torch.device) -> dict:
     """Every metric for images (N, 1, 32, 32) in [-1, 1]."""
     fld = FLD(dataset, device)
-    features = fld.features(images)
+    features = fld.features(images, progress=True)
     mean, cov = feature_statistics(features)
     logits = fld.model.head(features.float().to(device)).cpu()
     probabilities = logits.softmax(dim=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import torch
+from rich.progress import track
 from torch import Tensor
 
 from ddpm_lightning.errors import DataError
@@ -93,15 +94,17 @@ def to_model_input(images: Tensor | np.ndarray) -> Tensor:
 
 
 @torch.no_grad()
-def lenet_features(model: LeNet5, images: Tensor | np.ndarray, batch_size: int = 1000) -> Tensor:
+def lenet_features(
+    model: LeNet5, images: Tensor | np.ndarray, batch_size: int = 1000, progress: bool = False
+) -> Tensor:
     """(N, 84) float64 features of images (see `to_model_input`), computed in batches."""
     device = next(model.parameters()).device
     images = to_model_input(images)
+    starts = range(0, images.shape[0], batch_size)
+    if progress:
+        starts = track(starts, description="LeNet features", transient=True)
     return torch.cat(
-        [
-            model.features(images[i : i + batch_size].to(device)).double().cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
+        [model.features(images[i : i + batch_size].to(device)).double().cpu() for i in starts]
     )
 
 
@@ -113,8 +116,8 @@ class FLD:
         self.model = load_lenet(dataset, device)
         self.test_stats = load_test_statistics(dataset)
 
-    def features(self, images: Tensor | np.ndarray) -> Tensor:
-        return lenet_features(self.model, images)
+    def features(self, images: Tensor | np.ndarray, progress: bool = False) -> Tensor:
+        return lenet_features(self.model, images, progress=progress)
 
     def __call__(self, images: Tensor | np.ndarray) -> float:
         """FLD of `images` (N ≥ 2) against the test set."""

@@ -12,27 +12,34 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ddpm_lightning.errors import ConfigError
 
 
-class InterruptCheckpoint(L.Callback):
-    """On Ctrl-C or SIGTERM, save the current state as `last.ckpt` before the process exits.
+class LastCheckpoint(L.Callback):
+    """`last.ckpt` holds the newest state whenever training stops.
 
-    Lightning turns SIGTERM into `SIGTERMException` at the next batch boundary and Ctrl-C into
-    `KeyboardInterrupt`; both reach `on_exception`. Other errors (e.g. a non-finite loss) save
-    nothing, so the last good checkpoint stays.
+    ModelCheckpoint saves at validation; this adds a save when training ends between
+    validations (e.g. `trainer.max_steps` mid-epoch) and on Ctrl-C or SIGTERM, which Lightning
+    turns into `KeyboardInterrupt` / `SIGTERMException` at a batch boundary. Other errors (e.g.
+    a non-finite loss) save nothing, so the last good checkpoint stays.
     """
 
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            return
-        dirpath = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
-        path = dirpath / "last.ckpt"
+    def save(self, trainer: L.Trainer) -> Path:
+        path = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
         trainer.save_checkpoint(path)
-        rank_zero_info(
-            f"interrupted at step {trainer.global_step}: saved {path}; "
-            "resume with ckpt_path=last (or ckpt_path=PATH)"
-        )
+        return path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.fast_dev_run:
+            self.save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            path = self.save(trainer)
+            rank_zero_info(
+                f"interrupted at step {trainer.global_step}: saved {path}; "
+                "resume with ckpt_path=last (or ckpt_path=PATH)"
+            )
 
 
 def find_last_checkpoint(runs_root: Path) -> Path:
