@@ -1,8 +1,7 @@
-"""Load training checkpoints safely (`weights_only=True`) back into a `DiffusionModule`."""
+"""Read training checkpoints safely (`weights_only=True`) and rebuild the `DiffusionModule`."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -11,8 +10,8 @@ from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.module import DiffusionModule
 
 
-def load_module(ckpt_path: str | Path | None, map_location: str | torch.device = "cpu"):
-    """The module stored in a checkpoint, in eval mode; one-line errors for bad paths/files."""
+def read_checkpoint(ckpt_path: str | Path | None, mmap: bool = False) -> dict:
+    """The checkpoint dict, loaded without running pickled code; one-line errors otherwise."""
     if ckpt_path is None:
         raise ConfigError(
             "ckpt_path is required: pass ckpt_path=PATH/last.ckpt from a training run"
@@ -21,8 +20,8 @@ def load_module(ckpt_path: str | Path | None, map_location: str | torch.device =
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; pass a .ckpt file from a training run")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"ckpt_path={path} is not a loadable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not {"hyper_parameters", "state_dict"} <= set(
@@ -31,6 +30,12 @@ def load_module(ckpt_path: str | Path | None, map_location: str | torch.device =
         raise ConfigError(
             f"ckpt_path={path} is not a ddpm_lightning checkpoint (no hyper_parameters/state_dict)"
         )
+    return checkpoint
+
+
+def load_module(ckpt_path: str | Path | None) -> DiffusionModule:
+    """The module stored in a checkpoint, on the CPU in eval mode."""
+    checkpoint = read_checkpoint(ckpt_path)
     module = DiffusionModule(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ddpm_lightning.checkpoints import read_checkpoint
 from ddpm_lightning.errors import ConfigError
 
 
@@ -71,14 +71,7 @@ def differing_keys(saved: object, requested: object, prefix: str) -> list[str]:
 
 def check_resume_checkpoint(path: Path, hparams: dict) -> None:
     """Refuse a file that is not a checkpoint, or whose model/schedule differ from `hparams`."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"ckpt_path={path} is not a loadable checkpoint ({reason})") from None
-    saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(saved, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path={path} is not a ddpm_lightning training checkpoint")
+    saved = read_checkpoint(path, mmap=True)["hyper_parameters"]
     differences = [
         difference
         for group in ("model", "schedule", "diffusion", "data_shape")

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import config_dir
-from ddpm_lightning.errors import ConfigError, report_errors
+from ddpm_lightning.errors import report_errors
 from ddpm_lightning.module import DiffusionModule
 from ddpm_lightning.runinfo import write_run_info
 from ddpm_lightning.safety import check_resume_checkpoint, find_last_checkpoint
@@ -59,8 +59,6 @@ def resolve_ckpt_path(cfg: DictConfig, module: DiffusionModule) -> str | None:
         path = find_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name)
     else:
         path = Path(ckpt_path)
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={path} does not exist; pass a .ckpt file or last")
     check_resume_checkpoint(path, dict(module.hparams))
     return str(path)
 
