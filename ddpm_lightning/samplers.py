@@ -278,9 +278,3 @@ class DPMSolverSampler(Sampler):
         sigma_ratio = ((1 - a_s) / (1 - a_t)).sqrt()
         return sigma_ratio * x - a_s.sqrt() * torch.expm1(-h) * d
 
-
-SAMPLERS: dict[str, type[Sampler]] = {
-    "ddpm": DDPMSampler,
-    "ddim": DDIMSampler,
-    "dpm_solver": DPMSolverSampler,
-}
