@@ -277,4 +277,3 @@ class DPMSolverSampler(Sampler):
         a_s, a_t = self.alpha_bar(s), self.alpha_bar(t)
         sigma_ratio = ((1 - a_s) / (1 - a_t)).sqrt()
         return sigma_ratio * x - a_s.sqrt() * torch.expm1(-h) * d
-
