@@ -48,10 +48,7 @@ class FLDCallback(L.Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         self.fld.model.to(pl_module.device)
-        diffusion = pl_module.diffusion
-        sampler = self.make_sampler(
-            schedule=diffusion.schedule, objective=diffusion.objective.value, progress=False
-        )
+        sampler = pl_module.make_sampler(self.make_sampler, progress=False)
         generator = torch.Generator(pl_module.device).manual_seed(self.seed)
         images = sampler.sample(
             pl_module.model, (self.num_samples, *pl_module.data_shape), generator=generator

@@ -58,9 +58,7 @@ def load_samples(path: str | Path) -> Tensor:
 def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, str | None]:
     """`cfg.num_samples` images from `cfg.ckpt_path` with `cfg.sampler`, and its dataset name."""
     module = load_module(cfg.ckpt_path).to(device)
-    sampler = instantiate(cfg.sampler)(
-        schedule=module.diffusion.schedule, objective=module.diffusion.objective.value
-    )
+    sampler = module.make_sampler(instantiate(cfg.sampler))
     generator = torch.Generator(device).manual_seed(int(cfg.seed))
     shape = (int(cfg.num_samples), *module.data_shape)
     images = sampler.sample(module.model, shape, generator=generator)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,7 @@ from torch import Tensor
 
 from ddpm_lightning.diffusion import GaussianDiffusion
 from ddpm_lightning.errors import ConfigError, DDPMError
+from ddpm_lightning.samplers import Sampler
 
 
 class NonFiniteLossError(DDPMError, FloatingPointError):
@@ -60,6 +62,11 @@ class DiffusionModule(L.LightningModule):
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The network's prediction for x_t: (B, C, H, W) at t: (B,)."""
         return self.model(x_t, t, y)
+
+    def make_sampler(self, factory: Callable[..., Sampler], **kwargs: Any) -> Sampler:
+        """A sampler from `factory` (e.g. a `_partial_` config) for this schedule and objective."""
+        diffusion = self.diffusion
+        return factory(schedule=diffusion.schedule, objective=diffusion.objective.value, **kwargs)
 
     def labels(self, y: Tensor) -> Tensor | None:
         """Labels for conditional models, None for unconditional ones."""

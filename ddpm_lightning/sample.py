@@ -18,7 +18,6 @@ from ddpm_lightning.checkpoints import load_module
 from ddpm_lightning.config import config_dir
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.pictures import ReverseProcessRecorder, save_grid, to_uint8
-from ddpm_lightning.samplers import Sampler
 from ddpm_lightning.spiral import save_spiral_plot
 
 
@@ -32,9 +31,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     device = default_device()
     module = load_module(cfg.ckpt_path).to(device)
-    sampler: Sampler = instantiate(cfg.sampler)(
-        schedule=module.diffusion.schedule, objective=module.diffusion.objective.value
-    )
+    sampler = module.make_sampler(instantiate(cfg.sampler))
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator(device).manual_seed(int(cfg.seed))

@@ -7,6 +7,16 @@ from ddpm_lightning.models import UNet
 from ddpm_lightning.schedules import NoiseSchedule
 
 
+def tiny_unet(num_timesteps: int) -> UNet:
+    return UNet(
+        model_channels=8,
+        channel_multipliers=(1, 2),
+        block_groups=4,
+        num_attention_heads=2,
+        num_timesteps=num_timesteps,
+    )
+
+
 def make(objective="eps", loss="l2", T=100):
     return GaussianDiffusion(NoiseSchedule("cosine", T), objective=objective, loss=loss)
 
@@ -55,13 +65,7 @@ def test_timesteps_are_uniform():
 
 
 def test_training_loss_is_reproducible_with_a_generator():
-    model = UNet(
-        model_channels=8,
-        channel_multipliers=(1, 2),
-        block_groups=4,
-        num_attention_heads=2,
-        num_timesteps=100,
-    )
+    model = tiny_unet(num_timesteps=100)
     diffusion = make()
     x0 = torch.rand(4, 1, 32, 32) * 2 - 1
     losses = [
@@ -75,13 +79,7 @@ def test_training_loss_is_reproducible_with_a_generator():
 def test_tiny_unet_overfits_one_batch(objective):
     """150 Adam steps on one batch of 16 images cut the fixed-noise loss at least 10-fold."""
     torch.manual_seed(0)
-    model = UNet(
-        model_channels=8,
-        channel_multipliers=(1, 2),
-        block_groups=4,
-        num_attention_heads=2,
-        num_timesteps=20,
-    )
+    model = tiny_unet(num_timesteps=20)
     diffusion = make(objective, T=20)
     x0 = torch.zeros(16, 1, 16, 16)
     x0[:, :, 4:12, 6:10] = 1.0
