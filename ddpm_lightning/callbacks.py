@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ddpm_lightning.errors import DDPMError
@@ -49,8 +48,5 @@ class FLDCallback(L.Callback):
             return
         self.fld.model.to(pl_module.device)
         sampler = pl_module.make_sampler(self.make_sampler, progress=False)
-        generator = torch.Generator(pl_module.device).manual_seed(self.seed)
-        images = sampler.sample(
-            pl_module.model, (self.num_samples, *pl_module.data_shape), generator=generator
-        )
+        images = pl_module.generate(sampler, self.num_samples, self.seed)
         pl_module.log("val/fld", self.fld(images), prog_bar=True)

@@ -59,9 +59,7 @@ def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, str | None]
     """`cfg.num_samples` images from `cfg.ckpt_path` with `cfg.sampler`, and its dataset name."""
     module = load_module(cfg.ckpt_path).to(device)
     sampler = module.make_sampler(instantiate(cfg.sampler))
-    generator = torch.Generator(device).manual_seed(int(cfg.seed))
-    shape = (int(cfg.num_samples), *module.data_shape)
-    images = sampler.sample(module.model, shape, generator=generator)
+    images = module.generate(sampler, cfg.num_samples, cfg.seed)
     return images.cpu(), module.hparams.get("dataset")
 
 

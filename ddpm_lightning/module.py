@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ddpm_lightning.diffusion import GaussianDiffusion
 from ddpm_lightning.errors import ConfigError, DDPMError
-from ddpm_lightning.samplers import Sampler
+from ddpm_lightning.samplers import Sampler, StepCallback
 
 
 class NonFiniteLossError(DDPMError, FloatingPointError):
@@ -67,6 +67,18 @@ class DiffusionModule(L.LightningModule):
         """A sampler from `factory` (e.g. a `_partial_` config) for this schedule and objective."""
         diffusion = self.diffusion
         return factory(schedule=diffusion.schedule, objective=diffusion.objective.value, **kwargs)
+
+    def generate(
+        self,
+        sampler: Sampler,
+        num_samples: int,
+        seed: int,
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """`num_samples` samples (N, *data_shape) in [-1, 1], reproducible from `seed`."""
+        generator = torch.Generator(self.device).manual_seed(int(seed))
+        shape = (int(num_samples), *self.data_shape)
+        return sampler.sample(self.model, shape, generator=generator, callback=callback)
 
     def labels(self, y: Tensor) -> Tensor | None:
         """Labels for conditional models, None for unconditional ones."""

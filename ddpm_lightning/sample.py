@@ -34,20 +34,22 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     sampler = module.make_sampler(instantiate(cfg.sampler))
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator(device).manual_seed(int(cfg.seed))
-    shape = (int(cfg.num_samples), *module.data_shape)
-    if len(module.data_shape) == 1:
-        points = sampler.sample(module.model, shape, generator=generator)
+    points = len(module.data_shape) == 1
+    recorder = (
+        None
+        if points
+        else ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
+    )
+    samples = module.generate(sampler, cfg.num_samples, cfg.seed, callback=recorder)
+    if points:
         files = {name: out_dir / name for name in ("points.png", "samples.npz")}
-        save_spiral_plot(points, files["points.png"])
-        np.savez_compressed(files["samples.npz"], points=points.cpu().numpy())
+        save_spiral_plot(samples, files["points.png"])
+        np.savez_compressed(files["samples.npz"], points=samples.cpu().numpy())
     else:
-        recorder = ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
-        images = sampler.sample(module.model, shape, generator=generator, callback=recorder)
         files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
-        save_grid(images, files["grid.png"])
-        np.savez_compressed(files["samples.npz"], images=to_uint8(images).cpu().numpy())
-        recorder.save_gif(files["reverse.gif"], images)
+        save_grid(samples, files["grid.png"])
+        np.savez_compressed(files["samples.npz"], images=to_uint8(samples).cpu().numpy())
+        recorder.save_gif(files["reverse.gif"], samples)
     for path in files.values():
         print(f"wrote {path}")
     return files
