@@ -33,8 +33,9 @@ from ddpm_lightning.fld import (
 from ddpm_lightning.sample import default_device
 
 
-def load_samples(path: str | Path) -> Tensor:
-    """Images from a `samples.npz` written by the sample command: (N, 1, 32, 32) in [-1, 1]."""
+def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None]:
+    """Images (N, 1, 32, 32) in [-1, 1] and, for conditional models, the requested labels (N,)
+    from a `samples.npz` written by the sample command."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -43,6 +44,7 @@ def load_samples(path: str | Path) -> Tensor:
     try:
         with np.load(path) as archive:
             images = archive["images"]
+            labels = torch.from_numpy(archive["labels"]) if "labels" in archive else None
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(
             f"samples={path} is not a samples.npz with an 'images' array ({exc})"
@@ -52,15 +54,19 @@ def load_samples(path: str | Path) -> Tensor:
         raise DataError(
             f"samples={path}: images have shape {tuple(images.shape)}, need (N≥2, 1, 32, 32)"
         )
-    return images
+    if labels is not None and labels.shape != images.shape[:1]:
+        raise DataError(f"samples={path}: {len(labels)} labels for {len(images)} images")
+    return images, labels
 
 
-def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, str | None]:
-    """`cfg.num_samples` images from `cfg.ckpt_path` with `cfg.sampler`, and its dataset name."""
+def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, Tensor | None, str | None]:
+    """`cfg.num_samples` images from `cfg.ckpt_path` with `cfg.sampler`, their labels (an equal
+    share of each class for conditional models, else None) and the checkpoint's dataset."""
     module = load_module(cfg.ckpt_path).to(device)
     sampler = module.make_sampler(instantiate(cfg.sampler))
-    images = module.generate(sampler, cfg.num_samples, cfg.seed)
-    return images.cpu(), module.hparams.get("dataset")
+    labels = module.sample_labels(int(cfg.num_samples))
+    images = module.generate(sampler, cfg.num_samples, cfg.seed, labels=labels)
+    return images.cpu(), labels, module.hparams.get("dataset")
 
 
 def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
@@ -69,23 +75,37 @@ def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
     return distances.min(dim=1).values.mean().item()
 
 
-def score(images: Tensor, dataset: str, device: torch.device) -> dict:
-    """Every metric for images (N, 1, 32, 32) in [-1, 1]."""
+def requested_label_accuracy(predicted: Tensor, labels: Tensor) -> dict:
+    """Share of samples the LeNet assigns to the label they were generated for, overall and
+    per class (null for classes not requested)."""
+    hits = (predicted == labels).double()
+    per_class = [
+        hits[labels == c].mean().item() if (labels == c).any() else None for c in range(10)
+    ]
+    return {"requested_label_accuracy": hits.mean().item(), "per_class_accuracy": per_class}
+
+
+def score(images: Tensor, dataset: str, device: torch.device, labels: Tensor | None = None) -> dict:
+    """Every metric for images (N, 1, 32, 32) in [-1, 1]; labels (N,): the requested classes."""
     fld = FLD(dataset, device)
     features = fld.features(images, progress=True)
     mean, cov = feature_statistics(features)
     logits = fld.model.head(features.float().to(device)).cpu()
     probabilities = logits.softmax(dim=1)
     stats = fld.test_stats
-    return {
+    predicted = probabilities.argmax(1)
+    metrics = {
         "dataset": dataset,
         "num_samples": images.shape[0],
         "fld": frechet_distance(mean, cov, stats["mean"], stats["cov"]),
-        "label_counts": torch.bincount(probabilities.argmax(1), minlength=10).tolist(),
+        "label_counts": torch.bincount(predicted, minlength=10).tolist(),
         "test_label_counts": stats["label_counts"].tolist(),
         "mean_confidence": probabilities.max(dim=1).values.mean().item(),
         "mean_min_distance_to_class_means": min_class_mean_distance(images, stats["class_means"]),
     }
+    if labels is not None:
+        metrics.update(requested_label_accuracy(predicted, labels.cpu()))
+    return metrics
 
 
 def save_histograms(metrics: dict, path: Path, width: int = 640, height: int = 260) -> None:
@@ -121,6 +141,10 @@ def print_table(metrics: dict, reference: dict) -> None:
         "mean min distance to class means", f"{metrics['mean_min_distance_to_class_means']:.4f}"
     )
     table.add_row("predicted labels 0-9", " ".join(map(str, metrics["label_counts"])))
+    if "requested_label_accuracy" in metrics:
+        table.add_row(
+            "samples classified as requested", f"{metrics['requested_label_accuracy']:.4f}"
+        )
     for name, value in reference.items():
         table.add_row(f"reference FLD: {name.replace('_', ' ')}", f"{value:.4f}")
     Console().print(table)
@@ -130,9 +154,10 @@ def evaluate(cfg: DictConfig) -> dict:
     """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`."""
     device = default_device()
     if cfg.get("samples"):
-        images, dataset = load_samples(cfg.samples), None
+        images, labels = load_samples(cfg.samples)
+        dataset = None
     elif cfg.get("ckpt_path"):
-        images, dataset = generate(cfg, device)
+        images, labels, dataset = generate(cfg, device)
     else:
         raise ConfigError("pass ckpt_path=PATH/last.ckpt or samples=PATH/samples.npz")
     dataset = cfg.get("dataset") or dataset or "mnist"
@@ -141,7 +166,7 @@ def evaluate(cfg: DictConfig) -> dict:
             f"warning: {images.shape[0]} samples give a rank-deficient 84×84 covariance; "
             "FLD needs more samples (10,000 by default) to be meaningful"
         )
-    metrics = score(images, dataset, device)
+    metrics = score(images, dataset, device, labels)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_histograms(metrics, out_dir / "label_histogram.png")

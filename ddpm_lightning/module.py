@@ -13,6 +13,12 @@ from torch import Tensor
 
 from ddpm_lightning.diffusion import GaussianDiffusion
 from ddpm_lightning.errors import ConfigError, DDPMError
+from ddpm_lightning.guidance import (
+    DEFAULT_GUIDANCE_SCALE,
+    balanced_labels,
+    check_labels,
+    drop_labels,
+)
 from ddpm_lightning.samplers import Sampler, StepCallback
 
 
@@ -57,16 +63,48 @@ class DiffusionModule(L.LightningModule):
         self.data_shape = tuple(data_shape)
         self.model = instantiate(model)
         self.model.check_input_shape(self.data_shape)
-        self.diffusion = GaussianDiffusion(instantiate(schedule), **(diffusion or {}))
+        diffusion = dict(diffusion or {})
+        self.p_uncond = float(diffusion.pop("p_uncond", 0.1))
+        if not 0 <= self.p_uncond < 1:
+            raise ConfigError(f"diffusion.p_uncond={self.p_uncond} must lie in [0, 1)")
+        self.diffusion = GaussianDiffusion(instantiate(schedule), **diffusion)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of a conditional model (its null label's index); None otherwise."""
+        return getattr(self.model, "num_classes", None)
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The network's prediction for x_t: (B, C, H, W) at t: (B,)."""
         return self.model(x_t, t, y)
 
     def make_sampler(self, factory: Callable[..., Sampler], **kwargs: Any) -> Sampler:
-        """A sampler from `factory` (e.g. a `_partial_` config) for this schedule and objective."""
+        """A sampler from `factory` (e.g. a `_partial_` config) for this schedule and objective.
+
+        Guidance defaults to γ = 2 for conditional models and is refused for unconditional ones.
+        """
         diffusion = self.diffusion
-        return factory(schedule=diffusion.schedule, objective=diffusion.objective.value, **kwargs)
+        sampler = factory(
+            schedule=diffusion.schedule, objective=diffusion.objective.value, **kwargs
+        )
+        if self.num_classes is None and sampler.guidance_scale not in (None, 1.0):
+            raise ConfigError(
+                f"sampler.guidance_scale={sampler.guidance_scale} needs a conditional checkpoint "
+                "but this model is unconditional (model.num_classes=null); drop the override"
+            )
+        if self.num_classes is not None and sampler.guidance_scale is None:
+            sampler.guidance_scale = DEFAULT_GUIDANCE_SCALE
+        return sampler
+
+    def sample_labels(self, num_samples: int, labels: Tensor | None = None) -> Tensor | None:
+        """`labels` checked, or an equal share of every class for conditional models, or None."""
+        if labels is None:
+            if self.num_classes is None:
+                return None
+            return balanced_labels(num_samples, self.num_classes)
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        check_labels(labels, self.num_classes)
+        return labels
 
     def generate(
         self,
@@ -74,19 +112,37 @@ class DiffusionModule(L.LightningModule):
         num_samples: int,
         seed: int,
         callback: StepCallback | None = None,
+        labels: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """`num_samples` samples (N, *data_shape) in [-1, 1], reproducible from `seed`."""
+        """`num_samples` samples (N, *data_shape) in [-1, 1], reproducible from `seed`.
+
+        labels: (N,) classes for conditional models (default: `sample_labels`); noise: x_T.
+        """
         generator = torch.Generator(self.device).manual_seed(int(seed))
         shape = (int(num_samples), *self.data_shape)
-        return sampler.sample(self.model, shape, generator=generator, callback=callback)
+        y = self.sample_labels(num_samples, labels)
+        if y is not None and len(y) != shape[0]:
+            raise ConfigError(f"{len(y)} labels given for {shape[0]} samples")
+        return sampler.sample(
+            self.model,
+            shape,
+            generator=generator,
+            y=None if y is None else y.to(self.device),
+            callback=callback,
+            noise=noise,
+        )
 
     def labels(self, y: Tensor) -> Tensor | None:
         """Labels for conditional models, None for unconditional ones."""
-        return y if getattr(self.model, "num_classes", None) is not None else None
+        return y if self.num_classes is not None else None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        loss = self.diffusion.training_loss(self.model, x, self.labels(y))
+        y = self.labels(y)
+        if y is not None:
+            y = drop_labels(y, self.p_uncond, self.num_classes)
+        loss = self.diffusion.training_loss(self.model, x, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}, before "

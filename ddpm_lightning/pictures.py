@@ -34,6 +34,14 @@ def save_grid(images: Tensor, path: Path, nrow: int | None = None) -> None:
     to_pil(grid(images, nrow)).save(path)
 
 
+def class_grid(images: Tensor, labels: Tensor) -> Tensor:
+    """One row per class present in labels: (N,), as many columns as the rarest class has."""
+    classes = labels.unique(sorted=True)
+    per_class = min(int((labels == c).sum()) for c in classes)
+    rows = [images[labels == c][:per_class] for c in classes]
+    return grid(torch.cat(rows), nrow=per_class)
+
+
 class ReverseProcessRecorder:
     """Sampler callback keeping (x_t, x̂₀) of the first `num_images` at about `num_frames` steps.
 

@@ -1,7 +1,9 @@
 """`python -m ddpm_lightning.sample ckpt_path=PATH`: samples from a trained checkpoint.
 
-Images: grid.png, samples.npz (uint8 images) and reverse.gif. 2-D points (data=spiral):
-points.png (samples over the spiral) and samples.npz (float points).
+Images: grid.png, samples.npz (uint8 images, and labels for conditional models) and
+reverse.gif; conditional models add class_grid.png (a row per class) and same_noise.png (seed
+002's ablation: every row starts from the same noise, one row per label). 2-D points
+(data=spiral): points.png (samples over the spiral) and samples.npz (float points).
 """
 
 from __future__ import annotations
@@ -13,16 +15,58 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import Tensor
 
 from ddpm_lightning.checkpoints import load_module
 from ddpm_lightning.config import config_dir
 from ddpm_lightning.errors import ConfigError, report_errors
-from ddpm_lightning.pictures import ReverseProcessRecorder, save_grid, to_uint8
+from ddpm_lightning.module import DiffusionModule
+from ddpm_lightning.pictures import (
+    ReverseProcessRecorder,
+    class_grid,
+    save_grid,
+    to_pil,
+    to_uint8,
+)
+from ddpm_lightning.samplers import Sampler
 from ddpm_lightning.spiral import save_spiral_plot
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tensor | None:
+    """The `labels=` option: null (all classes for conditional models), `all`, or a list."""
+    if labels is None:
+        return module.sample_labels(num_samples)
+    if module.num_classes is None:
+        raise ConfigError(
+            f"labels={labels} needs a conditional checkpoint but this model is unconditional "
+            "(model.num_classes=null); drop labels="
+        )
+    if labels == "all":
+        return module.sample_labels(num_samples)
+    if isinstance(labels, str) or not labels or not all(isinstance(v, int) for v in labels):
+        raise ConfigError(f"labels={labels} must be `all` or a list of class indices like [3,7]")
+    return module.sample_labels(len(labels), torch.tensor(list(labels)))
+
+
+def same_noise_grid(
+    module: DiffusionModule, sampler: Sampler, columns: int, seed: int, path: Path
+) -> None:
+    """Seed 002's ablation: `columns` starting noises, each sampled once per class (rows)."""
+    generator = torch.Generator(module.device).manual_seed(int(seed))
+    noise = torch.randn((columns, *module.data_shape), device=module.device, generator=generator)
+    classes = module.num_classes
+    images = module.generate(
+        sampler,
+        classes * columns,
+        seed,
+        labels=torch.arange(classes).repeat_interleave(columns),
+        noise=noise.repeat(classes, *[1] * len(module.data_shape)),
+    )
+    save_grid(images, path, nrow=columns)
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
@@ -32,6 +76,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     device = default_device()
     module = load_module(cfg.ckpt_path).to(device)
     sampler = module.make_sampler(instantiate(cfg.sampler))
+    labels = requested_labels(cfg.labels, int(cfg.num_samples), module)
+    num_samples = int(cfg.num_samples) if labels is None else len(labels)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     points = len(module.data_shape) == 1
@@ -40,7 +86,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         if points
         else ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
     )
-    samples = module.generate(sampler, cfg.num_samples, cfg.seed, callback=recorder)
+    samples = module.generate(sampler, num_samples, cfg.seed, callback=recorder, labels=labels)
     if points:
         files = {name: out_dir / name for name in ("points.png", "samples.npz")}
         save_spiral_plot(samples, files["points.png"])
@@ -48,8 +94,19 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     else:
         files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
         save_grid(samples, files["grid.png"])
-        np.savez_compressed(files["samples.npz"], images=to_uint8(samples).cpu().numpy())
+        arrays = {"images": to_uint8(samples).cpu().numpy()}
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
+        np.savez_compressed(files["samples.npz"], **arrays)
         recorder.save_gif(files["reverse.gif"], samples)
+        if labels is not None:
+            files["class_grid.png"] = out_dir / "class_grid.png"
+            to_pil(class_grid(samples.cpu(), labels)).save(files["class_grid.png"])
+            if int(cfg.same_noise_columns) > 0:
+                files["same_noise.png"] = out_dir / "same_noise.png"
+                same_noise_grid(
+                    module, sampler, int(cfg.same_noise_columns), cfg.seed, files["same_noise.png"]
+                )
     for path in files.values():
         print(f"wrote {path}")
     return files

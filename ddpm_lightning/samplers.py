@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ddpm_lightning.diffusion import Denoiser, GaussianDiffusion
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.guidance import guided_output
 from ddpm_lightning.schedules import NoiseSchedule
 
 StepCallback = Callable[[int, int, Tensor, Tensor], None]
@@ -81,6 +82,7 @@ class Sampler:
         clip_x0: bool = True,
         batch_size: int = 256,
         progress: bool = True,
+        guidance_scale: float | None = None,
     ):
         if int(batch_size) < 1:
             raise ConfigError(f"sampler.batch_size={batch_size} must be at least 1")
@@ -89,6 +91,7 @@ class Sampler:
         self.clip_x0 = clip_x0
         self.batch_size = int(batch_size)
         self.progress = progress
+        self.guidance_scale = None if guidance_scale is None else float(guidance_scale)
 
     def steps(self) -> list[int]:
         raise NotImplementedError
@@ -100,19 +103,11 @@ class Sampler:
         raise NotImplementedError
 
     def predict(
-        self, model: Denoiser, x: Tensor, t: int, y: Tensor | None, guidance_scale: float
+        self, model: Denoiser, x: Tensor, t: int, y: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """(x̂₀, ε̂) at x: (B, …), timestep t; guidance mixes cond/uncond outputs (seed 004)."""
+        """(x̂₀, ε̂) at x: (B, …), timestep t, guided by `guidance_scale` when labels y: (B,)."""
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        if y is None or guidance_scale == 1.0:
-            output = model(x, t_batch, y)
-        else:
-            null_label = getattr(model, "num_classes", None)
-            if null_label is None:
-                raise ConfigError("guidance needs a conditional model (model.num_classes)")
-            labels = torch.cat([y, torch.full_like(y, null_label)])
-            cond, uncond = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), labels).chunk(2)
-            output = uncond + guidance_scale * (cond - uncond)
+        output = guided_output(model, x, t_batch, y, self.guidance_scale)
         x0, eps = self.diffusion.predict_x0_eps(x, t_batch, output.float())
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)
@@ -137,12 +132,13 @@ class Sampler:
         shape: tuple[int, ...],
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
-        guidance_scale: float = 1.0,
         callback: StepCallback | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Samples of `shape` (N, C, H, W) in [-1, 1], drawn `batch_size` at a time.
 
-        `callback(i, t, x_t, x̂₀)` is called after the model's prediction at every step.
+        y: (N,) labels for conditional models. noise: (N, C, H, W) starting x_T instead of
+        fresh draws. `callback(i, t, x_t, x̂₀)` is called after every step's prediction.
         """
         device = self.schedule.betas.device
         chunks = []
@@ -154,10 +150,14 @@ class Sampler:
             for start in range(0, shape[0], self.batch_size):
                 n = min(self.batch_size, shape[0] - start)
                 labels = None if y is None else y[start : start + n].to(device)
-                x = torch.randn((n, *shape[1:]), device=device, generator=generator)
+                x = (
+                    torch.randn((n, *shape[1:]), device=device, generator=generator)
+                    if noise is None
+                    else noise[start : start + n].to(device)
+                )
                 self.reset()
                 for i, t in enumerate(steps):
-                    x0, eps = self.predict(model, x, t, labels, guidance_scale)
+                    x0, eps = self.predict(model, x, t, labels)
                     if callback is not None:
                         callback(i, t, x, x0)
                     x = self.step(i, x, x0, eps, generator)

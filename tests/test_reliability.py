@@ -113,6 +113,12 @@ def test_unknown_option_is_hydras_message(monkeypatch, capsys, tmp_path):
         (["sampler.num_steps=0"], "sampler.num_steps=0"),
         (["sampler.num_steps=21"], "sampler.num_steps=21"),
         (["num_samples=0"], "num_samples"),
+        (["labels=[1,2]", "sampler.num_steps=2"], "labels=[1, 2] needs a conditional checkpoint"),
+        (["labels=all", "sampler.num_steps=2"], "labels=all needs a conditional checkpoint"),
+        (
+            ["sampler.guidance_scale=3", "sampler.num_steps=2"],
+            "sampler.guidance_scale=3.0 needs a conditional",
+        ),
     ],
 )
 def test_sample_bad_input_is_one_line(trained, tmp_path, monkeypatch, capsys, overrides, names):

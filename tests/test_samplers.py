@@ -175,11 +175,3 @@ def test_chunks_clipping_and_callback():
     assert len(calls) == 3 * 10, "one call per step per chunk (chunks of 3, 3, 1)"
     assert [c[1] for c in calls[:10]] == sampler.steps()
     assert max(c[2] for c in calls) <= 1.0, "x̂₀ is clipped to [-1, 1]"
-
-
-def test_guidance_on_an_unconditional_model_is_a_config_error():
-    schedule = NoiseSchedule("cosine", 10)
-    sampler = DDIMSampler(schedule, num_steps=2, progress=False)
-    model = exact_denoiser(schedule, "eps")
-    with pytest.raises(ConfigError, match="model.num_classes"):
-        sampler.sample(model, (2, 1, 2, 2), y=torch.tensor([1, 2]), guidance_scale=2.0)

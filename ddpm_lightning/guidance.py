@@ -1,0 +1,63 @@
+"""Classifier-free guidance (Ho & Salimans 2022, in seed 004's form) and its label dropout.
+
+One network learns p(x | y) and p(x): during training each label is replaced by the null
+label (index `num_classes`) with probability p_uncond; at sampling time the two predictions
+are mixed, ε = ε_uncond + γ (ε_cond − ε_uncond), so γ = 1 is plain conditional sampling and
+γ = 0 unconditional.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ddpm_lightning.diffusion import Denoiser
+from ddpm_lightning.errors import ConfigError
+
+DEFAULT_GUIDANCE_SCALE = 2.0
+
+
+def drop_labels(
+    y: Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """y: (B,) with each entry replaced by `null_label` with probability `p_uncond`."""
+    if p_uncond <= 0:
+        return y
+    drop = torch.rand(y.shape, device=y.device, generator=generator) < p_uncond
+    return torch.where(drop, torch.full_like(y, null_label), y)
+
+
+def guided_output(
+    model: Denoiser, x: Tensor, t: Tensor, y: Tensor | None, guidance_scale: float | None
+) -> Tensor:
+    """The guided network output for x: (B, …) at t: (B,) with labels y: (B,).
+
+    Conditional and unconditional outputs come from one doubled batch; γ = 1 (or None, or no
+    labels) needs only the conditional pass. The mix is linear: it holds for ε, x₀ and v alike.
+    """
+    if y is None or guidance_scale is None or guidance_scale == 1.0:
+        return model(x, t, y)
+    null_label = getattr(model, "num_classes", None)
+    if null_label is None:
+        raise ConfigError("classifier-free guidance needs a conditional model (model=unet_cond)")
+    labels = torch.cat([y, torch.full_like(y, null_label)])
+    cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
+    """(N,) labels 0,0,…,1,1,…: class counts differ by at most one, sorted by class."""
+    return torch.arange(int(num_samples)) * int(num_classes) // int(num_samples)
+
+
+def check_labels(labels: Tensor, num_classes: int | None) -> None:
+    """A ConfigError unless every label is a real class of a conditional model."""
+    if num_classes is None:
+        raise ConfigError(
+            "labels were given but the checkpoint's model is unconditional "
+            "(model.num_classes=null); drop labels= or train with model=unet_cond"
+        )
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ConfigError(
+            f"labels must lie in [0, {num_classes}); got {sorted(set(labels.tolist()))}"
+        )
