@@ -1,15 +1,35 @@
-"""Training callbacks of our own: FLD of fresh samples during training."""
+"""Training callbacks of our own, which sample from the model as it trains: the FLD of fresh
+samples, and sample grids from fixed noise. Both run when validation ends, while the EMA
+weights (if any) are swapped in."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
 
-from ddpm_lightning.errors import DDPMError
+from ddpm_lightning.errors import ConfigError, DDPMError
 from ddpm_lightning.fld import FLD
+from ddpm_lightning.pictures import grid, to_pil
 from ddpm_lightning.samplers import Sampler
+
+
+def batch_size(batch: tuple[Tensor, Tensor]) -> int:
+    """Images in a training batch, for Lightning's ThroughputMonitor."""
+    return batch[0].shape[0]
+
+
+def log_image(loggers: list[Logger], key: str, image: Tensor, step: int) -> None:
+    """Send a (3, H, W) uint8 picture to every logger that takes images (wandb, TensorBoard)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[to_pil(image)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, image, global_step=step)
 
 
 class FLDCallback(L.Callback):
@@ -50,3 +70,54 @@ class FLDCallback(L.Callback):
         sampler = pl_module.make_sampler(self.make_sampler, progress=False)
         images = pl_module.generate(sampler, self.num_samples, self.seed)
         pl_module.log("val/fld", self.fld(images), prog_bar=True)
+
+
+class SampleGridCallback(L.Callback):
+    """Every `every_n_epochs` and when training ends, a grid of `num_samples` images from the
+    same noise and seed each time (so epochs compare), saved as `samples/epoch_XXX.png`
+    (`samples/final.png` at the end) and logged as `samples/grid` to every image logger.
+    Conditional models get an equal share of each class, sorted by class."""
+
+    def __init__(
+        self,
+        sampler: Callable[..., Sampler],
+        dirpath: str | Path,
+        every_n_epochs: int = 1,
+        num_samples: int = 64,
+        seed: int = 0,
+    ):
+        if int(every_n_epochs) < 1 or int(num_samples) < 1:
+            raise ConfigError(
+                "callbacks.sample_grid.every_n_epochs and .num_samples must be at least 1"
+            )
+        self.make_sampler = sampler
+        self.dirpath = Path(dirpath)
+        self.every_n_epochs = int(every_n_epochs)
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
+        sampler = pl_module.make_sampler(self.make_sampler, progress=False)
+        images = pl_module.generate(sampler, self.num_samples, self.seed)
+        picture = grid(images.cpu())
+        self.save(picture, name)
+        log_image(trainer.loggers, "samples/grid", picture, trainer.global_step)
+
+    @rank_zero_only
+    def save(self, picture: Tensor, name: str) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        to_pil(picture).save(self.dirpath / name)
+
+    def active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        return not (trainer.sanity_checking or trainer.fast_dev_run) and len(
+            pl_module.data_shape
+        ) == 3
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.active(trainer, pl_module) or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.draw(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}.png")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.active(trainer, pl_module) and trainer.global_step > 0:
+            self.draw(trainer, pl_module, "final.png")

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm_lightning.diffusion import GaussianDiffusion
 from ddpm_lightning.errors import ConfigError, DDPMError
@@ -132,6 +133,37 @@ class DiffusionModule(L.LightningModule):
             callback=callback,
             noise=noise,
         )
+
+    def training_flops_per_image(self) -> int:
+        """FLOPs of one image's forward + backward pass (torch.utils.flop_counter)."""
+        x = torch.zeros((1, *self.data_shape), device=self.device)
+        t = torch.zeros(1, dtype=torch.long, device=self.device)
+        y = None if self.num_classes is None else torch.zeros_like(t)
+        with FlopCounterMode(display=False) as counter:
+            self.model(x, t, y).sum().backward()
+        self.model.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    def on_fit_start(self) -> None:
+        """Sets `flops_per_batch`, from which Lightning's ThroughputMonitor reports FLOP/s."""
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if batch_size:
+            self.flops_per_batch = self.training_flops_per_image() * int(batch_size)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the torch random states, so a resumed run draws the same t, ε and batch order
+        as an uninterrupted one."""
+        checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["cpu"])
+        if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     def labels(self, y: Tensor) -> Tensor | None:
         """Labels for conditional models, None for unconditional ones."""

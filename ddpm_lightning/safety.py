@@ -26,7 +26,7 @@ class LastCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer) -> Path:
         path = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         return path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

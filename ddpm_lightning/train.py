@@ -10,18 +10,21 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import config_dir
 from ddpm_lightning.errors import report_errors
+from ddpm_lightning.loggers import finish_loggers
 from ddpm_lightning.module import DiffusionModule
 from ddpm_lightning.runinfo import write_run_info
 from ddpm_lightning.safety import check_resume_checkpoint, find_last_checkpoint
 
 # The datamodule serves whole in-memory batches, so worker processes would only add overhead.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+LOGGER_ONLY_CALLBACKS = (LearningRateMonitor, ThroughputMonitor)
+
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
@@ -31,6 +34,12 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def order_callbacks(callbacks: list[L.Callback]) -> list[L.Callback]:
+    """Weight averaging (EMA) last: Lightning calls callbacks in order, so the sample-grid and
+    FLD callbacks run at validation end while the averaged weights are still swapped in."""
+    return sorted(callbacks, key=lambda callback: isinstance(callback, WeightAveraging))
 
 
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
@@ -74,15 +83,21 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule.data_shape)
     ckpt_path = resolve_ckpt_path(cfg, module)
+    callbacks = order_callbacks(
+        instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
+    )
     loggers = instantiate_named(cfg.get("logger"))
-    callbacks = instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
-    if not loggers:  # `~logger`: the LR monitor would have nowhere to write and refuses to run.
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if not loggers:  # `~logger`: these monitors would have nowhere to write and refuse to run.
+        callbacks = [c for c in callbacks if not isinstance(c, LOGGER_ONLY_CALLBACKS)]
     try:
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        finish_loggers(loggers)
     return {key: float(value) for key, value in trainer.callback_metrics.items()}
 
 

@@ -57,6 +57,7 @@ def tiny_overrides(data_root: Path, output_dir: Path, *overrides: str) -> list[s
         "trainer.accelerator=cpu",
         "callbacks.rich_progress_bar=null",
         "callbacks.fld=null",
+        "callbacks.sample_grid=null",
         *TINY_MODEL,
         *overrides,
     ]

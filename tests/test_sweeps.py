@@ -1,0 +1,142 @@
+"""Hydra multiruns of `ddpm_lightning.train`: grid sweeps, a failing job, Optuna."""
+
+import csv
+import subprocess
+from itertools import product
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PYTHON, cli_env, tiny_overrides
+
+TWO_STEPS = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "callbacks.sample_grid=null",
+    "callbacks.model_summary=null",
+]
+
+
+def sweep_overrides(data_root: Path, sweep_dir: Path, *overrides: str) -> list[str]:
+    """The tiny run's overrides with `overrides` replacing same-key ones; each job keeps its own
+    output folder under `sweep_dir`."""
+    keys = {"paths.output_dir", *(o.partition("=")[0] for o in overrides)}
+    tiny = tiny_overrides(data_root, sweep_dir, *TWO_STEPS)
+    kept = [o for o in tiny if o.partition("=")[0] not in keys]
+    return [*kept, *overrides, f"hydra.sweep.dir={sweep_dir}"]
+
+
+def run_module(module: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", module, *args],
+        cwd=cwd,
+        env={**cli_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
+    result = run_module("ddpm_lightning.summarize", str(sweep_dir), cwd=sweep_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {sweep_dir / 'summary.csv'}" in result.stdout
+    with (sweep_dir / "summary.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def launched_jobs(output: str) -> int:
+    return sum(1 for line in output.splitlines() if "[HYDRA] \t#" in line)
+
+
+def test_grid_sweep_then_summarize(data_root, tmp_path):
+    sweep = tmp_path / "multirun"
+    result = run_module(
+        "ddpm_lightning.train",
+        "-m",
+        *sweep_overrides(data_root, sweep, "schedule=linear,cosine", "model.model_channels=8,16"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for num in range(4):
+        job = sweep / str(num)
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert (job / "csv" / "metrics.csv").is_file() and (job / "run_info.json").is_file()
+    assert not (sweep / "4").exists()
+
+    rows = read_summary(sweep)
+    assert len(rows) == 4 and {row["status"] for row in rows} == {"ok"}
+    assert list(rows[0])[:5] == ["job", "status", "schedule", "model.model_channels", "val/loss"]
+    assert "train/loss" in rows[0]
+    losses = [float(row["val/loss"]) for row in rows]
+    assert losses == sorted(losses)
+    grid = {(row["schedule"], row["model.model_channels"]) for row in rows}
+    assert grid == set(product(["linear", "cosine"], ["8", "16"]))
+
+
+def test_a_config_error_stops_the_sweep(data_root, tmp_path):
+    """A ConfigError exits the whole process (report_errors' sys.exit): later jobs never run."""
+    sweep = tmp_path / "multirun"
+    result = run_module(
+        "ddpm_lightning.train",
+        "-m",
+        *sweep_overrides(data_root, sweep, "model.block_groups=5,4"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "model.block_groups" in errors[0]
+    assert launched_jobs(result.stdout) == 1
+    assert (sweep / "0" / ".hydra").is_dir() and not (sweep / "1").exists()
+    rows = read_summary(sweep)
+    assert [(row["job"], row["status"]) for row in rows] == [("0", "failed")]
+
+
+def test_full_error_lets_the_sweep_go_on(data_root, tmp_path):
+    """With HYDRA_FULL_ERROR=1 the error reaches Hydra, which runs the other jobs, then fails."""
+    sweep = tmp_path / "multirun"
+    result = run_module(
+        "ddpm_lightning.train",
+        "-m",
+        *sweep_overrides(data_root, sweep, "model.block_groups=5,4"),
+        cwd=tmp_path,
+        HYDRA_FULL_ERROR="1",
+    )
+    assert result.returncode == 1
+    assert launched_jobs(result.stdout) == 2
+    assert "ConfigError" in result.stderr and "model.block_groups" in result.stderr
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+    rows = read_summary(sweep)
+    assert [(row["job"], row["status"]) for row in rows] == [("1", "ok"), ("0", "failed")]
+
+
+def test_optuna_search_writes_optimization_results(data_root, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper")
+    sweep = tmp_path / "optuna"
+    tiny = sweep_overrides(
+        data_root,
+        sweep,
+        "+hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "optimized_metric=val/loss",
+    )
+    # A fixed model.model_channels would take it out of the search space.
+    tiny = [o for o in tiny if not o.startswith("model.model_channels=")]
+    result = run_module("ddpm_lightning.train", *tiny, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["name"] == "optuna"
+    assert set(results["best_params"]) == {
+        "optimizer.lr",
+        "model.model_channels",
+        "schedule",
+        "diffusion.objective",
+    }
+    assert 1e-4 <= results["best_params"]["optimizer.lr"] <= 2e-3
+    rows = read_summary(sweep)
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"ok"}
+    assert float(rows[0]["val/loss"]) == pytest.approx(results["best_value"])
