@@ -9,7 +9,7 @@ ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --upgrade pip
-	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev]"
+	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev,sweeps]"
 	touch $(STAMP)
 
 install: $(STAMP)

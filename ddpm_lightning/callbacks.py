@@ -109,9 +109,9 @@ class SampleGridCallback(L.Callback):
         to_pil(picture).save(self.dirpath / name)
 
     def active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        return not (trainer.sanity_checking or trainer.fast_dev_run) and len(
-            pl_module.data_shape
-        ) == 3
+        return (
+            not (trainer.sanity_checking or trainer.fast_dev_run) and len(pl_module.data_shape) == 3
+        )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.active(trainer, pl_module) or (trainer.current_epoch + 1) % self.every_n_epochs:

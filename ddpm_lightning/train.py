@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import config_dir
-from ddpm_lightning.errors import report_errors
+from ddpm_lightning.errors import find_user_error, report_errors
 from ddpm_lightning.loggers import finish_loggers
 from ddpm_lightning.module import DiffusionModule
 from ddpm_lightning.runinfo import write_run_info
@@ -101,15 +104,27 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     return {key: float(value) for key, value in trainer.callback_metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-@report_errors
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns `optimized_metric` for sweepers."""
+def fit(cfg: DictConfig) -> float | None:
+    """Train; return `optimized_metric` for sweepers (None when it was never logged)."""
     metrics = train(cfg)
     metric = cfg.get("optimized_metric")
-    if metric and metric in metrics:
-        return metrics[metric]
-    return None
+    return metrics[metric] if metric and metric in metrics else None
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point. A user error ends a single run with one line and exit 1; in a
+    multirun it is printed for its job and passed on to Hydra, which runs the other jobs and
+    exits 1 at the end."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return report_errors(fit)(cfg)
+    try:
+        return fit(cfg)
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is not None:
+            print(f"error: job {HydraConfig.get().job.num}: {user_error}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
