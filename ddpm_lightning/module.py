@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -37,11 +38,29 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, cosine_decay: 
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
+FAST_PATH_KEYS = ("channels_last", "compile")
+
+
+def split_fast_paths(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The model config without the `model.channels_last` / `model.compile` switches, and the
+    switches: False when absent, as in the shipped configs and in every checkpoint."""
+    if isinstance(model, DictConfig):
+        model = OmegaConf.to_container(model, resolve=True)
+    model = dict(model)
+    flags = {key: model.pop(key, False) for key in FAST_PATH_KEYS}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"model.{key}={value!r} must be true or false")
+    return model, flags
+
+
 class DiffusionModule(L.LightningModule):
     """Trains `model(x_t, t, y)` to denoise under `schedule` with `diffusion.objective`.
 
     All arguments are plain values (Hydra `_target_` dicts, the data shape and dataset name),
-    saved as hyperparameters, so a checkpoint alone rebuilds the module.
+    saved as hyperparameters, so a checkpoint alone rebuilds the module. `model.channels_last`
+    and `model.compile` only change how the network runs: they are left out of the saved
+    hyperparameters, so resuming or loading never depends on them.
     """
 
     def __init__(
@@ -62,13 +81,35 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_config = optimizer
         self.lr_schedule = {"warmup_steps": 0, "cosine_decay": False, **(lr_schedule or {})}
         self.data_shape = tuple(data_shape)
+        model, self.fast_paths = split_fast_paths(model)
+        self.hparams["model"] = model
         self.model = instantiate(model)
         self.model.check_input_shape(self.data_shape)
+        self.apply_fast_paths()
         diffusion = dict(diffusion or {})
         self.p_uncond = float(diffusion.pop("p_uncond", 0.1))
         if not 0 <= self.p_uncond < 1:
             raise ConfigError(f"diffusion.p_uncond={self.p_uncond} must lie in [0, 1)")
         self.diffusion = GaussianDiffusion(instantiate(schedule), **diffusion)
+
+    def apply_fast_paths(self) -> None:
+        """channels_last weights (NHWC convolutions) and in-place `nn.Module.compile`, which
+        keeps the state_dict keys, so checkpoints stay interchangeable with eager runs."""
+        if self.fast_paths["channels_last"]:
+            if len(self.data_shape) != 3:
+                raise ConfigError(
+                    f"model.channels_last=true needs images (C, H, W) but the data gives shape "
+                    f"{self.data_shape}; drop the +model.channels_last=true override"
+                )
+            self.model.to(memory_format=torch.channels_last)
+        if self.fast_paths["compile"]:
+            self.model.compile()
+
+    def to_memory_format(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) in channels_last layout when `model.channels_last` is on, else x."""
+        if self.fast_paths["channels_last"] and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @property
     def num_classes(self) -> int | None:
@@ -135,12 +176,15 @@ class DiffusionModule(L.LightningModule):
         )
 
     def training_flops_per_image(self) -> int:
-        """FLOPs of one image's forward + backward pass (torch.utils.flop_counter)."""
-        x = torch.zeros((1, *self.data_shape), device=self.device)
+        """FLOPs of one image's forward + backward pass (torch.utils.flop_counter).
+
+        Runs `forward` eagerly, so a compiled model is not compiled again for batch size 1.
+        """
+        x = self.to_memory_format(torch.zeros((1, *self.data_shape), device=self.device))
         t = torch.zeros(1, dtype=torch.long, device=self.device)
         y = None if self.num_classes is None else torch.zeros_like(t)
         with FlopCounterMode(display=False) as counter:
-            self.model(x, t, y).sum().backward()
+            self.model.forward(x, t, y).sum().backward()
         self.model.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 
@@ -171,7 +215,7 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        y = self.labels(y)
+        x, y = self.to_memory_format(x), self.labels(y)
         if y is not None:
             y = drop_labels(y, self.p_uncond, self.num_classes)
         loss = self.diffusion.training_loss(self.model, x, y)
@@ -187,6 +231,7 @@ class DiffusionModule(L.LightningModule):
     def evaluation_loss(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Loss with t and ε from a generator seeded by `batch_idx`: comparable across epochs."""
         x, y = batch
+        x = self.to_memory_format(x)
         generator = torch.Generator(device=x.device).manual_seed(batch_idx)
         return self.diffusion.training_loss(self.model, x, self.labels(y), generator=generator)
 

@@ -1,9 +1,21 @@
+import json
+
+import pytest
 import torch
 
-from ddpm_lightning.bench import bench_sampling, markdown
+from ddpm_lightning.bench import SECTIONS, TRAINING_MODELS, bench_sampling, main, markdown
 
 
-def test_sampling_bench_rows():
+@pytest.fixture
+def one_thread():
+    """Two threads on a busy 2-core machine wait on each other (10-100x slower); one does not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sampling_bench_rows(one_thread):
     rows = bench_sampling(num_timesteps=5, batch_size=2, repeats=2, device=torch.device("cpu"))
     assert [row["sampler"] for row in rows] == ["ddpm-5", "ddim-5", "dpm_solver-5"]
     for row in rows:
@@ -13,3 +25,48 @@ def test_sampling_bench_rows():
         assert 0 <= overhead["min"] <= overhead["max"] < 1
     table = markdown(rows, "header")
     assert table.count("\n| ") == 4, "a header row and one row per sampler"
+
+
+def check_speed(summary: dict) -> None:
+    assert 0 < summary["min"] <= summary["median"] <= summary["max"]
+
+
+def test_quick_bench_writes_every_section(tmp_path):
+    """The whole `--quick` benchmark (one thread, so a busy machine stays quick): keys and
+    rows only, no timing asserts."""
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    main(["--quick", "--threads", "1", "--out", str(out)])
+    assert torch.get_num_threads() == threads, "the thread count is restored"
+    results = json.loads(out.read_text())
+    assert set(SECTIONS) <= set(results)
+    assert {"device", "torch", "threads", "matmul_gflops", "mfu_reference_gflops"} <= set(
+        results["machine"]
+    )
+    assert results["machine"]["threads"] == 1 and results["machine"]["matmul_gflops"]["float32"] > 0
+    assert results["settings"]["batch_size"] == 4 and results["settings"]["repeats"] == 1
+    for part in ("device: cpu", f"torch {torch.__version__}", "1 threads"):
+        assert part in results["header"]
+
+    rows = results["training"]
+    assert [row["model"] for row in rows] == list(TRAINING_MODELS)
+    assert rows[0]["parameters"] == 403_409, "the seed UNet"
+    assert rows[1]["parameters"] > 3 * rows[0]["parameters"], "unet_large: d=32"
+    for row in rows:
+        check_speed(row["lightning"]["images_per_s"])
+        check_speed(row["bare"]["images_per_s"])
+        assert 0 <= row["lightning"]["data_wait"]["median"] < 1
+        assert row["framework_overhead"] < 1 and row["gflop_per_image"] > 0
+        assert row["lightning"]["mfu"] > 0 and row["bare"]["achieved_gflops"] > 0
+        assert row["peak_memory_mb"] >= row["start_memory_mb"] > 0
+
+    for peer in results["peers"]:
+        assert "skipped" in peer or peer["bare"]["images_per_s"]["median"] > 0
+    assert [row["sampler"] for row in results["sampling"]] == ["ddpm-5", "ddim-5", "dpm_solver-5"]
+
+    table = out.with_suffix(".md").read_text()
+    assert table.startswith(results["header"])
+    for name in [*TRAINING_MODELS, *(peer["model"] for peer in results["peers"])]:
+        assert f"\n| {name} |" in table
+    for column in ("framework overhead", "data wait", "MFU", "peak memory", "sampler overhead"):
+        assert column in table

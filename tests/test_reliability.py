@@ -271,7 +271,8 @@ def test_run_folder_records_config_command_versions_and_commit(trained):
 
 @pytest.mark.slow
 def test_soak_resident_memory_is_flat(data_root, tmp_path):
-    """20 short epochs with the FLD callback on: RSS after epoch 20 within 10% of epoch 2."""
+    """20 short epochs with the FLD and sample-grid callbacks (and EMA) on: RSS after epoch 20
+    within 10% of epoch 2."""
     import lightning as L
 
     rss: list[int] = []
@@ -282,10 +283,14 @@ def test_soak_resident_memory_is_flat(data_root, tmp_path):
             rss.append(pages * os.sysconf("SC_PAGE_SIZE"))
 
     cfg = tiny_config(data_root, tmp_path, "trainer.max_epochs=20", "+trainer.limit_val_batches=1")
-    cfg.callbacks.fld = compose_config("train", [f"paths.output_dir={tmp_path}"]).callbacks.fld
+    defaults = compose_config("train", [f"paths.output_dir={tmp_path}"]).callbacks
+    cfg.callbacks.fld, cfg.callbacks.sample_grid = defaults.fld, defaults.sample_grid
     cfg.callbacks.fld.num_samples = 64
     cfg.callbacks.fld.sampler.num_steps = 5
+    cfg.callbacks.sample_grid.num_samples = 16
+    cfg.callbacks.sample_grid.sampler.num_steps = 5
     train(cfg, extra_callbacks=[RecordRSS()])
     assert len(rss) == 20
+    assert len(list((tmp_path / "samples").glob("epoch_*.png"))) == 20
     assert rss[19] <= rss[1] * 1.10, [r // 2**20 for r in rss]
     assert np.isfinite(rss[19])
