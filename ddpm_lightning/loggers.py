@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 
@@ -23,8 +24,6 @@ def has_wandb_credentials() -> bool:
 def run_name(base: str) -> str:
     """`base`, plus the command-line overrides of this Hydra job (e.g. `train:schedule=linear`)."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         overrides = HydraConfig.get().job.override_dirname
     except ValueError:
         overrides = ""

@@ -93,8 +93,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     if not loggers:  # `~logger`: these monitors would have nowhere to write and refuse to run.
         callbacks = [c for c in callbacks if not isinstance(c, LOGGER_ONLY_CALLBACKS)]
     try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
         for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams(resolved)
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:

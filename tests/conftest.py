@@ -67,6 +67,19 @@ def tiny_config(data_root: Path, output_dir: Path, *overrides: str):
     return compose_config("train", tiny_overrides(data_root, output_dir, *overrides))
 
 
+def sample_config(checkpoint: Path, out_dir: Path, *overrides: str):
+    """The sample command's config for `checkpoint`, writing into `out_dir`."""
+    return compose_config(
+        "sample",
+        [
+            f"ckpt_path={checkpoint}",
+            f"out_dir={out_dir}",
+            f"paths.output_dir={out_dir}",
+            *overrides,
+        ],
+    )
+
+
 def cli_env() -> dict[str, str]:
     """Environment for CLI subprocesses: no full Hydra errors, offline wandb."""
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}

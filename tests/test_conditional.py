@@ -15,6 +15,7 @@ from ddpm_lightning.module import DiffusionModule
 from ddpm_lightning.sample import sample
 from ddpm_lightning.samplers import DDIMSampler
 from ddpm_lightning.train import train
+from tests import conftest
 from tests.conftest import tiny_config, write_fake_dataset
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
@@ -30,16 +31,8 @@ def conditional(tmp_path_factory):
 
 
 def sample_config(checkpoint, out_dir, *overrides):
-    return compose_config(
-        "sample",
-        [
-            f"ckpt_path={checkpoint}",
-            f"out_dir={out_dir}",
-            f"paths.output_dir={out_dir}",
-            "sampler.num_steps=3",
-            *overrides,
-        ],
-    )
+    """The sample command's config with a 3-step DDIM sampler."""
+    return conftest.sample_config(checkpoint, out_dir, "sampler.num_steps=3", *overrides)
 
 
 def test_unet_cond_config_is_the_seed_unet_plus_a_label_table():

@@ -5,11 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_lightning.config import compose_config
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.sample import sample
 from ddpm_lightning.train import train
-from tests.conftest import PYTHON, cli_env, tiny_config
+from tests.conftest import PYTHON, cli_env, sample_config, tiny_config
 
 
 @pytest.fixture
@@ -25,18 +24,6 @@ def checkpoint(data_root, tmp_path):
         )
     )
     return tmp_path / "train" / "checkpoints" / "last.ckpt"
-
-
-def sample_config(checkpoint, out_dir, *overrides):
-    return compose_config(
-        "sample",
-        [
-            f"ckpt_path={checkpoint}",
-            f"out_dir={out_dir}",
-            f"paths.output_dir={out_dir}",
-            *overrides,
-        ],
-    )
 
 
 @pytest.mark.parametrize(
