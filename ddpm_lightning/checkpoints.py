@@ -14,7 +14,8 @@ def read_checkpoint(ckpt_path: str | Path | None, mmap: bool = False) -> dict:
     """The checkpoint dict, loaded without running pickled code; one-line errors otherwise."""
     if ckpt_path is None:
         raise ConfigError(
-            "ckpt_path is required: pass ckpt_path=PATH/last.ckpt from a training run"
+            "ckpt_path is required: pass ckpt_path=PATH/last.ckpt from a training run "
+            "or a shipped model, pretrained=mnist"
         )
     path = Path(ckpt_path)
     if not path.is_file():

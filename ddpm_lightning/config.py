@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,8 +25,16 @@ def project_root() -> str:
     return str(root if (root / "pyproject.toml").is_file() else Path.cwd())
 
 
-if not OmegaConf.has_resolver("project_root"):
-    OmegaConf.register_new_resolver("project_root", project_root)
+def best_precision(accelerator: str = "auto") -> str:
+    """`trainer.precision` by default: bf16-mixed when the run may use a CUDA GPU that
+    supports bfloat16 (`accelerator` auto, gpu or cuda), else 32-true."""
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+for _name, _resolver in (("project_root", project_root), ("best_precision", best_precision)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 def compose_config(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:

@@ -1,4 +1,4 @@
-"""`python -m ddpm_lightning.evaluate ckpt_path=PATH` (or `samples=PATH.npz`): FLD and friends.
+"""`python -m ddpm_lightning.evaluate ckpt_path=PATH | pretrained=NAME | samples=PATH.npz`: FLD.
 
 Scores generated images against the test set with the shipped LeNet-5 (no real data needed):
 FLD, the LeNet's predicted-label histogram and mean confidence, and seed 000's mean minimum
@@ -30,6 +30,7 @@ from ddpm_lightning.fld import (
     load_record,
     to_model_input,
 )
+from ddpm_lightning.pretrained import checkpoint_path
 from ddpm_lightning.sample import default_device
 
 
@@ -60,9 +61,10 @@ def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None]:
 
 
 def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, Tensor | None, str | None]:
-    """`cfg.num_samples` images from `cfg.ckpt_path` with `cfg.sampler`, their labels (an equal
-    share of each class for conditional models, else None) and the checkpoint's dataset."""
-    module = load_module(cfg.ckpt_path).to(device)
+    """`cfg.num_samples` images from `cfg.ckpt_path` or `cfg.pretrained` with `cfg.sampler`,
+    their labels (an equal share of each class for conditional models, else None) and the
+    checkpoint's dataset."""
+    module = load_module(checkpoint_path(cfg.ckpt_path, cfg.pretrained)).to(device)
     sampler = module.make_sampler(instantiate(cfg.sampler))
     labels = module.sample_labels(int(cfg.num_samples))
     images = module.generate(sampler, cfg.num_samples, cfg.seed, labels=labels)
@@ -156,10 +158,12 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("samples"):
         images, labels = load_samples(cfg.samples)
         dataset = None
-    elif cfg.get("ckpt_path"):
+    elif cfg.get("ckpt_path") or cfg.get("pretrained"):
         images, labels, dataset = generate(cfg, device)
     else:
-        raise ConfigError("pass ckpt_path=PATH/last.ckpt or samples=PATH/samples.npz")
+        raise ConfigError(
+            "pass ckpt_path=PATH/last.ckpt, pretrained=mnist or samples=PATH/samples.npz"
+        )
     dataset = cfg.get("dataset") or dataset or "mnist"
     if images.shape[0] <= 84:
         print(

@@ -42,6 +42,9 @@ class LastCheckpoint(L.Callback):
             )
 
 
+TRAINING_ONLY = frozenset({"diffusion.p_uncond"})
+
+
 def find_last_checkpoint(runs_root: Path) -> Path:
     """The newest `checkpoints/last.ckpt` below `runs_root` (runs and multiruns of a task)."""
     candidates = sorted(runs_root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -70,12 +73,17 @@ def differing_keys(saved: object, requested: object, prefix: str) -> list[str]:
 
 
 def check_resume_checkpoint(path: Path, hparams: dict) -> None:
-    """Refuse a file that is not a checkpoint, or whose model/schedule differ from `hparams`."""
+    """Refuse a file that is not a checkpoint, or whose model/schedule differ from `hparams`.
+
+    Training-only settings (`TRAINING_ONLY`, e.g. the label-dropout rate) may change, and may be
+    missing from checkpoints written before they existed.
+    """
     saved = read_checkpoint(path, mmap=True)["hyper_parameters"]
     differences = [
         difference
         for group in ("model", "schedule", "diffusion", "data_shape")
         for difference in differing_keys(saved.get(group), hparams.get(group), group)
+        if difference.split(" ")[0] not in TRAINING_ONLY
     ]
     if differences:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""`python -m ddpm_lightning.sample ckpt_path=PATH`: samples from a trained checkpoint.
+"""`python -m ddpm_lightning.sample ckpt_path=PATH | pretrained=mnist`: samples from a model.
 
 Images: grid.png, samples.npz (uint8 images, and labels for conditional models) and
 reverse.gif; conditional models add class_grid.png (a row per class) and same_noise.png (seed
@@ -28,6 +28,7 @@ from ddpm_lightning.pictures import (
     to_pil,
     to_uint8,
 )
+from ddpm_lightning.pretrained import checkpoint_path
 from ddpm_lightning.samplers import Sampler
 from ddpm_lightning.spiral import save_spiral_plot
 
@@ -74,7 +75,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     device = default_device()
-    module = load_module(cfg.ckpt_path).to(device)
+    module = load_module(checkpoint_path(cfg.ckpt_path, cfg.pretrained)).to(device)
     sampler = module.make_sampler(instantiate(cfg.sampler))
     labels = requested_labels(cfg.labels, int(cfg.num_samples), module)
     num_samples = int(cfg.num_samples) if labels is None else len(labels)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ddpm_lightning.checkpoints import load_module
+from ddpm_lightning.config import compose_config
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models import UNet
 from ddpm_lightning.models.blocks import MultiheadAttention
@@ -183,3 +184,21 @@ def test_compiled_training_run_saves_a_plain_checkpoint(data_root, tmp_path):
     assert math.isfinite(train(cfg)["val/loss"])
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     assert list(load_module(checkpoint).state_dict()) == list(tiny_module().state_dict())
+
+
+@pytest.mark.parametrize(
+    ("cuda", "bf16", "overrides", "expected"),
+    [
+        (False, False, [], "32-true"),
+        (True, True, [], "bf16-mixed"),
+        (True, False, [], "32-true"),
+        (True, True, ["trainer.accelerator=cpu"], "32-true"),
+        (True, True, ["trainer.precision=16-mixed"], "16-mixed"),
+        (False, False, ["trainer=gpu"], "bf16-mixed"),
+    ],
+)
+def test_default_trainer_picks_bf16_on_a_bf16_gpu(monkeypatch, cuda, bf16, overrides, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    cfg = compose_config("train", ["paths.output_dir=unused", *overrides])
+    assert cfg.trainer.precision == expected

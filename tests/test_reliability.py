@@ -16,7 +16,9 @@ from ddpm_lightning import evaluate as evaluate_command
 from ddpm_lightning import sample as sample_command
 from ddpm_lightning import train as train_command
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.module import NonFiniteLossError
+from ddpm_lightning.safety import check_resume_checkpoint
 from ddpm_lightning.train import train
 from tests.conftest import PYTHON, cli_env, tiny_config, tiny_overrides, write_fake_dataset
 
@@ -294,3 +296,21 @@ def test_soak_resident_memory_is_flat(data_root, tmp_path):
     assert len(list((tmp_path / "samples").glob("epoch_*.png"))) == 20
     assert rss[19] <= rss[1] * 1.10, [r // 2**20 for r in rss]
     assert np.isfinite(rss[19])
+
+
+def test_resume_check_allows_training_only_settings(tmp_path):
+    """The label-dropout rate may change on resume, or be absent from an older checkpoint;
+    the model, schedule and objective may not."""
+    hparams = {
+        "model": {"model_channels": 8},
+        "schedule": {"num_timesteps": 20},
+        "diffusion": {"objective": "eps", "p_uncond": 0.1},
+        "data_shape": [1, 32, 32],
+    }
+    older = {**hparams, "diffusion": {"objective": "eps"}}
+    path = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": older, "state_dict": {}}, path)
+    check_resume_checkpoint(path, hparams)
+    check_resume_checkpoint(path, {**hparams, "diffusion": {"objective": "eps", "p_uncond": 0.3}})
+    with pytest.raises(ConfigError, match=r"diffusion.objective \('eps' in the checkpoint"):
+        check_resume_checkpoint(path, {**hparams, "diffusion": {"objective": "v"}})
