@@ -82,8 +82,12 @@ class Settings:
     channels_last: bool = False
     compile: bool = False
     precision: str = "32-true"
+    models: tuple[str, ...] = tuple(TRAINING_MODELS)
 
     def __post_init__(self) -> None:
+        unknown = set(self.models) - set(TRAINING_MODELS)
+        if unknown or not self.models:
+            raise ConfigError(f"--models={list(self.models)}: choose from {list(TRAINING_MODELS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision={self.precision} is not one of {list(PRECISIONS)}")
         for name in ("batch_size", "warmup_steps", "steps", "repeats", "sampling_batch_size"):
@@ -595,7 +599,7 @@ def run_benchmarks(settings: Settings, sections: Sequence[str], device: torch.de
     }
     if "training" in sections:
         results["training"] = [
-            bench_training_model(name, settings, device, matmul_rate) for name in TRAINING_MODELS
+            bench_training_model(name, settings, device, matmul_rate) for name in settings.models
         ]
     if "peers" in sections:
         results["peers"] = [bench_peer(label, settings, device, matmul_rate) for label in PEERS]
@@ -622,6 +626,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--compile", action="store_true", default=None, help="model.compile=true")
     parser.add_argument("--precision", choices=PRECISIONS, help="trainer.precision (32-true)")
+    parser.add_argument(
+        "--models", nargs="+", choices=TRAINING_MODELS, help="training rows (default: all)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--sections",

@@ -3,7 +3,15 @@ import json
 import pytest
 import torch
 
-from ddpm_lightning.bench import SECTIONS, TRAINING_MODELS, bench_sampling, main, markdown
+from ddpm_lightning.bench import (
+    SECTIONS,
+    TRAINING_MODELS,
+    Settings,
+    bench_sampling,
+    main,
+    markdown,
+)
+from ddpm_lightning.errors import ConfigError
 
 
 @pytest.fixture
@@ -70,3 +78,28 @@ def test_quick_bench_writes_every_section(tmp_path):
         assert f"\n| {name} |" in table
     for column in ("framework overhead", "data wait", "MFU", "peak memory", "sampler overhead"):
         assert column in table
+
+
+def test_models_option_picks_the_training_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    main(
+        [
+            "--quick",
+            "--threads",
+            "1",
+            "--sections",
+            "training",
+            "--models",
+            "unet",
+            "--out",
+            str(out),
+        ]
+    )
+    results = json.loads(out.read_text())
+    assert [row["model"] for row in results["training"]] == ["unet"]
+    assert results["settings"]["models"] == ["unet"]
+
+
+def test_unknown_model_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"--models=\['resnet'\]: choose from"):
+        Settings(models=("resnet",))
