@@ -215,3 +215,22 @@ def test_installed_wheel_finds_its_configs(tmp_path):
         timeout=300,
     )
     assert shipped.stdout.strip() == "fashion_mnist", shipped.stderr[-2000:]
+    pretrained = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "ddpm_lightning.sample",
+            "pretrained=mnist",
+            "num_samples=2",
+            "gif_images=2",
+            "sampler.num_steps=2",
+            f"out_dir={tmp_path / 'samples'}",
+        ],
+        cwd=elsewhere,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pretrained.returncode == 0, pretrained.stderr[-2000:]
+    assert (tmp_path / "samples" / "grid.png").is_file()
