@@ -35,6 +35,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def check_sha256(path: Path, expected: str) -> None:
+    """A DataError unless the shipped file `path` exists and its SHA-256 is `expected`."""
+    if not path.is_file() or sha256(path) != expected:
+        raise DataError(
+            f"{path} is missing or its SHA-256 does not match {expected}; reinstall the package"
+        )
+
+
 def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
     """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."""
     features = features.double()
@@ -67,8 +75,7 @@ def load_record(dataset: str) -> dict:
 def load_lenet(dataset: str, device: torch.device | str = "cpu") -> LeNet5:
     """The shipped LeNet-5 for `dataset`, its SHA-256 checked, in eval mode."""
     record, path = load_record(dataset), asset_paths(dataset)["weights"]
-    if sha256(path) != record["sha256"]:
-        raise DataError(f"{path}: SHA-256 does not match {record['sha256']}; reinstall the package")
+    check_sha256(path, record["sha256"])
     model = LeNet5()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval().to(device)
@@ -78,8 +85,7 @@ def load_test_statistics(dataset: str) -> dict[str, Tensor]:
     """The test set's feature `mean` (84,) and `cov` (84, 84), `label_counts` (10,) and
     `class_means` (10, 1, 32, 32), as exported with the shipped LeNet."""
     record, path = load_record(dataset), asset_paths(dataset)["stats"]
-    if sha256(path) != record["stats_sha256"]:
-        raise DataError(f"{path}: SHA-256 does not match; reinstall the package")
+    check_sha256(path, record["stats_sha256"])
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

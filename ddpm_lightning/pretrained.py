@@ -17,8 +17,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ddpm_lightning.checkpoints import read_checkpoint
-from ddpm_lightning.errors import ConfigError, DataError, report_errors
-from ddpm_lightning.fld import ASSETS_DIR, sha256
+from ddpm_lightning.errors import ConfigError, report_errors
+from ddpm_lightning.fld import ASSETS_DIR, check_sha256, sha256
 
 METRIC_KEYS = ("fld", "mean_confidence", "label_counts", "num_samples")
 
@@ -47,12 +47,7 @@ def checkpoint_path(
     if pretrained not in names:
         raise ConfigError(f"pretrained={pretrained} is not shipped; choose one of {names}")
     paths = pretrained_paths(pretrained, directory)
-    record = json.loads(paths["record"].read_text())
-    if not paths["weights"].is_file() or sha256(paths["weights"]) != record["sha256"]:
-        raise DataError(
-            f"{paths['weights']} is missing or its SHA-256 does not match {record['sha256']}; "
-            "reinstall the package"
-        )
+    check_sha256(paths["weights"], json.loads(paths["record"].read_text())["sha256"])
     return paths["weights"]
 
 

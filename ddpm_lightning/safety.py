@@ -56,14 +56,16 @@ def find_last_checkpoint(runs_root: Path) -> Path:
     return candidates[-1]
 
 
-def differing_keys(saved: object, requested: object, prefix: str) -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
+def differing_keys(
+    saved: object, requested: object, prefix: str, ignore: frozenset[str] = frozenset()
+) -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, except those in `ignore`."""
     if isinstance(saved, dict) and isinstance(requested, dict):
-        keys = sorted(set(saved) | set(requested))
         return [
             k
-            for key in keys
-            for k in differing_keys(saved.get(key), requested.get(key), f"{prefix}.{key}")
+            for key in sorted(set(saved) | set(requested))
+            if f"{prefix}.{key}" not in ignore
+            for k in differing_keys(saved.get(key), requested.get(key), f"{prefix}.{key}", ignore)
         ]
     if isinstance(saved, (list, tuple)) and isinstance(requested, (list, tuple)):
         saved, requested = list(saved), list(requested)
@@ -82,8 +84,7 @@ def check_resume_checkpoint(path: Path, hparams: dict) -> None:
     differences = [
         difference
         for group in ("model", "schedule", "diffusion", "data_shape")
-        for difference in differing_keys(saved.get(group), hparams.get(group), group)
-        if difference.split(" ")[0] not in TRAINING_ONLY
+        for difference in differing_keys(saved.get(group), hparams.get(group), group, TRAINING_ONLY)
     ]
     if differences:
         raise ConfigError(

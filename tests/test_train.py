@@ -192,45 +192,33 @@ def test_installed_wheel_finds_its_configs(tmp_path):
         text=True,
     ).stdout
     assert where.startswith(str(env_dir)), where
-    result = subprocess.run(
-        [str(python), "-m", "ddpm_lightning.train", "--cfg", "job"],
-        cwd=elsewhere,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def run_installed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(python), *args],
+            cwd=elsewhere,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    result = run_installed("-m", "ddpm_lightning.train", "--cfg", "job")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model_channels: 16" in result.stdout and "name: cosine" in result.stdout
     assert not (elsewhere / "conf").exists()
-    shipped = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "from ddpm_lightning.fld import FLD; print(FLD('fashion_mnist').dataset)",
-        ],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    shipped = run_installed(
+        "-c", "from ddpm_lightning.fld import FLD; print(FLD('fashion_mnist').dataset)"
     )
     assert shipped.stdout.strip() == "fashion_mnist", shipped.stderr[-2000:]
-    pretrained = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "ddpm_lightning.sample",
-            "pretrained=mnist",
-            "num_samples=2",
-            "gif_images=2",
-            "sampler.num_steps=2",
-            f"out_dir={tmp_path / 'samples'}",
-        ],
-        cwd=elsewhere,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    pretrained = run_installed(
+        "-m",
+        "ddpm_lightning.sample",
+        "pretrained=mnist",
+        "num_samples=2",
+        "gif_images=2",
+        "sampler.num_steps=2",
+        f"out_dir={tmp_path / 'samples'}",
     )
     assert pretrained.returncode == 0, pretrained.stderr[-2000:]
     assert (tmp_path / "samples" / "grid.png").is_file()
