@@ -12,7 +12,6 @@ import math
 import sys
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -20,8 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ddpm_lightning.config import config_dir
-from ddpm_lightning.errors import report_errors
+from ddpm_lightning.config import hydra_command
 from ddpm_lightning.fld import (
     ASSETS_DIR,
     asset_paths,
@@ -185,10 +183,7 @@ def train_classifier(cfg: DictConfig) -> dict:
     return record
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="classifier")
-@report_errors
-def main(cfg: DictConfig) -> None:
-    train_classifier(cfg)
+main = hydra_command("classifier", train_classifier)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+
+from ddpm_lightning.errors import report_errors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -44,3 +49,12 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
     """
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose(config_name, overrides=overrides or [])
+
+
+def hydra_command(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """The command-line entry point that composes conf/`config_name`.yaml with the user's
+    overrides and calls `run(cfg)`, a user error ending in one line and exit 1."""
+    main = report_errors(run)
+    return hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(
+        main
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -21,8 +20,8 @@ from rich.table import Table
 from torch import Tensor
 
 from ddpm_lightning.checkpoints import load_module
-from ddpm_lightning.config import config_dir
-from ddpm_lightning.errors import ConfigError, DataError, report_errors
+from ddpm_lightning.config import hydra_command
+from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.fld import (
     FLD,
     feature_statistics,
@@ -180,10 +179,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
-@report_errors
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+main = hydra_command("evaluate", evaluate)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ def guided_output(
     """
     if y is None or guidance_scale is None or guidance_scale == 1.0:
         return model(x, t, y)
-    null_label = getattr(model, "num_classes", None)
-    if null_label is None:
-        raise ConfigError("classifier-free guidance needs a conditional model (model=unet_cond)")
+    null_label = require_conditional(
+        getattr(model, "num_classes", None), f"guidance_scale={guidance_scale}"
+    )
     labels = torch.cat([y, torch.full_like(y, null_label)])
     cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
     return uncond + guidance_scale * (cond - uncond)
@@ -50,13 +50,19 @@ def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
     return torch.arange(int(num_samples)) * int(num_classes) // int(num_samples)
 
 
-def check_labels(labels: Tensor, num_classes: int | None) -> None:
-    """A ConfigError unless every label is a real class of a conditional model."""
+def require_conditional(num_classes: int | None, option: str) -> int:
+    """`num_classes`, or a ConfigError saying that `option` needs a conditional model."""
     if num_classes is None:
         raise ConfigError(
-            "labels were given but the checkpoint's model is unconditional "
-            "(model.num_classes=null); drop labels= or train with model=unet_cond"
+            f"{option} needs a conditional checkpoint but this model is unconditional "
+            "(model.num_classes=null); drop it or train with model=unet_cond"
         )
+    return num_classes
+
+
+def check_labels(labels: Tensor, num_classes: int | None) -> None:
+    """A ConfigError unless every label is a real class of a conditional model."""
+    require_conditional(num_classes, "labels")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ConfigError(
             f"labels must lie in [0, {num_classes}); got {sorted(set(labels.tolist()))}"

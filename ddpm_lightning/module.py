@@ -20,6 +20,7 @@ from ddpm_lightning.guidance import (
     balanced_labels,
     check_labels,
     drop_labels,
+    require_conditional,
 )
 from ddpm_lightning.samplers import Sampler, StepCallback
 
@@ -86,6 +87,10 @@ class DiffusionModule(L.LightningModule):
         self.model = instantiate(model)
         self.model.check_input_shape(self.data_shape)
         self.apply_fast_paths()
+        if not self.fast_paths["compile"]:
+            # The model summary's FLOPs and tensor sizes (skipped when compiled: it would
+            # compile an extra graph for batch size 1).
+            self.example_input_array = self.example_input()
         diffusion = dict(diffusion or {})
         self.p_uncond = float(diffusion.pop("p_uncond", 0.1))
         if not 0 <= self.p_uncond < 1:
@@ -129,11 +134,9 @@ class DiffusionModule(L.LightningModule):
         sampler = factory(
             schedule=diffusion.schedule, objective=diffusion.objective.value, **kwargs
         )
-        if self.num_classes is None and sampler.guidance_scale not in (None, 1.0):
-            raise ConfigError(
-                f"sampler.guidance_scale={sampler.guidance_scale} needs a conditional checkpoint "
-                "but this model is unconditional (model.num_classes=null); drop the override"
-            )
+        scale = sampler.guidance_scale
+        if scale not in (None, 1.0):
+            require_conditional(self.num_classes, f"sampler.guidance_scale={scale}")
         if self.num_classes is not None and sampler.guidance_scale is None:
             sampler.guidance_scale = DEFAULT_GUIDANCE_SCALE
         return sampler
@@ -175,14 +178,19 @@ class DiffusionModule(L.LightningModule):
             noise=noise,
         )
 
+    def example_input(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One zero input: x (1, *data_shape), t (1,) and, for conditional models, y (1,)."""
+        t = torch.zeros(1, dtype=torch.long)
+        y = None if self.num_classes is None else torch.zeros_like(t)
+        return torch.zeros((1, *self.data_shape)), t, y
+
     def training_flops_per_image(self) -> int:
         """FLOPs of one image's forward + backward pass (torch.utils.flop_counter).
 
         Runs `forward` eagerly, so a compiled model is not compiled again for batch size 1.
         """
-        x = self.to_memory_format(torch.zeros((1, *self.data_shape), device=self.device))
-        t = torch.zeros(1, dtype=torch.long, device=self.device)
-        y = None if self.num_classes is None else torch.zeros_like(t)
+        x, t, y = (None if v is None else v.to(self.device) for v in self.example_input())
+        x = self.to_memory_format(x)
         with FlopCounterMode(display=False) as counter:
             self.model.forward(x, t, y).sum().backward()
         self.model.zero_grad(set_to_none=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -18,8 +17,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ddpm_lightning.checkpoints import load_module
-from ddpm_lightning.config import config_dir
-from ddpm_lightning.errors import ConfigError, report_errors
+from ddpm_lightning.config import hydra_command
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.guidance import require_conditional
 from ddpm_lightning.module import DiffusionModule
 from ddpm_lightning.pictures import (
     ReverseProcessRecorder,
@@ -41,11 +41,7 @@ def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tenso
     """The `labels=` option: null (all classes for conditional models), `all`, or a list."""
     if labels is None:
         return module.sample_labels(num_samples)
-    if module.num_classes is None:
-        raise ConfigError(
-            f"labels={labels} needs a conditional checkpoint but this model is unconditional "
-            "(model.num_classes=null); drop labels="
-        )
+    require_conditional(module.num_classes, f"labels={labels}")
     if labels == "all":
         return module.sample_labels(num_samples)
     if isinstance(labels, str) or not labels or not all(isinstance(v, int) for v in labels):
@@ -113,10 +109,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     return files
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sample")
-@report_errors
-def main(cfg: DictConfig) -> None:
-    sample(cfg)
+main = hydra_command("sample", sample)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_doubled_batch_equals_two_calls(scale):
 
 def test_guidance_on_an_unconditional_model_is_a_config_error():
     x, t, y = toy_inputs()
-    with pytest.raises(ConfigError, match="conditional model"):
+    with pytest.raises(ConfigError, match="guidance_scale=2.0 needs a conditional"):
         guided_output(lambda x, t, y: x, x, t, y, 2.0)
 
 

@@ -193,9 +193,9 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     ).stdout
     assert where.startswith(str(env_dir)), where
 
-    def run_installed(*args: str) -> subprocess.CompletedProcess:
+    def run_installed(program: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(python), *args],
+            [str(env_dir / "bin" / program), *args],
             cwd=elsewhere,
             env=cli_env(),
             capture_output=True,
@@ -203,17 +203,16 @@ def test_installed_wheel_finds_its_configs(tmp_path):
             timeout=300,
         )
 
-    result = run_installed("-m", "ddpm_lightning.train", "--cfg", "job")
+    result = run_installed("ddpm-train", "--cfg", "job")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model_channels: 16" in result.stdout and "name: cosine" in result.stdout
     assert not (elsewhere / "conf").exists()
     shipped = run_installed(
-        "-c", "from ddpm_lightning.fld import FLD; print(FLD('fashion_mnist').dataset)"
+        "python", "-c", "from ddpm_lightning.fld import FLD; print(FLD('fashion_mnist').dataset)"
     )
     assert shipped.stdout.strip() == "fashion_mnist", shipped.stderr[-2000:]
     pretrained = run_installed(
-        "-m",
-        "ddpm_lightning.sample",
+        "ddpm-sample",
         "pretrained=mnist",
         "num_samples=2",
         "gif_images=2",
