@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from lightning.pytorch.utilities.model_summary import ModelSummary
+from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm_lightning.checkpoints import load_module
 from ddpm_lightning.config import compose_config
@@ -122,6 +124,20 @@ def tiny_module(**fast_paths: bool) -> DiffusionModule:
     torch.manual_seed(0)
     model = {"_target_": "ddpm_lightning.models.UNet", **TINY_UNET, **fast_paths}
     return DiffusionModule(model=model, schedule=SCHEDULE)
+
+
+def test_model_summary_counts_forward_flops_and_training_costs_three_forwards():
+    module = tiny_module()
+    flops = {name: sum(c.values()) for name, c in ModelSummary(module, 2).flop_counts.items()}
+    with FlopCounterMode(display=False) as counter:
+        module.model(*module.example_input())
+    forward = counter.get_total_flops()
+    assert flops["model"] == forward > 0
+    # Backward = grad input + grad weight = 2 × forward, minus the grad input of the layers fed
+    # by tensors that need none: the image's first conv and the time embedding's first linear.
+    no_grad_input = flops["model.init"] + flops["model.time_embedding"]
+    assert 3 * forward - no_grad_input <= module.training_flops_per_image() < 3 * forward
+    assert tiny_module(compile=True).example_input_array is None, "no extra batch-1 graph"
 
 
 def test_fast_path_modules_keep_state_dict_keys_and_checkpoints(tmp_path):
