@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,16 @@ def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
-    """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), with scipy's `sqrtm` in float64."""
+    """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), with scipy's `sqrtm` in float64.
+
+    LeNet ReLU units that never fire make Σ₁Σ₂ singular; the trace of its root stays exact
+    (tested against the closed form), so scipy's "Matrix is singular" warning is silenced.
+    """
     mu1, mu2 = mu1.double().cpu().numpy(), mu2.double().cpu().numpy()
     sigma1, sigma2 = sigma1.double().cpu().numpy(), sigma2.double().cpu().numpy()
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * 1e-6
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))

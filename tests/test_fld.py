@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,22 @@ def test_closed_form_for_known_gaussians():
     mu1, mu2 = torch.zeros(6, dtype=torch.float64), torch.full((6,), 0.5, dtype=torch.float64)
     expected = 6 * 0.25 + ((l1.sqrt() - l2.sqrt()) ** 2).sum().item()
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_dead_features_give_the_closed_form_without_warnings():
+    # A LeNet ReLU unit that never fires (feature 0) has zero variance: Σ₁Σ₂ is singular.
+    q, _ = torch.linalg.qr(
+        torch.randn(5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    )
+    q = torch.block_diag(torch.ones(1, 1, dtype=torch.float64), q)
+    l1 = torch.tensor([0.0, 2, 3, 4, 5, 6], dtype=torch.float64)
+    l2 = torch.tensor([0.0, 1, 9, 1, 0.25, 6], dtype=torch.float64)
+    s1, s2 = q @ torch.diag(l1) @ q.T, q @ torch.diag(l2) @ q.T
+    mu = torch.zeros(6, dtype=torch.float64)
+    expected = ((l1.sqrt() - l2.sqrt()) ** 2).sum().item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert frechet_distance(mu, s1, mu, s2) == pytest.approx(expected, rel=1e-6)
 
 
 def test_min_class_mean_distance():
