@@ -54,7 +54,5 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
 def hydra_command(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
     """The command-line entry point that composes conf/`config_name`.yaml with the user's
     overrides and calls `run(cfg)`, a user error ending in one line and exit 1."""
-    main = report_errors(run)
-    return hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(
-        main
-    )
+    command = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
+    return command(report_errors(run))

@@ -137,7 +137,7 @@ class DiffusionModule(L.LightningModule):
         scale = sampler.guidance_scale
         if scale not in (None, 1.0):
             require_conditional(self.num_classes, f"sampler.guidance_scale={scale}")
-        if self.num_classes is not None and sampler.guidance_scale is None:
+        if self.num_classes is not None and scale is None:
             sampler.guidance_scale = DEFAULT_GUIDANCE_SCALE
         return sampler
 
@@ -178,18 +178,20 @@ class DiffusionModule(L.LightningModule):
             noise=noise,
         )
 
-    def example_input(self) -> tuple[Tensor, Tensor, Tensor | None]:
+    def example_input(
+        self, device: torch.device | str = "cpu"
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """One zero input: x (1, *data_shape), t (1,) and, for conditional models, y (1,)."""
-        t = torch.zeros(1, dtype=torch.long)
+        t = torch.zeros(1, dtype=torch.long, device=device)
         y = None if self.num_classes is None else torch.zeros_like(t)
-        return torch.zeros((1, *self.data_shape)), t, y
+        return torch.zeros((1, *self.data_shape), device=device), t, y
 
     def training_flops_per_image(self) -> int:
         """FLOPs of one image's forward + backward pass (torch.utils.flop_counter).
 
         Runs `forward` eagerly, so a compiled model is not compiled again for batch size 1.
         """
-        x, t, y = (None if v is None else v.to(self.device) for v in self.example_input())
+        x, t, y = self.example_input(self.device)
         x = self.to_memory_format(x)
         with FlopCounterMode(display=False) as counter:
             self.model.forward(x, t, y).sum().backward()
