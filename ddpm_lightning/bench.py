@@ -286,7 +286,7 @@ def batches(data: TensorBatches, batch_size: int) -> Iterator[tuple[torch.Tensor
     """Shuffled whole batches (B, 1, 32, 32), (B,) of `data`, cut as the datamodule cuts them."""
     order = torch.randperm(len(data))
     for index in order.split(batch_size):
-        yield data[index.tolist()]
+        yield data.batch(index.tolist())
 
 
 def bare_run(

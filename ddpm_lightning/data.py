@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import datasets
 
 from ddpm_lightning.errors import ConfigError, DataError
@@ -86,7 +89,8 @@ def to_model_range(images: Tensor, pad: int) -> Tensor:
 class TensorBatches(Dataset):
     """Inputs (N, …) and labels (N,) served a whole batch per index list.
 
-    Used with a `BatchSampler`, so one indexing op cuts a batch: no per-item transforms.
+    The DataLoader hands each batch's indices to `__getitems__`, so one indexing op cuts a
+    batch: no per-item transforms or collation.
     """
 
     def __init__(self, inputs: Tensor, labels: Tensor):
@@ -95,19 +99,66 @@ class TensorBatches(Dataset):
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
-    def __getitem__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.inputs[index], self.labels[index]
+
+    def batch(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        """`x: (B, …)`, `y: (B,)` for B indices."""
         index = torch.as_tensor(indices, device=self.inputs.device)
         return self.inputs[index], self.labels[index]
 
+    __getitems__ = batch
+
     def to(self, device: torch.device) -> TensorBatches:
         return TensorBatches(self.inputs.to(device), self.labels.to(device))
+
+
+def whole_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The loaders' `collate_fn`: `TensorBatches.batch` has already stacked the batch."""
+    return batch
+
+
+class EpochShuffle(RandomSampler):
+    """A new permutation every epoch that depends only on `(seed, epoch)`, so a run resumed
+    mid-epoch continues the same order. Lightning calls `set_epoch` before each epoch; NumPy's
+    `SeedSequence` mixes the pair, so (seed, epoch + 1) does not repeat (seed + 1, epoch)."""
+
+    def __init__(self, data_source: TensorBatches, seed: int, epoch: int = 0):
+        super().__init__(data_source)
+        self.seed, self.epoch = int(seed), int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        (state,) = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)
+        generator = torch.Generator().manual_seed(int(state))
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class SkippingLoader(DataLoader):
+    """A DataLoader whose first iteration starts `skip` batches in: how a run resumed
+    mid-epoch passes over the batches of that epoch it has already trained on."""
+
+    def __init__(self, dataset: TensorBatches, skip: int = 0, **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        self.skip = int(skip)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        for _ in range(min(self.skip, len(self))):
+            next(batches)
+        self.skip = 0
+        return batches
 
 
 class InMemoryDataModule(L.LightningDataModule):
     """A seeded train/val split of a training set plus a test set, all held as tensors.
 
     Subclasses implement `load()` and `data_shape`. Batches are `(x, y)` cut from memory
-    (no worker processes); on a GPU the splits live on the device.
+    (no worker processes); on a GPU the splits live on the device. The loaders have their own
+    generators, so starting an iterator leaves the global RNG (t and ε in training) alone: a
+    resumed run draws the same numbers as an uninterrupted one.
     """
 
     def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, split_seed: int = 42):
@@ -120,6 +171,8 @@ class InMemoryDataModule(L.LightningDataModule):
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
         self.splits: dict[str, TensorBatches] = {}
+        self.shuffle_seed = torch.initial_seed()
+        self.resume_at: dict[str, int] | None = None
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -150,24 +203,55 @@ class InMemoryDataModule(L.LightningDataModule):
             device = trainer.strategy.root_device
             self.splits = {key: split.to(device) for key, split in self.splits.items()}
 
-    def loader(self, split: str, shuffle: bool) -> DataLoader:
-        """Whole batches of `split` ("train", "val", "test") from memory, no worker processes.
+    def trained_position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on) from the trainer's loop progress; an
+        epoch whose batches are all done counts as the start of the next one."""
+        epochs = self.trainer.fit_loop.epoch_progress.current
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        in_epoch = epochs.started > epochs.processed
+        if not in_epoch or batches >= self.trainer.num_training_batches:
+            return epochs.processed + int(in_epoch), 0
+        return epochs.processed, batches
 
-        Shuffling draws from torch's global RNG, so `seed_everything` makes it reproducible.
-        """
-        dataset = self.splits[split]
-        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        sampler = BatchSampler(order, self.batch_size, drop_last=False)
-        return DataLoader(dataset, sampler=sampler, batch_size=None)
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the data, saved in checkpoints. Lightning restores it
+        before it asks for the training loader, so a resumed run continues mid-epoch."""
+        epoch, batches = self.trained_position()
+        return {"epoch": epoch, "batches": batches, "shuffle_seed": self.shuffle_seed}
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_at = dict(state)
+
+    def train_dataloader(self) -> SkippingLoader:
+        """Shuffled whole batches. The shuffle seed is torch's initial seed (the run's `seed`);
+        after a resume, the saved seed, epoch and position in the epoch."""
+        resume = self.resume_at or {"epoch": 0, "batches": 0, "shuffle_seed": torch.initial_seed()}
+        self.resume_at = None
+        self.shuffle_seed = resume["shuffle_seed"]
+        dataset = self.splits["train"]
+        return SkippingLoader(
+            dataset,
+            skip=resume["batches"],
+            batch_size=self.batch_size,
+            sampler=EpochShuffle(dataset, self.shuffle_seed, resume["epoch"]),
+            collate_fn=whole_batch,
+            generator=torch.Generator(),
+        )
+
+    def in_order(self, split: str) -> DataLoader:
+        """Whole batches of `split` ("val", "test") in order, from memory, no worker processes."""
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            collate_fn=whole_batch,
+            generator=torch.Generator(),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader("val", shuffle=False)
+        return self.in_order("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test", shuffle=False)
+        return self.in_order("test")
 
 
 class MNISTDataModule(InMemoryDataModule):

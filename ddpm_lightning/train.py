@@ -28,6 +28,10 @@ from ddpm_lightning.safety import check_resume_checkpoint, find_last_checkpoint
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 LOGGER_ONLY_CALLBACKS = (LearningRateMonitor, ThroughputMonitor)
 
+# The datamodule resumes mid-epoch through its own state_dict (InMemoryDataModule.state_dict),
+# which Lightning's check for a resumable *loader* does not see.
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 

@@ -2,9 +2,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.data import _update_dataloader
+from torch.utils.data import DistributedSampler
 
 from ddpm_lightning.config import compose_config
-from ddpm_lightning.data import MNISTDataModule, check_idx_file, load_split
+from ddpm_lightning.data import EpochShuffle, MNISTDataModule, check_idx_file, load_split
 from ddpm_lightning.errors import ConfigError, DataError
 
 
@@ -118,3 +120,41 @@ def test_data_root_comes_from_ddpm_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("DDPM_DATA_DIR")
     cfg = compose_config("train", [f"paths.output_dir={tmp_path}"])
     assert cfg.data.root == str(Path(__file__).resolve().parents[1] / "data")
+
+
+def test_shuffle_depends_only_on_seed_and_epoch(data_root):
+    datamodule = make(data_root, batch_size=16)
+    split = datamodule.splits["train"]
+    orders = {
+        (seed, epoch): list(EpochShuffle(split, seed, epoch)) for seed in (0, 1) for epoch in (0, 1)
+    }
+    assert list(EpochShuffle(split, 0, 1)) == orders[(0, 1)], "the same order when rebuilt"
+    assert len({tuple(order) for order in orders.values()}) == 4
+    assert all(sorted(order) == list(range(len(split))) for order in orders.values())
+
+
+def test_resumed_loader_skips_the_batches_already_trained_on(data_root):
+    datamodule = make(data_root, batch_size=16)
+    whole = [y for _, y in datamodule.train_dataloader()]
+    datamodule.load_state_dict({"epoch": 0, "batches": 2, "shuffle_seed": torch.initial_seed()})
+    loader = datamodule.train_dataloader()
+    for a, b in zip([y for _, y in loader], whole[2:], strict=True):
+        assert torch.equal(a, b)
+    assert len([y for _, y in loader]) == len(whole), "only the first epoch after a resume skips"
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_ddp_sampler_keeps_whole_batches(data_root, split):
+    """Lightning swaps in a DistributedSampler under DDP: each process still gets whole
+    (B, 1, 32, 32) batches, and the processes' shards cover the split once."""
+    datamodule = make(data_root, batch_size=4)
+    loader = getattr(datamodule, f"{split}_dataloader")()
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=False)
+        shard = list(_update_dataloader(loader, sampler))
+        assert shard[0][0].shape == (4, 1, 32, 32) and shard[0][1].shape == (4,)
+        seen.append(torch.cat([x for x, _ in shard]).flatten(1))
+    images = torch.cat(seen)
+    assert len(images) == len(loader.dataset)
+    assert torch.unique(images, dim=0).shape[0] == len(loader.dataset)

@@ -1,8 +1,10 @@
 import json
 import subprocess
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
 from ddpm_lightning.checkpoints import load_module, read_checkpoint
@@ -160,6 +162,42 @@ def test_resume_gives_the_same_weights_as_one_go(data_root, tmp_path):
     assert not torch.equal(
         first_state["model.final.weight"], whole["state_dict"]["model.final.weight"]
     )
+
+
+class StopAt(L.Callback):
+    """Raise Lightning's SIGTERM exception (as a pre-emption does) before batch `batch_idx`
+    of epoch `epoch`: LastCheckpoint then saves `last.ckpt` mid-epoch."""
+
+    def __init__(self, epoch: int, batch_idx: int):
+        self.epoch, self.batch_idx = epoch, batch_idx
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            raise SIGTERMException
+
+
+def test_resume_mid_epoch_continues_the_same_batches(data_root, tmp_path):
+    """Pre-empted after the first batch of epoch 2 (of 3 batches) and resumed: the same
+    weights as one go, so the resumed epoch trains on the rest of the same shuffled order."""
+    train(tiny_config(data_root, tmp_path / "whole", "trainer.max_epochs=2", *SHORT))
+    stopped = tmp_path / "stopped"
+    with pytest.raises(SystemExit):
+        train(tiny_config(data_root, stopped, "trainer.max_epochs=2", *SHORT), [StopAt(1, 1)])
+    first = stopped / "checkpoints" / "last.ckpt"
+    checkpoint = read_checkpoint(first)
+    assert checkpoint["global_step"] == 4
+    assert checkpoint["MNISTDataModule"] == {"epoch": 1, "batches": 1, "shuffle_seed": 42}
+    train(
+        tiny_config(
+            data_root, tmp_path / "second", "trainer.max_epochs=2", f"ckpt_path={first}", *SHORT
+        )
+    )
+    whole = read_checkpoint(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    resumed = read_checkpoint(tmp_path / "second" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == whole["global_step"] == 6
+    for key in ("state_dict", "current_model_state"):
+        for name, value in whole[key].items():
+            torch.testing.assert_close(resumed[key][name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_ddp_on_two_cpu_processes(data_root, tmp_path):
