@@ -156,7 +156,7 @@ class InMemoryDataModule(L.LightningDataModule):
     """A seeded train/val split of a training set plus a test set, all held as tensors.
 
     Subclasses implement `load()` and `data_shape`. Batches are `(x, y)` cut from memory
-    (no worker processes); on a GPU the splits live on the device. The loaders have their own
+    (no worker processes); on a GPU (any accelerator) the splits live on the device. The loaders have their own
     generators, so starting an iterator leaves the global RNG (t and ε in training) alone: a
     resumed run draws the same numbers as an uninterrupted one.
     """
@@ -199,7 +199,7 @@ class InMemoryDataModule(L.LightningDataModule):
             "test": test,
         }
         trainer = self.trainer
-        if trainer is not None and trainer.strategy.root_device.type == "cuda":
+        if trainer is not None and trainer.strategy.root_device.type != "cpu":
             device = trainer.strategy.root_device
             self.splits = {key: split.to(device) for key, split in self.splits.items()}
 

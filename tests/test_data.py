@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -158,3 +159,15 @@ def test_ddp_sampler_keeps_whole_batches(data_root, split):
     images = torch.cat(seen)
     assert len(images) == len(loader.dataset)
     assert torch.unique(images, dim=0).shape[0] == len(loader.dataset)
+
+
+def test_splits_live_on_the_accelerator(data_root):
+    """On a GPU the whole dataset sits on the device and batches are cut there; checked on
+    CPU with PyTorch's `meta` device standing in for the GPU."""
+    datamodule = MNISTDataModule(root=str(data_root), batch_size=16)
+    device = torch.device("meta")
+    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=device))
+    datamodule.setup()
+    assert {split.inputs.device for split in datamodule.splits.values()} == {device}
+    x, y = next(iter(datamodule.train_dataloader()))
+    assert x.device == device and x.shape == (16, 1, 32, 32) and y.shape == (16,)
