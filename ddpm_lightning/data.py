@@ -156,9 +156,9 @@ class InMemoryDataModule(L.LightningDataModule):
     """A seeded train/val split of a training set plus a test set, all held as tensors.
 
     Subclasses implement `load()` and `data_shape`. Batches are `(x, y)` cut from memory
-    (no worker processes); on a GPU (any accelerator) the splits live on the device. The loaders have their own
-    generators, so starting an iterator leaves the global RNG (t and ε in training) alone: a
-    resumed run draws the same numbers as an uninterrupted one.
+    (no worker processes); on a GPU (any accelerator) the splits live on the device. The
+    loaders have their own generators, so starting an iterator leaves the global RNG (t and ε
+    in training) alone: a resumed run draws the same numbers as an uninterrupted one.
     """
 
     def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, split_seed: int = 42):
