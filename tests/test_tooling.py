@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 
@@ -202,7 +203,12 @@ def test_resume_mid_epoch_continues_the_same_batches(data_root, tmp_path):
 
 def test_ddp_on_two_cpu_processes(data_root, tmp_path):
     overrides = tiny_overrides(
-        data_root, tmp_path, "trainer=ddp_cpu", "trainer.max_epochs=1", *SHORT
+        data_root,
+        tmp_path,
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",
+        *SHORT,
     )
     result = subprocess.run(
         [PYTHON, "-m", "ddpm_lightning.train", *overrides, f"hydra.run.dir={tmp_path}"],
@@ -218,3 +224,7 @@ def test_ddp_on_two_cpu_processes(data_root, tmp_path):
     assert "world_size=2" in result.stderr + result.stdout or "2 processes" in (
         result.stderr + result.stdout
     )
+    # Whole batches per process (batch_size is per process): rank 0's shard of the 90 training
+    # images is 45, cut into batches of 16, 16 and 13.
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert [float(row["train/samples"]) for row in rows if row["train/samples"]] == [16, 32, 45]
