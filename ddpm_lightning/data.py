@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,18 +139,20 @@ class EpochShuffle(RandomSampler):
 
 class SkippingLoader(DataLoader):
     """A DataLoader whose first iteration starts `skip` batches in: how a run resumed
-    mid-epoch passes over the batches of that epoch it has already trained on."""
+    mid-epoch passes over the batches of that epoch it has already trained on.
+
+    The skip happens at the first `next()`, not at `iter()`: Lightning creates the iterator
+    before it calls the sampler's `set_epoch` (which matters for DDP's `DistributedSampler`).
+    """
 
     def __init__(self, dataset: TensorBatches, skip: int = 0, **kwargs: Any):
         super().__init__(dataset, **kwargs)
         self.skip = int(skip)
 
     def __iter__(self) -> Iterator[Any]:
+        skip, self.skip = self.skip, 0
         batches = super().__iter__()
-        for _ in range(min(self.skip, len(self))):
-            next(batches)
-        self.skip = 0
-        return batches
+        return itertools.islice(batches, skip, None) if skip else batches
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -220,14 +223,14 @@ class InMemoryDataModule(L.LightningDataModule):
         return {"epoch": epoch, "batches": batches, "shuffle_seed": self.shuffle_seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.resume_at = dict(state)
+        self.shuffle_seed = state["shuffle_seed"]
+        self.resume_at = {"epoch": state["epoch"], "batches": state["batches"]}
 
     def train_dataloader(self) -> SkippingLoader:
-        """Shuffled whole batches. The shuffle seed is torch's initial seed (the run's `seed`);
-        after a resume, the saved seed, epoch and position in the epoch."""
-        resume = self.resume_at or {"epoch": 0, "batches": 0, "shuffle_seed": torch.initial_seed()}
-        self.resume_at = None
-        self.shuffle_seed = resume["shuffle_seed"]
+        """Shuffled whole batches. The shuffle seed is torch's initial seed (the run's `seed`)
+        or the resumed checkpoint's; the first loader after a resume starts at the saved
+        epoch and position in it."""
+        resume, self.resume_at = self.resume_at or {"epoch": 0, "batches": 0}, None
         dataset = self.splits["train"]
         return SkippingLoader(
             dataset,

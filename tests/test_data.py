@@ -171,3 +171,21 @@ def test_splits_live_on_the_accelerator(data_root):
     assert {split.inputs.device for split in datamodule.splits.values()} == {device}
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.device == device and x.shape == (16, 1, 32, 32) and y.shape == (16,)
+
+
+def test_ddp_resume_skips_within_the_resumed_epochs_order(data_root):
+    """Under DDP the skip must follow the `DistributedSampler`'s order for the resumed epoch,
+    whose `set_epoch` Lightning calls only after it has created the iterator."""
+    datamodule = make(data_root, batch_size=4)
+    shards = {}
+    for skip in (0, 2):
+        datamodule.load_state_dict({"epoch": 1, "batches": skip, "shuffle_seed": 0})
+        loader = datamodule.train_dataloader()
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=0, shuffle=True)
+        loader = _update_dataloader(loader, sampler)
+        batches = iter(loader)
+        loader.sampler.set_epoch(1)
+        shards[skip] = [y for _, y in batches]
+    assert len(shards[2]) == len(shards[0]) - 2
+    for resumed, whole in zip(shards[2], shards[0][2:], strict=True):
+        assert torch.equal(resumed, whole)
