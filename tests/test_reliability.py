@@ -205,6 +205,9 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues(data_root, tmp_path, 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell starting this suite in the background ignores SIGINT, and Python then keeps
+        # it ignored: give the child the default action, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while not list(logs.glob("train/runs/*/checkpoints/epoch_*.ckpt")):
