@@ -143,11 +143,9 @@ def test_tensorboard_and_csv_get_metrics(run):
     assert "val/loss" in header and "train/loss" in header and "train/samples" in header
 
 
-def test_resume_gives_the_same_weights_as_one_go(data_root, tmp_path):
-    """2 epochs in one run vs 1 epoch + resume for 1: same weights, EMA and optimizer step."""
-    train(tiny_config(data_root, tmp_path / "whole", "trainer.max_epochs=2", *SHORT))
-    train(tiny_config(data_root, tmp_path / "first", "trainer.max_epochs=1", *SHORT))
-    first = tmp_path / "first" / "checkpoints" / "last.ckpt"
+def resume_matches_one_go(data_root, tmp_path, first) -> dict:
+    """Resume checkpoint `first` to 2 epochs in `second`; assert the same step, weights and
+    EMA as the uninterrupted run in `whole`, and return that run's last checkpoint."""
     train(
         tiny_config(
             data_root, tmp_path / "second", "trainer.max_epochs=2", f"ckpt_path={first}", *SHORT
@@ -159,6 +157,15 @@ def test_resume_gives_the_same_weights_as_one_go(data_root, tmp_path):
     for key in ("state_dict", "current_model_state"):
         for name, value in whole[key].items():
             torch.testing.assert_close(resumed[key][name], value, rtol=1e-5, atol=1e-6)
+    return whole
+
+
+def test_resume_gives_the_same_weights_as_one_go(data_root, tmp_path):
+    """2 epochs in one run vs 1 epoch + resume for 1: same weights, EMA and optimizer step."""
+    train(tiny_config(data_root, tmp_path / "whole", "trainer.max_epochs=2", *SHORT))
+    train(tiny_config(data_root, tmp_path / "first", "trainer.max_epochs=1", *SHORT))
+    first = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    whole = resume_matches_one_go(data_root, tmp_path, first)
     first_state = read_checkpoint(first)["current_model_state"]
     assert not torch.equal(
         first_state["model.final.weight"], whole["state_dict"]["model.final.weight"]
@@ -188,17 +195,7 @@ def test_resume_mid_epoch_continues_the_same_batches(data_root, tmp_path):
     checkpoint = read_checkpoint(first)
     assert checkpoint["global_step"] == 4
     assert checkpoint["MNISTDataModule"] == {"epoch": 1, "batches": 1, "shuffle_seed": 42}
-    train(
-        tiny_config(
-            data_root, tmp_path / "second", "trainer.max_epochs=2", f"ckpt_path={first}", *SHORT
-        )
-    )
-    whole = read_checkpoint(tmp_path / "whole" / "checkpoints" / "last.ckpt")
-    resumed = read_checkpoint(tmp_path / "second" / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == whole["global_step"] == 6
-    for key in ("state_dict", "current_model_state"):
-        for name, value in whole[key].items():
-            torch.testing.assert_close(resumed[key][name], value, rtol=1e-5, atol=1e-6)
+    resume_matches_one_go(data_root, tmp_path, first)
 
 
 def test_ddp_on_two_cpu_processes(data_root, tmp_path):
