@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
@@ -68,6 +68,22 @@ def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, Tensor | No
     labels = module.sample_labels(int(cfg.num_samples))
     images = module.generate(sampler, cfg.num_samples, cfg.seed, labels=labels)
     return images.cpu(), labels, module.hparams.get("dataset")
+
+
+def provenance(cfg: DictConfig) -> dict:
+    """What made the scored images (source, seed, sampler settings), so metrics.json describes
+    itself when runs are compared."""
+    if cfg.get("samples"):
+        return {"samples": str(cfg.samples)}
+    if cfg.get("pretrained"):
+        source = {"pretrained": cfg.pretrained}
+    else:
+        source = {"ckpt_path": str(cfg.ckpt_path)}
+    return {
+        **source,
+        "seed": cfg.seed,
+        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+    }
 
 
 def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
@@ -169,7 +185,7 @@ def evaluate(cfg: DictConfig) -> dict:
             f"warning: {images.shape[0]} samples give a rank-deficient 84×84 covariance; "
             "FLD needs more samples (10,000 by default) to be meaningful"
         )
-    metrics = score(images, dataset, device, labels)
+    metrics = {**score(images, dataset, device, labels), **provenance(cfg)}
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_histograms(metrics, out_dir / "label_histogram.png")

@@ -144,6 +144,7 @@ def test_evaluate_reports_requested_label_accuracy(conditional, tmp_path):
     assert all(v is not None for v in metrics["per_class_accuracy"])
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["requested_label_accuracy"] == metrics["requested_label_accuracy"]
+    assert saved["ckpt_path"] == str(conditional) and saved["sampler"]["num_steps"] == 2
 
 
 def test_evaluate_npz_with_labels_scores_them(tmp_path):

@@ -139,6 +139,7 @@ def test_evaluate_on_a_tiny_npz(tmp_path):
     assert metrics["fld"] > 10, "uniform noise is far from digits"
     assert 0.1 <= metrics["mean_confidence"] <= 1
     assert (tmp_path / "eval" / "label_histogram.png").stat().st_size > 500
+    assert saved["samples"] == str(tmp_path / "samples.npz") and "sampler" not in saved
 
 
 def test_evaluate_needs_an_input(tmp_path):

@@ -115,3 +115,5 @@ def test_evaluate_a_shipped_model(tmp_path):
         )
     )
     assert sum(metrics["label_counts"]) == 100 and metrics["fld"] > 0
+    assert metrics["pretrained"] == "mnist" and metrics["seed"] == 0
+    assert metrics["sampler"]["num_steps"] == 2 and metrics["sampler"]["eta"] == 0.0
