@@ -20,7 +20,7 @@ from ddpm_lightning.checkpoints import read_checkpoint
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.fld import ASSETS_DIR, check_sha256, sha256
 
-METRIC_KEYS = ("fld", "mean_confidence", "label_counts", "num_samples")
+METRIC_KEYS = ("fld", "mean_confidence", "label_counts", "num_samples", "seed", "sampler")
 
 
 def pretrained_paths(name: str, directory: Path = ASSETS_DIR) -> dict[str, Path]:

@@ -39,14 +39,17 @@ def checkpoint(data_root, tmp_path):
 def test_export_keeps_the_ema_weights_and_records_the_run(checkpoint, tmp_path):
     metrics = tmp_path / "eval" / "metrics.json"
     metrics.parent.mkdir()
-    metrics.write_text(json.dumps({"fld": 12.5, "mean_confidence": 0.9, "histogram": [1]}))
+    sampler = {"num_steps": 20, "eta": 1.0}
+    metrics.write_text(
+        json.dumps({"fld": 12.5, "mean_confidence": 0.9, "histogram": [1], "sampler": sampler})
+    )
     out = tmp_path / "assets"
     paths = export(checkpoint, "tiny", metrics, out)
     record = json.loads(paths["record"].read_text())
     original = read_checkpoint(checkpoint)
     assert record["ema"] is True and record["global_step"] == 3
     assert record["train_overrides"] == ["data=mnist", "trainer.max_epochs=1"]
-    assert record["metrics"] == {"fld": 12.5, "mean_confidence": 0.9}
+    assert record["metrics"] == {"fld": 12.5, "mean_confidence": 0.9, "sampler": sampler}
     assert record["evaluate_overrides"] is None
     shipped = torch.load(paths["weights"], weights_only=True)
     assert set(shipped) == {"hyper_parameters", "state_dict"}
