@@ -27,6 +27,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy ddpm_lightning
 
 format: $(STAMP)
 	$(PYTHON) -m ruff check --fix .

@@ -1,3 +1,3 @@
 """Denoising diffusion models on MNIST and Fashion-MNIST with PyTorch Lightning and Hydra."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -7,7 +7,7 @@ framework overhead 1 − Lightning/bare, the share of Lightning's step time spen
 (data wait), FLOPs per image, the model FLOP utilisation (MFU) against this machine's dense
 matmul rate measured in the same run, and peak memory. `--precision` applies to every loop,
 `--channels-last` and `--compile` to our models. Optional peers (diffusers, lucidrains) run in
-the bare loop when installed. Sampling: each sampler with the seed UNet; the sampler's overhead
+the bare loop when installed. Sampling: each sampler with the default UNet; the sampler's overhead
 is the share of sampling time spent outside the model's forward pass.
 """
 
@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -34,13 +34,13 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm_lightning.config import compose_config
-from ddpm_lightning.data import InMemoryDataModule, TensorBatches
-from ddpm_lightning.diffusion import Denoiser, GaussianDiffusion
+from ddpm_lightning.data.images import InMemoryDataModule, TensorBatches
+from ddpm_lightning.diffusion.gaussian import Denoiser, GaussianDiffusion
+from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, Sampler
+from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.models import UNet
-from ddpm_lightning.module import FAST_PATH_KEYS, DiffusionModule
-from ddpm_lightning.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, Sampler
-from ddpm_lightning.schedules import NoiseSchedule
+from ddpm_lightning.training.module import FAST_PATH_KEYS, DiffusionModule
 
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -48,10 +48,10 @@ SECTIONS = ("training", "peers", "sampling")
 # Trainer precision → the dtypes it computes in; MFU is against the fastest one's matmul rate
 # (a CPU without bf16 instructions multiplies bfloat16 far slower than float32).
 PRECISIONS = {"32-true": ("float32",), "bf16-mixed": ("bfloat16", "float32")}
-TRAINING_MODELS = {"unet": "seed UNet (d=16, (1,2,3))", "unet_large": "d=32, (1,2,3)"}
-# diffusers' UNet2DModel shaped like the seed UNet: widths 16, 32, 48, one ResNet block per
+TRAINING_MODELS = {"unet": "default UNet (d=16, (1,2,3))", "unet_large": "d=32, (1,2,3)"}
+# diffusers' UNet2DModel shaped like the default UNet: widths 16, 32, 48, one ResNet block per
 # level down, attention (4 heads of 12) only in the middle, GroupNorm(8): 425,281 parameters
-# with diffusers 0.42, 5.4% more than the seed UNet's 403,409 (T=100).
+# with diffusers 0.42, 5.4% more than the default UNet's 403,409 (T=100).
 DIFFUSERS_CONFIG = {
     "sample_size": 32,
     "in_channels": 1,
@@ -63,7 +63,7 @@ DIFFUSERS_CONFIG = {
     "norm_num_groups": 8,
     "attention_head_dim": 12,
 }
-# lucidrains' Unet at the seed's widths: it adds linear attention at every level, so it is
+# lucidrains' Unet at the default UNet's widths: it adds linear attention at every level, so it is
 # larger (544,049 parameters with denoising_diffusion_pytorch 2.3.4).
 LUCIDRAINS_CONFIG = {"dim": 16, "dim_mults": (1, 2, 3), "channels": 1, "flash_attn": False}
 
@@ -81,7 +81,7 @@ class Settings:
     matmul_size: int = 2048
     channels_last: bool = False
     compile: bool = False
-    precision: str = "32-true"
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"  # the keys of PRECISIONS
     models: tuple[str, ...] = tuple(TRAINING_MODELS)
 
     def __post_init__(self) -> None:
@@ -145,10 +145,10 @@ def time_sampler(sampler: Sampler, model: TimedModel, batch_size: int) -> dict[s
 def bench_sampling(
     num_timesteps: int, batch_size: int, repeats: int, device: torch.device
 ) -> list[dict]:
-    """Rows for DDPM (all T steps), DDIM-50 and DPM-Solver++-20 with the seed UNet."""
+    """Rows for DDPM (all T steps), DDIM-50 and DPM-Solver++-20 with the default UNet."""
     schedule = NoiseSchedule("cosine", num_timesteps).to(device)
     model = UNet(num_timesteps=num_timesteps).to(device).eval()
-    options = {"batch_size": batch_size, "progress": False}
+    options: dict[str, Any] = {"batch_size": batch_size, "progress": False}
     ddim_steps, dpm_steps = min(50, num_timesteps), min(20, num_timesteps)
     samplers = {
         f"ddpm-{num_timesteps}": DDPMSampler(schedule, **options),

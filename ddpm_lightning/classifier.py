@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ddpm_lightning.config import hydra_command
-from ddpm_lightning.fld import (
+from ddpm_lightning.evaluation.fld import (
     ASSETS_DIR,
     asset_paths,
     feature_statistics,

@@ -1,7 +1,7 @@
 """`python -m ddpm_lightning.evaluate ckpt_path=PATH | pretrained=NAME | samples=PATH.npz`: FLD.
 
 Scores generated images against the test set with the shipped LeNet-5 (no real data needed):
-FLD, the LeNet's predicted-label histogram and mean confidence, and seed 000's mean minimum
+FLD, the LeNet's predicted-label histogram and mean confidence, and the mean minimum
 distance to the class-mean images. Writes metrics.json and label_histogram.png.
 """
 
@@ -19,10 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-from ddpm_lightning.checkpoints import load_module
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError, DataError
-from ddpm_lightning.fld import (
+from ddpm_lightning.evaluation.fld import (
     FLD,
     feature_statistics,
     frechet_distance,
@@ -31,6 +30,7 @@ from ddpm_lightning.fld import (
 )
 from ddpm_lightning.pretrained import checkpoint_path
 from ddpm_lightning.sample import default_device
+from ddpm_lightning.training.checkpoints import load_module
 
 
 def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None]:
@@ -87,7 +87,8 @@ def provenance(cfg: DictConfig) -> dict:
 
 
 def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
-    """Seed 000's score: mean over images of the Euclidean distance to the nearest class mean."""
+    """The score of Lior Sinai's MNIST post: mean over images of the Euclidean distance to
+    the nearest class mean."""
     distances = torch.cdist(images.flatten(1).double(), class_means.flatten(1).double())
     return distances.min(dim=1).values.mean().item()
 

@@ -12,13 +12,14 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import OmegaConf
 
-from ddpm_lightning.checkpoints import read_checkpoint
 from ddpm_lightning.errors import ConfigError, report_errors
-from ddpm_lightning.fld import ASSETS_DIR, check_sha256, sha256
+from ddpm_lightning.evaluation.fld import ASSETS_DIR, check_sha256, sha256
+from ddpm_lightning.training.checkpoints import read_checkpoint
 
 METRIC_KEYS = ("fld", "mean_confidence", "label_counts", "num_samples", "seed", "sampler")
 
@@ -54,7 +55,10 @@ def checkpoint_path(
 def run_overrides(run_dir: Path) -> list[str] | None:
     """The command-line overrides of the Hydra run in `run_dir`, when recorded."""
     overrides = run_dir / ".hydra" / "overrides.yaml"
-    return OmegaConf.to_container(OmegaConf.load(overrides)) if overrides.is_file() else None
+    if not overrides.is_file():
+        return None
+    # Hydra writes overrides.yaml as a list of strings; OmegaConf types any container.
+    return cast("list[str]", OmegaConf.to_container(OmegaConf.load(overrides)))
 
 
 def export(

@@ -9,6 +9,7 @@ reverse.gif; conditional models add class_grid.png (a row per class) and same_no
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,12 +17,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ddpm_lightning.checkpoints import load_module
 from ddpm_lightning.config import hydra_command
+from ddpm_lightning.data.spiral import save_spiral_plot
+from ddpm_lightning.diffusion.guidance import require_conditional
+from ddpm_lightning.diffusion.samplers import Sampler
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.guidance import require_conditional
-from ddpm_lightning.module import DiffusionModule
-from ddpm_lightning.pictures import (
+from ddpm_lightning.evaluation.pictures import (
     ReverseProcessRecorder,
     class_grid,
     save_grid,
@@ -29,8 +30,8 @@ from ddpm_lightning.pictures import (
     to_uint8,
 )
 from ddpm_lightning.pretrained import checkpoint_path
-from ddpm_lightning.samplers import Sampler
-from ddpm_lightning.spiral import save_spiral_plot
+from ddpm_lightning.training.checkpoints import load_module
+from ddpm_lightning.training.module import DiffusionModule
 
 
 def default_device() -> torch.device:
@@ -52,10 +53,12 @@ def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tenso
 def same_noise_grid(
     module: DiffusionModule, sampler: Sampler, columns: int, seed: int, path: Path
 ) -> None:
-    """Seed 002's ablation: `columns` starting noises, each sampled once per class (rows)."""
+    """The same-noise picture of Nathan van Maastricht's post: `columns` starting noises, each
+    sampled once per class (rows)."""
     generator = torch.Generator(module.device).manual_seed(int(seed))
     noise = torch.randn((columns, *module.data_shape), device=module.device, generator=generator)
     classes = module.num_classes
+    assert classes is not None, "called for conditional models only"
     images = module.generate(
         sampler,
         classes * columns,
@@ -91,10 +94,11 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     else:
         files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
         save_grid(samples, files["grid.png"])
-        arrays = {"images": to_uint8(samples).cpu().numpy()}
+        arrays: dict[str, Any] = {"images": to_uint8(samples).cpu().numpy()}
         if labels is not None:
             arrays["labels"] = labels.numpy()
         np.savez_compressed(files["samples.npz"], **arrays)
+        assert recorder is not None  # recorded unless the samples are points
         recorder.save_gif(files["reverse.gif"], samples)
         if labels is not None:
             files["class_grid.png"] = out_dir / "class_grid.png"

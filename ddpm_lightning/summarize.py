@@ -126,10 +126,11 @@ def write_csv(path: Path, header: list[str], rows: list[list[Cell]]) -> Path:
 def table_cell(cell: Cell) -> str:
     """Floats, including swept values such as optimizer.lr=0.000228922, to 4 digits."""
     if isinstance(cell, str) and any(c in cell for c in ".eE"):
+        text = cell
         try:
-            cell = float(cell)
+            cell = float(text)
         except ValueError:
-            return cell
+            return text
     if isinstance(cell, float):
         return f"{cell:.4g}"
     return cell or ""

@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import config_dir
 from ddpm_lightning.errors import find_user_error, report_errors
-from ddpm_lightning.loggers import finish_loggers
-from ddpm_lightning.module import DiffusionModule
-from ddpm_lightning.runinfo import write_run_info
-from ddpm_lightning.safety import check_resume_checkpoint, find_last_checkpoint
+from ddpm_lightning.training.loggers import finish_loggers
+from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.runinfo import write_run_info
+from ddpm_lightning.training.safety import check_resume_checkpoint, find_last_checkpoint
 
 # The datamodule serves whole in-memory batches, so worker processes would only add overhead.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")

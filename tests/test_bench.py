@@ -58,7 +58,7 @@ def test_quick_bench_writes_every_section(tmp_path):
 
     rows = results["training"]
     assert [row["model"] for row in rows] == list(TRAINING_MODELS)
-    assert rows[0]["parameters"] == 403_409, "the seed UNet"
+    assert rows[0]["parameters"] == 403_409, "the default UNet"
     assert rows[1]["parameters"] > 3 * rows[0]["parameters"], "unet_large: d=32"
     for row in rows:
         check_speed(row["lightning"]["images_per_s"])

@@ -6,15 +6,15 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from ddpm_lightning.checkpoints import load_module
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.diffusion.guidance import balanced_labels
+from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluate import evaluate
-from ddpm_lightning.guidance import balanced_labels
-from ddpm_lightning.module import DiffusionModule
 from ddpm_lightning.sample import sample
-from ddpm_lightning.samplers import DDIMSampler
 from ddpm_lightning.train import train
+from ddpm_lightning.training.checkpoints import load_module
+from ddpm_lightning.training.module import DiffusionModule
 from tests import conftest
 from tests.conftest import tiny_config, write_fake_dataset
 

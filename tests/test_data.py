@@ -7,7 +7,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DistributedSampler
 
 from ddpm_lightning.config import compose_config
-from ddpm_lightning.data import EpochShuffle, MNISTDataModule, check_idx_file, load_split
+from ddpm_lightning.data.images import EpochShuffle, MNISTDataModule, check_idx_file, load_split
 from ddpm_lightning.errors import ConfigError, DataError
 
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from ddpm_lightning.diffusion import GaussianDiffusion
+from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
+from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models import UNet
-from ddpm_lightning.schedules import NoiseSchedule
 
 
 def tiny_unet(num_timesteps: int) -> UNet:
@@ -17,8 +17,8 @@ def tiny_unet(num_timesteps: int) -> UNet:
     )
 
 
-def make(objective="eps", loss="l2", T=100):
-    return GaussianDiffusion(NoiseSchedule("cosine", T), objective=objective, loss=loss)
+def make(objective="eps", loss="l2", T=100, **kwargs):
+    return GaussianDiffusion(NoiseSchedule("cosine", T), objective=objective, loss=loss, **kwargs)
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
@@ -75,12 +75,54 @@ def test_training_loss_is_reproducible_with_a_generator():
     assert losses[0].item() == losses[1].item()
 
 
-@pytest.mark.parametrize("objective", ["eps", "v"])
-def test_tiny_unet_overfits_one_batch(objective):
+def hand_min_snr_weight(objective: str, alpha_bar: float, gamma: float) -> float:
+    """Hang et al. 2023: min(SNR, γ) for x₀, divided by SNR for ε and by SNR + 1 for v."""
+    snr = alpha_bar / (1 - alpha_bar)
+    return min(snr, gamma) / {"x0": 1.0, "eps": snr, "v": snr + 1}[objective]
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_min_snr_weights_match_hand_computed_values(objective):
+    diffusion = make(objective, T=1000, weighting="min_snr", min_snr_gamma=5.0)
+    alpha_bar = diffusion.schedule.alphas_cumprod.double()
+    t = torch.tensor([0, 50, 200, 500, 900, 999])
+    expected = [hand_min_snr_weight(objective, alpha_bar[i].item(), 5.0) for i in t]
+    torch.testing.assert_close(diffusion.loss_weights(t), torch.tensor(expected), rtol=1e-6, atol=0)
+    weights = diffusion.loss_weights(torch.arange(1000))
+    snr = alpha_bar / (1 - alpha_bar)
+    # Below γ the x₀-space weight is the SNR itself: ε-weights are 1 there, and x0/v are < γ.
+    assert (weights[snr < 5] <= {"eps": 1.0, "x0": 5.0, "v": 5.0}[objective] + 1e-6).all()
+
+
+def test_min_snr_weights_the_loss_per_sample():
+    diffusion = make("eps", T=1000, weighting="min_snr", min_snr_gamma=1.0)
+    prediction, target = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    prediction[1] = 1 - 3.0  # second sample: squared error 9 per element
+    weights = torch.tensor([0.5, 0.25])
+    assert diffusion.loss(prediction, target, weights).item() == pytest.approx((0.5 + 9 * 0.25) / 2)
+    assert make("eps").loss(prediction, target).item() == pytest.approx((1 + 9) / 2)
+
+
+def test_unweighted_loss_has_unit_weights():
+    assert torch.equal(make("v").loss_weights(torch.tensor([3, 7])), torch.ones(2))
+
+
+def test_bad_weighting_names_the_key():
+    with pytest.raises(ConfigError, match="diffusion.weighting='snr'"):
+        make(weighting="snr")
+    with pytest.raises(ConfigError, match="diffusion.min_snr_gamma=0"):
+        make(weighting="min_snr", min_snr_gamma=0)
+
+
+@pytest.mark.parametrize(
+    ("objective", "weighting"),
+    [("eps", "none"), ("v", "none"), ("x0", "none"), ("eps", "min_snr"), ("v", "min_snr")],
+)
+def test_tiny_unet_overfits_one_batch(objective, weighting):
     """150 Adam steps on one batch of 16 images cut the fixed-noise loss at least 10-fold."""
     torch.manual_seed(0)
     model = tiny_unet(num_timesteps=20)
-    diffusion = make(objective, T=20)
+    diffusion = make(objective, T=20, weighting=weighting)
     x0 = torch.zeros(16, 1, 16, 16)
     x0[:, :, 4:12, 6:10] = 1.0
     x0 = x0 * 2 - 1

@@ -9,14 +9,14 @@ import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm_lightning.checkpoints import load_module
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models import UNet
 from ddpm_lightning.models.blocks import MultiheadAttention
-from ddpm_lightning.module import DiffusionModule
-from ddpm_lightning.safety import check_resume_checkpoint
 from ddpm_lightning.train import train
+from ddpm_lightning.training.checkpoints import load_module
+from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.safety import check_resume_checkpoint
 from tests.conftest import tiny_config
 
 TINY_UNET = {
@@ -27,7 +27,7 @@ TINY_UNET = {
     "num_attention_heads": 2,
     "num_timesteps": 20,
 }
-SCHEDULE = {"_target_": "ddpm_lightning.schedules.NoiseSchedule", "num_timesteps": 20}
+SCHEDULE = {"_target_": "ddpm_lightning.diffusion.schedules.NoiseSchedule", "num_timesteps": 20}
 # float32 convolutions in NHWC vs NCHW (and fused vs eager kernels) add up products in another
 # order. Measured on the tiny UNet: outputs (|out| <= 2.1) differ by <= 1.6e-6, each parameter's
 # gradient by <= 4e-5 of its largest entry. A layout bug gives errors of order 1.

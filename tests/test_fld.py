@@ -11,7 +11,7 @@ from torchmetrics.image.fid import _compute_fid
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluate import evaluate, min_class_mean_distance
-from ddpm_lightning.fld import (
+from ddpm_lightning.evaluation.fld import (
     FLD,
     asset_paths,
     feature_statistics,
@@ -109,7 +109,7 @@ DATA_DIR = os.environ.get("DDPM_DATA_DIR")
 @pytest.mark.skipif(not DATA_DIR, reason="DDPM_DATA_DIR not set")
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_shipped_lenet_classifies_real_test_images(dataset):
-    from ddpm_lightning.data import load_split, to_model_range
+    from ddpm_lightning.data.images import load_split, to_model_range
 
     images, labels = load_split(DATA_DIR, dataset, train=False)
     model = load_lenet(dataset)

@@ -2,10 +2,15 @@ import pytest
 import torch
 from torch import nn
 
+from ddpm_lightning.diffusion.guidance import (
+    balanced_labels,
+    check_labels,
+    drop_labels,
+    guided_output,
+)
+from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
+from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.guidance import balanced_labels, check_labels, drop_labels, guided_output
-from ddpm_lightning.samplers import DDIMSampler, DDPMSampler
-from ddpm_lightning.schedules import NoiseSchedule
 
 
 class ToyConditional(nn.Module):

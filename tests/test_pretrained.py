@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_lightning.checkpoints import load_module, read_checkpoint
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluate import evaluate
 from ddpm_lightning.pretrained import available, checkpoint_path, export, main
 from ddpm_lightning.sample import sample
 from ddpm_lightning.train import train
+from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
 from tests.conftest import tiny_config
 
 SHIPPED_LIMIT = 5 * 2**20

@@ -17,9 +17,9 @@ from ddpm_lightning import sample as sample_command
 from ddpm_lightning import train as train_command
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.module import NonFiniteLossError
-from ddpm_lightning.safety import check_resume_checkpoint
 from ddpm_lightning.train import train
+from ddpm_lightning.training.module import NonFiniteLossError
+from ddpm_lightning.training.safety import check_resume_checkpoint
 from tests.conftest import PYTHON, cli_env, tiny_config, tiny_overrides, write_fake_dataset
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ddpm_lightning.config import compose_config
-from ddpm_lightning.diffusion import GaussianDiffusion
+from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
+from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.schedules import NoiseSchedule
 
 
 @pytest.mark.parametrize("T", [100, 1000])

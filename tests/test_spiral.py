@@ -1,14 +1,20 @@
 import pytest
 import torch
 
-from ddpm_lightning.checkpoints import load_module
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.data.spiral import (
+    T_MAX,
+    T_MIN,
+    SpiralDataModule,
+    distance_to_spiral,
+    spiral_points,
+)
+from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models import MLP, UNet
 from ddpm_lightning.sample import sample
-from ddpm_lightning.samplers import DDIMSampler, DDPMSampler
-from ddpm_lightning.spiral import T_MAX, T_MIN, SpiralDataModule, distance_to_spiral, spiral_points
 from ddpm_lightning.train import train
+from ddpm_lightning.training.checkpoints import load_module
 
 
 def test_spiral_points_lie_on_the_curve_inside_the_unit_square():

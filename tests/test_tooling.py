@@ -8,10 +8,10 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
-from ddpm_lightning.checkpoints import load_module, read_checkpoint
 from ddpm_lightning.config import compose_config
-from ddpm_lightning.ema import EMA, warmup_decay
 from ddpm_lightning.train import train
+from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
+from ddpm_lightning.training.ema import EMA, warmup_decay
 from tests.conftest import PYTHON, cli_env, tiny_config, tiny_overrides
 
 SHORT = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"]

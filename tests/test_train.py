@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.module import DiffusionModule
 from ddpm_lightning.train import train
+from ddpm_lightning.training.module import DiffusionModule
 from tests.conftest import PYTHON, REPO_ROOT, cli_env, tiny_config, tiny_overrides
 
 SHORT_EPOCH = [
@@ -208,7 +208,9 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     assert "model_channels: 16" in result.stdout and "name: cosine" in result.stdout
     assert not (elsewhere / "conf").exists()
     shipped = run_installed(
-        "python", "-c", "from ddpm_lightning.fld import FLD; print(FLD('fashion_mnist').dataset)"
+        "python",
+        "-c",
+        "from ddpm_lightning.evaluation import FLD; print(FLD('fashion_mnist').dataset)",
     )
     assert shipped.stdout.strip() == "fashion_mnist", shipped.stderr[-2000:]
     pretrained = run_installed(

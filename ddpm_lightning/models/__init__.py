@@ -1,4 +1,4 @@
-"""Denoising networks: the seed UNet for images, an MLP for 2-D points."""
+"""Denoising networks: the UNet of Lior Sinai's MNIST post for images, an MLP for 2-D points."""
 
 from ddpm_lightning.models.mlp import MLP
 from ddpm_lightning.models.unet import UNet

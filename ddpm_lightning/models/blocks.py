@@ -1,4 +1,4 @@
-"""The UNet's building blocks, ported from seed 000 (DenoisingDiffusion.jl)."""
+"""The UNet's building blocks, ported from Lior Sinai's DenoisingDiffusion.jl MNIST post."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d
 
 
 def downsample(in_channels: int, out_channels: int) -> nn.Conv2d:
-    """4×4 convolution with stride 2 and padding 1: halves H and W (seed's `downsample_layer`)."""
+    """4×4 convolution, stride 2, padding 1: halves H and W (the post's `downsample_layer`)."""
     return nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1)
 
 
 def upsample(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Nearest-neighbour ×2 then a 3×3 convolution (seed's `upsample_layer`; no checkerboard)."""
+    """Nearest-neighbour ×2, then a 3×3 convolution (the post's `upsample_layer`)."""
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(in_channels, out_channels)
     )
@@ -37,6 +37,8 @@ def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
 
 class SinusoidalPositionEmbedding(nn.Module):
     """Fixed lookup t → table[t] (seed part 1); the table is a buffer, not a parameter."""
+
+    table: Tensor
 
     def __init__(self, num_positions: int, dim: int):
         super().__init__()
@@ -60,7 +62,7 @@ class TimeEmbedding(nn.Sequential):
 
 
 class ConvEmbed(nn.Module):
-    """activation(norm(conv(x)) + embed_layers(emb)): the seed's conditioned conv block."""
+    """activation(norm(conv(x)) + embed_layers(emb)): the post's conditioned conv block."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, groups: int = 8):
         super().__init__()
@@ -99,7 +101,7 @@ BLOCK_LAYERS = {"resblock": ResBlock, "convembed": ConvEmbed}
 class MultiheadAttention(nn.Module):
     """Self-attention over pixels with 3×3-conv projections, returning x + attention(x).
 
-    qkv: 3×3 conv without bias, output: 3×3 conv (seed 000); channels are split into
+    qkv: 3×3 conv without bias, output: 3×3 conv (as in the post); channels are split into
     `num_heads` contiguous groups. Computed with `scaled_dot_product_attention`.
     """
 

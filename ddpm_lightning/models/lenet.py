@@ -8,8 +8,8 @@ from torch import Tensor, nn
 class LeNet5(nn.Module):
     """conv5 1→6 → ReLU → max-pool → conv5 6→16 → ReLU → max-pool → 120 → 84 → 10.
 
-    `features(x)` is the 84-wide ReLU layer (seed 000's FLD features). 61,706 parameters
-    for 32×32 inputs (the seed's 44,426 is for unpadded 28×28 digits).
+    `features(x)` is the 84-wide ReLU layer (the FLD features of Lior Sinai's MNIST post).
+    61,706 parameters for 32×32 inputs (the post's 44,426 is for unpadded 28×28 digits).
     """
 
     def __init__(self, num_classes: int = 10):

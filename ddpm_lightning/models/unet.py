@@ -1,4 +1,4 @@
-"""The seed 000 UNet (DenoisingDiffusion.jl) in PyTorch, with the seed's layer names."""
+"""The UNet of Lior Sinai's DenoisingDiffusion.jl MNIST post in PyTorch, with its layer names."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class UNet(nn.Module):
     down and up; only the last down block feeds the skip, concatenated on channels before
     the level's up blocks. Between levels a stride-2 conv halves the image and a nearest ×2
     + conv doubles it. The middle is conv → block → self-attention → block. Registration
-    order follows the seed's printout (time_embedding, init, down_1, downsample_1, …, final).
+    order follows the post's printout (time_embedding, init, down_1, downsample_1, …, final).
     """
 
     def __init__(
@@ -71,7 +71,8 @@ class UNet(nn.Module):
         if num_classes is not None:
             self.label_embedding = nn.Embedding(num_classes + 1, emb_dim)
         self.init = conv3x3(in_channels, model_channels)
-        self.down_keys, self.up_keys = [], []
+        self.down_keys: list[list[str]] = []
+        self.up_keys: list[list[str]] = []
         for level, (c_in, _) in enumerate(in_out, start=1):
             if level > 1:
                 self.add_module(f"downsample_{level - 1}", downsample(*in_out[level - 2]))
@@ -153,7 +154,7 @@ def check_unet_config(
     num_attention_heads: int,
     num_classes: int | None,
 ) -> None:
-    """One-line ConfigErrors naming the `model.*` key, with the seed's wording where it has one."""
+    """One-line ConfigErrors naming the `model.*` key, with the post's wording where it has one."""
     if block_layer not in BLOCK_LAYERS:
         raise ConfigError(
             f"model.block_layer={block_layer!r} is unknown; choose one of {sorted(BLOCK_LAYERS)}"

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from ddpm_lightning.data import InMemoryDataModule, TensorBatches
+from ddpm_lightning.data.images import InMemoryDataModule, TensorBatches
 from ddpm_lightning.errors import ConfigError
 
 T_MIN, T_MAX = 1.5 * math.pi, 4.5 * math.pi

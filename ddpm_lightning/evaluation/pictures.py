@@ -26,7 +26,11 @@ def grid(images: Tensor, nrow: int | None = None) -> Tensor:
 def to_pil(image: Tensor, scale: int = 1) -> Image.Image:
     """(3, H, W) uint8 → PIL image, enlarged `scale`× with nearest neighbours."""
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
+    return (
+        pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
+        if scale > 1
+        else pil
+    )
 
 
 def save_grid(images: Tensor, path: Path, nrow: int | None = None) -> None:
@@ -45,7 +49,8 @@ def class_grid(images: Tensor, labels: Tensor) -> Tensor:
 class ReverseProcessRecorder:
     """Sampler callback keeping (x_t, x̂₀) of the first `num_images` at about `num_frames` steps.
 
-    Records only the first sampled chunk; `save_gif` writes left x_t, right x̂₀, as seed 000.
+    Records only the first sampled chunk; `save_gif` writes left x_t, right x̂₀, as in Lior
+    Sinai's MNIST post.
     """
 
     def __init__(self, num_steps: int, num_images: int = 16, num_frames: int = 50):

@@ -7,11 +7,14 @@ from pathlib import Path
 import torch
 
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.module import DiffusionModule
+from ddpm_lightning.training.module import DiffusionModule, current_hyperparameters
 
 
 def read_checkpoint(ckpt_path: str | Path | None, mmap: bool = False) -> dict:
-    """The checkpoint dict, loaded without running pickled code; one-line errors otherwise."""
+    """The checkpoint dict, loaded without running pickled code; one-line errors otherwise.
+
+    Hyperparameters written by an earlier release get today's `_target_` paths.
+    """
     if ckpt_path is None:
         raise ConfigError(
             "ckpt_path is required: pass ckpt_path=PATH/last.ckpt from a training run "
@@ -31,6 +34,7 @@ def read_checkpoint(ckpt_path: str | Path | None, mmap: bool = False) -> dict:
         raise ConfigError(
             f"ckpt_path={path} is not a ddpm_lightning checkpoint (no hyper_parameters/state_dict)"
         )
+    checkpoint["hyper_parameters"] = current_hyperparameters(checkpoint["hyper_parameters"])
     return checkpoint
 
 

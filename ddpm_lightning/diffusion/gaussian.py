@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddpm_lightning.diffusion.schedules import NoiseSchedule, extract
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.schedules import NoiseSchedule, extract
 
 Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
@@ -31,6 +31,11 @@ class LossType(str, enum.Enum):
     HUBER = "huber"
 
 
+class Weighting(str, enum.Enum):
+    NONE = "none"
+    MIN_SNR = "min_snr"
+
+
 def parse_choice(enum_type: type[enum.Enum], value: str, key: str) -> enum.Enum:
     """`enum_type(value)`, or a ConfigError naming `key` and the allowed values."""
     try:
@@ -43,11 +48,22 @@ def parse_choice(enum_type: type[enum.Enum], value: str, key: str) -> enum.Enum:
 class GaussianDiffusion(nn.Module):
     """Forward process q(x_t | x_0) over a `NoiseSchedule`, and the denoising loss."""
 
-    def __init__(self, schedule: NoiseSchedule, objective: str = "eps", loss: str = "l2"):
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        objective: str = "eps",
+        loss: str = "l2",
+        weighting: str = "none",
+        min_snr_gamma: float = 5.0,
+    ):
         super().__init__()
         self.schedule = schedule
         self.objective = parse_choice(Objective, objective, "diffusion.objective")
         self.loss_type = parse_choice(LossType, loss, "diffusion.loss")
+        self.weighting = parse_choice(Weighting, weighting, "diffusion.weighting")
+        if not float(min_snr_gamma) > 0:
+            raise ConfigError(f"diffusion.min_snr_gamma={min_snr_gamma} must be positive")
+        self.min_snr_gamma = float(min_snr_gamma)
 
     @property
     def num_timesteps(self) -> int:
@@ -90,14 +106,37 @@ class GaussianDiffusion(nn.Module):
             0, self.num_timesteps, (batch_size,), device=device, generator=generator
         )
 
-    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Mean l2 / l1 / Huber (δ = 1) error over all elements, computed in float32."""
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Per-sample loss weights w(t): (B,), ones unless `weighting=min_snr`.
+
+        Min-SNR-γ (Hang et al. 2023, eq. 9 and its ε / v forms): with SNR_t = ᾱ_t / (1 − ᾱ_t),
+        w = min(SNR, γ) for x₀, min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v: every
+        objective then weighs the x₀ error by min(SNR, γ), so low-noise steps stop dominating.
+        """
+        if self.weighting is Weighting.NONE:
+            return torch.ones(t.shape, device=t.device)
+        alpha_bar = self.schedule.alphas_cumprod.double()[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        if self.objective is Objective.EPS:
+            return (self.min_snr_gamma / snr).clamp(max=1).float()
+        if self.objective is Objective.X0:
+            return clipped.float()
+        return (clipped / (snr + 1)).float()
+
+    def loss(self, prediction: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+        """l2 / l1 / Huber (δ = 1) error in float32, averaged over each sample's elements, then
+        over the batch with per-sample `weights`: (B,) (plain mean when None)."""
         prediction, target = prediction.float(), target.float()
         if self.loss_type is LossType.L2:
-            return F.mse_loss(prediction, target)
-        if self.loss_type is LossType.L1:
-            return F.l1_loss(prediction, target)
-        return F.huber_loss(prediction, target, delta=1.0)
+            errors = F.mse_loss(prediction, target, reduction="none")
+        elif self.loss_type is LossType.L1:
+            errors = F.l1_loss(prediction, target, reduction="none")
+        else:
+            errors = F.huber_loss(prediction, target, delta=1.0, reduction="none")
+        if weights is None:
+            return errors.mean()
+        return (errors.flatten(1).mean(1) * weights).mean()
 
     def training_loss(
         self,
@@ -114,4 +153,5 @@ class GaussianDiffusion(nn.Module):
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         prediction = model(self.q_sample(x0, t, noise), t, y)
-        return self.loss(prediction, self.target(x0, t, noise))
+        weights = None if self.weighting is Weighting.NONE else self.loss_weights(t)
+        return self.loss(prediction, self.target(x0, t, noise), weights)

@@ -1,4 +1,5 @@
-"""Fréchet LeNet Distance (seed 000, eq. 4.7) with the LeNet-5 weights shipped in `assets/`.
+"""Fréchet LeNet Distance (Lior Sinai's MNIST post, eq. 4.7) with the LeNet-5 weights
+shipped in `assets/`.
 
 FLD = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between Gaussian fits of the 84-wide LeNet
 features of two image sets, in float64. Shipping the weights makes every user's FLD comparable.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from torch import Tensor
 from ddpm_lightning.errors import DataError
 from ddpm_lightning.models.lenet import LeNet5
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 
 
 def asset_paths(dataset: str, directory: Path = ASSETS_DIR) -> dict[str, Path]:
@@ -56,17 +58,17 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     LeNet ReLU units that never fire make Σ₁Σ₂ singular; the trace of its root stays exact
     (tested against the closed form), so scipy's "Matrix is singular" warning is silenced.
     """
-    mu1, mu2 = mu1.double().cpu().numpy(), mu2.double().cpu().numpy()
-    sigma1, sigma2 = sigma1.double().cpu().numpy(), sigma2.double().cpu().numpy()
+    m1, m2 = mu1.double().cpu().numpy(), mu2.double().cpu().numpy()
+    s1, s2 = sigma1.double().cpu().numpy(), sigma2.double().cpu().numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        covmean = scipy.linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        offset = np.eye(s1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
     covmean = np.real(covmean)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    diff = m1 - m2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
 def load_record(dataset: str) -> dict:
@@ -113,7 +115,7 @@ def lenet_features(
     """(N, 84) float64 features of images (see `to_model_input`), computed in batches."""
     device = next(model.parameters()).device
     images = to_model_input(images)
-    starts = range(0, images.shape[0], batch_size)
+    starts: Iterable[int] = range(0, images.shape[0], batch_size)
     if progress:
         starts = track(starts, description="LeNet features", transient=True)
     return torch.cat(

@@ -8,8 +8,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ddpm_lightning.checkpoints import read_checkpoint
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.training.checkpoints import read_checkpoint
 
 
 class LastCheckpoint(L.Callback):
@@ -30,7 +30,8 @@ class LastCheckpoint(L.Callback):
         return path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.fast_dev_run:
+        # Trainer.__init__ sets fast_dev_run (in _init_debugging_flags) without declaring it.
+        if not trainer.fast_dev_run:  # type: ignore[attr-defined]
             self.save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
@@ -42,7 +43,7 @@ class LastCheckpoint(L.Callback):
             )
 
 
-TRAINING_ONLY = frozenset({"diffusion.p_uncond"})
+TRAINING_ONLY = frozenset({"diffusion.p_uncond", "diffusion.weighting", "diffusion.min_snr_gamma"})
 
 
 def find_last_checkpoint(runs_root: Path) -> Path:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loops.progress import _ProcessedTracker
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import datasets
@@ -149,7 +150,8 @@ class SkippingLoader(DataLoader):
         super().__init__(dataset, **kwargs)
         self.skip = int(skip)
 
-    def __iter__(self) -> Iterator[Any]:
+    # An islice over DataLoader's iterator, not the `_BaseDataLoaderIter` that torch declares.
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         skip, self.skip = self.skip, 0
         batches = super().__iter__()
         return itertools.islice(batches, skip, None) if skip else batches
@@ -209,8 +211,12 @@ class InMemoryDataModule(L.LightningDataModule):
     def trained_position(self) -> tuple[int, int]:
         """(epoch, batches of it already trained on) from the trainer's loop progress; an
         epoch whose batches are all done counts as the start of the next one."""
-        epochs = self.trainer.fit_loop.epoch_progress.current
-        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        assert self.trainer is not None, "only called by Lightning, with a trainer attached"
+        # Lightning declares `current` a _ReadyCompletedTracker but creates _ProcessedTrackers.
+        epochs = cast(_ProcessedTracker, self.trainer.fit_loop.epoch_progress.current)
+        batches = cast(
+            _ProcessedTracker, self.trainer.fit_loop.epoch_loop.batch_progress.current
+        ).processed
         in_epoch = epochs.started > epochs.processed
         if not in_epoch or batches >= self.trainer.num_training_batches:
             return epochs.processed + int(in_epoch), 0
@@ -246,7 +252,8 @@ class InMemoryDataModule(L.LightningDataModule):
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
-            collate_fn=whole_batch,
+            # torch types collate_fn for lists of items; `__getitems__` hands it a whole batch.
+            collate_fn=cast(Callable[[list[Any]], Any], whole_batch),
             generator=torch.Generator(),
         )
 
@@ -274,7 +281,7 @@ class MNISTDataModule(InMemoryDataModule):
             raise ConfigError(f"data.name={name!r} is unknown; choose one of {sorted(DATASETS)}")
         if int(pad) < 0:
             raise ConfigError(f"data.pad={pad} must be at least 0")
-        self.name = name
+        self.name: str = name
         self.root = root or os.environ.get("DDPM_DATA_DIR") or "data"
         self.pad = int(pad)
 

@@ -1,4 +1,4 @@
-"""Reverse-process samplers: DDPM (ancestral), DDIM and DPM-Solver++(2M).
+"""Reverse-process samplers: DDPM (ancestral), DDIM, DPM-Solver++(2M) and Heun (EDM).
 
 Each sampler works with any `model(x_t, t, y) -> prediction` callable and any training
 objective (eps / x0 / v): predictions are converted to (x̂₀, ε̂) first, optionally with x̂₀
@@ -14,13 +14,39 @@ import torch
 from rich.progress import Progress
 from torch import Tensor
 
-from ddpm_lightning.diffusion import Denoiser, GaussianDiffusion
+from ddpm_lightning.diffusion.gaussian import Denoiser, GaussianDiffusion
+from ddpm_lightning.diffusion.guidance import guided_output
+from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.guidance import guided_output
-from ddpm_lightning.schedules import NoiseSchedule
 
 StepCallback = Callable[[int, int, Tensor, Tensor], None]
-SPACINGS = ("uniform", "quadratic", "trailing", "logsnr")
+SPACINGS = ("uniform", "quadratic", "trailing", "logsnr", "karras")
+# Karras et al. 2022 (EDM), Table 1: σ_max of the ρ-spaced grid and its exponent ρ.
+KARRAS_SIGMA_MAX, KARRAS_RHO = 80.0, 7.0
+
+
+def sigmas(schedule: NoiseSchedule) -> Tensor:
+    """σ_t = √((1−ᾱ_t)/ᾱ_t) (T,), float64: the noise level of x_t/√ᾱ_t, the EDM variable."""
+    a = schedule.alphas_cumprod.double().cpu()
+    return ((1 - a) / a).sqrt()
+
+
+def nearest_timesteps(schedule: NoiseSchedule, values: Tensor) -> list[int]:
+    """For each σ in `values`, the timestep whose σ_t is nearest in log σ."""
+    log_sigmas = sigmas(schedule).log()
+    return [int((log_sigmas - value.log()).abs().argmin()) for value in values]
+
+
+def karras_grid(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+    """Ascending timesteps nearest to σ_i = (σ_max^(1/ρ) + i/(n−1)(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ
+    (Karras et al. 2022, eq. 5), σ_min = σ_0, σ_max = min(80, σ_{T−1}); the largest is T−1."""
+    all_sigmas = sigmas(schedule)
+    low, high = all_sigmas[0].item(), min(KARRAS_SIGMA_MAX, all_sigmas[-1].item())
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    grid = high ** (1 / KARRAS_RHO) + ramp * (low ** (1 / KARRAS_RHO) - high ** (1 / KARRAS_RHO))
+    ascending = nearest_timesteps(schedule, grid**KARRAS_RHO)[::-1]
+    ascending[-1] = schedule.num_timesteps - 1
+    return ascending
 
 
 def timestep_sequence(
@@ -31,7 +57,8 @@ def timestep_sequence(
     uniform: round(linspace(T−1, 0)), ends at 0. quadratic: DDIM's quadratic spacing,
     round(linspace(0, √(T−1))²), ends at 0. trailing: round(T − i·T/n) − 1 (Lin et al. 2024),
     ends at round(T/n) − 1. logsnr: nearest to uniform steps in λ = log(√ᾱ/√(1−ᾱ)) (Lu et al.
-    2022), ends at 0. Steps that would repeat after rounding are moved to the next free one.
+    2022), ends at 0. karras: nearest to EDM's ρ = 7 grid in σ (`karras_grid`), ends at 0.
+    Steps that would repeat after rounding are moved to the next free one.
     """
     if spacing not in SPACINGS:
         raise ConfigError(f"sampler.spacing={spacing!r} is unknown; choose one of {SPACINGS}")
@@ -48,6 +75,8 @@ def timestep_sequence(
         ascending = [round((i * math.sqrt(T - 1) / (n - 1)) ** 2) for i in range(n)]
     elif spacing == "trailing":
         ascending = [round(T - i * T / n) - 1 for i in range(n)][::-1]
+    elif spacing == "karras":
+        ascending = karras_grid(schedule, n)
     else:
         a = schedule.alphas_cumprod.double().cpu()
         lam = 0.5 * (a.log() - torch.log1p(-a))
@@ -95,6 +124,10 @@ class Sampler:
 
     def steps(self) -> list[int]:
         raise NotImplementedError
+
+    def network_evaluations(self) -> int:
+        """Network calls per sample (a guided call, one doubled batch, counts once)."""
+        return len(self.steps())
 
     def reset(self) -> None:
         """Forget multistep history before a new chunk."""
@@ -157,13 +190,26 @@ class Sampler:
                 )
                 self.reset()
                 for i, t in enumerate(steps):
-                    x0, eps = self.predict(model, x, t, labels)
-                    if callback is not None:
-                        callback(i, t, x, x0)
-                    x = self.step(i, x, x0, eps, generator)
+                    x = self.advance(model, i, t, x, labels, generator, callback)
                     progress.advance(task)
                 chunks.append(x.clamp(-1, 1))
         return torch.cat(chunks)
+
+    def advance(
+        self,
+        model: Denoiser,
+        i: int,
+        t: int,
+        x: Tensor,
+        y: Tensor | None,
+        generator: torch.Generator | None,
+        callback: StepCallback | None,
+    ) -> Tensor:
+        """x_t: (B, …) at the i-th visited timestep t → the sample at the next one."""
+        x0, eps = self.predict(model, x, t, y)
+        if callback is not None:
+            callback(i, t, x, x0)
+        return self.step(i, x, x0, eps, generator)
 
     def noise_like(self, x: Tensor, generator) -> Tensor:
         return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
@@ -277,3 +323,95 @@ class DPMSolverSampler(Sampler):
         a_s, a_t = self.alpha_bar(s), self.alpha_bar(t)
         sigma_ratio = ((1 - a_s) / (1 - a_t)).sqrt()
         return sigma_ratio * x - a_s.sqrt() * torch.expm1(-h) * d
+
+
+class HeunSampler(Sampler):
+    """Heun's 2nd-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 2).
+
+    In the variable x̃ = x_t/√ᾱ_t with noise level σ_t = √((1−ᾱ_t)/ᾱ_t), the ODE is
+    dx̃/dσ = (x̃ − D(x̃; σ))/σ, D being the network's x̂₀. Each step is an Euler step to the next
+    σ plus a trapezoidal correction with D there. Euler only (one network call, = DDIM η = 0)
+    are the last step, to σ = 0, and steps from σ above EDM's σ_max = 80: from the top of a
+    cosine schedule (σ_{T−1} ≈ 2·10⁴ at T = 1000) the correction multiplies the change of D by
+    σ/σ_next and diverges. With `churn` > 0, steps with σ in [`churn_min`,
+    `churn_max`] first raise σ by γ = min(churn/n, √2 − 1), adding fresh noise (×`noise_scale`),
+    to the nearest trained noise level. Timesteps default to EDM's ρ = 7 grid (`karras`).
+    """
+
+    name = "heun"
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        num_steps: int = 18,
+        spacing: str = "karras",
+        churn: float = 0.0,
+        churn_min: float = 0.0,
+        churn_max: float = float("inf"),
+        noise_scale: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(schedule, **kwargs)
+        if float(churn) < 0:
+            raise ConfigError(f"sampler.churn={churn} must be at least 0")
+        self.timesteps = timestep_sequence(schedule, num_steps, spacing)
+        self.sigmas = sigmas(schedule).to(schedule.betas.device)
+        self.churn = float(churn)
+        self.churn_range = (float(churn_min), float(churn_max))
+        self.noise_scale = float(noise_scale)
+
+    def steps(self) -> list[int]:
+        return self.timesteps
+
+    def network_evaluations(self) -> int:
+        return sum(1 if self.euler_only(i) else 2 for i in range(len(self.timesteps)))
+
+    def euler_only(self, i: int) -> bool:
+        """Whether step i skips the correction: the last step, or σ̂ above σ_max."""
+        sigma_hat = self.sigmas[self.churned(self.timesteps[i])].item()
+        return i + 1 == len(self.timesteps) or sigma_hat > KARRAS_SIGMA_MAX
+
+    def churned(self, t: int) -> int:
+        """The timestep whose σ is nearest to σ_t (1 + γ): t itself when churn is off."""
+        sigma = self.sigmas[t]
+        low, high = self.churn_range
+        if self.churn == 0 or not low <= sigma.item() <= high:
+            return t
+        gamma = min(self.churn / len(self.timesteps), math.sqrt(2) - 1)
+        return max(t, nearest_timesteps(self.schedule, (sigma * (1 + gamma)).reshape(1))[0])
+
+    def denoised(self, model: Denoiser, x_tilde: Tensor, t: int, y: Tensor | None) -> Tensor:
+        """D(x̃; σ_t) = x̂₀ of the network at x_t = √ᾱ_t x̃."""
+        return self.predict(model, self.alpha_bar(t).sqrt() * x_tilde, t, y)[0]
+
+    def advance(
+        self,
+        model: Denoiser,
+        i: int,
+        t: int,
+        x: Tensor,
+        y: Tensor | None,
+        generator: torch.Generator | None,
+        callback: StepCallback | None,
+    ) -> Tensor:
+        """One Heun step from the i-th timestep t to the next (σ = 0 after the last)."""
+        x_tilde = x / self.alpha_bar(t).sqrt()
+        t_hat = self.churned(t)
+        sigma_hat = self.sigmas[t_hat].to(x.dtype)
+        if t_hat != t:
+            extra = (sigma_hat**2 - self.sigmas[t] ** 2).sqrt().to(x.dtype)
+            x_tilde = x_tilde + extra * self.noise_scale * self.noise_like(x, generator)
+        x0 = self.denoised(model, x_tilde, t_hat, y)
+        if callback is not None:
+            callback(i, t, x, x0)
+        if i + 1 == len(self.timesteps):
+            return x0
+        s = self.timesteps[i + 1]
+        sigma_next = self.sigmas[s].to(x.dtype)
+        slope = (x_tilde - x0) / sigma_hat
+        x_next = x_tilde + (sigma_next - sigma_hat) * slope
+        if self.euler_only(i):
+            return self.alpha_bar(s).sqrt() * x_next
+        slope_next = (x_next - self.denoised(model, x_next, s, y)) / sigma_next
+        x_next = x_tilde + (sigma_next - sigma_hat) * (slope + slope_next) / 2
+        return self.alpha_bar(s).sqrt() * x_next

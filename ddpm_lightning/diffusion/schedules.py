@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ def linear_beta_schedule(
 
 
 def cosine_beta_schedule(num_timesteps: int, s: float = 0.008) -> Tensor:
-    """Nichol & Dhariwal 2021 (seed 000): ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2)."""
+    """Nichol & Dhariwal 2021: ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2)."""
     t = torch.linspace(0, num_timesteps, num_timesteps + 1, dtype=torch.float64)
     f = torch.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
     return betas_from_alphas_cumprod(f)
@@ -44,7 +45,7 @@ def sigmoid_beta_schedule(
     return betas_from_alphas_cumprod(alphas_cumprod)
 
 
-BETA_SCHEDULES = {
+BETA_SCHEDULES: dict[str, Callable[..., Tensor]] = {
     "linear": linear_beta_schedule,
     "cosine": cosine_beta_schedule,
     "sigmoid": sigmoid_beta_schedule,
@@ -62,6 +63,17 @@ class NoiseSchedule(nn.Module):
     Timesteps are 0-based: index t here is step t+1 of the papers. Buffers are float32,
     computed in float64 and not saved in checkpoints (they follow from the config).
     """
+
+    betas: Tensor
+    alphas: Tensor
+    alphas_cumprod: Tensor
+    alphas_cumprod_prev: Tensor
+    sqrt_alphas_cumprod: Tensor
+    sqrt_one_minus_alphas_cumprod: Tensor
+    posterior_variance: Tensor
+    posterior_log_variance_clipped: Tensor
+    posterior_mean_coef1: Tensor
+    posterior_mean_coef2: Tensor
 
     def __init__(self, name: str = "cosine", num_timesteps: int = 1000, **kwargs: float):
         super().__init__()

@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2022, in seed 004's form) and its label dropout.
+"""Classifier-free guidance (Ho & Salimans 2022, in the form of Lior Sinai's
+DenoisingDiffusion.jl) and its label dropout.
 
 One network learns p(x | y) and p(x): during training each label is replaced by the null
 label (index `num_classes`) with probability p_uncond; at sampling time the two predictions
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddpm_lightning.diffusion import Denoiser
+from ddpm_lightning.diffusion.gaussian import Denoiser
 from ddpm_lightning.errors import ConfigError
 
 DEFAULT_GUIDANCE_SCALE = 2.0
@@ -62,7 +63,7 @@ def require_conditional(num_classes: int | None, option: str) -> int:
 
 def check_labels(labels: Tensor, num_classes: int | None) -> None:
     """A ConfigError unless every label is a real class of a conditional model."""
-    require_conditional(num_classes, "labels")
+    num_classes = require_conditional(num_classes, "labels")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ConfigError(
             f"labels must lie in [0, {num_classes}); got {sorted(set(labels.tolist()))}"

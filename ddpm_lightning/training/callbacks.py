@@ -6,16 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+from ddpm_lightning.diffusion.samplers import Sampler
 from ddpm_lightning.errors import ConfigError, DDPMError
-from ddpm_lightning.fld import FLD
-from ddpm_lightning.pictures import grid, to_pil
-from ddpm_lightning.samplers import Sampler
+from ddpm_lightning.evaluation.fld import FLD
+from ddpm_lightning.evaluation.pictures import grid, to_pil
+
+if TYPE_CHECKING:
+    from ddpm_lightning.training.module import DiffusionModule
 
 
 def batch_size(batch: tuple[Tensor, Tensor]) -> int:
@@ -62,13 +66,15 @@ class FLDCallback(L.Callback):
             self.fld = None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.fld is None or trainer.sanity_checking or trainer.fast_dev_run:
+        # Trainer.__init__ sets fast_dev_run (in _init_debugging_flags) without declaring it.
+        if self.fld is None or trainer.sanity_checking or trainer.fast_dev_run:  # type: ignore[attr-defined]
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        module = cast("DiffusionModule", pl_module)
         self.fld.model.to(pl_module.device)
-        sampler = pl_module.make_sampler(self.make_sampler, progress=False)
-        images = pl_module.generate(sampler, self.num_samples, self.seed)
+        sampler = module.make_sampler(self.make_sampler, progress=False)
+        images = module.generate(sampler, self.num_samples, self.seed)
         pl_module.log("val/fld", self.fld(images), prog_bar=True)
 
 
@@ -96,7 +102,7 @@ class SampleGridCallback(L.Callback):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
 
-    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
+    def draw(self, trainer: L.Trainer, pl_module: DiffusionModule, name: str) -> None:
         sampler = pl_module.make_sampler(self.make_sampler, progress=False)
         images = pl_module.generate(sampler, self.num_samples, self.seed)
         picture = grid(images.cpu())
@@ -108,16 +114,20 @@ class SampleGridCallback(L.Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         to_pil(picture).save(self.dirpath / name)
 
-    def active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    def active(self, trainer: L.Trainer, pl_module: DiffusionModule) -> bool:
+        # Trainer.__init__ sets fast_dev_run (in _init_debugging_flags) without declaring it.
         return (
-            not (trainer.sanity_checking or trainer.fast_dev_run) and len(pl_module.data_shape) == 3
+            not (trainer.sanity_checking or trainer.fast_dev_run)  # type: ignore[attr-defined]
+            and len(pl_module.data_shape) == 3
         )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.active(trainer, pl_module) or (trainer.current_epoch + 1) % self.every_n_epochs:
+        module = cast("DiffusionModule", pl_module)
+        if not self.active(trainer, module) or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        self.draw(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}.png")
+        self.draw(trainer, module, f"epoch_{trainer.current_epoch:03d}.png")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.active(trainer, pl_module) and trainer.global_step > 0:
-            self.draw(trainer, pl_module, "final.png")
+        module = cast("DiffusionModule", pl_module)
+        if self.active(trainer, module) and trainer.global_step > 0:
+            self.draw(trainer, module, "final.png")

@@ -9,20 +9,21 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm_lightning.diffusion import GaussianDiffusion
-from ddpm_lightning.errors import ConfigError, DDPMError
-from ddpm_lightning.guidance import (
+from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
+from ddpm_lightning.diffusion.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     balanced_labels,
     check_labels,
     drop_labels,
     require_conditional,
 )
-from ddpm_lightning.samplers import Sampler, StepCallback
+from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
+from ddpm_lightning.errors import ConfigError, DDPMError
 
 
 class NonFiniteLossError(DDPMError, FloatingPointError):
@@ -40,6 +41,23 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, cosine_decay: 
 
 
 FAST_PATH_KEYS = ("channels_last", "compile")
+
+# `_target_`s that checkpoints of release 0.1.0 store, before the package was split by layer.
+MOVED_TARGETS = {
+    "ddpm_lightning.schedules.NoiseSchedule": "ddpm_lightning.diffusion.schedules.NoiseSchedule"
+}
+
+
+def current_hyperparameters(hparams: dict[str, Any]) -> dict[str, Any]:
+    """`hparams` with every `_target_` of an earlier release mapped to where it lives now."""
+    return {
+        key: (
+            {**value, "_target_": MOVED_TARGETS.get(value["_target_"], value["_target_"])}
+            if isinstance(value, dict) and "_target_" in value
+            else value
+        )
+        for key, value in hparams.items()
+    }
 
 
 def split_fast_paths(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool]]:
@@ -76,6 +94,8 @@ class DiffusionModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.hparams.update(current_hyperparameters(dict(self.hparams)))
+        schedule = self.hparams["schedule"]
         optimizer = optimizer or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-4}
         if float(optimizer.get("lr", 1.0)) <= 0:
             raise ConfigError(f"optimizer.lr={optimizer['lr']} must be positive")
@@ -200,7 +220,8 @@ class DiffusionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Sets `flops_per_batch`, from which Lightning's ThroughputMonitor reports FLOP/s."""
-        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
+        batch_size = getattr(datamodule, "batch_size", None)
         if batch_size:
             self.flops_per_batch = self.training_flops_per_image() * int(batch_size)
 
@@ -225,10 +246,11 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        x, y = self.to_memory_format(x), self.labels(y)
-        if y is not None:
-            y = drop_labels(y, self.p_uncond, self.num_classes)
-        loss = self.diffusion.training_loss(self.model, x, y)
+        x = self.to_memory_format(x)
+        labels = (
+            None if self.num_classes is None else drop_labels(y, self.p_uncond, self.num_classes)
+        )
+        loss = self.diffusion.training_loss(self.model, x, labels)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}, before "
@@ -251,7 +273,7 @@ class DiffusionModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.log("test/loss", self.evaluation_loss(batch, batch_idx), sync_dist=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = instantiate(self.optimizer_config)(params=self.parameters())
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(

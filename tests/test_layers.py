@@ -1,0 +1,106 @@
+"""The package's layers: imports run only downward, and checkpoints of the release before the
+split into layers still load and sample the same images."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from ddpm_lightning.diffusion import DDIMSampler
+from ddpm_lightning.train import build_module
+from ddpm_lightning.training import DiffusionModule
+from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
+from ddpm_lightning.training.safety import check_resume_checkpoint
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ddpm_lightning"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Higher layers may import lower ones, never the reverse. Top-level modules are the commands.
+LAYERS = {"errors": 0, "diffusion": 1, "models": 1, "data": 1, "evaluation": 2, "training": 3}
+COMMAND_LAYER = 4
+
+
+def layer(module: str) -> tuple[int, str]:
+    """(rank, room) of a dotted module name inside the package."""
+    room = module.split(".")[1] if "." in module else ""
+    return LAYERS.get(room, COMMAND_LAYER), room
+
+
+def package_imports(path: Path) -> list[str]:
+    """The `ddpm_lightning.*` modules a source file imports."""
+    tree = ast.parse(path.read_text())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+    return [name for name in names if name.startswith("ddpm_lightning.")]
+
+
+def upward_imports() -> list[str]:
+    """'importer -> imported' for every import that goes sideways or up a layer."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        rank, room = layer(module)
+        for imported in package_imports(path):
+            other_rank, other_room = layer(imported)
+            if room == other_room and room:
+                continue
+            if other_rank >= rank and not (rank == COMMAND_LAYER and other_rank == COMMAND_LAYER):
+                found.append(f"{module} -> {imported}")
+    return found
+
+
+def test_imports_only_run_downward():
+    assert upward_imports() == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
+    rogue = tmp_path / "ddpm_lightning" / "models" / "rogue.py"
+    rogue.parent.mkdir(parents=True)
+    rogue.write_text("from ddpm_lightning.training.module import DiffusionModule\n")
+    monkeypatch.setattr(f"{__name__}.PACKAGE", tmp_path / "ddpm_lightning")
+    assert upward_imports() == ["ddpm_lightning.models.rogue -> ddpm_lightning.training.module"]
+
+
+def test_every_room_is_a_package():
+    rooms = {path.parent.name for path in PACKAGE.glob("*/*.py")}
+    assert set(LAYERS) - {"errors"} <= rooms
+    for room in rooms:
+        assert (PACKAGE / room / "__init__.py").is_file(), room
+
+
+@pytest.fixture
+def release_checkpoint() -> Path:
+    """A tiny model trained 2 steps and saved by release 0.1.0 (flat package layout)."""
+    path = FIXTURES / "release_0.1.0.ckpt"
+    saved = torch.load(path, weights_only=True)["hyper_parameters"]["schedule"]["_target_"]
+    assert saved == "ddpm_lightning.schedules.NoiseSchedule"
+    return path
+
+
+def test_a_release_checkpoint_samples_the_same_images(release_checkpoint):
+    module = load_module(release_checkpoint)
+    sampler = module.make_sampler(DDIMSampler, num_steps=5, progress=False)
+    images = module.generate(sampler, 2, seed=0)
+    expected = torch.load(FIXTURES / "release_0.1.0_ddim5_seed0.pt", weights_only=True)
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+
+
+def test_a_release_checkpoint_loads_through_lightning(release_checkpoint):
+    module = DiffusionModule.load_from_checkpoint(release_checkpoint, weights_only=True)
+    target = module.hparams["schedule"]["_target_"]
+    assert target == "ddpm_lightning.diffusion.schedules.NoiseSchedule"
+    saved = read_checkpoint(release_checkpoint)["state_dict"]
+    assert all(torch.equal(module.state_dict()[key], value) for key, value in saved.items())
+
+
+def test_a_release_checkpoint_resumes_with_todays_config(release_checkpoint, tmp_path):
+    cfg = tiny_config(tmp_path / "data", tmp_path / "run")
+    check_resume_checkpoint(release_checkpoint, dict(build_module(cfg, (1, 32, 32)).hparams))
