@@ -2,7 +2,8 @@
 
 Trains on the same padded, [-1, 1]-scaled data as the diffusion model, with light
 augmentation, then exports the weights, their SHA-256 and test accuracy, and the test set's
-feature statistics to `ddpm_lightning/assets/` (see `fld.py`).
+feature statistics to the run's folder (or `export_dir`). Only `replace_shipped=true` writes
+them to `ddpm_lightning/assets/`, replacing the LeNet every FLD is measured with (see `fld.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ddpm_lightning.config import hydra_command
+from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import (
     ASSETS_DIR,
     asset_paths,
@@ -124,6 +126,33 @@ def reference_rows(model: LeNet5, datamodule, test_mean: Tensor, test_cov: Tenso
     }
 
 
+def export_folder(cfg: DictConfig) -> Path:
+    """Where the LeNet goes: `export_dir`, else the run's folder; the package's assets folder
+    only with `replace_shipped=true`, so a retraining never silently changes every FLD."""
+    if cfg.get("replace_shipped"):
+        if cfg.get("export_dir"):
+            raise ConfigError(
+                f"replace_shipped=true writes to {ASSETS_DIR}; drop export_dir={cfg.export_dir}"
+            )
+        return ASSETS_DIR
+    folder = Path(cfg.export_dir) if cfg.get("export_dir") else Path(cfg.paths.output_dir)
+    if folder.resolve() == ASSETS_DIR.resolve():
+        raise ConfigError(
+            f"export_dir={folder} holds the shipped LeNet every FLD is measured with; "
+            "pass replace_shipped=true (without export_dir) to replace it"
+        )
+    return folder
+
+
+def released_sha256(dataset: str) -> str | None:
+    """SHA-256 of the LeNet released for `dataset`, from its record in the package."""
+    record = asset_paths(dataset)["record"]
+    if not record.is_file():
+        return None
+    shipped = json.loads(record.read_text())
+    return shipped.get("released_sha256", shipped["sha256"])
+
+
 def export(
     module: ClassifierModule, datamodule, test_accuracy: float, export_dir: Path, cfg
 ) -> dict:
@@ -155,6 +184,7 @@ def export(
         "dataset": datamodule.name,
         "weights": paths["weights"].name,
         "sha256": sha256(paths["weights"]),
+        "released_sha256": released_sha256(datamodule.name),
         "stats": paths["stats"].name,
         "stats_sha256": sha256(paths["stats"]),
         "test_accuracy": test_accuracy,
@@ -170,6 +200,7 @@ def export(
 
 def train_classifier(cfg: DictConfig) -> dict:
     """Train, test and export the LeNet for `cfg.data`; return the JSON record."""
+    export_dir = export_folder(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     augment_cfg = cfg.get("augment") or AUGMENT.get(cfg.data.name, {})
@@ -177,9 +208,9 @@ def train_classifier(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=datamodule)
     (result,) = trainer.test(module, datamodule=datamodule)
-    export_dir = Path(cfg.export_dir) if cfg.get("export_dir") else ASSETS_DIR
     record = export(module, datamodule, float(result["test/acc"]), export_dir, cfg)
     print(json.dumps(record, indent=2))
+    print(f"wrote {record['weights']}, {record['stats']} and their record to {export_dir}")
     return record
 
 

@@ -8,12 +8,13 @@ distance to the class-mean images. Writes metrics.json and label_histogram.png.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
@@ -28,62 +29,101 @@ from ddpm_lightning.evaluation.fld import (
     load_record,
     to_model_input,
 )
-from ddpm_lightning.pretrained import checkpoint_path
-from ddpm_lightning.sample import default_device
-from ddpm_lightning.training.checkpoints import load_module
+from ddpm_lightning.sample import default_device, resolve_checkpoint, samples_metadata
+from ddpm_lightning.sharing.pretrained import load_model
+
+IMAGE_SHAPE = (1, 32, 32)
 
 
-def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None]:
-    """Images (N, 1, 32, 32) in [-1, 1] and, for conditional models, the requested labels (N,)
-    from a `samples.npz` written by the sample command."""
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """The `images`, `labels` (or None) and `metadata` (or {}) arrays of a samples.npz."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"samples={path} is not an .npz archive; pass a samples.npz from the sample command"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images = archive["images"]
+            labels = archive.get("labels")
+            metadata = json.loads(str(archive["metadata"])) if "metadata" in archive else {}
+    except KeyError:
+        raise DataError(
+            f"samples={path} has no 'images' array; pass a samples.npz from the sample command"
+        ) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"samples={path} is not a samples.npz from the sample command ({reason})"
+        ) from None
+    return images, labels, metadata
+
+
+def check_images(images: np.ndarray, path: Path) -> None:
+    """Refuse anything but uint8 images (N ≥ 2, 1, 32, 32), naming what the file holds."""
+    what = f"{images.dtype} array of shape {images.shape}"
+    if images.size and np.issubdtype(images.dtype, np.number):
+        if np.issubdtype(images.dtype, np.floating) and np.isnan(images).any():
+            raise DataError(f"samples={path}: images contain NaN ({what})")
+        what += f" with values in [{images.min():.4g}, {images.max():.4g}]"
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(
+            f"samples={path}: images are a {what}; need uint8 images in [0, 255] of shape "
+            f"(N, {', '.join(map(str, IMAGE_SHAPE))}) as the sample command writes"
+        )
+    if images.shape[0] < 2:
+        raise DataError(
+            f"samples={path}: {images.shape[0]} image(s); a covariance needs at least 2 "
+            "(10,000 for figures that compare)"
+        )
+
+
+def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None, dict]:
+    """Images (N, 1, 32, 32) in [-1, 1], the requested labels (N,) of conditional models (or
+    None) and the metadata the sample command stored (dataset, model, seed, sampler; {} for
+    files without it) from a `samples.npz`; one-line errors for anything else."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
             f"samples={path} does not exist; pass a samples.npz from the sample command"
         )
-    try:
-        with np.load(path) as archive:
-            images = archive["images"]
-            labels = torch.from_numpy(archive["labels"]) if "labels" in archive else None
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(
-            f"samples={path} is not a samples.npz with an 'images' array ({exc})"
-        ) from None
-    images = to_model_input(images)
-    if images.shape[1:] != (1, 32, 32) or images.shape[0] < 2:
-        raise DataError(
-            f"samples={path}: images have shape {tuple(images.shape)}, need (N≥2, 1, 32, 32)"
-        )
+    images, labels, metadata = read_npz(path)
+    check_images(images, path)
     if labels is not None and labels.shape != images.shape[:1]:
         raise DataError(f"samples={path}: {len(labels)} labels for {len(images)} images")
-    return images, labels
+    return to_model_input(images), None if labels is None else torch.from_numpy(labels), metadata
 
 
-def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, Tensor | None, str | None]:
+def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, Tensor | None, dict]:
     """`cfg.num_samples` images from `cfg.ckpt_path` or `cfg.pretrained` with `cfg.sampler`,
-    their labels (an equal share of each class for conditional models, else None) and the
-    checkpoint's dataset."""
-    module = load_module(checkpoint_path(cfg.ckpt_path, cfg.pretrained)).to(device)
+    their labels (an equal share of each class for conditional models, else None) and what
+    made them (`samples_metadata`: the model's dataset, the model, seed and sampler)."""
+    ckpt_path = resolve_checkpoint(cfg)
+    module = load_model(ckpt_path, cfg.get("pretrained")).to(device)
     sampler = module.make_sampler(instantiate(cfg.sampler))
     labels = module.sample_labels(int(cfg.num_samples))
     images = module.generate(sampler, cfg.num_samples, cfg.seed, labels=labels)
-    return images.cpu(), labels, module.hparams.get("dataset")
+    return images.cpu(), labels, samples_metadata(cfg, ckpt_path, module)
 
 
-def provenance(cfg: DictConfig) -> dict:
-    """What made the scored images (source, seed, sampler settings), so metrics.json describes
-    itself when runs are compared."""
-    if cfg.get("samples"):
-        return {"samples": str(cfg.samples)}
-    if cfg.get("pretrained"):
-        source = {"pretrained": cfg.pretrained}
-    else:
-        source = {"ckpt_path": str(cfg.ckpt_path)}
-    return {
-        **source,
-        "seed": cfg.seed,
-        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
-    }
+def scored_dataset(cfg: DictConfig, recorded: str | None) -> str:
+    """The test set to score against: `dataset=`, else the one the model or samples.npz
+    records. A `dataset=` that differs from the recorded one is refused unless
+    `allow_dataset_mismatch=true` (then a warning)."""
+    source = f"samples={cfg.samples}" if cfg.get("samples") else "the model"
+    requested = cfg.get("dataset")
+    if requested and recorded and requested != recorded:
+        if not cfg.get("allow_dataset_mismatch"):
+            raise ConfigError(
+                f"dataset={requested} but {source} is of {recorded}: drop dataset=, or pass "
+                f"allow_dataset_mismatch=true to score against {requested} anyway"
+            )
+        print(f"warning: scoring {recorded} images against the {requested} test set")
+    dataset = requested or recorded
+    if not dataset:
+        raise ConfigError(
+            f"{source} records no dataset: pass dataset=mnist or dataset=fashion_mnist"
+        )
+    return str(dataset)
 
 
 def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
@@ -116,6 +156,7 @@ def score(images: Tensor, dataset: str, device: torch.device, labels: Tensor | N
         "dataset": dataset,
         "num_samples": images.shape[0],
         "fld": frechet_distance(mean, cov, stats["mean"], stats["cov"]),
+        "lenet": fld.lenet,
         "label_counts": torch.bincount(predicted, minlength=10).tolist(),
         "test_label_counts": stats["label_counts"].tolist(),
         "mean_confidence": probabilities.max(dim=1).values.mean().item(),
@@ -150,10 +191,12 @@ def save_histograms(metrics: dict, path: Path, width: int = 640, height: int = 2
 
 
 def print_table(metrics: dict, reference: dict) -> None:
-    table = Table(title=f"Evaluation against the {metrics['dataset']} test set (shipped LeNet-5)")
+    table = Table(
+        title=f"Evaluation against the {metrics['dataset']} test set (LeNet-5 {metrics['lenet']})"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("FLD", f"{metrics['fld']:.4f}")
+    table.add_row(f"FLD (LeNet-5 {metrics['lenet']})", f"{metrics['fld']:.4f}")
     table.add_row("mean LeNet confidence", f"{metrics['mean_confidence']:.4f}")
     table.add_row(
         "mean min distance to class means", f"{metrics['mean_min_distance_to_class_means']:.4f}"
@@ -172,21 +215,22 @@ def evaluate(cfg: DictConfig) -> dict:
     """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`."""
     device = default_device()
     if cfg.get("samples"):
-        images, labels = load_samples(cfg.samples)
-        dataset = None
+        images, labels, made_by = load_samples(cfg.samples)
     elif cfg.get("ckpt_path") or cfg.get("pretrained"):
-        images, labels, dataset = generate(cfg, device)
+        images, labels, made_by = generate(cfg, device)
     else:
         raise ConfigError(
             "pass ckpt_path=PATH/last.ckpt, pretrained=mnist or samples=PATH/samples.npz"
         )
-    dataset = cfg.get("dataset") or dataset or "mnist"
+    recorded = made_by.pop("dataset", None)
+    dataset = scored_dataset(cfg, recorded)
     if images.shape[0] <= 84:
         print(
             f"warning: {images.shape[0]} samples give a rank-deficient 84×84 covariance; "
             "FLD needs more samples (10,000 by default) to be meaningful"
         )
-    metrics = {**score(images, dataset, device, labels), **provenance(cfg)}
+    source = {"samples": str(cfg.samples)} if cfg.get("samples") else {}
+    metrics = {**score(images, dataset, device, labels), **source, **made_by}
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_histograms(metrics, out_dir / "label_histogram.png")

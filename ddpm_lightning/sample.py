@@ -1,20 +1,22 @@
 """`python -m ddpm_lightning.sample ckpt_path=PATH | pretrained=mnist`: samples from a model.
 
-Images: grid.png, samples.npz (uint8 images, and labels for conditional models) and
-reverse.gif; conditional models add class_grid.png (a row per class) and same_noise.png (seed
-002's ablation: every row starts from the same noise, one row per label). 2-D points
+Images: grid.png, samples.npz (uint8 images, labels for conditional models, and `metadata`:
+a JSON string with the dataset, the model, seed and sampler settings) and reverse.gif;
+conditional models add class_grid.png (a row per class) and same_noise.png (the picture of
+Nathan van Maastricht's post: every row starts from the same noise, one row per label). 2-D points
 (data=spiral): points.png (samples over the spiral) and samples.npz (float points).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ddpm_lightning.config import hydra_command
@@ -29,13 +31,47 @@ from ddpm_lightning.evaluation.pictures import (
     to_pil,
     to_uint8,
 )
-from ddpm_lightning.pretrained import checkpoint_path
-from ddpm_lightning.training.checkpoints import load_module
+from ddpm_lightning.sharing.pretrained import load_model
 from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.safety import find_last_checkpoint
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | Path | None:
+    """The file behind `ckpt_path=` (`load_model` loads `pretrained=`). `ckpt_path=last` is
+    the newest `checkpoints/last.ckpt` under `paths.log_dir/<train_task_name>/` (default
+    `logs/train/`) that no fast_dev_run smoke test wrote; one line names it."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last" and cfg.get("pretrained") is None:
+        task = cfg.get("train_task_name", "train")
+        ckpt_path = str(find_last_checkpoint(Path(cfg.paths.log_dir) / task, task))
+    return ckpt_path
+
+
+def image_source(cfg: DictConfig, ckpt_path: str | Path | None) -> dict[str, Any]:
+    """What makes the images: the checkpoint file (`ckpt_path=last` resolved) or the shipped
+    model's name, the seed and the sampler's settings."""
+    model = (
+        {"pretrained": str(cfg.pretrained)}
+        if cfg.get("pretrained")
+        else {"ckpt_path": str(ckpt_path)}
+    )
+    return {
+        **model,
+        "seed": cfg.seed,
+        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+    }
+
+
+def samples_metadata(
+    cfg: DictConfig, ckpt_path: str | Path | None, module: DiffusionModule
+) -> dict[str, Any]:
+    """The `metadata` entry of samples.npz (a JSON string): the model's dataset and
+    `image_source`, so the evaluate command scores the images against the right test set."""
+    return {"dataset": module.hparams.get("dataset"), **image_source(cfg, ckpt_path)}
 
 
 def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tensor | None:
@@ -74,7 +110,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     device = default_device()
-    module = load_module(checkpoint_path(cfg.ckpt_path, cfg.pretrained)).to(device)
+    ckpt_path = resolve_checkpoint(cfg)
+    module = load_model(ckpt_path, cfg.get("pretrained")).to(device)
     sampler = module.make_sampler(instantiate(cfg.sampler))
     labels = requested_labels(cfg.labels, int(cfg.num_samples), module)
     num_samples = int(cfg.num_samples) if labels is None else len(labels)
@@ -94,7 +131,10 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     else:
         files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
         save_grid(samples, files["grid.png"])
-        arrays: dict[str, Any] = {"images": to_uint8(samples).cpu().numpy()}
+        arrays: dict[str, Any] = {
+            "images": to_uint8(samples).cpu().numpy(),
+            "metadata": np.array(json.dumps(samples_metadata(cfg, ckpt_path, module))),
+        }
         if labels is not None:
             arrays["labels"] = labels.numpy()
         np.savez_compressed(files["samples.npz"], **arrays)

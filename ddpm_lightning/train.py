@@ -13,7 +13,14 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor, WeightAveraging
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+    ThroughputMonitor,
+    WeightAveraging,
+)
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +29,11 @@ from ddpm_lightning.errors import find_user_error, report_errors
 from ddpm_lightning.training.loggers import finish_loggers
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.runinfo import write_run_info
-from ddpm_lightning.training.safety import check_resume_checkpoint, find_last_checkpoint
+from ddpm_lightning.training.safety import (
+    LastCheckpoint,
+    check_resume_checkpoint,
+    find_last_checkpoint,
+)
 
 # The datamodule serves whole in-memory batches, so worker processes would only add overhead.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -66,13 +77,35 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModul
     )
 
 
+def without_checkpoints(callbacks: list[L.Callback]) -> list[L.Callback]:
+    """`callbacks` less those that save checkpoints, for `trainer.fast_dev_run` smoke tests,
+    so that `ckpt_path=last` never resumes one: Lightning 2.6's `ModelCheckpoint` still writes
+    `last.ckpt` at the end of a fast_dev_run when `save_last` is set."""
+    return [c for c in callbacks if not isinstance(c, (ModelCheckpoint, LastCheckpoint))]
+
+
+def display_flags(cfg: DictConfig, callbacks: list[L.Callback]) -> dict[str, bool]:
+    """Trainer flags so that `callbacks.rich_progress_bar=null` and `callbacks.model_summary=null`
+    mean none at all: Lightning otherwise adds its own TQDM bar and summary. A value set in
+    `trainer.` wins."""
+    flags = {
+        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
+        "enable_model_summary": any(isinstance(c, ModelSummary) for c in callbacks),
+    }
+    return {key: value for key, value in flags.items() if key not in cfg.trainer}
+
+
 def resolve_ckpt_path(cfg: DictConfig, module: DiffusionModule) -> str | None:
-    """The checkpoint to resume from: `last` = the task's newest last.ckpt; checked to match."""
+    """The checkpoint to resume from, checked to match: `last` = the newest last.ckpt of this
+    task_name that is no smoke test and whose model and schedule match (see
+    `find_last_checkpoint`)."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        path = find_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name)
+        path = find_last_checkpoint(
+            Path(cfg.paths.log_dir) / cfg.task_name, cfg.task_name, dict(module.hparams)
+        )
     else:
         path = Path(ckpt_path)
     check_resume_checkpoint(path, dict(module.hparams))
@@ -96,11 +129,20 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     loggers = instantiate_named(cfg.get("logger"))
     if not loggers:  # `~logger`: these monitors would have nowhere to write and refuse to run.
         callbacks = [c for c in callbacks if not isinstance(c, LOGGER_ONLY_CALLBACKS)]
+    smoke_test = bool(cfg.trainer.get("fast_dev_run"))
+    if smoke_test:
+        callbacks = without_checkpoints(callbacks)
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for logger in loggers:
             logger.log_hyperparams(resolved)
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer: L.Trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            **({"enable_checkpointing": False} if smoke_test else {}),
+            **display_flags(cfg, callbacks),
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None

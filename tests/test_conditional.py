@@ -152,7 +152,12 @@ def test_evaluate_npz_with_labels_scores_them(tmp_path):
     np.savez_compressed(tmp_path / "s.npz", images=images, labels=np.full(30, 4))
     cfg = compose_config(
         "evaluate",
-        [f"samples={tmp_path / 's.npz'}", f"out_dir={tmp_path}", f"paths.output_dir={tmp_path}"],
+        [
+            f"samples={tmp_path / 's.npz'}",
+            "dataset=mnist",
+            f"out_dir={tmp_path}",
+            f"paths.output_dir={tmp_path}",
+        ],
     )
     metrics = evaluate(cfg)
     predicted = int(np.argmax(metrics["label_counts"]))

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -107,22 +109,52 @@ def test_unweighted_loss_has_unit_weights():
     assert torch.equal(make("v").loss_weights(torch.tensor([3, 7])), torch.ones(2))
 
 
+def test_lognormal_noise_levels_follow_the_quantised_normal():
+    """P(t = k) = Φ((e_k − μ)/s) − Φ((e_{k−1} − μ)/s) with e the log-σ midpoints (exact)."""
+    diffusion = make("v", T=1000, noise_levels="lognormal", p_mean=-1.2, p_std=1.2)
+    t = diffusion.sample_timesteps(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    counts = torch.bincount(t, minlength=1000).double() / len(t)
+    edges = diffusion.log_sigma_edges
+    cdf = torch.special.ndtr((edges - (-1.2)) / 1.2)
+    expected = torch.cat([cdf[:1], cdf[1:] - cdf[:-1], 1 - cdf[-1:]])
+    assert (counts - expected).abs().max().item() < 0.002
+    a = diffusion.schedule.alphas_cumprod.double()
+    sigma = ((1 - a) / a).sqrt()
+    median = sigma[t.sort().values[len(t) // 2]].item()
+    assert median == pytest.approx(math.exp(-1.2), rel=0.05)
+
+
+def test_uniform_noise_levels_are_the_default():
+    assert make().noise_levels.value == "uniform"
+
+
 def test_bad_weighting_names_the_key():
     with pytest.raises(ConfigError, match="diffusion.weighting='snr'"):
         make(weighting="snr")
     with pytest.raises(ConfigError, match="diffusion.min_snr_gamma=0"):
         make(weighting="min_snr", min_snr_gamma=0)
+    with pytest.raises(ConfigError, match="diffusion.noise_levels='edm'"):
+        make(noise_levels="edm")
+    with pytest.raises(ConfigError, match="diffusion.p_std=0"):
+        make(noise_levels="lognormal", p_std=0)
 
 
 @pytest.mark.parametrize(
-    ("objective", "weighting"),
-    [("eps", "none"), ("v", "none"), ("x0", "none"), ("eps", "min_snr"), ("v", "min_snr")],
+    ("objective", "weighting", "noise_levels"),
+    [
+        ("eps", "none", "uniform"),
+        ("v", "none", "uniform"),
+        ("x0", "none", "uniform"),
+        ("eps", "min_snr", "uniform"),
+        ("v", "min_snr", "uniform"),
+        ("v", "none", "lognormal"),
+    ],
 )
-def test_tiny_unet_overfits_one_batch(objective, weighting):
+def test_tiny_unet_overfits_one_batch(objective, weighting, noise_levels):
     """150 Adam steps on one batch of 16 images cut the fixed-noise loss at least 10-fold."""
     torch.manual_seed(0)
     model = tiny_unet(num_timesteps=20)
-    diffusion = make(objective, T=20, weighting=weighting)
+    diffusion = make(objective, T=20, weighting=weighting, noise_levels=noise_levels)
     x0 = torch.zeros(16, 1, 16, 16)
     x0[:, :, 4:12, 6:10] = 1.0
     x0 = x0 * 2 - 1

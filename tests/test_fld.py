@@ -1,30 +1,38 @@
 import json
 import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torchmetrics.image.fid import _compute_fid
 
+from ddpm_lightning import classifier as classifier_module
 from ddpm_lightning.config import compose_config
-from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluate import evaluate, min_class_mean_distance
+from ddpm_lightning.evaluation import fld as fld_module
 from ddpm_lightning.evaluation.fld import (
     FLD,
     asset_paths,
     feature_statistics,
     frechet_distance,
     lenet_features,
+    lenet_identity,
     load_lenet,
     load_record,
     sha256,
 )
-from ddpm_lightning.train import train
-from tests.conftest import tiny_config
+from ddpm_lightning.sample import sample
+from ddpm_lightning.train import build_module, train
+from tests.conftest import sample_config, tiny_config
 
 DATASETS = ["mnist", "fashion_mnist"]
+SHIPPED_MNIST_LENET = "42b7f565b58098588c0db489b0e050e6008788f899f05c90831d414e30bcc6a7"
 
 
 def random_stats(seed: int, dim: int = 84):
@@ -121,13 +129,14 @@ def test_shipped_lenet_classifies_real_test_images(dataset):
     assert test_fld < 1e-3, "the test set against its own statistics"
 
 
-def test_evaluate_on_a_tiny_npz(tmp_path):
+def test_evaluate_on_a_tiny_npz(tmp_path, capsys):
     images = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8).numpy()
     np.savez_compressed(tmp_path / "samples.npz", images=images)
     cfg = compose_config(
         "evaluate",
         [
             f"samples={tmp_path / 'samples.npz'}",
+            "dataset=mnist",
             f"out_dir={tmp_path / 'eval'}",
             f"paths.output_dir={tmp_path}",
         ],
@@ -135,6 +144,8 @@ def test_evaluate_on_a_tiny_npz(tmp_path):
     metrics = evaluate(cfg)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
+    assert saved["lenet"] == f"{SHIPPED_MNIST_LENET[:12]} (shipped)"
+    assert f"FLD (LeNet-5 {SHIPPED_MNIST_LENET[:12]} (shipped))" in capsys.readouterr().out
     assert sum(metrics["label_counts"]) == 40 and sum(metrics["test_label_counts"]) == 10_000
     assert metrics["fld"] > 10, "uniform noise is far from digits"
     assert 0.1 <= metrics["mean_confidence"] <= 1
@@ -185,6 +196,7 @@ def test_classifier_exports_weights_and_statistics(data_root, tmp_path):
     record = train_classifier(cfg)
     paths = asset_paths("mnist", Path(tmp_path))
     assert record["sha256"] == sha256(paths["weights"])
+    assert record["released_sha256"] == SHIPPED_MNIST_LENET
     stats = torch.load(paths["stats"], weights_only=True)
     assert stats["mean"].shape == (84,) and stats["cov"].shape == (84, 84)
     assert stats["class_means"].shape == (10, 1, 32, 32) and int(stats["label_counts"].sum()) == 30
@@ -193,3 +205,193 @@ def test_classifier_exports_weights_and_statistics(data_root, tmp_path):
         "train_10k_vs_test",
         "gaussian_noise_vs_test",
     }
+
+
+def classifier_config(data_root: Path, run_dir: Path, *overrides: str):
+    """One CPU epoch of the LeNet on the synthetic MNIST, run folder `run_dir`."""
+    return compose_config(
+        "classifier",
+        [
+            f"data.root={data_root}",
+            f"paths.output_dir={run_dir}",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            "data.batch_size=30",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture
+def assets_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of the package's LeNet assets standing in for them (so replacing is safe)."""
+    copy = tmp_path / "assets"
+    copy.mkdir()
+    for path in fld_module.ASSETS_DIR.glob("lenet_*"):
+        shutil.copy(path, copy / path.name)
+    monkeypatch.setattr(fld_module, "ASSETS_DIR", copy)
+    monkeypatch.setattr(classifier_module, "ASSETS_DIR", copy)
+    return copy
+
+
+def test_classifier_writes_to_its_run_folder_not_the_package(data_root, tmp_path, assets_copy):
+    before = {path.name: path.read_bytes() for path in assets_copy.iterdir()}
+    record = classifier_module.train_classifier(classifier_config(data_root, tmp_path / "run"))
+    assert {path.name: path.read_bytes() for path in assets_copy.iterdir()} == before
+    written = asset_paths("mnist", tmp_path / "run")
+    assert all(path.is_file() for path in written.values())
+    assert json.loads(written["record"].read_text()) == record
+    assert lenet_identity("mnist") == f"{SHIPPED_MNIST_LENET[:12]} (shipped)"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["export_dir={assets}"], "export_dir={assets} holds the shipped LeNet every FLD is"),
+        (
+            ["export_dir={tmp}", "replace_shipped=true"],
+            "replace_shipped=true writes to {assets}; drop export_dir={tmp}",
+        ),
+    ],
+)
+def test_replacing_the_shipped_lenet_needs_the_flag(
+    data_root, tmp_path, assets_copy, overrides, message
+):
+    fill = {"assets": assets_copy, "tmp": tmp_path}
+    cfg = classifier_config(data_root, tmp_path, *[o.format(**fill) for o in overrides])
+    with pytest.raises(ConfigError, match=re.escape(message.format(**fill))):
+        classifier_module.train_classifier(cfg)
+
+
+def test_fld_names_a_replaced_lenet_retrained(data_root, tmp_path, assets_copy):
+    """replace_shipped=true: FLD still works, but says its LeNet is not the released one."""
+    cfg = classifier_config(data_root, tmp_path / "run", "replace_shipped=true")
+    record = classifier_module.train_classifier(cfg)
+    assert record["sha256"] != SHIPPED_MNIST_LENET
+    assert record["released_sha256"] == SHIPPED_MNIST_LENET
+    assert sha256(assets_copy / "lenet_mnist.pt") == record["sha256"]
+    assert lenet_identity("mnist") == f"{record['sha256'][:12]} (retrained)"
+    assert FLD("mnist").lenet == f"{record['sha256'][:12]} (retrained)"
+
+
+def untrained_checkpoint(path: Path, dataset: str) -> Path:
+    """A checkpoint of the tiny UNet (random weights) recording `dataset`."""
+    cfg = tiny_config(path.parent, path.parent, f"data={dataset}")
+    module = build_module(cfg, (1, 32, 32))
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    return path
+
+
+def evaluate_config(tmp_path: Path, *overrides: str):
+    return compose_config(
+        "evaluate",
+        [f"out_dir={tmp_path / 'eval'}", f"paths.output_dir={tmp_path}", *overrides],
+    )
+
+
+@pytest.fixture
+def fashion_samples(tmp_path) -> tuple[Path, Path]:
+    """(checkpoint, samples.npz): 4 samples of an untrained Fashion-MNIST model, DDIM-2."""
+    checkpoint = untrained_checkpoint(tmp_path / "fashion.ckpt", "fashion_mnist")
+    cfg = sample_config(
+        checkpoint, tmp_path / "s", "num_samples=4", "sampler.num_steps=2", "seed=3"
+    )
+    return checkpoint, sample(cfg)["samples.npz"]
+
+
+def test_samples_npz_records_what_made_it_and_evaluate_uses_it(fashion_samples, tmp_path):
+    checkpoint, samples = fashion_samples
+    with np.load(samples) as archive:
+        metadata = json.loads(str(archive["metadata"]))
+    assert metadata == {
+        "dataset": "fashion_mnist",
+        "ckpt_path": str(checkpoint),
+        "seed": 3,
+        "sampler": {
+            **OmegaConf.to_container(compose_config("sample").sampler),
+            "num_steps": 2,
+        },
+    }
+    metrics = evaluate(evaluate_config(tmp_path, f"samples={samples}"))
+    assert metrics["dataset"] == "fashion_mnist" and metrics["samples"] == str(samples)
+    assert metrics["ckpt_path"] == str(checkpoint) and metrics["seed"] == 3
+
+
+def test_a_dataset_mismatch_is_refused_unless_allowed(fashion_samples, tmp_path, capsys):
+    checkpoint, samples = fashion_samples
+    with pytest.raises(ConfigError) as error:
+        evaluate(evaluate_config(tmp_path, f"samples={samples}", "dataset=mnist"))
+    assert str(error.value) == (
+        f"dataset=mnist but samples={samples} is of fashion_mnist: drop dataset=, or pass "
+        "allow_dataset_mismatch=true to score against mnist anyway"
+    )
+    model = [f"ckpt_path={checkpoint}", "dataset=mnist", "num_samples=4", "sampler.num_steps=2"]
+    with pytest.raises(ConfigError, match="^dataset=mnist but the model is of fashion_mnist"):
+        evaluate(evaluate_config(tmp_path, *model))
+    allowed = [f"samples={samples}", "dataset=mnist", "allow_dataset_mismatch=true"]
+    assert evaluate(evaluate_config(tmp_path, *allowed))["dataset"] == "mnist"
+    assert "warning: scoring fashion_mnist images against the mnist test set" in (
+        capsys.readouterr().out
+    )
+
+
+def test_samples_without_a_dataset_need_dataset(tmp_path):
+    np.savez(tmp_path / "old.npz", images=np.zeros((4, 1, 32, 32), np.uint8))
+    with pytest.raises(ConfigError) as error:
+        evaluate(evaluate_config(tmp_path, f"samples={tmp_path / 'old.npz'}"))
+    assert str(error.value) == (
+        f"samples={tmp_path / 'old.npz'} records no dataset: "
+        "pass dataset=mnist or dataset=fashion_mnist"
+    )
+
+
+def write_npz(path: Path, images) -> Path:
+    np.savez(path, images=images)
+    return path
+
+
+BAD_SAMPLES = [
+    (
+        lambda p: write_npz(p, np.full((4, 1, 32, 32), 0.5, np.float32)),
+        ": images are a float32 array of shape (4, 1, 32, 32) with values in [0.5, 0.5]; need "
+        "uint8 images in [0, 255] of shape (N, 1, 32, 32) as the sample command writes",
+    ),
+    (
+        lambda p: write_npz(p, np.arange(4 * 32 * 32).reshape(4, 1, 32, 32)),
+        ": images are a int64 array of shape (4, 1, 32, 32) with values in [0, 4095]; need",
+    ),
+    (
+        lambda p: write_npz(p, np.zeros((4, 28, 28), np.uint8)),
+        ": images are a uint8 array of shape (4, 28, 28) with values in [0, 0]; need",
+    ),
+    (
+        lambda p: write_npz(p, np.full((4, 1, 32, 32), np.nan)),
+        ": images contain NaN (float64 array of shape (4, 1, 32, 32))",
+    ),
+    (
+        lambda p: write_npz(p, np.zeros((1, 1, 32, 32), np.uint8)),
+        ": 1 image(s); a covariance needs at least 2 (10,000 for figures that compare)",
+    ),
+    (
+        lambda p: p.write_text("not an archive") and p,
+        " is not an .npz archive; pass a samples.npz from the sample command",
+    ),
+    (
+        lambda p: np.save(p.with_suffix(".npy"), np.zeros(3)) or p.with_suffix(".npy"),
+        " is not an .npz archive; pass a samples.npz from the sample command",
+    ),
+    (
+        lambda p: np.savez(p, pictures=np.zeros(3)) or p,
+        " has no 'images' array; pass a samples.npz from the sample command",
+    ),
+]
+
+
+@pytest.mark.parametrize(("write", "message"), BAD_SAMPLES)
+def test_bad_samples_files_are_one_line_errors(tmp_path, write, message):
+    path = write(tmp_path / "samples.npz")
+    with pytest.raises(DataError) as error:
+        evaluate(evaluate_config(tmp_path, f"samples={path}", "dataset=mnist"))
+    assert str(error.value).startswith(f"samples={path}{message}")
+    assert "\n" not in str(error.value)

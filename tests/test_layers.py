@@ -19,8 +19,16 @@ from ddpm_lightning.training.safety import check_resume_checkpoint
 PACKAGE = Path(__file__).resolve().parents[1] / "ddpm_lightning"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Higher layers may import lower ones, never the reverse. Top-level modules are the commands.
-LAYERS = {"errors": 0, "diffusion": 1, "models": 1, "data": 1, "evaluation": 2, "training": 3}
-COMMAND_LAYER = 4
+LAYERS = {
+    "errors": 0,
+    "diffusion": 1,
+    "models": 1,
+    "data": 1,
+    "evaluation": 2,
+    "training": 3,
+    "sharing": 4,
+}
+COMMAND_LAYER = 5
 
 
 def layer(module: str) -> tuple[int, str]:

@@ -1,9 +1,12 @@
+import errno
+import io
 import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -11,16 +14,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from ddpm_lightning import evaluate as evaluate_command
 from ddpm_lightning import sample as sample_command
 from ddpm_lightning import train as train_command
 from ddpm_lightning.config import compose_config
-from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.train import train
+from ddpm_lightning.training import checkpoints
+from ddpm_lightning.training.checkpoints import AtomicCheckpointIO, read_checkpoint, temp_files
 from ddpm_lightning.training.module import NonFiniteLossError
-from ddpm_lightning.training.safety import check_resume_checkpoint
-from tests.conftest import PYTHON, cli_env, tiny_config, tiny_overrides, write_fake_dataset
+from ddpm_lightning.training.safety import check_resume_checkpoint, find_last_checkpoint
+from tests.conftest import (
+    PYTHON,
+    REPO_ROOT,
+    cli_env,
+    tiny_config,
+    tiny_overrides,
+    write_fake_dataset,
+)
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"]
 
@@ -163,26 +176,138 @@ def test_exploding_learning_rate_stops_and_keeps_good_checkpoints(data_root, tmp
         assert all(torch.isfinite(v).all() for v in state.values()), path
 
 
+class HalfWrites:
+    """A file whose first `write` stores half of its data, then fails as a dying disk would."""
+
+    def __init__(self, path, mode):
+        self.file = io.FileIO(path, mode)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return self.file.__exit__(*exc_info)
+
+    def write(self, data):
+        self.file.write(data[: len(data) // 2])
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def copy_of(trained: Path, folder: Path) -> tuple[Path, dict]:
+    """A copy of the 3-step checkpoint in `folder`, and its content with global_step 999 and
+    1 MiB of padding: the newer state a save would write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "last.ckpt"
+    target.write_bytes(trained.read_bytes())
+    newer = torch.load(target, weights_only=True)
+    newer["global_step"] = 999
+    newer["padding"] = torch.zeros(2**18)
+    return target, newer
+
+
 def test_interrupted_save_leaves_last_checkpoint_intact(trained, tmp_path, monkeypatch):
-    """Lightning's TorchCheckpointIO writes through an fsspec transaction (temp file + move)."""
-    import fsspec.implementations.local as local
-    from lightning.fabric.utilities.cloud_io import _atomic_save
+    """A write failing half-way: the old file is untouched, no temporary file anywhere."""
+    target, newer = copy_of(trained, tmp_path / "checkpoints")
+    before = target.read_bytes()
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    monkeypatch.setattr(checkpoints, "open", HalfWrites, raising=False)
+    with pytest.raises(OSError, match="Input/output error"):
+        AtomicCheckpointIO().save_checkpoint(newer, target)
+    assert target.read_bytes() == before
+    assert torch.load(target, weights_only=True)["global_step"] == 3
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+    assert list(system_tmp.iterdir()) == []
 
-    before = trained.read_bytes()
-    trained = tmp_path / "last.ckpt"
-    trained.write_bytes(before)
-    checkpoint = torch.load(trained, weights_only=True)
-    checkpoint["global_step"] = 999
 
-    def failing_write(self, data):
-        self.f.write(data[: len(data) // 2])
-        raise OSError("disk full")
+def test_training_saves_through_the_atomic_checkpoint_io(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path)
+    trainer = instantiate(cfg.trainer)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
-    monkeypatch.setattr(local.LocalFileOpener, "write", failing_write)
-    with pytest.raises(OSError, match="disk full"):
-        _atomic_save(checkpoint, trained)
-    assert trained.read_bytes() == before
-    assert torch.load(trained, weights_only=True)["global_step"] == 3
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs mounted for the test (needs root or CAP_SYS_ADMIN, else skipped)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command to make a small tmpfs")
+    if result.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_keeps_the_old_checkpoint_and_names_the_folder(trained, small_disk):
+    target, newer = copy_of(trained, small_disk)  # 0.75 MiB of 1 MiB, the new one is 1.75 MiB
+    with pytest.raises(DataError) as error:
+        AtomicCheckpointIO().save_checkpoint(newer, target)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"no space left in {small_disk} to write last.ckpt (1.8 MiB)")
+    assert "paths.log_dir" in message
+    assert torch.load(target, weights_only=True)["global_step"] == 3
+    assert [p.name for p in small_disk.iterdir()] == ["last.ckpt"]
+
+
+KILLED_SAVE = """
+import sys, time
+import torch
+import ddpm_lightning.training.checkpoints as checkpoints
+from tests.test_reliability import HalfWrites
+
+class HalfThenHang(HalfWrites):
+    def write(self, data):
+        self.file.write(data[: len(data) // 2])
+        self.file.flush()
+        print("half written", flush=True)
+        time.sleep(120)
+
+checkpoints.open = HalfThenHang
+newer = torch.load(sys.argv[1], weights_only=True)
+newer["padding"] = torch.zeros(2**20)
+checkpoints.AtomicCheckpointIO().save_checkpoint(newer, sys.argv[1])
+"""
+
+
+def test_killed_save_leaves_the_old_checkpoint_and_a_temp_file_beside_it(trained, tmp_path):
+    """SIGKILL mid-write: the old file is intact, the only leftover is a temporary file in the
+    same folder (none in $TMPDIR), and the next save removes it."""
+    target, newer = copy_of(trained, tmp_path / "checkpoints")
+    before = target.read_bytes()
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    process = subprocess.Popen(
+        [PYTHON, "-c", KILLED_SAVE, str(target)],
+        cwd=REPO_ROOT,
+        env={**cli_env(), "TMPDIR": str(system_tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line == "half written\n", process.stderr.read()
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert target.read_bytes() == before
+    (leftover,) = temp_files(target)
+    with pytest.raises(RuntimeError, match="zip archive"):
+        torch.load(leftover, weights_only=True)  # half a file
+    assert list(system_tmp.iterdir()) == []
+    AtomicCheckpointIO().save_checkpoint(newer, target)
+    assert temp_files(target) == []
+    assert torch.load(target, weights_only=True)["global_step"] == 999
 
 
 @pytest.mark.parametrize(
@@ -235,6 +360,91 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues(data_root, tmp_path, 
     train(cfg)
     final = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == stopped_at + 3
+
+
+def fake_run(logs: Path, name: str, checkpoint: Path, age: int, config: str | None = None) -> Path:
+    """logs/train/runs/<name>/checkpoints/last.ckpt, a copy of `checkpoint` written `age`
+    seconds ago, with `config` as the run's .hydra/config.yaml."""
+    run = logs / "train" / "runs" / name
+    (run / "checkpoints").mkdir(parents=True)
+    target = run / "checkpoints" / "last.ckpt"
+    target.write_bytes(checkpoint.read_bytes())
+    if config is not None:
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "config.yaml").write_text(config)
+    os.utime(target, (time.time() - age, time.time() - age))
+    return target
+
+
+def incompatible_runs(logs: Path, trained: Path, tmp_path: Path) -> None:
+    """Three runs newer than any good one: a smoke test, another task_name, a wider UNet."""
+    fake_run(logs, "smoke", trained, 300, "task_name: train\ntrainer:\n  fast_dev_run: true\n")
+    fake_run(logs, "other_task", trained, 200, "task_name: seed_000\n")
+    wider = torch.load(trained, weights_only=True)
+    wider["hyper_parameters"]["model"]["model_channels"] = 16
+    torch.save(wider, tmp_path / "wider.ckpt")
+    fake_run(logs, "wider", tmp_path / "wider.ckpt", 100, "task_name: train\n")
+
+
+def test_ckpt_path_last_picks_the_newest_compatible_run(trained, tmp_path, capsys):
+    logs = tmp_path / "logs"
+    good = fake_run(logs, "good", trained, 400, "task_name: train\n")
+    incompatible_runs(logs, trained, tmp_path)
+    hparams = read_checkpoint(trained)["hyper_parameters"]
+    assert find_last_checkpoint(logs / "train", "train", hparams) == good
+    assert capsys.readouterr().out == (
+        f"ckpt_path=last: using {good} (skipped 3 newer: wider: different "
+        "model.model_channels; other_task: task_name=seed_000; smoke: a fast_dev_run smoke test)\n"
+    )
+    any_model = find_last_checkpoint(logs / "train", "train")
+    assert any_model == logs / "train" / "runs" / "wider" / "checkpoints" / "last.ckpt"
+
+
+def test_ckpt_path_last_with_only_incompatible_runs_is_one_line(trained, tmp_path):
+    logs = tmp_path / "logs"
+    incompatible_runs(logs, trained, tmp_path)
+    hparams = read_checkpoint(trained)["hyper_parameters"]
+    with pytest.raises(ConfigError) as error:
+        find_last_checkpoint(logs / "train", "train", hparams)
+    assert str(error.value) == (
+        f"ckpt_path=last: none of the 3 checkpoints/last.ckpt under {logs / 'train'} fits "
+        "(wider: different model.model_channels; other_task: task_name=seed_000; "
+        "smoke: a fast_dev_run smoke test); pass ckpt_path=PATH to a .ckpt file"
+    )
+
+
+def test_train_ckpt_path_last_resumes_the_compatible_run(data_root, trained, tmp_path, capsys):
+    logs = tmp_path / "logs"
+    good = fake_run(logs, "good", trained, 400)
+    incompatible_runs(logs, trained, tmp_path)
+    out = tmp_path / "resumed"
+    overrides = [*SHORT, "trainer.max_epochs=2", "ckpt_path=last", f"paths.log_dir={logs}"]
+    train(tiny_config(data_root, out, *overrides))
+    assert f"ckpt_path=last: using {good} (skipped 3 newer:" in capsys.readouterr().out
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_sample_and_evaluate_understand_ckpt_path_last(trained, tmp_path, capsys, command):
+    """The newest last.ckpt under logs/train that no smoke test wrote."""
+    logs = tmp_path / "logs"
+    good = fake_run(logs, "good", trained, 400, "task_name: train\n")
+    fake_run(logs, "smoke", trained, 300, "task_name: train\ntrainer:\n  fast_dev_run: true\n")
+    cfg = compose_config(
+        command,
+        [
+            "ckpt_path=last",
+            f"paths.log_dir={logs}",
+            f"paths.output_dir={tmp_path / 'out'}",
+            f"out_dir={tmp_path / 'out'}",
+            "num_samples=4",
+            "sampler.num_steps=2",
+        ],
+    )
+    {"sample": sample_command.sample, "evaluate": evaluate_command.evaluate}[command](cfg)
+    assert capsys.readouterr().out.startswith(
+        f"ckpt_path=last: using {good} (skipped 1 newer: smoke: a fast_dev_run smoke test)\n"
+    )
 
 
 def test_same_seed_same_losses_and_weights(data_root, tmp_path):

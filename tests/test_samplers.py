@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from ddpm_lightning import load_pretrained
 from ddpm_lightning.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -13,8 +14,6 @@ from ddpm_lightning.diffusion.samplers import (
 )
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.pretrained import checkpoint_path
-from ddpm_lightning.training.checkpoints import load_module
 
 MU, S = 0.3, 0.2
 
@@ -248,7 +247,7 @@ def test_chunks_clipping_and_callback():
 def test_heun_follows_the_same_ode_as_many_step_ddim_on_the_shipped_model():
     """Deterministic DDIM is Euler on the probability-flow ODE, so DDIM-200 approximates its
     solution; Heun-18 (34 calls) lands nearer to it than DDIM-20 (measured 0.005 vs 0.025)."""
-    module = load_module(checkpoint_path(None, "mnist"))
+    module = load_pretrained("mnist")
     noise = torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(0))
 
     def images(factory, **kwargs):

@@ -19,9 +19,20 @@ SHORT_EPOCH = [
 ]
 
 
-def test_fast_dev_run_on_synthetic_data(data_root, tmp_path):
-    metrics = train(tiny_config(data_root, tmp_path, "trainer.fast_dev_run=true"))
+@pytest.mark.parametrize("smoke_test", ["trainer.fast_dev_run=true", "debug=fdr"])
+def test_fast_dev_run_on_synthetic_data(data_root, tmp_path, smoke_test):
+    """A smoke test runs one step and writes no checkpoint, so `ckpt_path=last` cannot pick it."""
+    metrics = train(tiny_config(data_root, tmp_path, smoke_test))
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
+    assert list(tmp_path.rglob("*.ckpt")) == []
+
+
+def test_null_progress_bar_and_summary_callbacks_show_none(data_root, tmp_path, capfd):
+    """Without these callbacks Lightning would add its own TQDM bar and summary table."""
+    overrides = ["trainer.fast_dev_run=true", "callbacks.model_summary=null"]
+    train(tiny_config(data_root, tmp_path, *overrides))
+    printed = "".join(capfd.readouterr())
+    assert "Epoch 0" not in printed and "Trainable params" not in printed
 
 
 @pytest.mark.parametrize("data", ["mnist", "fashion_mnist"])

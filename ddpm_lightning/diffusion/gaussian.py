@@ -36,6 +36,19 @@ class Weighting(str, enum.Enum):
     MIN_SNR = "min_snr"
 
 
+class NoiseLevels(str, enum.Enum):
+    UNIFORM = "uniform"
+    LOGNORMAL = "lognormal"
+
+
+def log_sigma_edges(schedule: NoiseSchedule) -> Tensor:
+    """(T−1,) midpoints between consecutive log σ_t, σ_t = √((1−ᾱ_t)/ᾱ_t), float64: the bin
+    edges that map a noise level to its nearest timestep in log σ."""
+    a = schedule.alphas_cumprod.double()
+    log_sigma = 0.5 * (torch.log1p(-a) - a.log())
+    return (log_sigma[1:] + log_sigma[:-1]) / 2
+
+
 def parse_choice(enum_type: type[enum.Enum], value: str, key: str) -> enum.Enum:
     """`enum_type(value)`, or a ConfigError naming `key` and the allowed values."""
     try:
@@ -48,6 +61,8 @@ def parse_choice(enum_type: type[enum.Enum], value: str, key: str) -> enum.Enum:
 class GaussianDiffusion(nn.Module):
     """Forward process q(x_t | x_0) over a `NoiseSchedule`, and the denoising loss."""
 
+    log_sigma_edges: Tensor
+
     def __init__(
         self,
         schedule: NoiseSchedule,
@@ -55,6 +70,9 @@ class GaussianDiffusion(nn.Module):
         loss: str = "l2",
         weighting: str = "none",
         min_snr_gamma: float = 5.0,
+        noise_levels: str = "uniform",
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
     ):
         super().__init__()
         self.schedule = schedule
@@ -64,6 +82,11 @@ class GaussianDiffusion(nn.Module):
         if not float(min_snr_gamma) > 0:
             raise ConfigError(f"diffusion.min_snr_gamma={min_snr_gamma} must be positive")
         self.min_snr_gamma = float(min_snr_gamma)
+        self.noise_levels = parse_choice(NoiseLevels, noise_levels, "diffusion.noise_levels")
+        if not float(p_std) > 0:
+            raise ConfigError(f"diffusion.p_std={p_std} must be positive")
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.register_buffer("log_sigma_edges", log_sigma_edges(schedule), persistent=False)
 
     @property
     def num_timesteps(self) -> int:
@@ -101,10 +124,16 @@ class GaussianDiffusion(nn.Module):
         return a * x_t - b * output, b * x_t + a * output
 
     def sample_timesteps(self, batch_size: int, device: torch.device, generator=None) -> Tensor:
-        """t ~ U{0, …, T−1}: (B,) int64."""
-        return torch.randint(
-            0, self.num_timesteps, (batch_size,), device=device, generator=generator
-        )
+        """Training timesteps (B,) int64: t ~ U{0, …, T−1} (`noise_levels=uniform`), or the
+        timestep nearest in log σ to ln σ ~ N(p_mean, p_std²) (`lognormal`, the noise levels of
+        Karras et al. 2022, §5), which trains most where σ ≈ e^p_mean."""
+        if self.noise_levels is NoiseLevels.UNIFORM:
+            return torch.randint(
+                0, self.num_timesteps, (batch_size,), device=device, generator=generator
+            )
+        normal = torch.randn(batch_size, device=device, generator=generator, dtype=torch.float64)
+        edges = self.log_sigma_edges.to(device)
+        return torch.bucketize(self.p_mean + self.p_std * normal, edges)
 
     def loss_weights(self, t: Tensor) -> Tensor:
         """Per-sample loss weights w(t): (B,), ones unless `weighting=min_snr`.

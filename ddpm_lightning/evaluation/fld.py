@@ -25,8 +25,10 @@ from ddpm_lightning.models.lenet import LeNet5
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 
 
-def asset_paths(dataset: str, directory: Path = ASSETS_DIR) -> dict[str, Path]:
-    """Weights, test-set feature statistics and the JSON record of the LeNet for `dataset`."""
+def asset_paths(dataset: str, directory: Path | None = None) -> dict[str, Path]:
+    """Weights, test-set feature statistics and the JSON record of the LeNet for `dataset`, in
+    `directory` (default: the package's assets)."""
+    directory = directory or ASSETS_DIR
     return {
         "weights": directory / f"lenet_{dataset}.pt",
         "stats": directory / f"lenet_{dataset}_test_stats.pt",
@@ -90,6 +92,16 @@ def load_lenet(dataset: str, device: torch.device | str = "cpu") -> LeNet5:
     return model.eval().to(device)
 
 
+def lenet_identity(dataset: str) -> str:
+    """Which LeNet scores FLD for `dataset`: the first 12 hex characters of its SHA-256, and
+    `shipped` only when that is the released LeNet (`released_sha256` of its JSON record, kept
+    when `classifier replace_shipped=true` replaces the weights), else `retrained`."""
+    record, path = load_record(dataset), asset_paths(dataset)["weights"]
+    digest = sha256(path)
+    released = record.get("released_sha256", record["sha256"])
+    return f"{digest[:12]} ({'shipped' if digest == released else 'retrained'})"
+
+
 def load_test_statistics(dataset: str) -> dict[str, Tensor]:
     """The test set's feature `mean` (84,) and `cov` (84, 84), `label_counts` (10,) and
     `class_means` (10, 1, 32, 32), as exported with the shipped LeNet."""
@@ -129,6 +141,7 @@ class FLD:
     def __init__(self, dataset: str = "mnist", device: torch.device | str = "cpu"):
         self.dataset = dataset
         self.model = load_lenet(dataset, device)
+        self.lenet = lenet_identity(dataset)
         self.test_stats = load_test_statistics(dataset)
 
     def features(self, images: Tensor | np.ndarray, progress: bool = False) -> Tensor:

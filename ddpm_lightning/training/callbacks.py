@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, cast
 
 import lightning as L
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from ddpm_lightning.diffusion.samplers import Sampler
@@ -64,6 +64,8 @@ class FLDCallback(L.Callback):
         except DDPMError as exc:
             rank_zero_warn(f"FLD callback off: {exc}")
             self.fld = None
+        if self.fld is not None:
+            rank_zero_info(f"val/fld is measured with the LeNet-5 {self.fld.lenet}")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Trainer.__init__ sets fast_dev_run (in _init_debugging_flags) without declaring it.

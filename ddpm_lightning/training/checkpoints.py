@@ -1,13 +1,89 @@
-"""Read training checkpoints safely (`weights_only=True`) and rebuild the `DiffusionModule`."""
+"""Write training checkpoints atomically, read them safely (`weights_only=True`) and rebuild
+the `DiffusionModule`."""
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import secrets
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.training.module import DiffusionModule, current_hyperparameters
+
+TEMP_SUFFIX = ".tmp"
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def temp_files(path: Path) -> list[Path]:
+    """Temporary files of saves of `path` (`.last.ckpt.<random>.tmp` beside it); one remains
+    only when a save was killed mid-write."""
+    return sorted(path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"))
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` durable (POSIX: the directory entry is data too)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(data: bytes | memoryview, path: Path, chunk_bytes: int = 2**24) -> None:
+    """`path` holds either its old content or all of `data`, never a part.
+
+    Writes a temporary file in `path`'s own folder (so the final `os.replace` is a rename on
+    one filesystem, never a copy), flushes and fsyncs it, renames it over `path` and fsyncs the
+    folder. Any failure removes the temporary file; a full disk becomes a one-line `DataError`
+    naming the folder. Stale temporary files of killed saves are removed first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in temp_files(path):
+        stale.unlink(missing_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        with open(temp, "xb") as file:
+            for start in range(0, len(data), chunk_bytes):
+                file.write(data[start : start + chunk_bytes])
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in FULL_DISK:
+            raise DataError(
+                f"no space left in {path.parent} to write {path.name} "
+                f"({len(data) / 2**20:.1f} MiB); free space there or set paths.log_dir to "
+                f"another disk (the previous {path.name}, if any, is unchanged)"
+            ) from None
+        raise
+    fsync_directory(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's `TorchCheckpointIO` with `write_atomically` for local paths.
+
+    Lightning writes its temporary file with `mkstemp()` in `$TMPDIR` and moves it into place;
+    across filesystems that move is a copy, so a full disk or a kill mid-copy leaves a
+    half-written `last.ckpt` over the good one and a temporary file in `/tmp`. Remote URLs
+    (`s3://`, ...) keep Lightning's fsspec transaction.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomically(buffer.getbuffer(), Path(path))
 
 
 def read_checkpoint(ckpt_path: str | Path | None, mmap: bool = False) -> dict:

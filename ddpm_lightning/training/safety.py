@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.checkpoints import read_checkpoint
+
+
+def is_smoke_test(trainer: L.Trainer) -> bool:
+    """`trainer.fast_dev_run` (true or a number of batches): such runs write no checkpoint."""
+    # Trainer.__init__ sets fast_dev_run (in _init_debugging_flags) without declaring it.
+    return bool(trainer.fast_dev_run)  # type: ignore[attr-defined]
 
 
 class LastCheckpoint(L.Callback):
@@ -30,12 +37,13 @@ class LastCheckpoint(L.Callback):
         return path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Trainer.__init__ sets fast_dev_run (in _init_debugging_flags) without declaring it.
-        if not trainer.fast_dev_run:  # type: ignore[attr-defined]
+        if not is_smoke_test(trainer):
             self.save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and not is_smoke_test(
+            trainer
+        ):
             path = self.save(trainer)
             rank_zero_info(
                 f"interrupted at step {trainer.global_step}: saved {path}; "
@@ -43,18 +51,73 @@ class LastCheckpoint(L.Callback):
             )
 
 
-TRAINING_ONLY = frozenset({"diffusion.p_uncond", "diffusion.weighting", "diffusion.min_snr_gamma"})
+TRAINING_ONLY = frozenset(
+    {
+        "diffusion.p_uncond",
+        "diffusion.weighting",
+        "diffusion.min_snr_gamma",
+        "diffusion.noise_levels",
+        "diffusion.p_mean",
+        "diffusion.p_std",
+    }
+)
 
 
-def find_last_checkpoint(runs_root: Path) -> Path:
-    """The newest `checkpoints/last.ckpt` below `runs_root` (runs and multiruns of a task)."""
+def run_config(checkpoint: Path) -> DictConfig | None:
+    """The config Hydra recorded for the run that wrote `checkpoint`
+    (`<run>/.hydra/config.yaml` beside `<run>/checkpoints/`), or None when there is none."""
+    path = checkpoint.parent.parent / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    config = OmegaConf.load(path)
+    return config if isinstance(config, DictConfig) else None
+
+
+def why_not_resumable(path: Path, task_name: str | None, hparams: dict | None) -> str | None:
+    """Why `path` must not be picked by `ckpt_path=last` (None: it may): written by a
+    fast_dev_run smoke test or a run of another `task_name` (from its run's recorded config),
+    not loadable, or with a model/schedule differing from `hparams` (None: any model)."""
+    config = run_config(path)
+    if config is not None:
+        if OmegaConf.select(config, "trainer.fast_dev_run", default=False):
+            return "a fast_dev_run smoke test"
+        recorded_task = config.get("task_name")
+        if task_name is not None and recorded_task not in (None, task_name):
+            return f"task_name={recorded_task}"
+    try:
+        saved = read_checkpoint(path, mmap=True)["hyper_parameters"]
+    except ConfigError:
+        return "not a loadable checkpoint"
+    if hparams is None:
+        return None
+    differences = config_differences(saved, hparams)
+    return f"different {', '.join(d.split(' ')[0] for d in differences)}" if differences else None
+
+
+def find_last_checkpoint(
+    runs_root: Path, task_name: str | None = None, hparams: dict | None = None
+) -> Path:
+    """The newest `checkpoints/last.ckpt` below `runs_root` (runs and multiruns of a task)
+    that `why_not_resumable` accepts; prints one line naming it and what was skipped."""
     candidates = sorted(runs_root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ConfigError(
             f"ckpt_path=last: no checkpoints/last.ckpt under {runs_root}; "
             "pass ckpt_path=PATH to a .ckpt file"
         )
-    return candidates[-1]
+    skipped: list[str] = []
+    for path in reversed(candidates):
+        reason = why_not_resumable(path, task_name, hparams)
+        if reason is None:
+            note = f" (skipped {len(skipped)} newer: {'; '.join(skipped)})" if skipped else ""
+            rank_zero_only(print)(f"ckpt_path=last: using {path}{note}")
+            return path
+        skipped.append(f"{path.parent.parent.name}: {reason}")
+    raise ConfigError(
+        f"ckpt_path=last: none of the {len(candidates)} checkpoints/last.ckpt under {runs_root} "
+        f"fits ({'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}); "
+        "pass ckpt_path=PATH to a .ckpt file"
+    )
 
 
 def differing_keys(
@@ -75,18 +138,23 @@ def differing_keys(
     )
 
 
+def config_differences(saved: dict, hparams: dict) -> list[str]:
+    """The model, schedule, objective and data-shape keys differing between a checkpoint's
+    hyperparameters and `hparams`, training-only settings (`TRAINING_ONLY`) aside."""
+    return [
+        difference
+        for group in ("model", "schedule", "diffusion", "data_shape")
+        for difference in differing_keys(saved.get(group), hparams.get(group), group, TRAINING_ONLY)
+    ]
+
+
 def check_resume_checkpoint(path: Path, hparams: dict) -> None:
     """Refuse a file that is not a checkpoint, or whose model/schedule differ from `hparams`.
 
     Training-only settings (`TRAINING_ONLY`, e.g. the label-dropout rate) may change, and may be
     missing from checkpoints written before they existed.
     """
-    saved = read_checkpoint(path, mmap=True)["hyper_parameters"]
-    differences = [
-        difference
-        for group in ("model", "schedule", "diffusion", "data_shape")
-        for difference in differing_keys(saved.get(group), hparams.get(group), group, TRAINING_ONLY)
-    ]
+    differences = config_differences(read_checkpoint(path, mmap=True)["hyper_parameters"], hparams)
     if differences:
         raise ConfigError(
             f"ckpt_path={path} does not match the requested config: {'; '.join(differences)}"

@@ -1,0 +1,72 @@
+"""`python -m ddpm_lightning.export ckpt_path=PATH | pretrained=NAME out_dir=DIR`: a trained
+model as a Hugging Face-style model folder (config.json, model.safetensors, README.md model card,
+samples.png), optionally pushed to the Hub with `push_to_hub=user/repo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm_lightning.config import hydra_command
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.sharing.export import (
+    Source,
+    checkpoint_source,
+    export_folder,
+    folder_source,
+    merge_records,
+    run_record,
+)
+from ddpm_lightning.sharing.hub import hub_token, push
+from ddpm_lightning.sharing.pretrained import model_folder
+
+FORMATS = ("folder",)
+
+
+def source(cfg: DictConfig) -> Source:
+    """What to export: `ckpt_path` or `pretrained` (one of them)."""
+    if (cfg.ckpt_path is None) == (cfg.pretrained is None):
+        raise ConfigError(
+            "pass exactly one of ckpt_path=PATH/last.ckpt and pretrained=NAME|FOLDER|user/repo "
+            f"(got ckpt_path={cfg.ckpt_path}, pretrained={cfg.pretrained})"
+        )
+    if cfg.ckpt_path is not None:
+        return checkpoint_source(cfg.ckpt_path)
+    return folder_source(model_folder(cfg.pretrained))
+
+
+def export(cfg: DictConfig) -> dict[str, Path]:
+    """Write the model folder into `cfg.out_dir` (and push it); return its files by name."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format} is not supported; choose one of {list(FORMATS)}")
+    if int(cfg.num_samples) < 1:
+        raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
+    token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
+    hyper_parameters, state_dict, record = source(cfg)
+    record = merge_records(
+        record,
+        run_record(
+            None if cfg.record is None else Path(cfg.record),
+            None if cfg.metrics is None else Path(cfg.metrics),
+        ),
+    )
+    out_dir = Path(cfg.out_dir)
+    files = export_folder(
+        out_dir,
+        (hyper_parameters, state_dict, record),
+        OmegaConf.to_container(cfg.sampler, resolve=True),  # type: ignore[arg-type]
+        cfg.name or cfg.push_to_hub or str(out_dir),
+        int(cfg.num_samples) if cfg.samples else 0,
+    )
+    size = files["model.safetensors"].stat().st_size / 2**20
+    print(f"wrote {', '.join(files)} ({size:.2f} MiB of weights) into {out_dir}")
+    if token is not None:
+        print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
+    return files
+
+
+main = hydra_command("export", export)
+
+if __name__ == "__main__":
+    main()

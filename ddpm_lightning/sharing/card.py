@@ -1,0 +1,197 @@
+"""The model card (README.md) of a model folder: Hub YAML front matter (library, tags,
+datasets, license, the FLD as a model-index entry) and what a reader needs to trust and use
+the model: recipe, training time, evaluation, intended use and how to load it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ddpm_lightning.diffusion import samplers
+
+DATASETS = {
+    "mnist": {"hub": "ylecun/mnist", "tag": "mnist", "title": "MNIST"},
+    "fashion_mnist": {
+        "hub": "zalando-datasets/fashion_mnist",
+        "tag": "fashion-mnist",
+        "title": "Fashion-MNIST",
+    },
+}
+SAMPLER_KEYS = ("num_steps", "eta", "spacing", "variance", "clip_x0", "guidance_scale")
+
+
+def sampler_summary(sampler: dict[str, Any] | None) -> dict[str, Any]:
+    """{'sampler': class name, and its step settings} of a sampler config."""
+    if not sampler:
+        return {}
+    name = str(sampler.get("_target_", "unknown")).rsplit(".", 1)[-1]
+    return {"sampler": name, **{key: sampler[key] for key in SAMPLER_KEYS if key in sampler}}
+
+
+def sampler_text(sampler: dict[str, Any] | None) -> str:
+    """`DDIMSampler (num_steps=20, eta=0.0, …)`."""
+    summary = sampler_summary(sampler)
+    if not summary:
+        return "not recorded"
+    settings = ", ".join(f"{k}={v}" for k, v in summary.items() if k != "sampler")
+    return f"{summary['sampler']} ({settings})"
+
+
+def card_data(config: dict[str, Any], title: str) -> ModelCardData:
+    """The front matter: Hub metadata and, when evaluated, the FLD as an EvalResult."""
+    dataset = DATASETS.get(str(config.get("dataset")))
+    evaluation = config.get("evaluation") or {}
+    results = None
+    if dataset and "fld" in evaluation:
+        args = {
+            **sampler_summary(evaluation.get("sampler")),
+            "num_samples": evaluation.get("num_samples"),
+            "seed": evaluation.get("seed"),
+        }
+        results = [
+            EvalResult(
+                task_type="unconditional-image-generation",
+                dataset_type=dataset["hub"],
+                dataset_name=dataset["title"],
+                dataset_split="test",
+                metric_type="fld",
+                metric_name="FLD (Fréchet LeNet Distance, lower is better)",
+                metric_value=float(evaluation["fld"]),
+                metric_args={key: value for key, value in args.items() if value is not None},
+            )
+        ]
+    return ModelCardData(
+        library_name="ddpm_lightning",
+        license="mit",
+        tags=["diffusion", "ddpm", "image-generation"] + ([dataset["tag"]] if dataset else []),
+        datasets=[dataset["hub"]] if dataset else None,
+        pipeline_tag="unconditional-image-generation",
+        metrics=["fld"] if results else None,
+        model_name=title,
+        eval_results=results,
+    )
+
+
+def recipe_section(config: dict[str, Any]) -> str:
+    training = config.get("training") or {}
+    overrides = training.get("overrides")
+    command = (
+        f"```bash\npython -m ddpm_lightning.train {' '.join(overrides)}\n```"
+        if overrides
+        else "The run's command-line overrides were not recorded."
+    )
+    model = {k: v for k, v in config["model"].items() if k != "_target_"}
+    schedule = {k: v for k, v in config["schedule"].items() if k != "_target_"}
+    return (
+        f"## Training recipe\n\n{command}\n\n"
+        f"- network: `{config['model']['_target_']}` {model}, "
+        f"{config.get('num_parameters', 0):,} parameters\n"
+        f"- noise schedule: {schedule}\n"
+        f"- diffusion: {config.get('diffusion')}\n"
+        f"- optimizer: {config.get('optimizer')}, learning-rate schedule "
+        f"{config.get('lr_schedule')}\n"
+        f"- weights: {'the EMA weights' if config.get('ema') else 'the raw weights (no EMA)'} "
+        f"after {config.get('global_step')} optimizer steps\n"
+    )
+
+
+def time_section(config: dict[str, Any]) -> str:
+    training = config.get("training") or {}
+    time, steps = training.get("time"), config.get("global_step")
+    text = "Not recorded."
+    if time:
+        text = f"{time} on {training.get('device') or 'an unrecorded device'}"
+        text += f", {steps:,} optimizer steps." if isinstance(steps, int) else "."
+    return f"## Training time and device\n\n{text}\n"
+
+
+def evaluation_section(config: dict[str, Any]) -> str:
+    evaluation = config.get("evaluation") or {}
+    if "fld" not in evaluation:
+        return "## Evaluation\n\nNot evaluated when exported.\n"
+    overrides = evaluation.get("overrides")
+    command = (
+        f"\n\n```bash\npython -m ddpm_lightning.evaluate {' '.join(overrides)}\n```"
+        if overrides
+        else ""
+    )
+    confidence = evaluation.get("mean_confidence")
+    return (
+        "## Evaluation\n\n"
+        "| FLD | LeNet confidence | samples | seed | sampler |\n|---|---|---|---|---|\n"
+        f"| {float(evaluation['fld']):.2f} | "
+        f"{'' if confidence is None else f'{float(confidence):.3f}'} | "
+        f"{evaluation.get('num_samples', '')} | {evaluation.get('seed', '')} | "
+        f"{sampler_text(evaluation.get('sampler'))} |{command}\n\n"
+        "FLD is the Fréchet distance between LeNet-5 features of generated images and of the "
+        "test set, with the LeNet shipped in ddpm_lightning (lower is better). It compares only "
+        "with FLDs from the same LeNet and number of samples; fewer samples give higher values.\n"
+    )
+
+
+def use_section(config: dict[str, Any]) -> str:
+    title = DATASETS.get(str(config.get("dataset")), {}).get("title", "its training data")
+    return (
+        "## Intended use and limits\n\n"
+        f"Research and teaching: generating {title}-like images, comparing samplers and "
+        "schedules, a baseline for diffusion experiments. It generates "
+        f"{'x'.join(str(s) for s in config.get('data_shape', []))} images in [-1, 1] and "
+        "nothing else: it is not a general image generator, its samples can be malformed, and "
+        "its FLD says how close the samples' LeNet features are to the test set's, not how "
+        "good each image looks.\n"
+    )
+
+
+def python_literal(value: Any) -> str:
+    """`value` as Python source, strings in double quotes (as ruff formats them)."""
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def load_section(config: dict[str, Any], name: str) -> str:
+    summary = sampler_summary(config.get("sampler")) or {"sampler": "DDIMSampler"}
+    cls = summary.pop("sampler")
+    settings = {key: value for key, value in summary.items() if value is not None}
+    option = getattr(samplers, cls, samplers.DDIMSampler).name
+    overrides = "".join(f" sampler.{key}={value}" for key, value in settings.items())
+    arguments = "".join(f", {key}={python_literal(value)}" for key, value in settings.items())
+    return (
+        "## How to load\n\nWith the ddpm_lightning package installed:\n\n"
+        "```bash\n"
+        f"python -m ddpm_lightning.sample pretrained={name} sampler={option}{overrides}\n```\n\n"
+        "```python\nfrom ddpm_lightning import load_pretrained\n"
+        f"from ddpm_lightning.diffusion import {cls}\n\n"
+        f'module = load_pretrained("{name}")  # a DiffusionModule in eval mode, on the CPU\n'
+        f"sampler = module.make_sampler({cls}{arguments})\n"
+        "images = module.generate(sampler, num_samples=16, seed=0)  # (16, C, H, W) in [-1, 1]\n"
+        "```\n\n"
+        f"Recommended sampler: {sampler_text(config.get('sampler'))}. `pretrained=` also takes "
+        "a local copy of this folder.\n"
+    )
+
+
+def model_card(config: dict[str, Any], name: str, num_samples: int) -> str:
+    """README.md of a model folder from its config.json; `name` is what `pretrained=` takes
+    (a shipped name or a repo id), `num_samples` how many images samples.png shows (0: none)."""
+    dataset = DATASETS.get(str(config.get("dataset")), {}).get("title", "its data")
+    title = f"DDPM on {dataset} (ddpm_lightning)"
+    picture = (
+        f"![{num_samples} samples of the recommended sampler, seed 0](samples.png)\n\n"
+        if num_samples
+        else ""
+    )
+    body = (
+        f"# {title}\n\nA denoising diffusion model trained on {dataset} with "
+        f"ddpm_lightning {config.get('ddpm_lightning_version')}.\n\n"
+        f"{picture}"
+        + "\n".join(
+            [
+                recipe_section(config),
+                time_section(config),
+                evaluation_section(config),
+                use_section(config),
+                load_section(config, name),
+            ]
+        )
+    )
+    return str(ModelCard(f"---\n{card_data(config, title).to_yaml()}\n---\n\n{body}"))

@@ -1,0 +1,158 @@
+"""Model folders: `config.json` (what rebuilds the module, the recommended sampler and the run's
+record) beside `model.safetensors` (the weights), readable without unpickling anything.
+
+config.json's `sha256` is the weights file's, checked on every load, and every `_target_` that
+gets instantiated (model, schedule, optimizer, sampler) must name a class of the package's
+models or diffusion, or a torch optimizer: a downloaded config cannot make Hydra call anything
+else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from ddpm_lightning import __version__
+from ddpm_lightning.errors import ConfigError, DataError
+from ddpm_lightning.evaluation.fld import sha256
+from ddpm_lightning.training.module import DiffusionModule
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+# The DiffusionModule arguments a folder stores; together they rebuild the module.
+MODULE_KEYS = (
+    "model",
+    "schedule",
+    "diffusion",
+    "optimizer",
+    "lr_schedule",
+    "data_shape",
+    "dataset",
+)
+ALLOWED_TARGETS = ("ddpm_lightning.models.", "ddpm_lightning.diffusion.", "torch.optim.")
+
+
+def targets(value: Any) -> list[str]:
+    """Every `_target_` string inside nested dicts and lists."""
+    if isinstance(value, dict):
+        own = [value["_target_"]] if "_target_" in value else []
+        return own + [t for item in value.values() for t in targets(item)]
+    if isinstance(value, list):
+        return [t for item in value for t in targets(item)]
+    return []
+
+
+def write_folder(
+    out_dir: Path,
+    hyper_parameters: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Write `model.safetensors` and `config.json` into `out_dir`; return the config.
+
+    hyper_parameters: the DiffusionModule's arguments (a checkpoint's `hyper_parameters`);
+    extra: the recommended `sampler`, `ema`, `global_step`, `training` and `evaluation`.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_NAME
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+    weights.write_bytes(save(tensors, metadata={"format": "pt"}))
+    config = {
+        "library_name": "ddpm_lightning",
+        "ddpm_lightning_version": __version__,
+        **{key: hyper_parameters[key] for key in MODULE_KEYS if key in hyper_parameters},
+        "num_parameters": sum(value.numel() for value in tensors.values()),
+        **extra,
+        "sha256": sha256(weights),
+    }
+    config["data_shape"] = list(config["data_shape"])
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.json of a model folder, its `_target_`s checked."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise DataError(f"{folder} is not a model folder: it has no {CONFIG_NAME}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from None
+    required = ("model", "schedule", "sha256")
+    if not isinstance(config, dict) or not all(key in config for key in required):
+        raise DataError(f"{path} is not a ddpm_lightning model config (it needs {required})")
+    built = {key: config.get(key) for key in (*MODULE_KEYS, "sampler")}
+    refused = [t for t in targets(built) if not str(t).startswith(ALLOWED_TARGETS)]
+    if refused:
+        raise ConfigError(
+            f"{path} names {refused[0]}: a model folder may only name classes under "
+            f"{', '.join(ALLOWED_TARGETS)}"
+        )
+    return config
+
+
+def read_weights(folder: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
+    """model.safetensors of a model folder, after its SHA-256 matched config.json's."""
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise DataError(f"{folder} is not a model folder: it has no {WEIGHTS_NAME}")
+    actual = sha256(path)
+    if actual != expected_sha256:
+        raise DataError(
+            f"{path}: its SHA-256 {actual[:12]}… does not match config.json's "
+            f"{expected_sha256[:12]}…; the file is damaged or was changed: export it again"
+        )
+    try:
+        return load_file(path)
+    except SafetensorError as exc:
+        raise DataError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def some_names(keys: set[str]) -> str:
+    """The first three of `keys`, sorted, and an ellipsis when there are more."""
+    return ", ".join(sorted(keys)[:3]) + (" …" if len(keys) > 3 else "")
+
+
+def weight_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """'' when `given` has exactly `expected`'s keys and shapes, else what differs (one line)."""
+    missing, unexpected = expected.keys() - given.keys(), given.keys() - expected.keys()
+    shapes = [
+        f"{key} {tuple(given[key].shape)} instead of {tuple(expected[key].shape)}"
+        for key in sorted(expected.keys() & given.keys())
+        if given[key].shape != expected[key].shape
+    ]
+    problems = [f"{len(missing)} missing ({some_names(missing)})"] if missing else []
+    problems += [f"{len(unexpected)} unexpected ({some_names(unexpected)})"] if unexpected else []
+    problems += [f"{len(shapes)} of the wrong shape ({shapes[0]})"] if shapes else []
+    return "; ".join(problems)
+
+
+def build_module(
+    config: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str | Path
+) -> DiffusionModule:
+    """The DiffusionModule of `config` with `state_dict` loaded, on the CPU in eval mode;
+    `source` names the folder in errors."""
+    try:
+        module = DiffusionModule(**{key: config[key] for key in MODULE_KEYS if key in config})
+    except (InstantiationException, TypeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{source}: {CONFIG_NAME} does not build a model ({reason})") from None
+    problems = weight_mismatches(module.state_dict(), state_dict)
+    if problems:
+        raise DataError(f"{source}: {WEIGHTS_NAME} does not match {CONFIG_NAME}: {problems}")
+    module.load_state_dict(state_dict)
+    return module.eval()
+
+
+def load_folder(folder: str | Path) -> DiffusionModule:
+    """The module of a model folder: JSON and safetensors only, SHA-256 and weights checked."""
+    folder = Path(folder)
+    config = read_config(folder)
+    return build_module(config, read_weights(folder, config["sha256"]), folder)

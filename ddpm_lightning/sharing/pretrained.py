@@ -1,0 +1,54 @@
+"""What `pretrained=` names: a model shipped in the package's `assets/models/`, a local model
+folder or a Hugging Face Hub repo id, in that order of precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.evaluation.fld import ASSETS_DIR
+from ddpm_lightning.sharing.folder import CONFIG_NAME, load_folder
+from ddpm_lightning.sharing.hub import download, is_repo_id
+from ddpm_lightning.training.checkpoints import load_module
+from ddpm_lightning.training.module import DiffusionModule
+
+SHIPPED_DIR = ASSETS_DIR / "models"
+
+
+def shipped(directory: Path = SHIPPED_DIR) -> list[str]:
+    """Names of the shipped models, e.g. ['fashion_mnist', 'mnist']."""
+    return sorted(path.parent.name for path in directory.glob(f"*/{CONFIG_NAME}"))
+
+
+def model_folder(pretrained: str | Path, directory: Path = SHIPPED_DIR) -> Path:
+    """The local folder of `pretrained`: shipped name, existing folder, or Hub repo id (then
+    downloaded into the Hub's cache)."""
+    text = str(pretrained)
+    if text in shipped(directory):
+        return directory / text
+    if Path(text).expanduser().is_dir():
+        return Path(text).expanduser()
+    if is_repo_id(text):
+        return download(text)
+    raise ConfigError(
+        f"pretrained={text} is not a shipped model ({', '.join(shipped(directory))}), an "
+        "existing model folder or a Hugging Face Hub repo id like user/repo"
+    )
+
+
+def load_pretrained(pretrained: str | Path) -> DiffusionModule:
+    """The module of a shipped model, a model folder or a Hub repo id: on the CPU, in eval
+    mode, read from JSON and safetensors only (never unpickled)."""
+    return load_folder(model_folder(pretrained))
+
+
+def load_model(ckpt_path: str | Path | None, pretrained: str | Path | None) -> DiffusionModule:
+    """The module of the commands' `ckpt_path=` or `pretrained=` (one of them)."""
+    if pretrained is None:
+        return load_module(ckpt_path)
+    if ckpt_path is not None:
+        raise ConfigError(
+            f"pass ckpt_path= or pretrained=, not both (got ckpt_path={ckpt_path} "
+            f"and pretrained={pretrained})"
+        )
+    return load_pretrained(pretrained)

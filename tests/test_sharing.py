@@ -1,0 +1,348 @@
+"""Model folders (ddpm_lightning.sharing and the export command): export → load round trip,
+model cards, `pretrained=` forms (shipped name, folder, Hub repo id), refused folders, the Hub
+upload (mocked: no test reaches the network) and the shipped models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ddpm_lightning import load_pretrained
+from ddpm_lightning.config import compose_config
+from ddpm_lightning.diffusion import DDIMSampler
+from ddpm_lightning.errors import ConfigError, DataError
+from ddpm_lightning.evaluate import evaluate
+from ddpm_lightning.evaluation.fld import sha256
+from ddpm_lightning.export import export
+from ddpm_lightning.sample import sample
+from ddpm_lightning.sharing import hub
+from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
+from ddpm_lightning.train import train
+from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
+from tests.conftest import PYTHON, cli_env, tiny_config, write_fake_dataset
+
+SHIPPED_LIMIT = 5 * 2**20
+METRICS = {
+    "fld": 12.345678,
+    "mean_confidence": 0.9,
+    "label_counts": [1] * 10,
+    "num_samples": 1000,
+    "seed": 0,
+    "sampler": {"_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler", "num_steps": 7},
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """last.ckpt of a 3-step run of the tiny UNet with EMA, in a folder with Hydra overrides."""
+    root = tmp_path_factory.mktemp("run")
+    write_fake_dataset(root / "data", "MNIST")
+    run = root / "run"
+    train(
+        tiny_config(
+            root / "data",
+            run,
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3",
+            "+trainer.limit_val_batches=1",
+        )
+    )
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- data=mnist\n- trainer.max_epochs=1\n")
+    return run / "checkpoints" / "last.ckpt"
+
+
+def export_config(out_dir: Path, *overrides: str):
+    return compose_config(
+        "export",
+        [f"out_dir={out_dir}", f"paths.output_dir={out_dir}", "sampler.num_steps=2", *overrides],
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(checkpoint, tmp_path_factory) -> Path:
+    """The tiny model exported with a metrics.json and a record, 16 samples in samples.png."""
+    root = tmp_path_factory.mktemp("export")
+    (root / "metrics.json").write_text(json.dumps(METRICS))
+    (root / "record.json").write_text(
+        json.dumps({"training_time": "3 s", "device": "CPU, 1 thread", "global_step": 99})
+    )
+    export(
+        export_config(
+            root / "tiny",
+            f"ckpt_path={checkpoint}",
+            f"metrics={root / 'metrics.json'}",
+            f"record={root / 'record.json'}",
+            "num_samples=16",
+            "name=me/tiny",
+        )
+    )
+    return root / "tiny"
+
+
+@pytest.fixture
+def copy(folder, tmp_path) -> Path:
+    """A copy of the exported folder to damage."""
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def test_export_round_trip_keeps_the_ema_weights_and_the_samples(checkpoint, folder):
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "samples.png",
+    ]
+    original = read_checkpoint(checkpoint)
+    loaded = load_pretrained(folder)
+    assert not loaded.training and loaded.hparams["dataset"] == "mnist"
+    assert loaded.state_dict().keys() == original["state_dict"].keys()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, original["state_dict"][key]), key
+    raw = original["current_model_state"]
+    assert any(not torch.equal(raw[k], v) for k, v in original["state_dict"].items())
+    from_checkpoint = load_module(checkpoint)
+    images = [
+        module.generate(module.make_sampler(DDIMSampler, num_steps=3, progress=False), 4, seed=0)
+        for module in (from_checkpoint, loaded)
+    ]
+    assert torch.equal(*images)
+    with Image.open(folder / "samples.png") as picture:
+        assert picture.mode == "L" and picture.size == (8 * 34 + 2, 2 * 34 + 2)
+
+
+def test_config_records_the_run_and_the_recommended_sampler(folder):
+    config = json.loads((folder / "config.json").read_text())
+    assert config["ema"] is True and config["global_step"] == 99  # the record wins
+    assert config["training"] == {
+        "overrides": ["data=mnist", "trainer.max_epochs=1"],
+        "time": "3 s",
+        "device": "CPU, 1 thread",
+    }
+    assert config["evaluation"]["fld"] == METRICS["fld"]
+    assert config["sampler"]["_target_"].endswith("DDIMSampler")
+    assert config["sampler"]["num_steps"] == 2
+    assert config["data_shape"] == [1, 32, 32] and config["ddpm_lightning_version"] == "0.2.0"
+    assert config["sha256"] == sha256(folder / "model.safetensors")
+
+
+def test_model_card_front_matter_parses_and_reports_the_fld(folder):
+    text = (folder / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "ddpm_lightning" and meta["license"] == "mit"
+    assert set(meta["tags"]) == {"diffusion", "ddpm", "mnist", "image-generation"}
+    assert meta["datasets"] == ["ylecun/mnist"]
+    (result,) = meta["model-index"][0]["results"]
+    (metric,) = result["metrics"]
+    assert metric["type"] == "fld" and metric["value"] == METRICS["fld"]
+    assert metric["args"]["num_steps"] == 7 and metric["args"]["sampler"] == "DDIMSampler"
+    for section in (
+        "## Training recipe",
+        "## Training time and device",
+        "## Evaluation",
+        "## Intended use and limits",
+        "## How to load",
+    ):
+        assert section in body, section
+    assert "python -m ddpm_lightning.train data=mnist trainer.max_epochs=1" in body
+    assert "3 s on CPU, 1 thread, 99 optimizer steps" in body
+    assert "| 12.35 |" in body
+    assert "ddpm_lightning.sample pretrained=me/tiny sampler=ddim sampler.num_steps=2" in body
+
+
+def test_a_card_without_metrics_has_no_model_index(checkpoint, tmp_path):
+    files = export(export_config(tmp_path / "plain", f"ckpt_path={checkpoint}", "samples=false"))
+    assert "samples.png" not in files and not (tmp_path / "plain" / "samples.png").exists()
+    meta = yaml.safe_load(files["README.md"].read_text().split("---\n", 2)[1])
+    assert "model-index" not in meta and "Not evaluated" in files["README.md"].read_text()
+    code = files["README.md"].read_text().split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(code, namespace)  # the card's own loading example
+    assert namespace["images"].shape == (16, 1, 32, 32)
+
+
+def test_exporting_a_folder_again_keeps_weights_and_record(folder, tmp_path):
+    files = export(export_config(tmp_path / "again", f"pretrained={folder}", "samples=false"))
+    assert sha256(files["model.safetensors"]) == sha256(folder / "model.safetensors")
+    again = json.loads(files["config.json"].read_text())
+    first = json.loads((folder / "config.json").read_text())
+    for key in ("model", "schedule", "ema", "global_step", "training", "evaluation"):
+        assert again[key] == first[key], key
+
+
+def rewrite_weights(folder: Path, change) -> None:
+    """Apply `change` to the folder's tensors and record the new file's SHA-256."""
+    tensors = load_file(folder / "model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config["sha256"] = sha256(folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.pop(sorted(t)[0]), r"1 missing \(model\."),
+        (lambda t: t.update(extra=torch.zeros(1)), r"1 unexpected \(extra\)"),
+        (
+            lambda t: t.update({k: torch.zeros(3, 3) for k in sorted(t)[:1]}),
+            r"1 of the wrong shape \(model\.\S+ \(3, 3\) instead of",
+        ),
+    ],
+    ids=["missing key", "unexpected key", "wrong shape"],
+)
+def test_weights_that_do_not_match_the_config_are_refused(copy, change, message):
+    rewrite_weights(copy, change)
+    with pytest.raises(DataError, match=f"model.safetensors does not match config.json: {message}"):
+        load_pretrained(copy)
+
+
+def test_a_changed_weights_file_fails_the_sha256_check(copy):
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
+    with pytest.raises(DataError, match="SHA-256 .* does not match config.json's"):
+        load_pretrained(copy)
+
+
+def test_a_config_may_not_name_other_callables(copy):
+    config = json.loads((copy / "config.json").read_text())
+    config["model"]["_target_"] = "os.system"
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="names os.system: a model folder may only name"):
+        load_pretrained(copy)
+
+
+def test_a_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(DataError, match="is not a model folder: it has no config.json"):
+        load_pretrained(tmp_path)
+
+
+def test_bad_export_and_pretrained_settings_name_the_key(checkpoint, folder, tmp_path):
+    with pytest.raises(ConfigError, match=r"format=onnx is not supported; .*\['folder'\]"):
+        export(export_config(tmp_path, f"ckpt_path={checkpoint}", "format=onnx"))
+    with pytest.raises(ConfigError, match="exactly one of ckpt_path"):
+        export(export_config(tmp_path, f"ckpt_path={checkpoint}", f"pretrained={folder}"))
+    with pytest.raises(ConfigError, match="not both"):
+        load_model(checkpoint, folder)
+    with pytest.raises(ConfigError, match=r"is not a shipped model \(fashion_mnist, mnist\)"):
+        load_pretrained("no such model")
+
+
+def test_a_hub_repo_id_is_downloaded_into_the_cache(folder, monkeypatch):
+    calls = []
+
+    def snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(folder)
+
+    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    assert load_pretrained("me/tiny").hparams["dataset"] == "mnist"
+    assert calls == [("me/tiny", {"allow_patterns": ["config.json", "model.safetensors"]})]
+
+
+def test_an_unreachable_hub_repo_is_one_line(tmp_path):
+    """Offline (HF_HUB_OFFLINE=1, an empty HF_HOME): the sample command ends in one line."""
+    env = {**cli_env(), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [PYTHON, "-m", "ddpm_lightning.sample", "pretrained=nobody/no-such-model"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: pretrained=nobody/no-such-model:")
+    assert "LocalEntryNotFoundError" in lines[0] and "pretrained=PATH/TO/FOLDER" in lines[0]
+
+
+def test_push_to_hub_uploads_the_written_folder(checkpoint, tmp_path, monkeypatch):
+    """huggingface_hub has no local fake Hub: HfApi's two calls are recorded instead."""
+    calls = []
+
+    class Commit:
+        commit_url = "https://huggingface.co/me/tiny/commit/1"
+
+    monkeypatch.setattr(hub, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(
+        hub.HfApi, "create_repo", lambda self, *args, **kw: calls.append(("create", args, kw))
+    )
+
+    def upload_folder(self, **kwargs):
+        calls.append(("upload", self.token, kwargs))
+        return Commit()
+
+    monkeypatch.setattr(hub.HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "pushed"
+    export(export_config(out, f"ckpt_path={checkpoint}", "samples=false", "push_to_hub=me/tiny"))
+    create, upload = calls
+    assert create == ("create", ("me/tiny",), {"repo_type": "model", "exist_ok": True})
+    assert upload[:2] == ("upload", "hf_test")
+    assert upload[2]["repo_id"] == "me/tiny" and upload[2]["folder_path"] == out
+    assert "pretrained=me/tiny" in (out / "README.md").read_text()
+
+
+def test_push_without_a_token_fails_before_any_work(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "get_token", lambda: None)
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match="push_to_hub=me/tiny needs a Hugging Face token"):
+        export(export_config(out, f"ckpt_path={checkpoint}", "push_to_hub=me/tiny"))
+    with pytest.raises(ConfigError, match="not a Hub repo id"):
+        export(export_config(out, f"ckpt_path={checkpoint}", "push_to_hub=no-slash"))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_shipped_model_is_small_intact_and_samples(name, tmp_path):
+    assert shipped() == ["fashion_mnist", "mnist"]
+    config = json.loads((SHIPPED_DIR / name / "config.json").read_text())
+    assert (SHIPPED_DIR / name / "model.safetensors").stat().st_size < SHIPPED_LIMIT
+    assert config["ema"] is True and config["evaluation"]["num_samples"] == 10_000
+    card = (SHIPPED_DIR / name / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n", 2)[1])
+    fld = meta["model-index"][0]["results"][0]["metrics"][0]["value"]
+    assert fld == config["evaluation"]["fld"]
+    assert load_pretrained(name).hparams["dataset"] == name
+    files = sample(
+        compose_config(
+            "sample",
+            [
+                f"pretrained={name}",
+                f"out_dir={tmp_path}",
+                f"paths.output_dir={tmp_path}",
+                "sampler.num_steps=2",
+                "num_samples=4",
+                "gif_images=4",
+            ],
+        )
+    )
+    assert np.load(files["samples.npz"])["images"].shape == (4, 1, 32, 32)
+
+
+def test_evaluate_a_shipped_model(tmp_path):
+    metrics = evaluate(
+        compose_config(
+            "evaluate",
+            [
+                "pretrained=mnist",
+                f"out_dir={tmp_path}",
+                f"paths.output_dir={tmp_path}",
+                "sampler.num_steps=2",
+                "num_samples=100",
+            ],
+        )
+    )
+    assert sum(metrics["label_counts"]) == 100 and metrics["fld"] > 0
+    assert metrics["pretrained"] == "mnist" and metrics["seed"] == 0
