@@ -1,0 +1,117 @@
+"""`python -m ddpm_lightning.curves`: a metric (default `val/fld`) against training time for
+several runs on one plot, to compare recipes by how fast they reach good samples.
+
+Each run is `--run LABEL PATH SECONDS_PER_STEP`: PATH is a run folder (its `csv/metrics.csv`)
+or a metrics CSV with `step` and metric columns; training time is step × SECONDS_PER_STEP, the
+per-step time that `python -m ddpm_lightning.bench --batch-size B` measures for that run's
+model and batch size, so runs that shared a busy CPU still compare on the idle machine's clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddpm_lightning.errors import ConfigError, report_errors
+
+METRICS_CSV = Path("csv") / "metrics.csv"
+
+
+@dataclass
+class Curve:
+    """One run's metric values at training times in hours."""
+
+    label: str
+    hours: list[float]
+    values: list[float]
+
+
+def metrics_file(path: Path) -> Path:
+    """The metrics CSV of a run folder, or `path` itself when it is a CSV file."""
+    candidate = path / METRICS_CSV if path.is_dir() else path
+    if not candidate.is_file():
+        raise ConfigError(f"{path}: no metrics CSV (expected a run folder with {METRICS_CSV})")
+    return candidate
+
+
+def read_curve(label: str, path: Path, seconds_per_step: float, metric: str) -> Curve:
+    """The rows of `path` where `metric` was logged, as (hours of training, value)."""
+    if not seconds_per_step > 0:
+        raise ConfigError(
+            f"--run {label}: seconds per step must be positive, got {seconds_per_step}"
+        )
+    hours, values = [], []
+    with metrics_file(path).open(newline="") as file:
+        for row in csv.DictReader(file):
+            if row.get(metric) and row.get("step"):
+                hours.append(int(float(row["step"])) * seconds_per_step / 3600)
+                values.append(float(row[metric]))
+    if not values:
+        raise ConfigError(f"--run {label}: {path} has no {metric} values")
+    return Curve(label, hours, values)
+
+
+def plot(curves: Sequence[Curve], metric: str, out: Path, title: str, log_y: bool) -> Path:
+    """Draw every curve against training time (hours) into `out` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for curve in curves:
+        axes.plot(curve.hours, curve.values, marker="o", markersize=3, label=curve.label)
+    axes.set_xlabel("training time on the idle 2-core CPU (hours)")
+    axes.set_ylabel(metric)
+    if log_y:
+        axes.set_yscale("log")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    plt.close(figure)
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ddpm_lightning.curves", description=__doc__)
+    parser.add_argument(
+        "--run",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("LABEL", "PATH", "SECONDS_PER_STEP"),
+        help="a run folder or metrics CSV, its label and its per-step time (repeat)",
+    )
+    parser.add_argument("--metric", default="val/fld")
+    parser.add_argument("--out", type=Path, default=Path("fld_vs_time.png"))
+    parser.add_argument("--title", default="FLD against training time")
+    parser.add_argument("--log-y", action="store_true", help="logarithmic metric axis")
+    return parser.parse_args(argv)
+
+
+def seconds(label: str, text: str) -> float:
+    """The SECONDS_PER_STEP argument as a number, or a one-line error."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--run {label}: seconds per step {text!r} is not a number") from None
+
+
+@report_errors
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    curves = [
+        read_curve(label, Path(path), seconds(label, text), args.metric)
+        for label, path, text in args.run
+    ]
+    print(f"wrote {plot(curves, args.metric, args.out, args.title, args.log_y)}")
+
+
+if __name__ == "__main__":
+    main()
