@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.errors import report_errors
+from ddpm_lightning.schema import validate_config
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -53,6 +55,13 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
 
 def hydra_command(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
     """The command-line entry point that composes conf/`config_name`.yaml with the user's
-    overrides and calls `run(cfg)`, a user error ending in one line and exit 1."""
+    overrides, checks it against its schema and calls `run(cfg)`, a user error ending in one
+    line and exit 1."""
+
+    @functools.wraps(run)
+    def checked(cfg: DictConfig) -> Any:
+        validate_config(cfg, config_name)
+        return run(cfg)
+
     command = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
-    return command(report_errors(run))
+    return command(report_errors(checked))

@@ -29,6 +29,7 @@ from ddpm_lightning.evaluation.fld import (
     load_record,
     to_model_input,
 )
+from ddpm_lightning.preflight import check_sampling_request, writable_folder
 from ddpm_lightning.sample import default_device, resolve_checkpoint, samples_metadata
 from ddpm_lightning.sharing.pretrained import load_model
 
@@ -99,7 +100,14 @@ def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, Tensor | No
     made them (`samples_metadata`: the model's dataset, the model, seed and sampler)."""
     ckpt_path = resolve_checkpoint(cfg)
     module = load_model(ckpt_path, cfg.get("pretrained")).to(device)
+    if tuple(module.data_shape) != IMAGE_SHAPE:
+        source = f"pretrained={cfg.pretrained}" if cfg.pretrained else f"ckpt_path={ckpt_path}"
+        raise ConfigError(
+            f"{source} models data of shape {tuple(module.data_shape)}, not images "
+            f"{IMAGE_SHAPE}: FLD scores MNIST-like images; use the sample command for it"
+        )
     sampler = module.make_sampler(instantiate(cfg.sampler))
+    check_sampling_request(module, sampler, int(cfg.num_samples), bool(cfg.force))
     labels = module.sample_labels(int(cfg.num_samples))
     images = module.generate(sampler, cfg.num_samples, cfg.seed, labels=labels)
     return images.cpu(), labels, samples_metadata(cfg, ckpt_path, module)
@@ -213,6 +221,7 @@ def print_table(metrics: dict, reference: dict) -> None:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`."""
+    out_dir = writable_folder(cfg.out_dir, "out_dir")
     device = default_device()
     if cfg.get("samples"):
         images, labels, made_by = load_samples(cfg.samples)
@@ -231,8 +240,6 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     source = {"samples": str(cfg.samples)} if cfg.get("samples") else {}
     metrics = {**score(images, dataset, device, labels), **source, **made_by}
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     save_histograms(metrics, out_dir / "label_histogram.png")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print_table(metrics, load_record(dataset).get("reference_fld", {}))

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.preflight import writable_folder
 from ddpm_lightning.sharing.export import (
     Source,
     checkpoint_source,
@@ -43,6 +44,7 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
+    out_dir = writable_folder(cfg.out_dir, "out_dir")
     hyper_parameters, state_dict, record = source(cfg)
     record = merge_records(
         record,
@@ -51,7 +53,6 @@ def export(cfg: DictConfig) -> dict[str, Path]:
             None if cfg.metrics is None else Path(cfg.metrics),
         ),
     )
-    out_dir = Path(cfg.out_dir)
     files = export_folder(
         out_dir,
         (hyper_parameters, state_dict, record),

@@ -31,6 +31,7 @@ from ddpm_lightning.evaluation.pictures import (
     to_pil,
     to_uint8,
 )
+from ddpm_lightning.preflight import check_sampling_request, writable_folder
 from ddpm_lightning.sharing.pretrained import load_model
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import find_last_checkpoint
@@ -109,14 +110,14 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     """Sample `cfg.num_samples` images with `cfg.sampler`; return the written files."""
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
+    out_dir = writable_folder(cfg.out_dir, "out_dir")
     device = default_device()
     ckpt_path = resolve_checkpoint(cfg)
     module = load_model(ckpt_path, cfg.get("pretrained")).to(device)
     sampler = module.make_sampler(instantiate(cfg.sampler))
     labels = requested_labels(cfg.labels, int(cfg.num_samples), module)
     num_samples = int(cfg.num_samples) if labels is None else len(labels)
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_sampling_request(module, sampler, num_samples, bool(cfg.force))
     points = len(module.data_shape) == 1
     recorder = (
         None

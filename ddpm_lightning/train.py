@@ -21,12 +21,16 @@ from lightning.pytorch.callbacks import (
     ThroughputMonitor,
     WeightAveraging,
 )
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import config_dir
 from ddpm_lightning.errors import find_user_error, report_errors
-from ddpm_lightning.training.loggers import finish_loggers
+from ddpm_lightning.preflight import writable_folder
+from ddpm_lightning.runlock import run_lock
+from ddpm_lightning.schema import validate_config
+from ddpm_lightning.training.loggers import FitLogInterval, finish_loggers
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.runinfo import write_run_info
 from ddpm_lightning.training.safety import (
@@ -42,6 +46,9 @@ LOGGER_ONLY_CALLBACKS = (LearningRateMonitor, ThroughputMonitor)
 # The datamodule resumes mid-epoch through its own state_dict (InMemoryDataModule.state_dict),
 # which Lightning's check for a resumable *loader* does not see.
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
+# FitLogInterval lowers log_every_n_steps to the batches of an epoch after Lightning warns.
+warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
 
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -115,8 +122,19 @@ def resolve_ckpt_path(cfg: DictConfig, module: DiffusionModule) -> str | None:
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
     """Fit the model described by `cfg`; return the final logged metrics (e.g. `val/loss`).
 
-    `extra_callbacks` are added to the configured ones (for notebooks and tests).
+    The run folder is checked to be writable and locked first (by the first process of a
+    distributed run), so a second run into it is refused. `extra_callbacks` are added to the
+    configured ones (for notebooks and tests).
     """
+    output_dir = writable_folder(cfg.paths.output_dir, "paths.output_dir")
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return fit_model(cfg, extra_callbacks)
+    with run_lock(output_dir):
+        return fit_model(cfg, extra_callbacks)
+
+
+def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict[str, float]:
+    """`train` inside the checked, locked run folder."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     write_run_info(Path(cfg.paths.output_dir), Path(cfg.paths.root_dir))
@@ -127,7 +145,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
     )
     loggers = instantiate_named(cfg.get("logger"))
-    if not loggers:  # `~logger`: these monitors would have nowhere to write and refuse to run.
+    if loggers:
+        callbacks.append(FitLogInterval())
+    else:  # `~logger`: these monitors would have nowhere to write and refuse to run.
         callbacks = [c for c in callbacks if not isinstance(c, LOGGER_ONLY_CALLBACKS)]
     smoke_test = bool(cfg.trainer.get("fast_dev_run"))
     if smoke_test:
@@ -152,7 +172,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
 
 
 def fit(cfg: DictConfig) -> float | None:
-    """Train; return `optimized_metric` for sweepers (None when it was never logged)."""
+    """Check `cfg` against the schema, train; return `optimized_metric` for sweepers (None
+    when it was never logged)."""
+    validate_config(cfg, "train")
     metrics = train(cfg)
     metric = cfg.get("optimized_metric")
     return metrics[metric] if metric and metric in metrics else None

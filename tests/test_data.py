@@ -1,6 +1,7 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities.data import _update_dataloader
@@ -9,6 +10,7 @@ from torch.utils.data import DistributedSampler
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.data.images import EpochShuffle, MNISTDataModule, check_idx_file, load_split
 from ddpm_lightning.errors import ConfigError, DataError
+from tests.conftest import write_idx
 
 
 def make(data_root: Path, **kwargs) -> MNISTDataModule:
@@ -98,6 +100,25 @@ def test_corrupt_idx_magic_is_reported(data_root):
     with pytest.raises(DataError, match="not an unsigned-byte IDX file") as info:
         check_idx_file(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("labels", "shape"),
+    [
+        (np.zeros(99, dtype=np.uint8), "(99,)"),
+        (np.zeros((100, 28, 28), dtype=np.uint8), "(100, 28, 28)"),
+    ],
+)
+def test_labels_that_do_not_match_their_images_are_one_line(data_root, labels, shape):
+    raw = data_root / "MNIST" / "raw"
+    write_idx(raw / "train-labels-idx1-ubyte", labels)
+    with pytest.raises(DataError) as info:
+        make(data_root).setup()
+    assert str(info.value) == (
+        f"{raw}: train-images-idx3-ubyte holds an array of shape (100, 28, 28) and "
+        f"train-labels-idx1-ubyte one of shape {shape}; they must be N images of 28×28 and "
+        "their N labels, re-download them"
+    )
 
 
 @pytest.mark.parametrize(

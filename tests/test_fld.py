@@ -395,3 +395,16 @@ def test_bad_samples_files_are_one_line_errors(tmp_path, write, message):
         evaluate(evaluate_config(tmp_path, f"samples={path}", "dataset=mnist"))
     assert str(error.value).startswith(f"samples={path}{message}")
     assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_of_2d_points_is_refused_by_the_evaluator(tmp_path):
+    cfg = compose_config("train", ["experiment=spiral", f"paths.output_dir={tmp_path}"])
+    module = build_module(cfg, (2,))
+    path = tmp_path / "spiral.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    with pytest.raises(ConfigError) as info:
+        evaluate(evaluate_config(tmp_path, f"ckpt_path={path}", "dataset=mnist"))
+    assert str(info.value) == (
+        f"ckpt_path={path} models data of shape (2,), not images (1, 32, 32): FLD scores "
+        "MNIST-like images; use the sample command for it"
+    )

@@ -1,3 +1,4 @@
+import csv
 import math
 import subprocess
 import venv
@@ -234,3 +235,14 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     )
     assert pretrained.returncode == 0, pretrained.stderr[-2000:]
     assert (tmp_path / "samples" / "grid.png").is_file()
+
+
+def test_a_six_step_run_records_train_loss(data_root, tmp_path):
+    """90 training images in batches of 16 are 6 steps, fewer than log_every_n_steps (50): the
+    interval drops to the steps of an epoch, so the run's train/loss reaches the CSV log."""
+    train(tiny_config(data_root, tmp_path, "trainer.max_epochs=1", "callbacks.ema=null"))
+    with open(tmp_path / "csv" / "metrics.csv") as log:
+        rows = [row for row in csv.DictReader(log) if row.get("train/loss")]
+    assert [row["step"] for row in rows] == ["5"]
+    assert math.isfinite(float(rows[0]["train/loss"]))
+    assert not (tmp_path / ".lock").exists()

@@ -59,6 +59,17 @@ def check_idx_file(path: Path) -> tuple[int, ...]:
     return shape
 
 
+def check_pair(folder: Path, images_name: str, labels_name: str) -> None:
+    """Both IDX files sound, the first 28×28 images and the second one label per image."""
+    images, labels = check_idx_file(folder / images_name), check_idx_file(folder / labels_name)
+    if len(images) != 3 or images[1:] != (28, 28) or len(labels) != 1 or labels[0] != images[0]:
+        raise DataError(
+            f"{folder}: {images_name} holds an array of shape {images} and {labels_name} one "
+            f"of shape {labels}; they must be N images of 28×28 and their N labels, "
+            "re-download them"
+        )
+
+
 def load_split(root: str | Path, dataset: str, train: bool) -> tuple[Tensor, Tensor]:
     """Images (N, 28, 28) uint8 and labels (N,) int64, downloading when possible."""
     if dataset not in DATASETS:
@@ -76,8 +87,7 @@ def load_split(root: str | Path, dataset: str, train: bool) -> tuple[Tensor, Ten
                 f"put {expected} there, or set data.root=PATH or DDPM_DATA_DIR=PATH "
                 f"to the folder that holds {folder.parent.name}/raw"
             ) from None
-    for name in names:
-        check_idx_file(folder / name)
+    check_pair(folder, *names)
     split = DATASETS[dataset](str(root), train=train, download=False)
     return split.data, split.targets.long()
 

@@ -1,4 +1,5 @@
-"""Experiment loggers: wandb that never prompts, and clean shutdown of every logger."""
+"""Experiment loggers: wandb that never prompts, a logging interval that fits short runs, and
+clean shutdown of every logger."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, WandbLogger
 
@@ -55,6 +57,22 @@ def wandb_logger(
         log_model=log_model,
         mode=mode,
     )
+
+
+class FitLogInterval(L.Callback):
+    """Lower `trainer.log_every_n_steps` to the steps of one epoch, or of the whole run when
+    `trainer.max_steps` is smaller, so that a short run still records `train/loss`."""
+
+    def __init__(self) -> None:
+        self.configured: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.configured is None:
+            self.configured = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        limits = [self.configured, trainer.num_training_batches]
+        if trainer.max_steps > 0:
+            limits.append(trainer.max_steps)
+        trainer.log_every_n_steps = max(1, int(min(limits)))  # type: ignore[attr-defined]
 
 
 def finish_loggers(loggers: Sequence[Logger]) -> None:
