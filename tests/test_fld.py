@@ -174,6 +174,7 @@ def test_fld_callback_logs_val_fld(data_root, tmp_path):
     )
     cfg.callbacks.fld = compose_config("train", [f"paths.output_dir={tmp_path}"]).callbacks.fld
     cfg.callbacks.fld.num_samples = 16
+    cfg.callbacks.fld.every_n_epochs = 1
     cfg.callbacks.fld.sampler.num_steps = 2
     metrics = train(cfg)
     assert np.isfinite(metrics["val/fld"]) and metrics["val/fld"] > 0

@@ -501,6 +501,7 @@ def test_soak_resident_memory_is_flat(data_root, tmp_path):
     defaults = compose_config("train", [f"paths.output_dir={tmp_path}"]).callbacks
     cfg.callbacks.fld, cfg.callbacks.sample_grid = defaults.fld, defaults.sample_grid
     cfg.callbacks.fld.num_samples = 64
+    cfg.callbacks.fld.every_n_epochs = 1
     cfg.callbacks.fld.sampler.num_steps = 5
     cfg.callbacks.sample_grid.num_samples = 16
     cfg.callbacks.sample_grid.sampler.num_steps = 5
