@@ -110,5 +110,5 @@ def test_a_release_checkpoint_loads_through_lightning(release_checkpoint):
 
 
 def test_a_release_checkpoint_resumes_with_todays_config(release_checkpoint, tmp_path):
-    cfg = tiny_config(tmp_path / "data", tmp_path / "run")
+    cfg = tiny_config(tmp_path / "data", tmp_path / "run", "diffusion.objective=eps")
     check_resume_checkpoint(release_checkpoint, dict(build_module(cfg, (1, 32, 32)).hparams))
