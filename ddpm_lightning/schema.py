@@ -135,22 +135,17 @@ BOOLEAN = Spec("true or false", lambda v: isinstance(v, bool))
 STRING = Spec("a string", lambda v: isinstance(v, str))
 TEXT = Spec("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
 PATH = Spec("a path", lambda v: isinstance(v, str) and bool(v.strip()))
-NAME = Spec(
-    "a name of letters, digits, _ . or - (it names a folder)",
-    lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v) is not None,
-)
-TARGET = Spec(
-    "a dotted Python name",
-    lambda v: isinstance(v, str) and re.fullmatch(r"[\w.]+", v) is not None,
-)
-HUB_REPO = Spec(
-    "a Hub repo id user/repo",
-    lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", v) is not None,
-)
-GPU_INDICES = Spec(
-    "GPU indices like 0,1",
-    lambda v: isinstance(v, str) and re.fullmatch(r"\d+(,\d+)*,?", v) is not None,
-)
+
+
+def matching(description: str, pattern: str) -> Spec:
+    """Strings that match `pattern` in full."""
+    return Spec(description, lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None)
+
+
+NAME = matching("a name of letters, digits, _ . or - (it names a folder)", r"[\w.-]+")
+TARGET = matching("a dotted Python name", r"[\w.]+")
+HUB_REPO = matching("a Hub repo id user/repo", r"[\w.-]+/[\w.-]+")
+GPU_INDICES = matching("GPU indices like 0,1", r"\d+(,\d+)*,?")
 ALL_DEVICES = Spec("-1", lambda v: is_integer(v) and v == -1)
 SEED = integer(0, MAX_SEED)
 FRACTION_OPEN = number(0, 1, low_open=True, high_open=True)
