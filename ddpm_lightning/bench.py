@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -49,20 +50,10 @@ SECTIONS = ("training", "peers", "sampling")
 # (a CPU without bf16 instructions multiplies bfloat16 far slower than float32).
 PRECISIONS = {"32-true": ("float32",), "bf16-mixed": ("bfloat16", "float32")}
 TRAINING_MODELS = {"unet": "default UNet (d=16, (1,2,3))", "unet_large": "d=32, (1,2,3)"}
-# diffusers' UNet2DModel shaped like the default UNet: widths 16, 32, 48, one ResNet block per
-# level down, attention (4 heads of 12) only in the middle, GroupNorm(8): 425,281 parameters
-# with diffusers 0.42, 5.4% more than the default UNet's 403,409 (T=100).
-DIFFUSERS_CONFIG = {
-    "sample_size": 32,
-    "in_channels": 1,
-    "out_channels": 1,
-    "block_out_channels": (16, 32, 48),
-    "layers_per_block": 1,
-    "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 8,
-    "attention_head_dim": 12,
-}
+# diffusers' UNet2DModel exactly as `model=diffusers_unet` trains it (widths 16, 32, 48, one
+# ResNet block per level and side, attention with 4 heads of 12 only in the middle, GroupNorm(8)):
+# 425,281 parameters with diffusers 0.42, 5.4% more than the default UNet's 403,409 (T=100).
+DIFFUSERS_CONFIG = "model=diffusers_unet (conf/model/diffusers_unet.yaml)"
 # lucidrains' Unet at the default UNet's widths: it adds linear attention at every level, so it is
 # larger (544,049 parameters with denoising_diffusion_pytorch 2.3.4).
 LUCIDRAINS_CONFIG = {"dim": 16, "dim_mults": (1, 2, 3), "channels": 1, "flash_attn": False}
@@ -434,21 +425,19 @@ def bench_training_model(
 
 
 class PeerDenoiser(torch.nn.Module):
-    """Adapts a peer UNet `net(x, t)` to our `model(x, t, y)` call; unwraps diffusers' output."""
+    """Adapts a peer UNet `net(x, t)` to our `model(x, t, y)` call."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
-        out = self.net(x, t)
-        return getattr(out, "sample", out)
+        return self.net(x, t)
 
 
 def diffusers_unet() -> torch.nn.Module:
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(**DIFFUSERS_CONFIG)
+    """The network of `model=diffusers_unet` at its defaults."""
+    return instantiate(compose_config("train", ["model=diffusers_unet"]).model)
 
 
 def lucidrains_unet() -> torch.nn.Module:

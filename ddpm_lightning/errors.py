@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -21,6 +23,19 @@ class ConfigError(DDPMError, ValueError):
 
 class DataError(DDPMError, OSError):
     """Data files are missing or corrupt."""
+
+
+def import_optional(module: str, feature: str, extra: str) -> ModuleType:
+    """`module`, imported; or a ConfigError saying that `feature` needs it and which extra of
+    the package installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"{feature} needs {module}, which is not installed ({reason}): "
+            f"pip install 'ddpm_lightning[{extra}]'"
+        ) from None
 
 
 def find_user_error(exc: BaseException | None) -> DDPMError | None:

@@ -1,6 +1,7 @@
 """`python -m ddpm_lightning.export ckpt_path=PATH | pretrained=NAME out_dir=DIR`: a trained
 model as a Hugging Face-style model folder (config.json, model.safetensors, README.md model card,
-samples.png), optionally pushed to the Hub with `push_to_hub=user/repo`."""
+samples.png), optionally pushed to the Hub with `push_to_hub=user/repo`; `format=diffusers`
+writes a diffusers DDPMPipeline folder instead (model=diffusers_unet runs)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.preflight import writable_folder
+from ddpm_lightning.sharing.diffusers_pipeline import export_pipeline
 from ddpm_lightning.sharing.export import (
     Source,
     checkpoint_source,
@@ -22,7 +24,7 @@ from ddpm_lightning.sharing.export import (
 from ddpm_lightning.sharing.hub import hub_token, push
 from ddpm_lightning.sharing.pretrained import model_folder
 
-FORMATS = ("folder",)
+FORMATS = ("folder", "diffusers")
 
 
 def source(cfg: DictConfig) -> Source:
@@ -45,6 +47,8 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
     out_dir = writable_folder(cfg.out_dir, "out_dir")
+    if cfg.format == "diffusers":
+        return export_diffusers(cfg, out_dir, token)
     hyper_parameters, state_dict, record = source(cfg)
     record = merge_records(
         record,
@@ -62,6 +66,15 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     )
     size = files["model.safetensors"].stat().st_size / 2**20
     print(f"wrote {', '.join(files)} ({size:.2f} MiB of weights) into {out_dir}")
+    if token is not None:
+        print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
+    return files
+
+
+def export_diffusers(cfg: DictConfig, out_dir: Path, token: str | None) -> dict[str, Path]:
+    """Write the DDPMPipeline folder into `out_dir` (and push it); return its entries."""
+    files = export_pipeline(out_dir, source(cfg))
+    print(f"wrote {', '.join(files)} (diffusers' DDPMPipeline) into {out_dir}")
     if token is not None:
         print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
     return files

@@ -4,7 +4,7 @@ what is allowed (Hydra itself only knows the keys, not their types).
 
 Keys under `OPEN_PREFIXES` that have no entry here are passed through unchecked: they are
 arguments of third-party classes (Lightning's Trainer, loggers and callbacks, torch's
-optimizers) that validate them themselves.
+optimizers, diffusers' schedulers) that validate them themselves.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models.blocks import BLOCK_LAYERS
 
 MAX_SEED = 2**32 - 1
-OPEN_PREFIXES = ("trainer.", "optimizer.", "logger.", "callbacks.")
+OPEN_PREFIXES = ("trainer.", "optimizer.", "logger.", "callbacks.", "sampler.kwargs.")
 # A section set to null is switched off (`callbacks.fld=null`, `~logger`, `augment=null`).
 NULLABLE_SECTIONS = ("callbacks", "logger", "augment")
 PRECISIONS = (
@@ -146,13 +146,16 @@ NAME = matching("a name of letters, digits, _ . or - (it names a folder)", r"[\w
 TARGET = matching("a dotted Python name", r"[\w.]+")
 HUB_REPO = matching("a Hub repo id user/repo", r"[\w.-]+/[\w.-]+")
 GPU_INDICES = matching("GPU indices like 0,1", r"\d+(,\d+)*,?")
+CLASS_NAME = matching("a class name such as DDIMScheduler", r"[A-Za-z_]\w*")
 ALL_DEVICES = Spec("-1", lambda v: is_integer(v) and v == -1)
 SEED = integer(0, MAX_SEED)
+CONVERT = choice("none", "partial", "object", "all")
 FRACTION_OPEN = number(0, 1, low_open=True, high_open=True)
 POSITIVE = number(0, low_open=True)
 NON_NEGATIVE = number(0)
 
 SAMPLER = {
+    "scheduler": CLASS_NAME,
     "num_steps": integer(1),
     "eta": NON_NEGATIVE,
     "spacing": choice(*SPACINGS),
@@ -189,6 +192,13 @@ MODEL = {
     "in_dim": integer(1),
     "hidden_dim": integer(2),
     "num_layers": integer(1),
+    "sample_size": integer(1),
+    "block_out_channels": list_of(integer(1), "integers ≥ 1"),
+    "layers_per_block": integer(1),
+    "down_block_types": list_of(CLASS_NAME, "diffusers block names"),
+    "up_block_types": list_of(CLASS_NAME, "diffusers block names"),
+    "norm_num_groups": integer(1),
+    "attention_head_dim": integer(1),
     "channels_last": BOOLEAN,
     "compile": BOOLEAN,
 }
@@ -336,7 +346,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "task_name": NAME,
         "ckpt_path": optional(PATH),
         "pretrained": optional(TEXT),
-        "format": choice("folder"),
+        "format": choice("folder", "diffusers"),
         "out_dir": PATH,
         "metrics": optional(PATH),
         "record": optional(PATH),
@@ -382,12 +392,15 @@ def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any, bool]
 
 
 def spec_for(command: str, key: str) -> Spec | None:
-    """The schema entry of `key`, the shared one of `_target_` and `_partial_`, or None."""
+    """The schema entry of `key`, the shared one of `_target_`, `_partial_` and `_convert_`,
+    or None."""
     name = key.rsplit(".", 1)[-1]
     if name == "_target_":
         return TARGET
     if name == "_partial_":
         return BOOLEAN
+    if name == "_convert_":
+        return CONVERT
     return SCHEMAS[command].get(key)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,11 @@ def data_root(tmp_path: Path) -> Path:
     return root
 
 
-def tiny_overrides(data_root: Path, output_dir: Path, *overrides: str) -> list[str]:
-    """Overrides for a seconds-long CPU run of a tiny UNet on the synthetic data."""
+def tiny_overrides(
+    data_root: Path, output_dir: Path, *overrides: str, model: Sequence[str] = TINY_MODEL
+) -> list[str]:
+    """Overrides for a seconds-long CPU run of a tiny model (default: UNet) on the synthetic
+    data."""
     return [
         f"data.root={data_root}",
         f"paths.output_dir={output_dir}",
@@ -58,13 +62,15 @@ def tiny_overrides(data_root: Path, output_dir: Path, *overrides: str) -> list[s
         "callbacks.rich_progress_bar=null",
         "callbacks.fld=null",
         "callbacks.sample_grid=null",
-        *TINY_MODEL,
+        *model,
         *overrides,
     ]
 
 
-def tiny_config(data_root: Path, output_dir: Path, *overrides: str):
-    return compose_config("train", tiny_overrides(data_root, output_dir, *overrides))
+def tiny_config(
+    data_root: Path, output_dir: Path, *overrides: str, model: Sequence[str] = TINY_MODEL
+):
+    return compose_config("train", tiny_overrides(data_root, output_dir, *overrides, model=model))
 
 
 def sample_config(checkpoint: Path, out_dir: Path, *overrides: str):

@@ -8,7 +8,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ddpm_lightning.diffusion import samplers
+from ddpm_lightning import diffusion
 
 DATASETS = {
     "mnist": {"hub": "ylecun/mnist", "tag": "mnist", "title": "MNIST"},
@@ -18,7 +18,15 @@ DATASETS = {
         "title": "Fashion-MNIST",
     },
 }
-SAMPLER_KEYS = ("num_steps", "eta", "spacing", "variance", "clip_x0", "guidance_scale")
+SAMPLER_KEYS = (
+    "scheduler",
+    "num_steps",
+    "eta",
+    "spacing",
+    "variance",
+    "clip_x0",
+    "guidance_scale",
+)
 
 
 def sampler_summary(sampler: dict[str, Any] | None) -> dict[str, Any]:
@@ -152,7 +160,7 @@ def load_section(config: dict[str, Any], name: str) -> str:
     summary = sampler_summary(config.get("sampler")) or {"sampler": "DDIMSampler"}
     cls = summary.pop("sampler")
     settings = {key: value for key, value in summary.items() if value is not None}
-    option = getattr(samplers, cls, samplers.DDIMSampler).name
+    option = getattr(diffusion, cls, diffusion.DDIMSampler).name
     overrides = "".join(f" sampler.{key}={value}" for key, value in settings.items())
     arguments = "".join(f", {key}={python_literal(value)}" for key, value in settings.items())
     return (
