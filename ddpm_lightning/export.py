@@ -1,11 +1,13 @@
 """`python -m ddpm_lightning.export ckpt_path=PATH | pretrained=NAME out_dir=DIR`: a trained
 model as a Hugging Face-style model folder (config.json, model.safetensors, README.md model card,
 samples.png), optionally pushed to the Hub with `push_to_hub=user/repo`; `format=diffusers`
-writes a diffusers DDPMPipeline folder instead (model=diffusers_unet runs)."""
+writes a diffusers DDPMPipeline folder instead (model=diffusers_unet runs), `format=onnx` the
+network as model.onnx and what a sampler needs beside it as model.json."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,10 +23,12 @@ from ddpm_lightning.sharing.export import (
     merge_records,
     run_record,
 )
+from ddpm_lightning.sharing.folder import build_module
 from ddpm_lightning.sharing.hub import hub_token, push
+from ddpm_lightning.sharing.onnx import require_onnx_extra, write_onnx
 from ddpm_lightning.sharing.pretrained import model_folder
 
-FORMATS = ("folder", "diffusers")
+FORMATS = ("folder", "diffusers", "onnx")
 
 
 def source(cfg: DictConfig) -> Source:
@@ -40,9 +44,12 @@ def source(cfg: DictConfig) -> Source:
 
 
 def export(cfg: DictConfig) -> dict[str, Path]:
-    """Write the model folder into `cfg.out_dir` (and push it); return its files by name."""
+    """Write the model folder (or, with format=onnx, model.onnx and model.json) into
+    `cfg.out_dir`, push the folder when asked; return the written files by name."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format} is not supported; choose one of {list(FORMATS)}")
+    if cfg.format == "onnx":
+        return export_onnx(cfg)
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
@@ -60,7 +67,7 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     files = export_folder(
         out_dir,
         (hyper_parameters, state_dict, record),
-        OmegaConf.to_container(cfg.sampler, resolve=True),  # type: ignore[arg-type]
+        sampler_config(cfg),
         cfg.name or cfg.push_to_hub or str(out_dir),
         int(cfg.num_samples) if cfg.samples else 0,
     )
@@ -78,6 +85,27 @@ def export_diffusers(cfg: DictConfig, out_dir: Path, token: str | None) -> dict[
     if token is not None:
         print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
     return files
+
+
+def export_onnx(cfg: DictConfig) -> dict[str, Path]:
+    """model.onnx and model.json of the model into `cfg.out_dir` (format=onnx)."""
+    if cfg.push_to_hub:
+        raise ConfigError(
+            f"push_to_hub={cfg.push_to_hub} uploads model folders: drop it or use format=folder"
+        )
+    require_onnx_extra("format=onnx")
+    out_dir = writable_folder(cfg.out_dir, "out_dir")
+    hyper_parameters, state_dict, _ = source(cfg)
+    module = build_module(hyper_parameters, state_dict, cfg.ckpt_path or cfg.pretrained)
+    files = write_onnx(out_dir, module, sampler_config(cfg))
+    size = files["model.onnx"].stat().st_size / 2**20
+    print(f"wrote {', '.join(files)} ({size:.2f} MiB) into {out_dir}")
+    return files
+
+
+def sampler_config(cfg: DictConfig) -> dict[str, Any]:
+    """The recommended sampler (`cfg.sampler`) as a plain dict."""
+    return OmegaConf.to_container(cfg.sampler, resolve=True)  # type: ignore[return-value]
 
 
 main = hydra_command("export", export)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ddpm_lightning.config import compose_config
 
@@ -20,6 +21,40 @@ TINY_MODEL = [
     "model.num_attention_heads=2",
     "schedule.num_timesteps=20",
 ]
+
+
+def tiny_model_folder(
+    folder: Path,
+    objective: str = "eps",
+    num_classes: int | None = None,
+    dataset: str = "mnist",
+    seed: int = 0,
+) -> Path:
+    """A model folder (config.json, model.safetensors) of a randomly initialised tiny UNet
+    (d=8, two levels, cosine schedule with T=20) on 1x32x32 images."""
+    from ddpm_lightning.sharing.folder import write_folder
+    from ddpm_lightning.training.module import DiffusionModule
+
+    torch.manual_seed(seed)
+    model = {
+        "_target_": "ddpm_lightning.models.UNet",
+        "model_channels": 8,
+        "channel_multipliers": [1, 2],
+        "block_groups": 4,
+        "num_attention_heads": 2,
+        "num_timesteps": 20,
+        "num_classes": num_classes,
+    }
+    schedule = {
+        "_target_": "ddpm_lightning.diffusion.schedules.NoiseSchedule",
+        "name": "cosine",
+        "num_timesteps": 20,
+    }
+    module = DiffusionModule(
+        model, schedule, {"objective": objective}, data_shape=(1, 32, 32), dataset=dataset
+    )
+    write_folder(folder, dict(module.hparams), module.state_dict(), {})
+    return folder
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

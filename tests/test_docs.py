@@ -21,7 +21,7 @@ from ddpm_lightning.config import compose_config
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CONF = ROOT / "conf"
-HYDRA_COMMANDS = {"train", "sample", "evaluate", "classifier", "export"}
+HYDRA_COMMANDS = {"train", "sample", "evaluate", "classifier", "export", "demo"}
 CONSOLE_SCRIPTS = {f"ddpm-{name}": name for name in HYDRA_COMMANDS}
 # Hydra flags: those followed by a value, and those that stand alone.
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir"}
@@ -32,7 +32,7 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 PROJECT_COMMAND = re.compile(
-    r"-m\s+ddpm_lightning|\bddpm-(train|sample|evaluate|classifier|export)\b|make\s+train"
+    r"-m\s+ddpm_lightning|\bddpm-(train|sample|evaluate|classifier|export|demo)\b|make\s+train"
 )
 
 

@@ -187,7 +187,9 @@ BAD_VALUES = [
     ),
     ("export", "samples=3", "samples=3: must be true or false"),
     ("export", "push_to_hub=myrepo", "push_to_hub=myrepo: must be a Hub repo id user/repo or null"),
-    ("export", "format=onnx", "format=onnx: must be one of folder, diffusers"),
+    ("export", "format=png", "format=png: must be one of folder, diffusers, onnx"),
+    ("demo", "port=0", "port=0: must be an integer in [1, 65535]"),
+    ("demo", "serve=yes", "serve=yes: must be true or false"),
     ("classifier", "lr=0", "lr=0: must be a finite number > 0"),
     ("classifier", "+augment.max_shift=1.5", "augment.max_shift=1.5: must be an integer ≥ 0"),
     (

@@ -24,6 +24,11 @@ RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+# Class names by label index: the digits, and Fashion-MNIST's as torchvision spells them.
+CLASS_NAMES = {
+    "mnist": [str(digit) for digit in range(10)],
+    "fashion_mnist": list(datasets.FashionMNIST.classes),
+}
 IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1-D, images: 3-D (unsigned-byte IDX files)
 
 

@@ -263,6 +263,7 @@ class DDIMSampler(Sampler):
     ):
         super().__init__(schedule, **kwargs)
         self.timesteps = timestep_sequence(schedule, num_steps, spacing)
+        self.spacing = spacing
         self.eta = float(eta)
 
     def steps(self) -> list[int]:

@@ -15,14 +15,17 @@ from ddpm_lightning.training.module import DiffusionModule
 SHIPPED_DIR = ASSETS_DIR / "models"
 
 
-def shipped(directory: Path = SHIPPED_DIR) -> list[str]:
-    """Names of the shipped models, e.g. ['fashion_mnist', 'mnist']."""
+def shipped(directory: Path | None = None) -> list[str]:
+    """Names of the shipped models (the folders of `directory`, default SHIPPED_DIR), e.g.
+    ['fashion_mnist', 'mnist']."""
+    directory = directory or SHIPPED_DIR
     return sorted(path.parent.name for path in directory.glob(f"*/{CONFIG_NAME}"))
 
 
-def model_folder(pretrained: str | Path, directory: Path = SHIPPED_DIR) -> Path:
-    """The local folder of `pretrained`: shipped name, existing folder, or Hub repo id (then
-    downloaded into the Hub's cache)."""
+def model_folder(pretrained: str | Path, directory: Path | None = None) -> Path:
+    """The local folder of `pretrained`: shipped name (in `directory`, default SHIPPED_DIR),
+    existing folder, or Hub repo id (then downloaded into the Hub's cache)."""
+    directory = directory or SHIPPED_DIR
     text = str(pretrained)
     if text in shipped(directory):
         return directory / text

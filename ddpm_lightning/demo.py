@@ -1,0 +1,52 @@
+"""`python -m ddpm_lightning.demo [out_dir=site] [serve=false] [port=8000] [models=[mnist]]`:
+build the in-browser demo, a static site (the page, the models as ONNX, onnxruntime-web), and
+serve it on http://127.0.0.1:PORT with Python's http.server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm_lightning.config import hydra_command
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.preflight import writable_folder
+from ddpm_lightning.sharing.npm import runtime_files
+from ddpm_lightning.sharing.onnx import require_onnx_extra
+from ddpm_lightning.sharing.pretrained import shipped
+from ddpm_lightning.sharing.site import build_site, site_server
+
+
+def serve(site: Path, port: int) -> None:
+    """Serve the folder `site` on 127.0.0.1:`port` until Ctrl-C."""
+    server = site_server(site, port)
+    print(f"serving {site} on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+
+
+def demo(cfg: DictConfig) -> Path:
+    """Build the site into `cfg.out_dir` from `cfg.models` (null: every shipped model), then
+    serve it unless serve=false; return the site's folder."""
+    models = shipped() if cfg.models is None else [str(name) for name in cfg.models]
+    if not models:
+        raise ConfigError("models=[] leaves the page empty; name at least one, e.g. models=[mnist]")
+    require_onnx_extra("the demo")
+    site = writable_folder(cfg.out_dir, "out_dir")
+    runtime = runtime_files()
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
+    entries = build_site(site, models, sampler, runtime)  # type: ignore[arg-type]
+    print(f"built the demo of {', '.join(entry['id'] for entry in entries)} into {site}")
+    if cfg.serve:
+        serve(site, int(cfg.port))
+    return site
+
+
+main = hydra_command("demo", demo)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""A trained denoiser for runtimes without PyTorch (onnxruntime, onnxruntime-web in a browser).
+
+`model.onnx`: the network with inputs x (B, C, H, W) float32, t (B,) int64 and, for
+conditional models, y (B,) int64 (the null label `num_classes` gives the unconditional
+prediction), output (B, C, H, W), the batch size B dynamic. `model.json`: what a sampler needs
+beside it: the schedule's tables (float32 values, as the Python samplers read them), the
+objective, T, the data shape, the class names and the recommended sampler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+
+from ddpm_lightning import __version__
+from ddpm_lightning.data.images import CLASS_NAMES
+from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.training.module import DiffusionModule
+
+ONNX_NAME = "model.onnx"
+RECORD_NAME = "model.json"
+OPSET = 20
+INPUT_NAMES = ("x", "t", "y")
+OUTPUT_NAME = "output"
+# The packages torch.onnx.export(dynamo=True) needs: the `onnx` extra.
+EXTRA_MODULES = ("onnx", "onnxscript")
+# The exporter's graph passes log each step at INFO, which Hydra's logging would print.
+QUIET_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
+# The NoiseSchedule buffers that DDIMSampler and DDPMSampler read.
+SCHEDULE_TABLES = (
+    "alphas_cumprod",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "betas",
+    "posterior_variance",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
+
+
+def require_onnx_extra(option: str) -> None:
+    """A ConfigError naming `option` and the install line unless the `onnx` extra imports."""
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ConfigError(
+                f"{option} needs the onnx extra ({name} is not installed): "
+                "pip install 'ddpm_lightning[onnx]'"
+            ) from None
+
+
+def write_network(module: DiffusionModule, path: Path) -> None:
+    """`module.model` as one ONNX file (opset 20) at `path`, batch size dynamic."""
+    x, t, y = module.example_input()
+    args = (x.repeat(2, 1, 1, 1), t.repeat(2)) + (() if y is None else (y.repeat(2),))
+    batch = torch.export.Dim("batch")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        # The exporter names the one batch dimension of all inputs once and says so.
+        warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
+        torch.onnx.export(
+            module.model.eval(),
+            args,
+            str(path),
+            input_names=list(INPUT_NAMES[: len(args)]),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=tuple({0: batch} for _ in args),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a ddim or ddpm sampler config as the page runs them; guidance γ as
+    `make_sampler` sets it (1.5 for conditional models when null)."""
+    built = module.make_sampler(instantiate(sampler), progress=False)
+    common = {"clip_x0": built.clip_x0, "guidance_scale": built.guidance_scale}
+    if isinstance(built, DDIMSampler):
+        settings = {"num_steps": len(built.timesteps), "eta": built.eta, "spacing": built.spacing}
+        return {"name": "ddim", **settings, **common}
+    if isinstance(built, DDPMSampler):
+        return {"name": "ddpm", "variance": built.variance, **common}
+    raise ConfigError(
+        f"sampler={built.name} has no port outside PyTorch: the ONNX record and the demo page "
+        "take sampler=ddim or sampler=ddpm"
+    )
+
+
+def class_names(dataset: str | None, num_classes: int | None) -> list[str] | None:
+    """The dataset's class names, unless the model has another number of classes."""
+    names = CLASS_NAMES.get(str(dataset))
+    return names if names is not None and num_classes in (None, len(names)) else None
+
+
+def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
+    """model.json: the ONNX network's inputs and everything a sampler needs beside it."""
+    schedule = module.diffusion.schedule
+    dataset = module.hparams.get("dataset")
+    num_inputs = 2 if module.num_classes is None else 3
+    return {
+        "library_name": "ddpm_lightning",
+        "ddpm_lightning_version": __version__,
+        "dataset": dataset,
+        "data_shape": list(module.data_shape),
+        "objective": module.diffusion.objective.value,
+        "num_timesteps": schedule.num_timesteps,
+        "num_classes": module.num_classes,
+        "class_names": class_names(dataset, module.num_classes),
+        "inputs": list(INPUT_NAMES[:num_inputs]),
+        "output": OUTPUT_NAME,
+        "opset": OPSET,
+        "sampler": recommended_sampler(module, sampler),
+        "schedule": {
+            "name": schedule.name,
+            **{key: getattr(schedule, key).tolist() for key in SCHEDULE_TABLES},
+        },
+    }
+
+
+def write_onnx(
+    out_dir: Path, module: DiffusionModule, sampler: dict[str, Any], option: str = "format=onnx"
+) -> dict[str, Path]:
+    """Write model.onnx and model.json of `module` into `out_dir`, `sampler` (a ddim or ddpm
+    sampler config) as the recommended settings; `option` names what asked for it in the
+    error when the onnx extra is missing. The written files by name."""
+    require_onnx_extra(option)
+    record = onnx_record(module, sampler)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_network(module, out_dir / ONNX_NAME)
+    (out_dir / RECORD_NAME).write_text(json.dumps(record) + "\n")
+    return {ONNX_NAME: out_dir / ONNX_NAME, RECORD_NAME: out_dir / RECORD_NAME}

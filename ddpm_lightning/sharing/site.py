@@ -1,0 +1,102 @@
+"""The demo site: a static folder to serve or publish as it is. index.html, ddpm.js and
+style.css (assets/demo), `models/<id>/model.onnx` and `model.json` for each model,
+`models.json` listing them, and onnxruntime-web's wasm build under `ort/`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.evaluation.fld import ASSETS_DIR
+from ddpm_lightning.sharing.card import DATASETS
+from ddpm_lightning.sharing.folder import load_folder
+from ddpm_lightning.sharing.onnx import write_onnx
+from ddpm_lightning.sharing.pretrained import model_folder, shipped
+
+PAGE_DIR = ASSETS_DIR / "demo"
+PAGE_FILES = ("index.html", "ddpm.js", "style.css")
+RUNTIME_DIR = "ort"
+MODELS_DIR = "models"
+MODELS_INDEX = "models.json"
+
+
+def model_id(pretrained: str) -> str:
+    """The model's folder name in the site: a shipped name as it is, a local folder's own name,
+    a Hub repo id with `--` for the slash."""
+    text = str(pretrained)
+    if text not in shipped() and Path(text).expanduser().is_dir():
+        text = Path(text).expanduser().resolve().name
+    return re.sub(r"[^\w.-]", "--", text)
+
+
+def model_title(dataset: str | None, num_classes: int | None, identifier: str) -> str:
+    """What the model menu shows: 'MNIST', 'Fashion-MNIST, class-conditional', and the id
+    for models that are not shipped."""
+    title = DATASETS.get(str(dataset), {}).get("title", "unknown data")
+    if num_classes is not None:
+        title += ", class-conditional"
+    return title if identifier in shipped() else f"{title} ({identifier})"
+
+
+def add_model(site: Path, pretrained: str, sampler: dict[str, Any]) -> dict[str, str]:
+    """Export one model (anything `pretrained=` takes) into `site/models/<id>/`; its entry of
+    models.json."""
+    identifier = model_id(pretrained)
+    module = load_folder(model_folder(pretrained))
+    write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
+    return {
+        "id": identifier,
+        "title": model_title(module.hparams.get("dataset"), module.num_classes, identifier),
+        "path": f"{MODELS_DIR}/{identifier}",
+    }
+
+
+def build_site(
+    site: Path, models: list[str], sampler: dict[str, Any], runtime: dict[str, Path]
+) -> list[dict[str, str]]:
+    """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim or ddpm
+    sampler config) as its starting settings, and the `runtime` files (onnxruntime-web's, by
+    name). The entries of models.json."""
+    identifiers = [model_id(name) for name in models]
+    repeated = sorted({i for i in identifiers if identifiers.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"models={models} names {repeated[0]} twice; list each model once")
+    entries = [add_model(site, name, sampler) for name in models]
+    (site / MODELS_INDEX).write_text(json.dumps(entries, indent=2) + "\n")
+    for name in PAGE_FILES:
+        shutil.copyfile(PAGE_DIR / name, site / name)
+    (site / RUNTIME_DIR).mkdir(exist_ok=True)
+    for name, path in runtime.items():
+        shutil.copyfile(path, site / RUNTIME_DIR / name)
+    return entries
+
+
+class SiteHandler(SimpleHTTPRequestHandler):
+    """Static files with the types browsers insist on for ES modules and WebAssembly."""
+
+    extensions_map = {
+        **SimpleHTTPRequestHandler.extensions_map,
+        ".js": "text/javascript",
+        ".mjs": "text/javascript",
+        ".wasm": "application/wasm",
+        ".json": "application/json",
+        ".onnx": "application/octet-stream",
+    }
+
+
+def site_server(site: Path, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """An HTTP server of the folder `site` on host:port (port 0: a free one), not started."""
+    handler = functools.partial(SiteHandler, directory=str(site))
+    try:
+        return ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        raise ConfigError(
+            f"port={port} cannot be used on {host} ({exc.strerror or exc}); pass another, "
+            f"e.g. port={port + 1}"
+        ) from None

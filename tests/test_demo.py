@@ -1,0 +1,317 @@
+"""The demo command (`python -m ddpm_lightning.demo`) without a browser: the page's sampler
+(ddpm.js, run in Node) gives the Python samplers' timesteps and samples for the same noise, the
+site lists every shipped model, onnxruntime-web comes from `npm pack` into a cache, and what
+goes wrong is one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_lightning.config import compose_config
+from ddpm_lightning.demo import demo
+from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
+from ddpm_lightning.diffusion.samplers import SPACINGS, timestep_sequence
+from ddpm_lightning.diffusion.schedules import NoiseSchedule
+from ddpm_lightning.errors import ConfigError, DataError
+from ddpm_lightning.sharing import load_folder, npm, pretrained, site
+from ddpm_lightning.sharing.onnx import onnx_record
+from ddpm_lightning.sharing.site import PAGE_DIR, site_server
+from tests.conftest import tiny_model_folder
+
+NODE = shutil.which("node")
+needs_node = pytest.mark.skipif(
+    NODE is None, reason="node is not installed (apt-get install nodejs)"
+)
+PAGE_SCRIPT = (PAGE_DIR / "ddpm.js").as_uri()
+# The closed-form denoiser of the Node runs: 0.8 x + 0.001 t (+ 0.01 y with labels).
+NODE_SAMPLE = """
+import { readFileSync } from 'node:fs';
+import { sample } from '__PAGE__';
+const job = JSON.parse(readFileSync(0, 'utf8'));
+const size = job.record.data_shape.reduce((a, b) => a * b, 1);
+const denoise = async (x, t, y) => x.map((v, k) => {
+  const s = Math.floor(k / size);
+  return 0.8 * v + 0.001 * t[s] + (y ? 0.01 * y[s] : 0);
+});
+let used = 0;
+const normal = (n) => Float32Array.from(job.stepNoise.slice(used, (used += n)));
+const images = await sample({ ...job, noise: Float32Array.from(job.noise), denoise, normal });
+console.log(JSON.stringify(Array.from(images)));
+""".replace("__PAGE__", PAGE_SCRIPT)
+NODE_TIMESTEPS = """
+import { readFileSync } from 'node:fs';
+import { timestepSequence } from '__PAGE__';
+const cases = JSON.parse(readFileSync(0, 'utf8'));
+console.log(JSON.stringify(cases.map(([a, n, spacing]) => timestepSequence(a, n, spacing))));
+""".replace("__PAGE__", PAGE_SCRIPT)
+
+
+STEP_COUNTS = (1, 2, 3, 4, 5, 7, 10, 19, 20, 50, 333, 999, 1000)
+
+
+def run_node(script: str, job) -> list:
+    result = subprocess.run(
+        [NODE, "--input-type=module", "-e", script],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+class ClosedForm:
+    """The Node runs' denoiser in torch: 0.8 x + 0.001 t (+ 0.01 y for labels)."""
+
+    def __init__(self, num_classes: int | None):
+        self.num_classes = num_classes
+
+    def __call__(self, x, t, y=None):
+        output = 0.8 * x + 0.001 * t.float().view(-1, 1, 1, 1)
+        return output if y is None else output + 0.01 * y.float().view(-1, 1, 1, 1)
+
+
+@needs_node
+def test_the_page_visits_pythons_timesteps():
+    cases, expected = [], []
+    for name in ("cosine", "linear"):
+        for T in (20, 1000):
+            schedule = NoiseSchedule(name, T)
+            for n in [n for n in STEP_COUNTS if n <= T]:
+                for spacing in SPACINGS:
+                    cases.append((schedule.alphas_cumprod.tolist(), n, spacing))
+                    expected.append(timestep_sequence(schedule, n, spacing))
+    assert len(cases) == 2 * (9 + 13) * len(SPACINGS)
+    assert run_node(NODE_TIMESTEPS, cases) == expected
+
+
+SAMPLE_CASES = {
+    "ddim eps uniform eta 0": dict(objective="eps", name="ddim", steps=6, spacing="uniform"),
+    "ddim v trailing eta 1": dict(objective="v", name="ddim", steps=6, eta=1.0, spacing="trailing"),
+    "ddim x0 karras eta 0.5 unclipped": dict(
+        objective="x0", name="ddim", steps=5, eta=0.5, spacing="karras", clip=False
+    ),
+    "ddim eps logsnr guided": dict(
+        objective="eps", name="ddim", steps=4, spacing="logsnr", gamma=2.5, classes=10
+    ),
+    "ddim v quadratic unguided labels": dict(
+        objective="v", name="ddim", steps=4, spacing="quadratic", gamma=1.0, classes=10
+    ),
+    "ddpm eps fixed_small": dict(objective="eps", name="ddpm"),
+    "ddpm x0 fixed_large guided": dict(
+        objective="x0", name="ddpm", variance="fixed_large", gamma=0.5, classes=10
+    ),
+}
+
+
+@needs_node
+@pytest.mark.parametrize("case", SAMPLE_CASES.values(), ids=SAMPLE_CASES.keys())
+def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path):
+    module = load_folder(
+        tiny_model_folder(tmp_path / "model", case["objective"], case.get("classes"))
+    )
+    schedule = module.diffusion.schedule
+    common = dict(
+        objective=case["objective"],
+        clip_x0=case.get("clip", True),
+        guidance_scale=case.get("gamma"),
+        progress=False,
+    )
+    if case["name"] == "ddim":
+        eta, spacing = case.get("eta", 0.0), case["spacing"]
+        settings = dict(name="ddim", num_steps=case["steps"], eta=eta, spacing=spacing)
+        sampler = DDIMSampler(schedule, case["steps"], eta, spacing, **common)
+    else:
+        settings = dict(name="ddpm", variance=case.get("variance", "fixed_small"))
+        sampler = DDPMSampler(schedule, settings["variance"], **common)
+    settings |= dict(clip_x0=common["clip_x0"], guidance_scale=common["guidance_scale"])
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(3, 1, 32, 32, generator=generator)
+    draws = torch.randn(len(sampler.steps()), 3, 1, 32, 32, generator=generator)
+    used = iter(draws)
+    sampler.noise_like = lambda x, generator: next(used)  # type: ignore[method-assign]
+    labels = None if "classes" not in case else torch.tensor([0, 4, 9])
+    expected = sampler.sample(
+        ClosedForm(case.get("classes")), tuple(noise.shape), y=labels, noise=noise
+    )
+    record = onnx_record(
+        module,
+        {
+            "_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler",
+            "_partial_": True,
+            "num_steps": 4,
+        },
+    )
+    images = run_node(
+        NODE_SAMPLE,
+        {
+            "record": record,
+            "settings": settings,
+            "noise": noise.flatten().tolist(),
+            "labels": None if labels is None else labels.tolist(),
+            "stepNoise": draws.flatten().tolist(),
+        },
+    )
+    images = torch.tensor(images).reshape(expected.shape)
+    assert (images - expected).abs().max() <= 1e-4
+    assert expected.std() > 0.05
+
+
+@pytest.fixture
+def runtime_cache(tmp_path, monkeypatch) -> Path:
+    """XDG_CACHE_HOME in tmp_path, with stand-ins for onnxruntime-web's files in its cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = npm.cache_folder()
+    cache.mkdir(parents=True)
+    for name in npm.ORT_WEB_FILES:
+        (cache / name).write_text(f"stand-in for {name}")
+    return cache
+
+
+def test_the_site_offers_every_shipped_model_and_mnist_cond_once_shipped(
+    tmp_path, monkeypatch, runtime_cache
+):
+    pytest.importorskip(
+        "onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
+    )
+    shipped = tmp_path / "shipped"
+    tiny_model_folder(shipped / "mnist")
+    monkeypatch.setattr(pretrained, "SHIPPED_DIR", shipped)
+    exported = []
+
+    def write_onnx(out_dir, module, sampler, option):
+        exported.append(out_dir.name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "model.json").write_text(json.dumps(onnx_record(module, sampler)))
+
+    monkeypatch.setattr(site, "write_onnx", write_onnx)
+    cfg = compose_config(
+        "demo", [f"paths.output_dir={tmp_path}", f"out_dir={tmp_path / 'site'}", "serve=false"]
+    )
+    demo(cfg)
+    tiny_model_folder(shipped / "mnist_cond", num_classes=10)
+    demo(cfg)
+    assert exported == ["mnist", "mnist", "mnist_cond"]
+    entries = json.loads((tmp_path / "site" / "models.json").read_text())
+    assert entries == [
+        {"id": "mnist", "title": "MNIST", "path": "models/mnist"},
+        {"id": "mnist_cond", "title": "MNIST, class-conditional", "path": "models/mnist_cond"},
+    ]
+    for name in ("index.html", "ddpm.js", "style.css"):
+        assert (tmp_path / "site" / name).read_bytes() == (PAGE_DIR / name).read_bytes()
+    for name in npm.ORT_WEB_FILES:
+        assert (tmp_path / "site" / "ort" / name).read_text() == f"stand-in for {name}"
+
+
+def test_a_model_list_the_page_cannot_show_is_one_line(tmp_path, runtime_cache):
+    pytest.importorskip(
+        "onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
+    )
+    folder = tiny_model_folder(tmp_path / "tiny")
+    overrides = [f"paths.output_dir={tmp_path}", f"out_dir={tmp_path / 'site'}", "serve=false"]
+    with pytest.raises(ConfigError, match=r"^models=\[\] leaves the page empty"):
+        demo(compose_config("demo", [*overrides, "models=[]"]))
+    with pytest.raises(ConfigError, match=r"names tiny twice; list each model once$"):
+        demo(compose_config("demo", [*overrides, f"models=[{folder},{folder}]"]))
+
+
+def fake_npm(folder: Path, exit_code: int = 0) -> Path:
+    """An `npm` that writes a tarball of stand-in dist/ files (or fails with ENOTFOUND) and
+    counts its calls in calls.txt."""
+    folder.mkdir()
+    script = folder / "npm"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import io, pathlib, sys, tarfile\n"
+        "calls = pathlib.Path(__file__).with_name('calls.txt')\n"
+        "calls.write_text(calls.read_text() + ' '.join(sys.argv[1:]) + '\\n' "
+        "if calls.exists() else ' '.join(sys.argv[1:]) + '\\n')\n"
+        f"if {exit_code}:\n"
+        "    print('npm error code ENOTFOUND', file=sys.stderr)\n"
+        "    print('npm error network request failed', file=sys.stderr)\n"
+        f"    sys.exit({exit_code})\n"
+        "destination = pathlib.Path(sys.argv[sys.argv.index('--pack-destination') + 1])\n"
+        "with tarfile.open(destination / 'onnxruntime-web-1.30.0.tgz', 'w:gz') as tar:\n"
+        f"    for name in {npm.ORT_WEB_FILES!r} + ('ort.min.js',):\n"
+        "        data = f'packed {name}'.encode()\n"
+        "        info = tarfile.TarInfo('package/dist/' + name)\n"
+        "        info.size = len(data)\n"
+        "        tar.addfile(info, io.BytesIO(data))\n"
+    )
+    script.chmod(0o755)
+    return folder
+
+
+def test_npm_pack_fills_the_cache_once(tmp_path, monkeypatch):
+    bin_dir = fake_npm(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    cache = tmp_path / "cache"
+    files = npm.runtime_files(cache)
+    assert files == {name: cache / name for name in npm.ORT_WEB_FILES}
+    assert sorted(p.name for p in cache.iterdir()) == sorted(npm.ORT_WEB_FILES)
+    assert files["ort.wasm.bundle.min.mjs"].read_text() == "packed ort.wasm.bundle.min.mjs"
+    npm.runtime_files(cache)
+    calls = (bin_dir / "calls.txt").read_text().splitlines()
+    assert len(calls) == 1
+    assert calls[0].startswith("pack onnxruntime-web@1.30.0 --pack-destination ")
+
+
+def test_without_npm_or_the_registry_it_is_one_line(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(DataError) as info:
+        npm.runtime_files(cache)
+    assert str(info.value) == (
+        "the demo needs onnxruntime-web@1.30.0 but npm is not installed: install Node.js's npm "
+        "(e.g. apt-get install npm) with access to the npm registry, or put "
+        "ort.wasm.bundle.min.mjs and ort-wasm-simd-threaded.wasm of onnxruntime-web@1.30.0 "
+        f"(its dist/ folder) into {cache}"
+    )
+    monkeypatch.setenv("PATH", str(fake_npm(tmp_path / "bin", exit_code=1)))
+    with pytest.raises(DataError) as info:
+        npm.runtime_files(cache)
+    assert str(info.value).startswith(
+        "npm pack onnxruntime-web@1.30.0 failed (npm error code ENOTFOUND): install Node.js's npm"
+    )
+    assert not cache.exists()
+
+
+def test_the_server_gives_browsers_the_types_they_need(tmp_path):
+    files = {
+        "ddpm.js": "text/javascript",
+        "ort.mjs": "text/javascript",
+        "ort.wasm": "application/wasm",
+    }
+    for name in files:
+        (tmp_path / name).write_text(name)
+    server = site_server(tmp_path, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name, content_type in files.items():
+            url = f"http://127.0.0.1:{server.server_address[1]}/{name}"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.headers["Content-Type"] == content_type
+                assert response.read() == name.encode()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_busy_port_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^port={port} cannot be used on 127.0.0.1 \("):
+            site_server(tmp_path, port)

@@ -1,0 +1,159 @@
+"""The ONNX export (`export format=onnx`, ddpm_lightning.sharing.onnx): onnxruntime gives the
+torch network's outputs at any batch size, model.json holds what a sampler needs beside the
+network, and what cannot be exported is one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_lightning.config import compose_config
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.export import export
+from ddpm_lightning.sharing import load_folder
+from tests.conftest import tiny_model_folder
+
+try:
+    import onnxruntime
+except ImportError:
+    onnxruntime = None
+needs_onnxruntime = pytest.mark.skipif(
+    onnxruntime is None,
+    reason="onnxruntime is not installed: pip install -e '.[onnx]' (CI installs it)",
+)
+# conf/export.yaml sets sampler.num_steps, which DDPM does not take.
+DDPM = ["sampler=ddpm", "~sampler.num_steps"]
+FASHION_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+def onnx_config(out_dir: Path, *overrides: str):
+    return compose_config(
+        "export", [f"out_dir={out_dir}", f"paths.output_dir={out_dir}", "format=onnx", *overrides]
+    )
+
+
+@pytest.fixture(scope="module", params=["unconditional", "conditional"])
+def exported(request, tmp_path_factory) -> tuple[Path, Path]:
+    """(model folder, export folder) of a tiny random-init UNet: unconditional with the v
+    objective on MNIST, or class-conditional with the x0 objective on Fashion-MNIST."""
+    if onnxruntime is None:
+        pytest.skip("onnxruntime is not installed: pip install -e '.[onnx]' (CI installs it)")
+    root = tmp_path_factory.mktemp(request.param)
+    if request.param == "conditional":
+        folder = tiny_model_folder(root / "model", "x0", num_classes=10, dataset="fashion_mnist")
+    else:
+        folder = tiny_model_folder(root / "model", "v")
+    export(onnx_config(root / "onnx", f"pretrained={folder}"))
+    return folder, root / "onnx"
+
+
+@needs_onnxruntime
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_onnxruntime_gives_the_networks_outputs(exported, batch_size):
+    folder, out_dir = exported
+    network = load_folder(folder).model
+    runtime = onnxruntime.InferenceSession(out_dir / "model.onnx")
+    generator = torch.Generator().manual_seed(batch_size)
+    inputs = {
+        "x": torch.randn(batch_size, 1, 32, 32, generator=generator),
+        "t": torch.randint(0, 20, (batch_size,), generator=generator),
+    }
+    if network.num_classes is not None:
+        inputs["y"] = torch.randint(0, 11, (batch_size,), generator=generator)  # 10: null label
+    assert [i.name for i in runtime.get_inputs()] == list(inputs)
+    (output,) = runtime.run(None, {key: value.numpy() for key, value in inputs.items()})
+    with torch.no_grad():
+        expected = network(*inputs.values()).numpy()
+    assert output.shape == (batch_size, 1, 32, 32)
+    assert np.abs(output - expected).max() <= 1e-4
+    assert expected.std() > 0.01
+
+
+@needs_onnxruntime
+def test_model_json_holds_what_a_sampler_needs(exported):
+    folder, out_dir = exported
+    module = load_folder(folder)
+    record = json.loads((out_dir / "model.json").read_text())
+    schedule = module.diffusion.schedule
+    assert torch.equal(
+        torch.tensor(record["schedule"]["alphas_cumprod"], dtype=torch.float32),
+        schedule.alphas_cumprod,
+    )
+    assert torch.equal(
+        torch.tensor(record["schedule"]["posterior_mean_coef1"], dtype=torch.float32),
+        schedule.posterior_mean_coef1,
+    )
+    assert len(record["schedule"]["betas"]) == record["num_timesteps"] == 20
+    assert record["data_shape"] == [1, 32, 32]
+    assert record["ddpm_lightning_version"] == "0.2.0"
+    sampler = {"num_steps": 20, "eta": 1.0, "spacing": "uniform", "clip_x0": True}
+    if module.num_classes is None:
+        assert record["objective"] == "v"
+        assert record["dataset"] == "mnist"
+        assert record["inputs"] == ["x", "t"]
+        assert record["num_classes"] is None
+        assert record["class_names"] == [str(digit) for digit in range(10)]
+        assert record["sampler"] == {"name": "ddim", **sampler, "guidance_scale": None}
+    else:
+        assert record["objective"] == "x0"
+        assert record["inputs"] == ["x", "t", "y"]
+        assert record["num_classes"] == 10
+        assert record["class_names"] == FASHION_NAMES
+        assert record["sampler"] == {"name": "ddim", **sampler, "guidance_scale": 1.5}
+
+
+@needs_onnxruntime
+def test_the_recommended_sampler_follows_the_sampler_option(tmp_path):
+    folder = tiny_model_folder(tmp_path / "model")
+    out_dir = tmp_path / "onnx"
+    export(onnx_config(out_dir, f"pretrained={folder}", *DDPM, "sampler.clip_x0=false"))
+    record = json.loads((out_dir / "model.json").read_text())
+    assert record["sampler"] == {
+        "name": "ddpm",
+        "variance": "fixed_small",
+        "clip_x0": False,
+        "guidance_scale": None,
+    }
+
+
+@needs_onnxruntime
+def test_what_the_onnx_format_cannot_do_is_one_line(tmp_path):
+    folder = tiny_model_folder(tmp_path / "model")
+    with pytest.raises(ConfigError) as info:
+        export(onnx_config(tmp_path / "a", f"pretrained={folder}", "sampler=heun"))
+    assert str(info.value) == (
+        "sampler=heun has no port outside PyTorch: the ONNX record and the demo page take "
+        "sampler=ddim or sampler=ddpm"
+    )
+    with pytest.raises(ConfigError, match=r"^push_to_hub=me/tiny uploads model folders: drop it"):
+        export(onnx_config(tmp_path / "b", f"pretrained={folder}", "push_to_hub=me/tiny"))
+    with pytest.raises(ConfigError, match=r"^format=png is not supported; .*\['folder', 'onnx'\]"):
+        export(onnx_config(tmp_path / "c", f"pretrained={folder}", "format=png"))
+
+
+def test_a_missing_onnx_extra_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    folder = tiny_model_folder(tmp_path / "model")
+    with pytest.raises(ConfigError) as info:
+        export(onnx_config(tmp_path / "onnx", f"pretrained={folder}"))
+    assert str(info.value) == (
+        "format=onnx needs the onnx extra (onnxscript is not installed): "
+        "pip install 'ddpm_lightning[onnx]'"
+    )
+    assert not (tmp_path / "onnx" / "model.onnx").exists()
