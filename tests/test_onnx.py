@@ -143,7 +143,9 @@ def test_what_the_onnx_format_cannot_do_is_one_line(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"^push_to_hub=me/tiny uploads model folders: drop it"):
         export(onnx_config(tmp_path / "b", f"pretrained={folder}", "push_to_hub=me/tiny"))
-    with pytest.raises(ConfigError, match=r"^format=png is not supported; .*\['folder', 'onnx'\]"):
+    with pytest.raises(
+        ConfigError, match=r"^format=png is not supported; .*\['folder', 'diffusers', 'onnx'\]"
+    ):
         export(onnx_config(tmp_path / "c", f"pretrained={folder}", "format=png"))
 
 

@@ -201,10 +201,15 @@ def test_known_spacings():
     assert max(gaps) - min(gaps) < 0.02 * max(gaps), f"equal σ^(1/7) gaps, got {gaps}"
 
 
-@pytest.mark.parametrize("steps", [0, 1001])
-def test_num_steps_out_of_range_names_the_key(steps):
-    with pytest.raises(ConfigError, match="sampler.num_steps"):
-        DDIMSampler(NoiseSchedule("cosine", 1000), num_steps=steps)
+def test_num_steps_below_one_names_the_key():
+    with pytest.raises(ConfigError, match="sampler.num_steps=0 must be at least 1"):
+        DDIMSampler(NoiseSchedule("cosine", 1000), num_steps=0)
+
+
+def test_more_steps_than_timesteps_visit_every_timestep():
+    sampler = DDIMSampler(NoiseSchedule("cosine", 20), num_steps=50)
+    assert sampler.steps() == list(range(19, -1, -1))
+    assert sampler.network_evaluations() == 20
 
 
 def test_bad_spacing_and_variance():

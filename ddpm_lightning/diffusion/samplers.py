@@ -58,15 +58,15 @@ def timestep_sequence(
     round(linspace(0, √(T−1))²), ends at 0. trailing: round(T − i·T/n) − 1 (Lin et al. 2024),
     ends at round(T/n) − 1. logsnr: nearest to uniform steps in λ = log(√ᾱ/√(1−ᾱ)) (Lu et al.
     2022), ends at 0. karras: nearest to EDM's ρ = 7 grid in σ (`karras_grid`), ends at 0.
-    Steps that would repeat after rounding are moved to the next free one.
+    Steps that would repeat after rounding are moved to the next free one. More steps than
+    the schedule has visit every timestep, so the default of 50 also serves models with T < 50.
     """
     if spacing not in SPACINGS:
         raise ConfigError(f"sampler.spacing={spacing!r} is unknown; choose one of {SPACINGS}")
-    T, n = schedule.num_timesteps, int(num_steps)
-    if not 1 <= n <= T:
-        raise ConfigError(
-            f"sampler.num_steps={num_steps} must be between 1 and schedule.num_timesteps={T}"
-        )
+    if int(num_steps) < 1:
+        raise ConfigError(f"sampler.num_steps={num_steps} must be at least 1")
+    T = schedule.num_timesteps
+    n = min(int(num_steps), T)
     if n == 1:
         return [T - 1]
     if spacing == "uniform":
