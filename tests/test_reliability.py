@@ -126,7 +126,7 @@ def test_unknown_option_is_hydras_message(monkeypatch, capsys, tmp_path):
     ("overrides", "names"),
     [
         (["sampler.num_steps=0"], "sampler.num_steps=0"),
-        (["sampler.num_steps=21"], "sampler.num_steps=21"),
+        (["sampler.spacing=cubic"], "sampler.spacing"),
         (["num_samples=0"], "num_samples"),
         (["labels=[1,2]", "sampler.num_steps=2"], "labels=[1, 2] needs a conditional checkpoint"),
         (["labels=all", "sampler.num_steps=2"], "labels=all needs a conditional checkpoint"),
