@@ -232,7 +232,7 @@ def test_the_controls_change_the_pictures(page, tmp_path):
 
     Select(page.find_element("id", "model")).select_by_value("mnist")
     wait_for(page, "return document.getElementById('class-row').hidden")
-    assert page.find_element("id", "steps").get_attribute("value") == "20"
+    assert page.find_element("id", "steps").get_attribute("value") == "50"
     digits = generate(page)
     assert digits[..., 0].std() > 40
     assert console_errors(page) == []
