@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, write_fake_dataset
+from conftest import sample_config, tiny_config, write_fake_dataset
 from hydra.utils import instantiate
 
 from ddpm_lightning.bench import diffusers_unet
@@ -133,17 +133,13 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def test_sample_command_with_a_diffusers_scheduler(checkpoint, tmp_path):
     files = sample(
-        compose_config(
-            "sample",
-            [
-                f"ckpt_path={checkpoint}",
-                f"out_dir={tmp_path}",
-                f"paths.output_dir={tmp_path}",
-                "sampler=diffusers",
-                "sampler.num_steps=4",
-                "num_samples=5",
-                "gif_images=4",
-            ],
+        sample_config(
+            checkpoint,
+            tmp_path,
+            "sampler=diffusers",
+            "sampler.num_steps=4",
+            "num_samples=5",
+            "gif_images=4",
         )
     )
     assert np.load(files["samples.npz"])["images"].shape == (5, 1, 32, 32)
