@@ -136,7 +136,7 @@ def time_sampler(sampler: Sampler, model: TimedModel, batch_size: int) -> dict[s
     model.seconds = 0.0
     model.sync()
     start = time.perf_counter()
-    sampler.sample(model, (batch_size, 1, 32, 32), generator=torch.Generator(model.device))
+    sampler.sample(model, (batch_size, 1, 32, 32))
     model.sync()
     total = time.perf_counter() - start
     return {"images_per_s": batch_size / total, "overhead": (total - model.seconds) / total}
