@@ -4,12 +4,12 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-slow lint format clean bench time-to-quality
+.PHONY: install train test test-slow test-slurm lint format clean bench time-to-quality
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --upgrade pip
-	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev,sweeps]"
+	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev,sweeps,slurm]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -m slow $(ARGS) || [ $$? -eq 5 ]
+
+# The slow tests on a one-node Slurm cluster that they start with scripts/local_slurm.sh (as
+# root, after `apt-get install -y slurm-wlm munge`; skipped without them).
+test-slurm: $(STAMP)
+	$(PYTHON) -m pytest -m slow tests/test_slurm.py $(ARGS)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .

@@ -54,9 +54,9 @@ TRAINING_MODELS = {"unet": "default UNet (d=16, (1,2,3))", "unet_large": "d=32, 
 # ResNet block per level and side, attention with 4 heads of 12 only in the middle, GroupNorm(8)):
 # 425,281 parameters with diffusers 0.42, 5.4% more than the default UNet's 403,409 (T=100).
 DIFFUSERS_CONFIG = "model=diffusers_unet (conf/model/diffusers_unet.yaml)"
-# lucidrains' Unet at the default UNet's widths: it adds linear attention at every level, so it is
-# larger (544,049 parameters with denoising_diffusion_pytorch 2.3.4).
-LUCIDRAINS_CONFIG = {"dim": 16, "dim_mults": (1, 2, 3), "channels": 1, "flash_attn": False}
+# lucidrains' Unet exactly as `model=lucidrains_unet` trains it, at the default UNet's widths: it
+# adds linear attention at every level, so it is larger (544,049 parameters with version 2.3.4).
+LUCIDRAINS_CONFIG = "model=lucidrains_unet (conf/model/lucidrains_unet.yaml)"
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def time_sampler(sampler: Sampler, model: TimedModel, batch_size: int) -> dict[s
     model.seconds = 0.0
     model.sync()
     start = time.perf_counter()
-    sampler.sample(model, (batch_size, 1, 32, 32), generator=torch.Generator(model.device))
+    sampler.sample(model, (batch_size, 1, 32, 32))
     model.sync()
     total = time.perf_counter() - start
     return {"images_per_s": batch_size / total, "overhead": (total - model.seconds) / total}
@@ -441,9 +441,8 @@ def diffusers_unet() -> torch.nn.Module:
 
 
 def lucidrains_unet() -> torch.nn.Module:
-    from denoising_diffusion_pytorch import Unet
-
-    return Unet(**LUCIDRAINS_CONFIG)
+    """The network of `model=lucidrains_unet` at its defaults."""
+    return instantiate(compose_config("train", ["model=lucidrains_unet"]).model)
 
 
 PEERS = {

@@ -24,9 +24,10 @@ from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import (
     ASSETS_DIR,
+    add_images,
     asset_paths,
     feature_statistics,
-    frechet_distance,
+    fld_metric,
     lenet_features,
     sha256,
 )
@@ -102,7 +103,7 @@ class ClassifierModule(L.LightningModule):
         }
 
 
-def reference_rows(model: LeNet5, datamodule, test_mean: Tensor, test_cov: Tensor) -> dict:
+def reference_rows(model: LeNet5, datamodule, test_stats: dict[str, Tensor]) -> dict:
     """FLD reference points: test half vs half, 10k training images and clamped noise vs test.
 
     The halves are a seeded random split: MNIST's first and last 5,000 test digits come from
@@ -114,13 +115,16 @@ def reference_rows(model: LeNet5, datamodule, test_mean: Tensor, test_cov: Tenso
     train = datamodule.splits["train"].inputs[:10_000]
     noise = torch.randn(train.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
 
-    def fld(a: Tensor, b_stats: tuple[Tensor, Tensor] | None = None) -> float:
-        mean, cov = feature_statistics(lenet_features(model, a))
-        return frechet_distance(mean, cov, *(b_stats or (test_mean, test_cov)))
+    def fld(images: Tensor, reference: Tensor | None = None) -> float:
+        """FLD of `images` against the `reference` images, or else the test statistics."""
+        metric = fld_metric(model, test_stats if reference is None else None)
+        if reference is not None:
+            add_images(metric, reference, real=True)
+        add_images(metric, images)
+        return float(metric.compute())
 
-    halves = feature_statistics(lenet_features(model, test[half:]))
     return {
-        "test_half_vs_test_half": fld(test[:half], halves),
+        "test_half_vs_test_half": fld(test[:half], test[half:]),
         "train_10k_vs_test": fld(train),
         "gaussian_noise_vs_test": fld(noise),
     }
@@ -170,16 +174,14 @@ def export(
     mean, cov = feature_statistics(lenet_features(model, test.inputs))
     labels = test.labels.cpu()
     class_means = torch.stack([test.inputs[labels == c].mean(0) for c in range(10)]).cpu()
-    torch.save(
-        {
-            "mean": mean,
-            "cov": cov,
-            "num_images": labels.shape[0],
-            "label_counts": torch.bincount(labels, minlength=10),
-            "class_means": class_means,
-        },
-        paths["stats"],
-    )
+    stats = {
+        "mean": mean,
+        "cov": cov,
+        "num_images": labels.shape[0],
+        "label_counts": torch.bincount(labels, minlength=10),
+        "class_means": class_means,
+    }
+    torch.save(stats, paths["stats"])
     record = {
         "dataset": datamodule.name,
         "weights": paths["weights"].name,
@@ -191,7 +193,7 @@ def export(
         "epochs": int(cfg.trainer.max_epochs),
         "seed": int(cfg.seed),
         "augment": module.augment,
-        "reference_fld": reference_rows(model, datamodule, mean, cov),
+        "reference_fld": reference_rows(model, datamodule, stats),
         "command": "python -m ddpm_lightning.classifier " + " ".join(sys.argv[1:]),
     }
     paths["record"].write_text(json.dumps(record, indent=2) + "\n")

@@ -2,7 +2,8 @@
 
 Scores generated images against the test set with the shipped LeNet-5 (no real data needed):
 FLD, the LeNet's predicted-label histogram and mean confidence, and the mean minimum
-distance to the class-mean images. Writes metrics.json and label_histogram.png.
+distance to the class-mean images. Writes metrics.json and label_histogram.png. Images are
+drawn on the devices of `trainer` (one by default) and the files written once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -21,16 +23,16 @@ from rich.table import Table
 from torch import Tensor
 
 from ddpm_lightning.config import hydra_command
+from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.errors import ConfigError, DataError
-from ddpm_lightning.evaluation.fld import (
-    FLD,
-    feature_statistics,
-    frechet_distance,
-    load_record,
-    to_model_input,
-)
+from ddpm_lightning.evaluation.fld import FLD, load_record, to_model_input
 from ddpm_lightning.preflight import check_sampling_request, writable_folder
-from ddpm_lightning.sample import default_device, resolve_checkpoint, samples_metadata
+from ddpm_lightning.sample import (
+    default_device,
+    draw_samples,
+    resolve_checkpoint,
+    samples_metadata,
+)
 from ddpm_lightning.sharing.pretrained import load_model
 
 IMAGE_SHAPE = (1, 32, 32)
@@ -94,12 +96,13 @@ def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None, dict]:
     return to_model_input(images), None if labels is None else torch.from_numpy(labels), metadata
 
 
-def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, Tensor | None, dict]:
-    """`cfg.num_samples` images from `cfg.ckpt_path` or `cfg.pretrained` with `cfg.sampler`,
-    their labels (an equal share of each class for conditional models, else None) and what
-    made them (`samples_metadata`: the model's dataset, the model, seed and sampler)."""
+def generate(cfg: DictConfig) -> tuple[Tensor, Tensor | None, dict, L.Trainer]:
+    """`cfg.num_samples` images from `cfg.ckpt_path` or `cfg.pretrained` with `cfg.sampler` on
+    the devices of `cfg.trainer`, their labels (an equal share of each class for conditional
+    models, else None), what made them (`samples_metadata`: the model's dataset, the model,
+    seed and sampler) and the trainer that drew them."""
     ckpt_path = resolve_checkpoint(cfg)
-    module = load_model(ckpt_path, cfg.get("pretrained")).to(device)
+    module = load_model(ckpt_path, cfg.get("pretrained"))
     if tuple(module.data_shape) != IMAGE_SHAPE:
         source = f"pretrained={cfg.pretrained}" if cfg.pretrained else f"ckpt_path={ckpt_path}"
         raise ConfigError(
@@ -109,8 +112,8 @@ def generate(cfg: DictConfig, device: torch.device) -> tuple[Tensor, Tensor | No
     sampler = module.make_sampler(instantiate(cfg.sampler))
     check_sampling_request(module, sampler, int(cfg.num_samples), bool(cfg.force))
     labels = module.sample_labels(int(cfg.num_samples))
-    images = module.generate(sampler, cfg.num_samples, cfg.seed, labels=labels)
-    return images.cpu(), labels, samples_metadata(cfg, ckpt_path, module)
+    images, trainer = draw_samples(cfg, module, int(cfg.num_samples), labels)
+    return images, labels, samples_metadata(cfg, ckpt_path, module), trainer
 
 
 def scored_dataset(cfg: DictConfig, recorded: str | None) -> str:
@@ -151,11 +154,23 @@ def requested_label_accuracy(predicted: Tensor, labels: Tensor) -> dict:
     return {"requested_label_accuracy": hits.mean().item(), "per_class_accuracy": per_class}
 
 
-def score(images: Tensor, dataset: str, device: torch.device, labels: Tensor | None = None) -> dict:
-    """Every metric for images (N, 1, 32, 32) in [-1, 1]; labels (N,): the requested classes."""
-    fld = FLD(dataset, device)
-    features = fld.features(images, progress=True)
-    mean, cov = feature_statistics(features)
+def score(
+    images: Tensor,
+    dataset: str,
+    device: torch.device,
+    labels: Tensor | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """Every metric for images (N, 1, 32, 32) in [-1, 1]; labels (N,): the requested classes.
+
+    Under DDP every process calls it with all the images: each adds its shard to the FLD, and
+    torchmetrics adds up the processes' sums.
+    """
+    fld = FLD(dataset, device, holds_test_set=rank == 0)
+    fld.update(images[shard(images.shape[0], rank, world_size)])
+    fld_value = fld.compute()
+    features = fld.features(images, progress=rank == 0)
     logits = fld.model.head(features.float().to(device)).cpu()
     probabilities = logits.softmax(dim=1)
     stats = fld.test_stats
@@ -163,7 +178,7 @@ def score(images: Tensor, dataset: str, device: torch.device, labels: Tensor | N
     metrics = {
         "dataset": dataset,
         "num_samples": images.shape[0],
-        "fld": frechet_distance(mean, cov, stats["mean"], stats["cov"]),
+        "fld": fld_value,
         "lenet": fld.lenet,
         "label_counts": torch.bincount(predicted, minlength=10).tolist(),
         "test_label_counts": stats["label_counts"].tolist(),
@@ -222,24 +237,28 @@ def print_table(metrics: dict, reference: dict) -> None:
 def evaluate(cfg: DictConfig) -> dict:
     """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`."""
     out_dir = writable_folder(cfg.out_dir, "out_dir")
-    device = default_device()
+    rank, world_size, device = 0, 1, default_device()
     if cfg.get("samples"):
         images, labels, made_by = load_samples(cfg.samples)
     elif cfg.get("ckpt_path") or cfg.get("pretrained"):
-        images, labels, made_by = generate(cfg, device)
+        images, labels, made_by, trainer = generate(cfg)
+        rank, world_size = trainer.global_rank, trainer.world_size
+        device = trainer.strategy.root_device
     else:
         raise ConfigError(
             "pass ckpt_path=PATH/last.ckpt, pretrained=mnist or samples=PATH/samples.npz"
         )
     recorded = made_by.pop("dataset", None)
     dataset = scored_dataset(cfg, recorded)
-    if images.shape[0] <= 84:
+    if images.shape[0] <= 84 and rank == 0:
         print(
             f"warning: {images.shape[0]} samples give a rank-deficient 84×84 covariance; "
             "FLD needs more samples (10,000 by default) to be meaningful"
         )
     source = {"samples": str(cfg.samples)} if cfg.get("samples") else {}
-    metrics = {**score(images, dataset, device, labels), **source, **made_by}
+    metrics = {**score(images, dataset, device, labels, rank, world_size), **source, **made_by}
+    if rank != 0:
+        return metrics
     save_histograms(metrics, out_dir / "label_histogram.png")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print_table(metrics, load_record(dataset).get("reference_fld", {}))

@@ -5,14 +5,18 @@ a JSON string with the dataset, the model, seed and sampler settings) and revers
 conditional models add class_grid.png (a row per class) and same_noise.png (the picture of
 Nathan van Maastricht's post: every row starts from the same noise, one row per label). 2-D points
 (data=spiral): points.png (samples over the spiral) and samples.npz (float points).
+Samples are drawn on the devices of `trainer` (one by default; `trainer=ddp` splits them over
+every GPU) and the files written once.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -22,7 +26,8 @@ from torch import Tensor
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.data.spiral import save_spiral_plot
 from ddpm_lightning.diffusion.guidance import require_conditional
-from ddpm_lightning.diffusion.samplers import Sampler
+from ddpm_lightning.diffusion.noise import SampleNoise
+from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.pictures import (
     ReverseProcessRecorder,
@@ -35,6 +40,12 @@ from ddpm_lightning.preflight import check_sampling_request, writable_folder
 from ddpm_lightning.sharing.pretrained import load_model
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import find_last_checkpoint
+from ddpm_lightning.training.sharded import ShardedSampling
+
+# Lightning 2.6 calls torch APIs that torch 2.14 deprecates (a pytree check and the all-gather
+# of the shards); nothing for users to act on.
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
 
 
 def default_device() -> torch.device:
@@ -90,10 +101,9 @@ def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tenso
 def same_noise_grid(
     module: DiffusionModule, sampler: Sampler, columns: int, seed: int, path: Path
 ) -> None:
-    """The same-noise picture of Nathan van Maastricht's post: `columns` starting noises, each
-    sampled once per class (rows)."""
-    generator = torch.Generator(module.device).manual_seed(int(seed))
-    noise = torch.randn((columns, *module.data_shape), device=module.device, generator=generator)
+    """The same-noise picture of Nathan van Maastricht's post: `columns` starting noises (those
+    of samples 0 … columns−1), each sampled once per class (rows)."""
+    noise = SampleNoise(seed, range(columns), module.data_shape, 1, module.device).initial()
     classes = module.num_classes
     assert classes is not None, "called for conditional models only"
     images = module.generate(
@@ -106,14 +116,47 @@ def same_noise_grid(
     save_grid(images, path, nrow=columns)
 
 
+def predict_trainer(cfg: DictConfig) -> L.Trainer:
+    """`cfg.trainer` for sampling: one process per device (`trainer=ddp`, `trainer=ddp_cpu`,
+    `trainer.devices=N`); no logger, checkpoints, model summary or Lightning progress bar (the
+    sampler shows its own); `ShardedSampling` chooses each process's samples."""
+    return instantiate(
+        cfg.trainer,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+
+
+def draw_samples(
+    cfg: DictConfig,
+    module: DiffusionModule,
+    num_samples: int,
+    labels: Tensor | None,
+    callback: StepCallback | None = None,
+) -> tuple[Tensor, L.Trainer]:
+    """`num_samples` samples (N, *data_shape) of `module` with `cfg.sampler` and `cfg.seed`,
+    drawn on the devices of `cfg.trainer` and gathered in order on every process (on the CPU),
+    and the trainer that drew them (its `global_rank` says which process this is)."""
+    trainer = predict_trainer(cfg)
+    task = ShardedSampling(
+        module, instantiate(cfg.sampler), num_samples, cfg.seed, labels, callback
+    )
+    trainer.predict(task, return_predictions=False)
+    assert task.images is not None, "set by ShardedSampling.on_predict_epoch_end"
+    return task.images, trainer
+
+
 def sample(cfg: DictConfig) -> dict[str, Path]:
-    """Sample `cfg.num_samples` images with `cfg.sampler`; return the written files."""
+    """Sample `cfg.num_samples` images with `cfg.sampler` on the devices of `cfg.trainer`;
+    return the files written (by the first process only; {} on the others)."""
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     out_dir = writable_folder(cfg.out_dir, "out_dir")
-    device = default_device()
     ckpt_path = resolve_checkpoint(cfg)
-    module = load_model(ckpt_path, cfg.get("pretrained")).to(device)
+    module = load_model(ckpt_path, cfg.get("pretrained"))
     sampler = module.make_sampler(instantiate(cfg.sampler))
     labels = requested_labels(cfg.labels, int(cfg.num_samples), module)
     num_samples = int(cfg.num_samples) if labels is None else len(labels)
@@ -124,7 +167,9 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         if points
         else ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
     )
-    samples = module.generate(sampler, num_samples, cfg.seed, callback=recorder, labels=labels)
+    samples, trainer = draw_samples(cfg, module, num_samples, labels, recorder)
+    if not trainer.is_global_zero:
+        return {}
     if points:
         files = {name: out_dir / name for name in ("points.png", "samples.npz")}
         save_spiral_plot(samples, files["points.png"])
@@ -146,8 +191,13 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
             to_pil(class_grid(samples.cpu(), labels)).save(files["class_grid.png"])
             if int(cfg.same_noise_columns) > 0:
                 files["same_noise.png"] = out_dir / "same_noise.png"
+                module.to(trainer.strategy.root_device)
                 same_noise_grid(
-                    module, sampler, int(cfg.same_noise_columns), cfg.seed, files["same_noise.png"]
+                    module,
+                    module.make_sampler(instantiate(cfg.sampler)),
+                    int(cfg.same_noise_columns),
+                    cfg.seed,
+                    files["same_noise.png"],
                 )
     for path in files.values():
         print(f"wrote {path}")

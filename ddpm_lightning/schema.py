@@ -199,6 +199,10 @@ MODEL = {
     "up_block_types": list_of(CLASS_NAME, "diffusers block names"),
     "norm_num_groups": integer(1),
     "attention_head_dim": integer(1),
+    "dim": integer(1),
+    "dim_mults": list_of(integer(1), "integers ≥ 1"),
+    "attn_heads": integer(1),
+    "attn_dim_head": integer(1),
     "channels_last": BOOLEAN,
     "compile": BOOLEAN,
 }
@@ -248,6 +252,9 @@ CALLBACKS = {
     "fld.every_n_epochs": integer(1),
     "fld.num_samples": integer(2),
     "fld.seed": SEED,
+    "fld.test_num_samples": Spec(
+        "0 (off) or an integer ≥ 2", lambda v: is_integer(v) and (v == 0 or v >= 2)
+    ),
     "last_checkpoint.dirpath": optional(PATH),
     "sample_grid.dirpath": PATH,
     "sample_grid.every_n_epochs": integer(1),
@@ -296,6 +303,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "seed": optional(SEED),
         "ckpt_path": optional(PATH),
         "optimized_metric": optional(TEXT),
+        "test": BOOLEAN,
         "diffusion.objective": choice(*(o.value for o in Objective)),
         "diffusion.loss": choice(*(o.value for o in LossType)),
         "diffusion.weighting": choice(*(o.value for o in Weighting)),
@@ -327,6 +335,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "gif_images": integer(1),
         "gif_frames": integer(1),
         **mount("sampler", SAMPLER),
+        **mount("trainer", TRAINER),
         **mount("paths", PATHS),
     },
     "evaluate": {
@@ -340,6 +349,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "seed": SEED,
         "out_dir": PATH,
         **mount("sampler", SAMPLER),
+        **mount("trainer", TRAINER),
         **mount("paths", PATHS),
     },
     "export": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import warnings
@@ -120,7 +121,8 @@ def resolve_ckpt_path(cfg: DictConfig, module: DiffusionModule) -> str | None:
 
 
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
-    """Fit the model described by `cfg`; return the final logged metrics (e.g. `val/loss`).
+    """Fit the model described by `cfg`, then (with `test: true`) test it; return the final
+    logged metrics (e.g. `val/loss`, `test/loss`).
 
     The run folder is checked to be writable and locked first (by the first process of a
     distributed run), so a second run into it is refused. `extra_callbacks` are added to the
@@ -137,7 +139,8 @@ def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict
     """`train` inside the checked, locked run folder."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    write_run_info(Path(cfg.paths.output_dir), Path(cfg.paths.root_dir))
+    output_dir = Path(cfg.paths.output_dir)
+    write_run_info(output_dir, Path(cfg.paths.root_dir))
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule.data_shape)
     ckpt_path = resolve_ckpt_path(cfg, module)
@@ -164,11 +167,27 @@ def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict
             **display_flags(cfg, callbacks),
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        if cfg.get("test") and not trainer.interrupted:
+            metrics.update(run_test_split(trainer, module, datamodule, output_dir))
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         finish_loggers(loggers)
-    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+    return metrics
+
+
+def run_test_split(
+    trainer: L.Trainer, module: DiffusionModule, datamodule: Any, output_dir: Path
+) -> dict[str, float]:
+    """`trainer.test` of the trained weights (the EMA's, which `fit` leaves in the module):
+    `test/loss` on the test split, and `test/fld` when `callbacks.fld.test_num_samples` > 0.
+    The first process writes them to `test_metrics.json` in the run folder."""
+    (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = {key: float(value) for key, value in results.items()}
+    if trainer.is_global_zero:
+        (output_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
 
 
 def fit(cfg: DictConfig) -> float | None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 import torch
 
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.diffusion.noise import SampleNoise
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
@@ -57,6 +60,35 @@ def tiny_model_folder(
     return folder
 
 
+@contextmanager
+def fed_step_noise(draws: torch.Tensor) -> Iterator[None]:
+    """Samplers use draws[i]: (B, …) as the noise of their i-th step instead of the samples' own
+    (to compare with another implementation fed the same numbers)."""
+    with patch.object(SampleNoise, "at_step", lambda self, i: draws[i]):
+        yield
+
+
+def overfit_one_batch(model: torch.nn.Module, diffusion, steps: int = 150) -> tuple[float, float]:
+    """The fixed-noise training loss of `diffusion` on one batch of 16 bar images (1, 16, 16)
+    before and after `steps` Adam steps (lr 3e-3) of `model` on that batch."""
+    x0 = torch.full((16, 1, 16, 16), -1.0)
+    x0[:, :, 4:12, 6:10] = 1.0
+    t = torch.arange(16) % diffusion.num_timesteps
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return diffusion.training_loss(model, x0, t=t, noise=noise).item()
+
+    before = fixed_loss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        diffusion.training_loss(model, x0, t=t, noise=noise).backward()
+        optimizer.step()
+    return before, fixed_loss()
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file (magic 2049 for 1-D labels, 2051 for 3-D images)."""
     magic = {1: 2049, 3: 2051}[array.ndim]
@@ -73,6 +105,15 @@ def write_fake_dataset(root: Path, folder: str, num_train: int = 100, num_test: 
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(1, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
     return raw
+
+
+@pytest.fixture
+def one_thread():
+    """Two threads on a busy 2-core machine wait on each other (10-100x slower); one does not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

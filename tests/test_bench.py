@@ -14,15 +14,6 @@ from ddpm_lightning.bench import (
 from ddpm_lightning.errors import ConfigError
 
 
-@pytest.fixture
-def one_thread():
-    """Two threads on a busy 2-core machine wait on each other (10-100x slower); one does not."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_sampling_bench_rows(one_thread):
     rows = bench_sampling(num_timesteps=5, batch_size=2, repeats=2, device=torch.device("cpu"))
     assert [row["sampler"] for row in rows] == ["ddpm-5", "ddim-5", "dpm_solver-5"]

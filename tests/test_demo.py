@@ -26,7 +26,7 @@ from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.sharing import load_folder, npm, pretrained, site
 from ddpm_lightning.sharing.onnx import onnx_record
 from ddpm_lightning.sharing.site import PAGE_DIR, site_server
-from tests.conftest import tiny_model_folder
+from tests.conftest import fed_step_noise, tiny_model_folder
 
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(
@@ -139,12 +139,11 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(3, 1, 32, 32, generator=generator)
     draws = torch.randn(len(sampler.steps()), 3, 1, 32, 32, generator=generator)
-    used = iter(draws)
-    sampler.noise_like = lambda x, generator: next(used)  # type: ignore[method-assign]
     labels = None if "classes" not in case else torch.tensor([0, 4, 9])
-    expected = sampler.sample(
-        ClosedForm(case.get("classes")), tuple(noise.shape), y=labels, noise=noise
-    )
+    with fed_step_noise(draws):
+        expected = sampler.sample(
+            ClosedForm(case.get("classes")), tuple(noise.shape), y=labels, noise=noise
+        )
     record = onnx_record(
         module,
         {

@@ -22,7 +22,7 @@ from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
 from ddpm_lightning.sharing import load_pretrained, npm
 from ddpm_lightning.sharing.site import site_server
-from tests.conftest import REPO_ROOT, tiny_model_folder
+from tests.conftest import REPO_ROOT, fed_step_noise, tiny_model_folder
 
 MISSING = [
     what
@@ -156,10 +156,9 @@ def python_samples(folder: Path | str, options: dict, noise, draws) -> torch.Ten
         )
     else:
         sampler = module.make_sampler(DDPMSampler, variance=options["variance"], **common)
-    used = iter(draws)
-    sampler.noise_like = lambda x, generator: next(used)  # type: ignore[method-assign]
     labels = None if "label" not in options else torch.full((len(noise),), options["label"])
-    return module.generate(sampler, len(noise), seed=0, labels=labels, noise=noise)
+    with fed_step_noise(draws):
+        return module.generate(sampler, len(noise), seed=0, labels=labels, noise=noise)
 
 
 @pytest.mark.parametrize(("model", "options", "tolerance"), CASES.values(), ids=CASES.keys())

@@ -105,8 +105,15 @@ def test_bad_scheduler_options_name_the_key():
         DiffusersSampler(schedule, kwargs={"prediction_type": "epsilon"})
     with pytest.raises(ConfigError, match="sampler.eta=1.0"):
         DiffusersSampler(schedule, scheduler="DPMSolverMultistepScheduler", eta=1.0)
-    with pytest.raises(ConfigError, match="sampler.num_steps=101"):
-        DiffusersSampler(schedule, num_steps=101)
+    with pytest.raises(ConfigError, match="sampler.num_steps=0 must be at least 1"):
+        DiffusersSampler(schedule, num_steps=0)
+
+
+@needs_diffusers
+def test_more_steps_than_timesteps_visit_every_timestep():
+    """As with our samplers: 101 steps of a T=100 schedule are its 100 timesteps."""
+    sampler = DiffusersSampler(NoiseSchedule("cosine", 100), "DDIMScheduler", num_steps=101)
+    assert sampler.steps() == list(range(99, -1, -1))
 
 
 @needs_diffusers
@@ -114,14 +121,14 @@ def test_bad_scheduler_options_name_the_key():
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
 def test_ddim_scheduler_equals_our_ddim_on_gaussian_data(objective, eta):
     """Same spacing (trailing: 999, 979, …, 19 for T=1000, n=50), same start noise, and with
-    η=1 the same per-step noise (both draw it from the generator in the same order)."""
+    η=1 the same per-step noise (the samples' own, handed to the scheduler as variance_noise)."""
     schedule = NoiseSchedule("cosine", 1000)
     ours = DDIMSampler(schedule, 50, eta, "trailing", objective=objective, **OPTIONS)
     theirs = DiffusersSampler(schedule, "DDIMScheduler", 50, eta, objective=objective, **OPTIONS)
     assert theirs.steps() == ours.steps()
     model = exact_denoiser(schedule, objective)
-    a = ours.sample(model, (64, 1, 2, 2), generator=torch.Generator().manual_seed(3))
-    b = theirs.sample(model, (64, 1, 2, 2), generator=torch.Generator().manual_seed(3))
+    a = ours.sample(model, (64, 1, 2, 2), seed=3)
+    b = theirs.sample(model, (64, 1, 2, 2), seed=3)
     torch.testing.assert_close(b, a, rtol=0, atol=1e-4)  # measured ≤ 1.6e-6
 
 
@@ -133,8 +140,8 @@ def test_ddim_scheduler_equals_our_ddim_with_guidance_on_mixture_data(eta):
     ours = DDIMSampler(schedule, num_steps=50, eta=eta, spacing="trailing", **options)
     theirs = DiffusersSampler(schedule, "DDIMScheduler", num_steps=50, eta=eta, **options)
     model, y = class_conditional_denoiser(schedule, "v"), balanced_labels(300, 3)
-    a = ours.sample(model, (300, 1, 2, 2), generator=torch.Generator().manual_seed(3), y=y)
-    b = theirs.sample(model, (300, 1, 2, 2), generator=torch.Generator().manual_seed(3), y=y)
+    a = ours.sample(model, (300, 1, 2, 2), seed=3, y=y)
+    b = theirs.sample(model, (300, 1, 2, 2), seed=3, y=y)
     torch.testing.assert_close(b, a, rtol=0, atol=1e-4)  # measured ≤ 1.6e-5
 
 
@@ -147,7 +154,7 @@ def test_each_scheduler_reproduces_gaussian_data(name, objective):
     x = sampler.sample(
         exact_denoiser(schedule, objective),
         (4000, 1, 2, 2),
-        generator=torch.Generator().manual_seed(0),
+        seed=0,
     )
     assert x.mean().item() == pytest.approx(MU, abs=0.008)
     assert x.std().item() == pytest.approx(S, abs=STD_TOLERANCE[name])
@@ -162,7 +169,7 @@ def test_each_scheduler_reproduces_each_class_of_mixture_data(name):
     x = sampler.sample(
         class_conditional_denoiser(schedule, "eps"),
         (3000, 1, 2, 2),
-        generator=torch.Generator().manual_seed(0),
+        seed=0,
         y=y,
     )
     for c in range(3):

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from ddpm_lightning.bench import diffusers_unet
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.diffusion import DDPMSampler
+from ddpm_lightning.diffusion.noise import sample_seed
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.export import export
 from ddpm_lightning.models import DiffusersUNet
@@ -176,8 +177,8 @@ def test_export_writes_a_folder_ddpm_pipeline_loads(pipeline_dir):
 
 
 def test_the_pipeline_computes_what_our_module_computes(checkpoint, pipeline_dir):
-    """One denoiser call, then all 20 DDPM steps from the same seed: the pipeline draws x_T and
-    each step's noise from its generator in our order."""
+    """One denoiser call, then all 20 DDPM steps from the same seed: handed one generator per
+    sample, seeded as ours are, the pipeline draws x_T and each step's noise in our order."""
     from diffusers import DDPMPipeline
 
     module = load_module(checkpoint)
@@ -188,7 +189,7 @@ def test_the_pipeline_computes_what_our_module_computes(checkpoint, pipeline_dir
         torch.testing.assert_close(pipeline.unet(x, t).sample, module(x, t), rtol=0, atol=1e-6)
     theirs = pipeline(
         batch_size=4,
-        generator=torch.Generator().manual_seed(0),
+        generator=[torch.Generator().manual_seed(sample_seed(0, i)) for i in range(4)],
         num_inference_steps=20,
         output_type="np",
     ).images

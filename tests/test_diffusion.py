@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import overfit_one_batch
 
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
@@ -155,22 +156,6 @@ def test_tiny_unet_overfits_one_batch(objective, weighting, noise_levels):
     torch.manual_seed(0)
     model = tiny_unet(num_timesteps=20)
     diffusion = make(objective, T=20, weighting=weighting, noise_levels=noise_levels)
-    x0 = torch.zeros(16, 1, 16, 16)
-    x0[:, :, 4:12, 6:10] = 1.0
-    x0 = x0 * 2 - 1
-    t = torch.arange(16) % 20
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
-
-    def fixed_loss():
-        with torch.no_grad():
-            return diffusion.training_loss(model, x0, t=t, noise=noise).item()
-
-    before = fixed_loss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        optimizer.zero_grad()
-        diffusion.training_loss(model, x0, t=t, noise=noise).backward()
-        optimizer.step()
-    after = fixed_loss()
+    before, after = overfit_one_batch(model, diffusion)
     print(f"{objective}: loss {before:.4f} → {after:.4f} ({before / after:.0f}x)")
     assert after < before / 10, f"loss {before:.4f} → {after:.4f}"

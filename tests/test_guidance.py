@@ -150,7 +150,7 @@ def test_guidance_scale_one_reproduces_each_class_mean(objective, sampler_name):
     x = sampler.sample(
         class_conditional_denoiser(schedule, objective),
         (3000, 1, 2, 2),
-        generator=torch.Generator().manual_seed(0),
+        seed=0,
         y=y,
     )
     for c in range(3):
@@ -167,7 +167,7 @@ def test_guidance_scale_zero_ignores_the_label():
     x = sampler.sample(
         class_conditional_denoiser(schedule, "eps"),
         (3000, 1, 2, 2),
-        generator=torch.Generator().manual_seed(0),
+        seed=0,
         y=y,
     )
     shares = torch.stack([(x.flatten(1).mean(1) - m).abs() for m in MEANS]).argmin(0)

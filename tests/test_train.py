@@ -1,11 +1,14 @@
 import csv
+import json
 import math
 import subprocess
 import venv
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.train import train
@@ -246,3 +249,24 @@ def test_a_six_step_run_records_train_loss(data_root, tmp_path):
     assert [row["step"] for row in rows] == ["5"]
     assert math.isfinite(float(rows[0]["train/loss"]))
     assert not (tmp_path / ".lock").exists()
+
+
+def test_a_run_is_tested_on_its_final_ema_weights(data_root, tmp_path):
+    """`test: true` (the default) runs trainer.test after fit: test/loss over the 30 synthetic
+    test images, from the EMA weights the checkpoint stores, logged and in test_metrics.json."""
+    metrics = train(tiny_config(data_root, tmp_path, *SHORT_EPOCH))
+    written = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert set(written) == {"test/loss"} and written["test/loss"] == metrics["test/loss"]
+    assert metrics["val/loss"] > 0, "the fit's metrics are kept"
+    datamodule = instantiate(tiny_config(data_root, tmp_path / "again").data)
+    ema = DiffusionModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    (again,) = trainer.test(ema, datamodule=datamodule, verbose=False)
+    assert again["test/loss"] == pytest.approx(written["test/loss"], rel=1e-6)
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "test/loss" in header
+
+
+def test_test_false_skips_the_test_split(data_root, tmp_path):
+    metrics = train(tiny_config(data_root, tmp_path, *SHORT_EPOCH, "test=false"))
+    assert "test/loss" not in metrics and not (tmp_path / "test_metrics.json").exists()

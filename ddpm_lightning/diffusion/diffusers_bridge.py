@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ddpm_lightning.diffusion.gaussian import Denoiser
+from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError, import_optional
@@ -120,12 +121,9 @@ class DiffusersSampler(Sampler):
         **options: Any,
     ):
         super().__init__(schedule, **options)
-        T = schedule.num_timesteps
-        if not 1 <= int(num_steps) <= T:
-            raise ConfigError(
-                f"sampler.num_steps={num_steps} must be between 1 and schedule.num_timesteps={T}"
-            )
-        self.num_steps = int(num_steps)
+        if int(num_steps) < 1:
+            raise ConfigError(f"sampler.num_steps={num_steps} must be at least 1")
+        self.num_steps = min(int(num_steps), schedule.num_timesteps)
         self.scheduler = build_scheduler(
             scheduler_class(scheduler), schedule, self.diffusion.objective.value, dict(kwargs or {})
         )
@@ -136,6 +134,7 @@ class DiffusersSampler(Sampler):
                 "set sampler.eta=0"
             )
         self.step_options = {"eta": float(eta)} if "eta" in step_parameters else {}
+        self.takes_variance_noise = "variance_noise" in step_parameters
         self.takes_generator = "generator" in step_parameters
         self.reset()
 
@@ -159,10 +158,12 @@ class DiffusersSampler(Sampler):
         t: int,
         x: Tensor,
         y: Tensor | None,
-        generator: torch.Generator | None,
+        noise: SampleNoise,
         callback: StepCallback | None,
     ) -> Tensor:
-        """The scheduler's sample x at its i-th timestep → its sample at the next one."""
+        """The scheduler's sample x at its i-th timestep → its sample at the next one; a
+        stochastic step takes `noise.at_step(i)` where the scheduler accepts it (as our DDIM does),
+        else draws from the samples' own generators, so samples stay independent of the split."""
         timestep = self.scheduler.timesteps[i]
         if i == 0:
             x = x * self.scheduler.init_noise_sigma
@@ -172,5 +173,9 @@ class DiffusersSampler(Sampler):
             callback(i, t, x_t, x0)
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = self.diffusion.target(x0, t_batch, eps)
-        extra = {"generator": generator} if self.takes_generator else {}
+        extra: dict[str, Any] = {}
+        if self.takes_variance_noise:
+            extra["variance_noise"] = noise.at_step(i).to(x.dtype)
+        elif self.takes_generator:
+            extra["generator"] = noise.generators
         return self.scheduler.step(output, timestep, x, **self.step_options, **extra).prev_sample

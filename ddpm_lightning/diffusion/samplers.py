@@ -8,7 +8,7 @@ clipped to [-1, 1]. Timesteps are 0-based (index t is step t+1 of the papers).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from rich.progress import Progress
@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ddpm_lightning.diffusion.gaussian import Denoiser, GaussianDiffusion
 from ddpm_lightning.diffusion.guidance import guided_output
+from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
 
@@ -97,7 +98,8 @@ def strictly_decreasing(ascending: list[int], num_timesteps: int) -> list[int]:
 
 
 class Sampler:
-    """Shared machinery: chunked sampling, generators, guidance, clipping, progress, callbacks.
+    """Shared machinery: chunked sampling, per-sample noise, guidance, clipping, progress and
+    callbacks.
 
     Subclasses define `steps()` (the timesteps visited) and `step()` (one update).
     """
@@ -132,7 +134,9 @@ class Sampler:
     def reset(self) -> None:
         """Forget multistep history before a new chunk."""
 
-    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, generator) -> Tensor:
+    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, noise: SampleNoise) -> Tensor:
+        """x_t: (B, …) at the i-th visited timestep → the next, from (x̂₀, ε̂) and `noise.at_step(i)`
+        where the update is stochastic."""
         raise NotImplementedError
 
     def predict(
@@ -163,17 +167,24 @@ class Sampler:
         self,
         model: Denoiser,
         shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
+        seed: int = 0,
+        indices: Iterable[int] | None = None,
         y: Tensor | None = None,
         callback: StepCallback | None = None,
         noise: Tensor | None = None,
     ) -> Tensor:
         """Samples of `shape` (N, C, H, W) in [-1, 1], drawn `batch_size` at a time.
 
-        y: (N,) labels for conditional models. noise: (N, C, H, W) starting x_T instead of
-        fresh draws. `callback(i, t, x_t, x̂₀)` is called after every step's prediction.
+        seed, indices: which samples of the run seeded `seed` these are (default 0 … N−1);
+        sample i's noise depends on (seed, i) alone (`SampleNoise`), so samples [0, 4) and
+        [4, 10) drawn apart equal samples [0, 10) drawn at once. y: (N,) labels for conditional
+        models. noise: (N, C, H, W) starting x_T instead of the samples' own.
+        `callback(i, t, x_t, x̂₀)` is called after every step's prediction.
         """
         device = self.schedule.betas.device
+        order = list(range(shape[0]) if indices is None else map(int, indices))
+        if len(order) != shape[0]:
+            raise ValueError(f"{len(order)} sample indices for {shape[0]} samples")
         chunks = []
         steps = self.steps()
         with Progress(disable=not self.progress, transient=True) as progress:
@@ -183,14 +194,11 @@ class Sampler:
             for start in range(0, shape[0], self.batch_size):
                 n = min(self.batch_size, shape[0] - start)
                 labels = None if y is None else y[start : start + n].to(device)
-                x = (
-                    torch.randn((n, *shape[1:]), device=device, generator=generator)
-                    if noise is None
-                    else noise[start : start + n].to(device)
-                )
+                draws = SampleNoise(seed, order[start : start + n], shape[1:], len(steps), device)
+                x = draws.initial() if noise is None else noise[start : start + n].to(device)
                 self.reset()
                 for i, t in enumerate(steps):
-                    x = self.advance(model, i, t, x, labels, generator, callback)
+                    x = self.advance(model, i, t, x, labels, draws, callback)
                     progress.advance(task)
                 chunks.append(x.clamp(-1, 1))
         return torch.cat(chunks)
@@ -202,17 +210,14 @@ class Sampler:
         t: int,
         x: Tensor,
         y: Tensor | None,
-        generator: torch.Generator | None,
+        noise: SampleNoise,
         callback: StepCallback | None,
     ) -> Tensor:
         """x_t: (B, …) at the i-th visited timestep t → the sample at the next one."""
         x0, eps = self.predict(model, x, t, y)
         if callback is not None:
             callback(i, t, x, x0)
-        return self.step(i, x, x0, eps, generator)
-
-    def noise_like(self, x: Tensor, generator) -> Tensor:
-        return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return self.step(i, x, x0, eps, noise)
 
 
 class DDPMSampler(Sampler):
@@ -234,14 +239,14 @@ class DDPMSampler(Sampler):
     def steps(self) -> list[int]:
         return list(range(self.schedule.num_timesteps - 1, -1, -1))
 
-    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, generator) -> Tensor:
+    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, noise: SampleNoise) -> Tensor:
         s = self.schedule
         t = self.schedule.num_timesteps - 1 - i
         mean = s.posterior_mean_coef1[t] * x0 + s.posterior_mean_coef2[t] * x
         if t == 0:
             return mean
         variance = s.posterior_variance[t] if self.variance == "fixed_small" else s.betas[t]
-        return mean + variance.sqrt() * self.noise_like(x, generator)
+        return mean + variance.sqrt() * noise.at_step(i).to(x.dtype)
 
 
 class DDIMSampler(Sampler):
@@ -269,14 +274,14 @@ class DDIMSampler(Sampler):
     def steps(self) -> list[int]:
         return self.timesteps
 
-    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, generator) -> Tensor:
+    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, noise: SampleNoise) -> Tensor:
         t = self.timesteps[i]
         s = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
         a_t, a_s = self.alpha_bar(t), self.alpha_bar(s)
         sigma = self.eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).clamp(min=0).sqrt()
         x = a_s.sqrt() * x0 + (1 - a_s - sigma**2).clamp(min=0).sqrt() * eps
         if self.eta > 0 and s >= 0:
-            x = x + sigma * self.noise_like(x, generator)
+            x = x + sigma * noise.at_step(i).to(x.dtype)
         return x
 
 
@@ -309,7 +314,7 @@ class DPMSolverSampler(Sampler):
         a = self.alpha_bar(t)
         return 0.5 * (torch.log(a) - torch.log1p(-a))
 
-    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, generator) -> Tensor:
+    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, noise: SampleNoise) -> Tensor:
         t = self.timesteps[i]
         if i + 1 == len(self.timesteps):
             return x0
@@ -392,7 +397,7 @@ class HeunSampler(Sampler):
         t: int,
         x: Tensor,
         y: Tensor | None,
-        generator: torch.Generator | None,
+        noise: SampleNoise,
         callback: StepCallback | None,
     ) -> Tensor:
         """One Heun step from the i-th timestep t to the next (σ = 0 after the last)."""
@@ -401,7 +406,7 @@ class HeunSampler(Sampler):
         sigma_hat = self.sigmas[t_hat].to(x.dtype)
         if t_hat != t:
             extra = (sigma_hat**2 - self.sigmas[t] ** 2).sqrt().to(x.dtype)
-            x_tilde = x_tilde + extra * self.noise_scale * self.noise_like(x, generator)
+            x_tilde = x_tilde + extra * self.noise_scale * noise.at_step(i).to(x.dtype)
         x0 = self.denoised(model, x_tilde, t_hat, y)
         if callback is not None:
             callback(i, t, x, x0)

@@ -2,22 +2,23 @@
 shipped in `assets/`.
 
 FLD = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between Gaussian fits of the 84-wide LeNet
-features of two image sets, in float64. Shipping the weights makes every user's FLD comparable.
+features of two image sets, in float64, computed by torchmetrics' `FrechetInceptionDistance`
+with the LeNet as its feature extractor (so it adds up over the processes of a DDP run).
+Shipping the weights makes every user's FLD comparable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 from rich.progress import track
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ddpm_lightning.errors import DataError
 from ddpm_lightning.models.lenet import LeNet5
@@ -52,25 +53,6 @@ def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
     """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."""
     features = features.double()
     return features.mean(0), torch.cov(features.T)
-
-
-def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
-    """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), with scipy's `sqrtm` in float64.
-
-    LeNet ReLU units that never fire make Σ₁Σ₂ singular; the trace of its root stays exact
-    (tested against the closed form), so scipy's "Matrix is singular" warning is silenced.
-    """
-    m1, m2 = mu1.double().cpu().numpy(), mu2.double().cpu().numpy()
-    s1, s2 = sigma1.double().cpu().numpy(), sigma2.double().cpu().numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    covmean = np.real(covmean)
-    diff = m1 - m2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
 def load_record(dataset: str) -> dict:
@@ -135,19 +117,94 @@ def lenet_features(
     )
 
 
-class FLD:
-    """FLD of image sets against the test set of `dataset`, with the shipped LeNet."""
+class LeNetFeatures(nn.Module):
+    """torchmetrics' feature extractor for FLD: images (B, 1, 32, 32), uint8 or in [-1, 1]
+    (see `to_model_input`) → the LeNet's (B, 84) features in float64."""
 
-    def __init__(self, dataset: str = "mnist", device: torch.device | str = "cpu"):
+    num_features = 84
+
+    def __init__(self, lenet: LeNet5):
+        super().__init__()
+        self.lenet = lenet
+
+    def forward(self, images: Tensor) -> Tensor:
+        device = next(self.lenet.parameters()).device
+        return self.lenet.features(to_model_input(images).to(device)).double()
+
+
+def fld_metric(lenet: LeNet5, reference: dict[str, Tensor] | None) -> FrechetInceptionDistance:
+    """torchmetrics' Fréchet distance over LeNet features, whose real-image state holds the
+    `reference` statistics (`mean`, `cov`, `num_images`), e.g. the shipped test set's.
+
+    The state is sums (n, Σx = nμ, Σxxᵀ = (n−1)Σ + nμμᵀ) that torchmetrics adds up over the
+    processes of a distributed run, so exactly one process (the first) holds the reference;
+    the others pass None. Updates add generated images.
+    """
+    metric = FrechetInceptionDistance(
+        feature=LeNetFeatures(lenet), reset_real_features=False, normalize=True
+    )
+    if reference is not None:
+        n = int(reference["num_images"])
+        mean = reference["mean"].double()
+        metric.real_features_num_samples = torch.tensor(n)
+        metric.real_features_sum = n * mean
+        metric.real_features_cov_sum = (n - 1) * reference["cov"].double() + n * torch.outer(
+            mean, mean
+        )
+    return metric
+
+
+def add_images(
+    metric: FrechetInceptionDistance,
+    images: Tensor | np.ndarray,
+    real: bool = False,
+    batch_size: int = 1000,
+) -> None:
+    """Add images (N, 1, 32, 32), uint8 or in [-1, 1], to `metric`, `batch_size` at a time."""
+    images = to_model_input(images)
+    for start in range(0, images.shape[0], batch_size):
+        metric.update(images[start : start + batch_size], real=real)
+
+
+class FLD:
+    """FLD of image sets against the test set of `dataset`, with the shipped LeNet, computed by
+    torchmetrics (`fld_metric`).
+
+    Under DDP every process adds its own images (`update`) and `compute` gathers the sums of
+    all of them; only the process with `holds_test_set` (the first) holds the test set's.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        device: torch.device | str = "cpu",
+        holds_test_set: bool = True,
+    ):
         self.dataset = dataset
         self.model = load_lenet(dataset, device)
         self.lenet = lenet_identity(dataset)
         self.test_stats = load_test_statistics(dataset)
+        self.metric = fld_metric(self.model, self.test_stats if holds_test_set else None)
+        self.metric.to(device)
+
+    def to(self, device: torch.device | str) -> FLD:
+        self.metric.to(device)
+        return self
 
     def features(self, images: Tensor | np.ndarray, progress: bool = False) -> Tensor:
         return lenet_features(self.model, images, progress=progress)
 
+    def update(self, images: Tensor | np.ndarray) -> None:
+        """Add generated images (N, 1, 32, 32), uint8 or in [-1, 1]."""
+        add_images(self.metric, images)
+
+    def compute(self) -> float:
+        """FLD of the images added since the last `compute` (over all processes; N ≥ 2)."""
+        value = float(self.metric.compute())
+        self.metric.reset()
+        return value
+
     def __call__(self, images: Tensor | np.ndarray) -> float:
         """FLD of `images` (N ≥ 2) against the test set."""
-        mean, cov = feature_statistics(self.features(images))
-        return frechet_distance(mean, cov, self.test_stats["mean"], self.test_stats["cov"])
+        self.update(images)
+        return self.compute()

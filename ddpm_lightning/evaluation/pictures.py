@@ -70,7 +70,7 @@ class ReverseProcessRecorder:
 
     def save_gif(self, path: Path, final: Tensor, duration_ms: int = 80, scale: int = 2) -> None:
         """One frame per recorded step plus the final samples, held for a second."""
-        final = final[: self.num_images].cpu()
+        final = final[: self.frames[0][0].shape[0] if self.frames else self.num_images].cpu()
         pairs = [*self.frames, (final, final)]
         nrow = math.ceil(math.sqrt(final.shape[0]))
         frames = [

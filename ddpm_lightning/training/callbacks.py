@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, cast
 
 import lightning as L
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.diffusion.samplers import Sampler
 from ddpm_lightning.errors import ConfigError, DDPMError
 from ddpm_lightning.evaluation.fld import FLD
@@ -37,11 +38,14 @@ def log_image(loggers: list[Logger], key: str, image: Tensor, step: int) -> None
 
 
 class FLDCallback(L.Callback):
-    """Every `every_n_epochs`, sample `num_samples` images and log their FLD as `val/fld`.
+    """Every `every_n_epochs`, sample `num_samples` images and log their FLD as `val/fld`;
+    after `trainer.test`, `test_num_samples` (0: none) as `test/fld`.
 
-    The same seed every time, so epochs are comparable. Needs the shipped LeNet of the
-    run's dataset; without one it warns once and does nothing (data=spiral has no dataset
-    name, so it is simply off). Skipped under `fast_dev_run`, which only checks that code runs.
+    The same seed every time, so epochs are comparable. Under DDP each process draws its
+    shard of the samples (per-sample noise: the same images as one process) and torchmetrics
+    adds up the processes' LeNet feature sums. Needs the shipped LeNet of the run's dataset;
+    without one it warns once and does nothing (data=spiral has no dataset name, so it is
+    simply off). Skipped under `fast_dev_run`, which only checks that code runs.
     """
 
     def __init__(
@@ -50,17 +54,23 @@ class FLDCallback(L.Callback):
         every_n_epochs: int = 1,
         num_samples: int = 1000,
         seed: int = 0,
+        test_num_samples: int = 0,
     ):
         self.make_sampler = sampler
         self.every_n_epochs = int(every_n_epochs)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
+        self.test_num_samples = int(test_num_samples)
         self.fld: FLD | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dataset = pl_module.hparams.get("dataset")
         try:
-            self.fld = FLD(dataset, pl_module.device) if dataset else None
+            self.fld = (
+                FLD(dataset, pl_module.device, holds_test_set=trainer.is_global_zero)
+                if dataset
+                else None
+            )
         except DDPMError as exc:
             rank_zero_warn(f"FLD callback off: {exc}")
             self.fld = None
@@ -73,18 +83,39 @@ class FLDCallback(L.Callback):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        pl_module.log("val/fld", self.measure(trainer, pl_module, self.num_samples), prog_bar=True)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fld is None or self.test_num_samples == 0 or trainer.fast_dev_run:  # type: ignore[attr-defined]
+            return
+        pl_module.log("test/fld", self.measure(trainer, pl_module, self.test_num_samples))
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, num_samples: int) -> float:
+        """FLD of `num_samples` samples, this process drawing its shard of them."""
+        assert self.fld is not None, "measured only with a LeNet"
         module = cast("DiffusionModule", pl_module)
-        self.fld.model.to(pl_module.device)
-        sampler = module.make_sampler(self.make_sampler, progress=False)
-        images = module.generate(sampler, self.num_samples, self.seed)
-        pl_module.log("val/fld", self.fld(images), prog_bar=True)
+        self.fld.to(module.device)
+        indices = shard(num_samples, trainer.global_rank, trainer.world_size)
+        if indices:
+            sampler = module.make_sampler(self.make_sampler, progress=False)
+            labels = module.sample_labels(num_samples)
+            images = module.generate(
+                sampler,
+                len(indices),
+                self.seed,
+                labels=None if labels is None else labels[indices.start : indices.stop],
+                indices=indices,
+            )
+            self.fld.update(images)
+        return self.fld.compute()
 
 
 class SampleGridCallback(L.Callback):
     """Every `every_n_epochs` and when training ends, a grid of `num_samples` images from the
     same noise and seed each time (so epochs compare), saved as `samples/epoch_XXX.png`
     (`samples/final.png` at the end) and logged as `samples/grid` to every image logger.
-    Conditional models get an equal share of each class, sorted by class."""
+    Conditional models get an equal share of each class, sorted by class. Drawn by the first
+    process only."""
 
     def __init__(
         self,
@@ -108,18 +139,15 @@ class SampleGridCallback(L.Callback):
         sampler = pl_module.make_sampler(self.make_sampler, progress=False)
         images = pl_module.generate(sampler, self.num_samples, self.seed)
         picture = grid(images.cpu())
-        self.save(picture, name)
-        log_image(trainer.loggers, "samples/grid", picture, trainer.global_step)
-
-    @rank_zero_only
-    def save(self, picture: Tensor, name: str) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
         to_pil(picture).save(self.dirpath / name)
+        log_image(trainer.loggers, "samples/grid", picture, trainer.global_step)
 
     def active(self, trainer: L.Trainer, pl_module: DiffusionModule) -> bool:
         # Trainer.__init__ sets fast_dev_run (in _init_debugging_flags) without declaring it.
         return (
-            not (trainer.sanity_checking or trainer.fast_dev_run)  # type: ignore[attr-defined]
+            trainer.is_global_zero
+            and not (trainer.sanity_checking or trainer.fast_dev_run)  # type: ignore[attr-defined]
             and len(pl_module.data_shape) == 3
         )
 

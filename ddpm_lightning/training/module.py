@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
@@ -179,12 +179,14 @@ class DiffusionModule(L.LightningModule):
         callback: StepCallback | None = None,
         labels: Tensor | None = None,
         noise: Tensor | None = None,
+        indices: Iterable[int] | None = None,
     ) -> Tensor:
         """`num_samples` samples (N, *data_shape) in [-1, 1], reproducible from `seed`.
 
         labels: (N,) classes for conditional models (default: `sample_labels`); noise: x_T.
+        indices: which samples of the run these are (default 0 … N−1); each sample's noise
+        depends on (seed, index) alone, so a run split over processes draws the same images.
         """
-        generator = torch.Generator(self.device).manual_seed(int(seed))
         shape = (int(num_samples), *self.data_shape)
         y = self.sample_labels(num_samples, labels)
         if y is not None and len(y) != shape[0]:
@@ -192,7 +194,8 @@ class DiffusionModule(L.LightningModule):
         return sampler.sample(
             self.model,
             shape,
-            generator=generator,
+            seed=int(seed),
+            indices=indices,
             y=None if y is None else y.to(self.device),
             callback=callback,
             noise=noise,

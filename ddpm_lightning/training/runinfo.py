@@ -18,7 +18,6 @@ PACKAGES = (
     "omegaconf",
     "torchmetrics",
     "numpy",
-    "scipy",
 )
 
 
