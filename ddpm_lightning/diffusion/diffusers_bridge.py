@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ddpm_lightning.diffusion.gaussian import Denoiser
 from ddpm_lightning.diffusion.noise import SampleNoise
-from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
+from ddpm_lightning.diffusion.samplers import Sampler, StepCallback, step_count
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError, import_optional
 
@@ -121,9 +121,7 @@ class DiffusersSampler(Sampler):
         **options: Any,
     ):
         super().__init__(schedule, **options)
-        if int(num_steps) < 1:
-            raise ConfigError(f"sampler.num_steps={num_steps} must be at least 1")
-        self.num_steps = min(int(num_steps), schedule.num_timesteps)
+        self.num_steps = step_count(schedule, num_steps)
         self.scheduler = build_scheduler(
             scheduler_class(scheduler), schedule, self.diffusion.objective.value, dict(kwargs or {})
         )

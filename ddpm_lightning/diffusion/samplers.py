@@ -50,6 +50,14 @@ def karras_grid(schedule: NoiseSchedule, num_steps: int) -> list[int]:
     return ascending
 
 
+def step_count(schedule: NoiseSchedule, num_steps: int) -> int:
+    """The steps a sampler takes for `sampler.num_steps`: at least 1 (else a ConfigError), and
+    at most the schedule's T, so more steps than timesteps visit every timestep once."""
+    if int(num_steps) < 1:
+        raise ConfigError(f"sampler.num_steps={num_steps} must be at least 1")
+    return min(int(num_steps), schedule.num_timesteps)
+
+
 def timestep_sequence(
     schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform"
 ) -> list[int]:
@@ -64,10 +72,8 @@ def timestep_sequence(
     """
     if spacing not in SPACINGS:
         raise ConfigError(f"sampler.spacing={spacing!r} is unknown; choose one of {SPACINGS}")
-    if int(num_steps) < 1:
-        raise ConfigError(f"sampler.num_steps={num_steps} must be at least 1")
     T = schedule.num_timesteps
-    n = min(int(num_steps), T)
+    n = step_count(schedule, num_steps)
     if n == 1:
         return [T - 1]
     if spacing == "uniform":
