@@ -149,17 +149,16 @@ def tiny_config(
     return compose_config("train", tiny_overrides(data_root, output_dir, *overrides, model=model))
 
 
+def writing_config(command: str, out_dir: Path, *overrides: str):
+    """The config of `command` (sample or evaluate) writing its files and logs into `out_dir`."""
+    return compose_config(
+        command, [f"out_dir={out_dir}", f"paths.output_dir={out_dir}", *overrides]
+    )
+
+
 def sample_config(checkpoint: Path, out_dir: Path, *overrides: str):
     """The sample command's config for `checkpoint`, writing into `out_dir`."""
-    return compose_config(
-        "sample",
-        [
-            f"ckpt_path={checkpoint}",
-            f"out_dir={out_dir}",
-            f"paths.output_dir={out_dir}",
-            *overrides,
-        ],
-    )
+    return writing_config("sample", out_dir, f"ckpt_path={checkpoint}", *overrides)
 
 
 def cli_env() -> dict[str, str]:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import writing_config
 from hydra.utils import instantiate
 from test_guidance import MEANS, class_conditional_denoiser
 from test_samplers import MU, S, exact_denoiser
@@ -220,17 +221,14 @@ def test_sample_config_with_scheduler_options_samples_a_shipped_model(tmp_path):
 @needs_diffusers
 def test_evaluate_with_a_diffusers_scheduler(tmp_path):
     metrics = evaluate(
-        compose_config(
+        writing_config(
             "evaluate",
-            [
-                "pretrained=mnist",
-                f"out_dir={tmp_path}",
-                f"paths.output_dir={tmp_path}",
-                "sampler=diffusers",
-                "sampler.scheduler=UniPCMultistepScheduler",
-                "sampler.num_steps=2",
-                "num_samples=100",
-            ],
+            tmp_path,
+            "pretrained=mnist",
+            "sampler=diffusers",
+            "sampler.scheduler=UniPCMultistepScheduler",
+            "sampler.num_steps=2",
+            "num_samples=100",
         )
     )
     assert sum(metrics["label_counts"]) == 100 and metrics["fld"] > 0

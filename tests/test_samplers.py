@@ -9,7 +9,6 @@ from ddpm_lightning.diffusion.samplers import (
     DDPMSampler,
     DPMSolverSampler,
     HeunSampler,
-    sigmas,
     timestep_sequence,
 )
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
@@ -111,7 +110,7 @@ def test_heun_churn_adds_noise_at_trained_levels_and_keeps_the_target():
     assert all(up >= t for up, t in zip(raised, steps, strict=True))
     assert sum(up > t for up, t in zip(raised, steps, strict=True)) >= len(steps) // 2
     gamma = math.sqrt(2) - 1
-    sigma = sigmas(schedule)
+    sigma = schedule.sigmas()
     for up, t in zip(raised[5:], steps[5:], strict=True):
         assert sigma[up] / sigma[t] == pytest.approx(1 + gamma, rel=0.1)
     model = exact_denoiser(schedule, "eps")
@@ -193,7 +192,7 @@ def test_known_spacings():
     gaps = [(lam[b] - lam[a]).item() for a, b in zip(steps, steps[1:], strict=False)]
     assert max(gaps) - min(gaps) < 0.05, f"equal log-SNR gaps, got {gaps}"
     # karras: after the first step (moved to T−1), equal gaps in σ^(1/7) up to rounding.
-    root = sigmas(linear) ** (1 / 7)
+    root = linear.sigmas() ** (1 / 7)
     steps = timestep_sequence(linear, 8, "karras")
     gaps = [(root[a] - root[b]).item() for a, b in zip(steps[1:], steps[2:], strict=False)]
     assert max(gaps) - min(gaps) < 0.02 * max(gaps), f"equal σ^(1/7) gaps, got {gaps}"
@@ -249,7 +248,8 @@ def test_chunks_clipping_and_callback():
 
 def test_heun_follows_the_same_ode_as_many_step_ddim_on_the_shipped_model():
     """Deterministic DDIM is Euler on the probability-flow ODE, so DDIM-200 approximates its
-    solution; Heun-18 (34 calls) lands nearer to it than DDIM-20 (measured 0.005 vs 0.025)."""
+    solution; Heun-18 (34 calls) lands nearer to it than DDIM-20 (mean absolute difference
+    0.0068 vs 0.0147 on the shipped MNIST model, 2026-12-01)."""
     module = load_pretrained("mnist")
     noise = torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(0))
 

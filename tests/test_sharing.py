@@ -28,7 +28,7 @@ from ddpm_lightning.sharing import hub
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
-from tests.conftest import PYTHON, cli_env, tiny_config, write_fake_dataset
+from tests.conftest import PYTHON, cli_env, tiny_config, write_fake_dataset, writing_config
 
 SHIPPED_LIMIT = 5 * 2**20
 METRICS = {
@@ -318,16 +318,13 @@ def test_shipped_model_is_small_intact_and_samples(name, tmp_path):
     assert fld == config["evaluation"]["fld"]
     assert load_pretrained(name).hparams["dataset"] == name
     files = sample(
-        compose_config(
+        writing_config(
             "sample",
-            [
-                f"pretrained={name}",
-                f"out_dir={tmp_path}",
-                f"paths.output_dir={tmp_path}",
-                "sampler.num_steps=2",
-                "num_samples=4",
-                "gif_images=4",
-            ],
+            tmp_path,
+            f"pretrained={name}",
+            "sampler.num_steps=2",
+            "num_samples=4",
+            "gif_images=4",
         )
     )
     assert np.load(files["samples.npz"])["images"].shape == (4, 1, 32, 32)
@@ -335,15 +332,8 @@ def test_shipped_model_is_small_intact_and_samples(name, tmp_path):
 
 def test_evaluate_a_shipped_model(tmp_path):
     metrics = evaluate(
-        compose_config(
-            "evaluate",
-            [
-                "pretrained=mnist",
-                f"out_dir={tmp_path}",
-                f"paths.output_dir={tmp_path}",
-                "sampler.num_steps=2",
-                "num_samples=100",
-            ],
+        writing_config(
+            "evaluate", tmp_path, "pretrained=mnist", "sampler.num_steps=2", "num_samples=100"
         )
     )
     assert sum(metrics["label_counts"]) == 100 and metrics["fld"] > 0

@@ -42,10 +42,9 @@ class NoiseLevels(str, enum.Enum):
 
 
 def log_sigma_edges(schedule: NoiseSchedule) -> Tensor:
-    """(T−1,) midpoints between consecutive log σ_t, σ_t = √((1−ᾱ_t)/ᾱ_t), float64: the bin
-    edges that map a noise level to its nearest timestep in log σ."""
-    a = schedule.alphas_cumprod.double()
-    log_sigma = 0.5 * (torch.log1p(-a) - a.log())
+    """(T−1,) midpoints between consecutive log σ_t, float64: the bin edges that map a noise
+    level to its nearest timestep in log σ."""
+    log_sigma = schedule.sigmas().log()
     return (log_sigma[1:] + log_sigma[:-1]) / 2
 
 

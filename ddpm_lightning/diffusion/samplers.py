@@ -26,22 +26,16 @@ SPACINGS = ("uniform", "quadratic", "trailing", "logsnr", "karras")
 KARRAS_SIGMA_MAX, KARRAS_RHO = 80.0, 7.0
 
 
-def sigmas(schedule: NoiseSchedule) -> Tensor:
-    """σ_t = √((1−ᾱ_t)/ᾱ_t) (T,), float64: the noise level of x_t/√ᾱ_t, the EDM variable."""
-    a = schedule.alphas_cumprod.double().cpu()
-    return ((1 - a) / a).sqrt()
-
-
 def nearest_timesteps(schedule: NoiseSchedule, values: Tensor) -> list[int]:
     """For each σ in `values`, the timestep whose σ_t is nearest in log σ."""
-    log_sigmas = sigmas(schedule).log()
+    log_sigmas = schedule.sigmas().cpu().log()
     return [int((log_sigmas - value.log()).abs().argmin()) for value in values]
 
 
 def karras_grid(schedule: NoiseSchedule, num_steps: int) -> list[int]:
     """Ascending timesteps nearest to σ_i = (σ_max^(1/ρ) + i/(n−1)(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ
     (Karras et al. 2022, eq. 5), σ_min = σ_0, σ_max = min(80, σ_{T−1}); the largest is T−1."""
-    all_sigmas = sigmas(schedule)
+    all_sigmas = schedule.sigmas().cpu()
     low, high = all_sigmas[0].item(), min(KARRAS_SIGMA_MAX, all_sigmas[-1].item())
     ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
     grid = high ** (1 / KARRAS_RHO) + ramp * (low ** (1 / KARRAS_RHO) - high ** (1 / KARRAS_RHO))
@@ -367,7 +361,7 @@ class HeunSampler(Sampler):
         if float(churn) < 0:
             raise ConfigError(f"sampler.churn={churn} must be at least 0")
         self.timesteps = timestep_sequence(schedule, num_steps, spacing)
-        self.sigmas = sigmas(schedule).to(schedule.betas.device)
+        self.sigmas = schedule.sigmas()
         self.churn = float(churn)
         self.churn_range = (float(churn_min), float(churn_max))
         self.noise_scale = float(noise_scale)

@@ -112,5 +112,11 @@ class NoiseSchedule(nn.Module):
         for key, value in derived.items():
             self.register_buffer(key, value.float(), persistent=False)
 
+    def sigmas(self) -> Tensor:
+        """σ_t = √((1−ᾱ_t)/ᾱ_t) (T,), float64 on the schedule's device: the noise level of
+        x_t/√ᾱ_t, the variable of Karras et al. 2022 (EDM)."""
+        a = self.alphas_cumprod.double()
+        return ((1 - a) / a).sqrt()
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_timesteps={self.num_timesteps}"
