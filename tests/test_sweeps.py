@@ -1,6 +1,7 @@
 """Hydra multiruns of `ddpm_lightning.train`: grid sweeps, a failing job, Optuna."""
 
 import csv
+import json
 import subprocess
 from itertools import product
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ddpm_lightning.config import compose_config
 from tests.conftest import PYTHON, cli_env, tiny_overrides
 
 TWO_STEPS = [
@@ -75,6 +77,59 @@ def test_grid_sweep_then_summarize(data_root, tmp_path):
     assert losses == sorted(losses)
     grid = {(row["schedule"], row["model.model_channels"]) for row in rows}
     assert grid == set(product(["linear", "cosine"], ["8", "16"]))
+
+
+def test_the_ablation_experiment_is_the_protocol_of_the_results_page():
+    """The default recipe for 8,400 steps of batch 64, scored by 2,000 DDIM-20 η=1 samples."""
+    cfg = compose_config("train", ["experiment=ablation"])
+    default = compose_config("train", [])
+    assert (cfg.trainer.max_steps, cfg.data.batch_size, cfg.test) == (8400, 64, True)
+    assert (
+        cfg.optimized_metric == "test/fld" and cfg.callbacks.model_checkpoint.monitor == "val/loss"
+    )
+    fld = cfg.callbacks.fld
+    assert (fld.test_num_samples, fld.seed, fld.sampler.num_steps, fld.sampler.eta) == (
+        2000,
+        0,
+        20,
+        1.0,
+    )
+    assert (cfg.diffusion, cfg.model, cfg.optimizer) == (
+        default.diffusion,
+        default.model,
+        default.optimizer,
+    )
+
+
+def test_the_ablation_experiment_ranks_jobs_by_their_test_fld(data_root, tmp_path):
+    """experiment=ablation: each job ends with test/fld of its EMA weights and the summary puts
+    the lowest first; the experiment's 8,400-step budget yields to a command-line max_steps."""
+    sweep = tmp_path / "multirun"
+    overrides = sweep_overrides(
+        data_root,
+        sweep,
+        "experiment=ablation",
+        "diffusion.weighting=none,min_snr",
+        "trainer.max_steps=2",
+        "callbacks.fld.test_num_samples=8",
+        "callbacks.fld.sampler.num_steps=2",
+    )
+    overrides.remove("callbacks.fld=null")
+    result = run_module("ddpm_lightning.train", "-m", *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_summary(sweep)
+    assert {row["diffusion.weighting"] for row in rows} == {"none", "min_snr"}
+    assert list(rows[0])[3] == "test/fld"
+    scores = [float(row["test/fld"]) for row in rows]
+    assert scores == sorted(scores) and scores[0] > 0
+    for num in range(2):
+        tested = json.loads((sweep / str(num) / "test_metrics.json").read_text())
+        assert set(tested) == {"test/loss", "test/fld"}
+        steps = [
+            int(row["step"])
+            for row in csv.DictReader((sweep / str(num) / "csv" / "metrics.csv").open())
+        ]
+        assert max(steps) <= 2
 
 
 def test_a_config_error_fails_its_job_and_the_others_run(data_root, tmp_path):
