@@ -163,6 +163,7 @@ SAMPLER = {
     "clip_x0": BOOLEAN,
     "batch_size": integer(1),
     "guidance_scale": optional(NON_NEGATIVE),
+    "guidance_interval": optional(list_of(NON_NEGATIVE, "non-negative numbers")),
     "churn": NON_NEGATIVE,
     "churn_min": NON_NEGATIVE,
     "churn_max": number(0, infinite=True),

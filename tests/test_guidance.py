@@ -176,3 +176,37 @@ def test_guidance_scale_zero_ignores_the_label():
         # lands near each mean (binomial standard error √(2/9/1000) ≈ 0.015).
         share = torch.bincount(shares[y == c], minlength=3).double() / (y == c).sum()
         assert torch.allclose(share, torch.full((3,), 1 / 3, dtype=torch.double), atol=0.06)
+
+
+def test_guidance_interval_guides_only_inside_it():
+    schedule = NoiseSchedule("cosine", 20)
+    sigmas = schedule.sigmas()
+    low, high = float(sigmas[5]), float(sigmas[12])
+    sampler = DDIMSampler(schedule, num_steps=20, guidance_scale=2.0, guidance_interval=[low, high])
+    scales = [sampler.guidance_scale_at(t) for t in range(20)]
+    assert scales == [None] * 6 + [2.0] * 7 + [None] * 7, "(σ_5, σ_12]: timesteps 6 … 12"
+    model = ToyConditional()
+    sampler.progress = False
+    sampler.sample(model, (4, 1, 2, 2), y=torch.tensor([0, 1, 2, 0]))
+    assert [len(b) for b in model.batches] == [4] * 7 + [8] * 7 + [4] * 6, "t = 19 … 0"
+
+
+@pytest.mark.parametrize("interval", [[0.0, 1e6], [1e5, 1e6]])
+def test_guidance_interval_over_all_or_no_steps_is_plain_guidance_or_none(interval):
+    schedule = NoiseSchedule("cosine", 50)
+    y = torch.tensor([0, 1, 2, 2, 1])
+
+    def draw(**options):
+        sampler = DDIMSampler(schedule, num_steps=10, eta=1.0, progress=False, **options)
+        return sampler.sample(ToyConditional(), (5, 1, 3, 3), seed=3, y=y)
+
+    within = interval[0] < schedule.sigmas().min()
+    expected = draw(guidance_scale=2.5 if within else 1.0)
+    assert torch.equal(draw(guidance_scale=2.5, guidance_interval=interval), expected)
+    assert not torch.equal(expected, draw(guidance_scale=1.0 if within else 2.5))
+
+
+@pytest.mark.parametrize("interval", [[1.0], [2.0, 1.0], [-1.0, 3.0], [1.0, 1.0]])
+def test_bad_guidance_interval_is_a_config_error(interval):
+    with pytest.raises(ConfigError, match=r"sampler\.guidance_interval"):
+        DDIMSampler(NoiseSchedule("cosine", 20), guidance_scale=2.0, guidance_interval=interval)

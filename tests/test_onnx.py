@@ -141,6 +141,9 @@ def test_what_the_onnx_format_cannot_do_is_one_line(tmp_path):
         "sampler=heun has no port outside PyTorch: the ONNX record and the demo page take "
         "sampler=ddim or sampler=ddpm"
     )
+    interval = "sampler.guidance_interval=[0.3,5]"
+    with pytest.raises(ConfigError, match=r"^sampler\.guidance_interval=\[0\.3, 5\.0\] has no"):
+        export(onnx_config(tmp_path / "d", f"pretrained={folder}", interval))
     with pytest.raises(ConfigError, match=r"^push_to_hub=me/tiny uploads model folders: drop it"):
         export(onnx_config(tmp_path / "b", f"pretrained={folder}", "push_to_hub=me/tiny"))
     with pytest.raises(

@@ -9,6 +9,8 @@ are mixed, ε = ε_uncond + γ (ε_cond − ε_uncond), so γ = 1 is plain condi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -46,6 +48,20 @@ def guided_output(
     labels = torch.cat([y, torch.full_like(y, null_label)])
     cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
     return uncond + guidance_scale * (cond - uncond)
+
+
+def checked_interval(interval: Sequence[float] | None) -> tuple[float, float] | None:
+    """The noise levels (σ_lo, σ_hi] where guidance applies (Kynkäänniemi et al. 2024, "Applying
+    Guidance in a Limited Interval"), or a ConfigError naming `sampler.guidance_interval`."""
+    if interval is None:
+        return None
+    values = tuple(float(v) for v in interval)
+    if len(values) != 2 or not 0 <= values[0] < values[1]:
+        raise ConfigError(
+            f"sampler.guidance_interval={list(interval)} must be [sigma_low, sigma_high] with "
+            "0 <= sigma_low < sigma_high (noise levels σ = √((1−ᾱ)/ᾱ)), or null for every step"
+        )
+    return values
 
 
 def balanced_labels(num_samples: int, num_classes: int) -> Tensor:

@@ -8,14 +8,14 @@ clipped to [-1, 1]. Timesteps are 0-based (index t is step t+1 of the papers).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from rich.progress import Progress
 from torch import Tensor
 
 from ddpm_lightning.diffusion.gaussian import Denoiser, GaussianDiffusion
-from ddpm_lightning.diffusion.guidance import guided_output
+from ddpm_lightning.diffusion.guidance import checked_interval, guided_output
 from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
@@ -114,6 +114,7 @@ class Sampler:
         batch_size: int = 256,
         progress: bool = True,
         guidance_scale: float | None = None,
+        guidance_interval: Sequence[float] | None = None,
     ):
         if int(batch_size) < 1:
             raise ConfigError(f"sampler.batch_size={batch_size} must be at least 1")
@@ -123,6 +124,8 @@ class Sampler:
         self.batch_size = int(batch_size)
         self.progress = progress
         self.guidance_scale = None if guidance_scale is None else float(guidance_scale)
+        self.guidance_interval = checked_interval(guidance_interval)
+        self.sigmas = schedule.sigmas().cpu()
 
     def steps(self) -> list[int]:
         raise NotImplementedError
@@ -144,12 +147,20 @@ class Sampler:
     ) -> tuple[Tensor, Tensor]:
         """(x̂₀, ε̂) at x: (B, …), timestep t, guided by `guidance_scale` when labels y: (B,)."""
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = guided_output(model, x, t_batch, y, self.guidance_scale)
+        output = guided_output(model, x, t_batch, y, self.guidance_scale_at(t))
         x0, eps = self.diffusion.predict_x0_eps(x, t_batch, output.float())
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = self.eps_from_x0(x, t, x0)
         return x0, eps
+
+    def guidance_scale_at(self, t: int) -> float | None:
+        """γ at timestep t: `guidance_scale` where σ_t lies in `guidance_interval` (lo, hi],
+        plain conditional sampling (None) elsewhere."""
+        if self.guidance_interval is None:
+            return self.guidance_scale
+        low, high = self.guidance_interval
+        return self.guidance_scale if low < float(self.sigmas[t]) <= high else None
 
     def eps_from_x0(self, x: Tensor, t: int, x0: Tensor) -> Tensor:
         """ε = (x_t − √ᾱ_t x₀) / √(1−ᾱ_t)."""

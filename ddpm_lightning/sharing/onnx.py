@@ -86,6 +86,11 @@ def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dic
     """The settings of a ddim or ddpm sampler config as the page runs them; guidance γ as
     `make_sampler` sets it (1.5 for conditional models when null)."""
     built = module.make_sampler(instantiate(sampler), progress=False)
+    if built.guidance_interval is not None:
+        raise ConfigError(
+            f"sampler.guidance_interval={list(built.guidance_interval)} has no port outside "
+            "PyTorch: the ONNX record and the demo page guide at every step; drop it"
+        )
     common = {"clip_x0": built.clip_x0, "guidance_scale": built.guidance_scale}
     if isinstance(built, DDIMSampler):
         settings = {"num_steps": len(built.timesteps), "eta": built.eta, "spacing": built.spacing}

@@ -148,7 +148,8 @@ class DiffusionModule(L.LightningModule):
     def make_sampler(self, factory: Callable[..., Sampler], **kwargs: Any) -> Sampler:
         """A sampler from `factory` (e.g. a `_partial_` config) for this schedule and objective.
 
-        Guidance defaults to γ = 2 for conditional models and is refused for unconditional ones.
+        Guidance defaults to DEFAULT_GUIDANCE_SCALE for conditional models and is refused for
+        unconditional ones.
         """
         diffusion = self.diffusion
         sampler = factory(
