@@ -76,7 +76,7 @@ def test_training_drops_labels_at_the_configured_rate(tmp_path):
 def test_make_sampler_guidance_defaults_and_refusals(conditional, tmp_path):
     module = load_module(conditional)
     factory = lambda **kw: DDIMSampler(num_steps=2, progress=False, **kw)  # noqa: E731
-    assert module.make_sampler(factory).guidance_scale == 1.5, "default γ for conditional"
+    assert module.make_sampler(factory).guidance_scale == 1.25, "default γ for conditional"
     assert module.make_sampler(factory, guidance_scale=0.0).guidance_scale == 0.0
     cfg = tiny_config(tmp_path / "data", tmp_path, *SHORT)
     write_fake_dataset(tmp_path / "data", "MNIST")

@@ -115,7 +115,7 @@ def test_model_json_holds_what_a_sampler_needs(exported):
         assert record["inputs"] == ["x", "t", "y"]
         assert record["num_classes"] == 10
         assert record["class_names"] == FASHION_NAMES
-        assert record["sampler"] == {"name": "ddim", **sampler, "guidance_scale": 1.5}
+        assert record["sampler"] == {"name": "ddim", **sampler, "guidance_scale": 1.25}
 
 
 @needs_onnxruntime

@@ -28,7 +28,14 @@ from ddpm_lightning.sharing import hub
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
-from tests.conftest import PYTHON, cli_env, tiny_config, write_fake_dataset, writing_config
+from tests.conftest import (
+    PYTHON,
+    cli_env,
+    tiny_config,
+    tiny_model_folder,
+    write_fake_dataset,
+    writing_config,
+)
 
 SHIPPED_LIMIT = 5 * 2**20
 METRICS = {
@@ -158,6 +165,37 @@ def test_model_card_front_matter_parses_and_reports_the_fld(folder):
     assert "3 s on CPU, 1 thread, 99 optimizer steps" in body
     assert "| 12.35 |" in body
     assert "ddpm_lightning.sample pretrained=me/tiny sampler=ddim sampler.num_steps=2" in body
+
+
+def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_path):
+    source = tiny_model_folder(tmp_path / "source", num_classes=10)
+    metrics = {**METRICS, "requested_label_accuracy": 0.995}
+    metrics["sampler"] = {**METRICS["sampler"], "guidance_scale": 1.25}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    files = export(
+        export_config(
+            tmp_path / "cond",
+            f"pretrained={source}",
+            f"metrics={tmp_path / 'metrics.json'}",
+            "samples=false",
+        )
+    )
+    text = files["README.md"].read_text()
+    meta = yaml.safe_load(text.split("---\n", 2)[1])
+    assert "class-conditional" in meta["tags"] and "pipeline_tag" not in meta
+    scores = {
+        metric["type"]: metric["value"]
+        for result in meta["model-index"][0]["results"]
+        for metric in result["metrics"]
+    }
+    assert scores == {"fld": METRICS["fld"], "accuracy": 0.995}
+    assert "# Class-conditional DDPM on MNIST (ddpm_lightning)" in text
+    assert "| 12.35 | 99.50% | 0.900 | 1000 | 0 |" in text
+    assert "guidance_scale=1.25" in text
+    code = text.split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(code, namespace)  # the card's own loading example, labels included
+    assert namespace["threes"].shape == (16, 1, 32, 32)
 
 
 def test_a_card_without_metrics_has_no_model_index(checkpoint, tmp_path):
@@ -306,9 +344,16 @@ def test_push_without_a_token_fails_before_any_work(checkpoint, tmp_path, monkey
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
-def test_shipped_model_is_small_intact_and_samples(name, tmp_path):
-    assert shipped() == ["fashion_mnist", "mnist"]
+@pytest.mark.parametrize(
+    ("name", "dataset", "num_classes"),
+    [
+        ("mnist", "mnist", None),
+        ("fashion_mnist", "fashion_mnist", None),
+        ("mnist_cond", "mnist", 10),
+    ],
+)
+def test_shipped_model_is_small_intact_and_samples(name, dataset, num_classes, tmp_path):
+    assert shipped() == ["fashion_mnist", "mnist", "mnist_cond"]
     config = json.loads((SHIPPED_DIR / name / "config.json").read_text())
     assert (SHIPPED_DIR / name / "model.safetensors").stat().st_size < SHIPPED_LIMIT
     assert config["ema"] is True and config["evaluation"]["num_samples"] == 10_000
@@ -316,7 +361,8 @@ def test_shipped_model_is_small_intact_and_samples(name, tmp_path):
     meta = yaml.safe_load(card.split("---\n", 2)[1])
     fld = meta["model-index"][0]["results"][0]["metrics"][0]["value"]
     assert fld == config["evaluation"]["fld"]
-    assert load_pretrained(name).hparams["dataset"] == name
+    module = load_pretrained(name)
+    assert module.hparams["dataset"] == dataset and module.num_classes == num_classes
     files = sample(
         writing_config(
             "sample",

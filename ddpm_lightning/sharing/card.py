@@ -26,6 +26,7 @@ SAMPLER_KEYS = (
     "variance",
     "clip_x0",
     "guidance_scale",
+    "guidance_interval",
 )
 
 
@@ -50,6 +51,8 @@ def card_data(config: dict[str, Any], title: str) -> ModelCardData:
     """The front matter: Hub metadata and, when evaluated, the FLD as an EvalResult."""
     dataset = DATASETS.get(str(config.get("dataset")))
     evaluation = config.get("evaluation") or {}
+    conditional = config["model"].get("num_classes") is not None
+    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
     results = None
     if dataset and "fld" in evaluation:
         args = {
@@ -57,25 +60,38 @@ def card_data(config: dict[str, Any], title: str) -> ModelCardData:
             "num_samples": evaluation.get("num_samples"),
             "seed": evaluation.get("seed"),
         }
+        scores = [("fld", "FLD (Fréchet LeNet Distance, lower is better)", evaluation["fld"])]
+        if "requested_label_accuracy" in evaluation:
+            scores.append(
+                (
+                    "accuracy",
+                    "Share the shipped LeNet classifies as the requested class",
+                    evaluation["requested_label_accuracy"],
+                )
+            )
         results = [
             EvalResult(
-                task_type="unconditional-image-generation",
+                task_type=task,
                 dataset_type=dataset["hub"],
                 dataset_name=dataset["title"],
                 dataset_split="test",
-                metric_type="fld",
-                metric_name="FLD (Fréchet LeNet Distance, lower is better)",
-                metric_value=float(evaluation["fld"]),
+                metric_type=kind,
+                metric_name=name,
+                metric_value=float(value),
                 metric_args={key: value for key, value in args.items() if value is not None},
             )
+            for kind, name, value in scores
         ]
+    tags = ["diffusion", "ddpm", "image-generation"] + (
+        ["class-conditional"] if conditional else []
+    )
     return ModelCardData(
         library_name="ddpm_lightning",
         license="mit",
-        tags=["diffusion", "ddpm", "image-generation"] + ([dataset["tag"]] if dataset else []),
+        tags=tags + ([dataset["tag"]] if dataset else []),
         datasets=[dataset["hub"]] if dataset else None,
-        pipeline_tag="unconditional-image-generation",
-        metrics=["fld"] if results else None,
+        pipeline_tag=None if conditional else "unconditional-image-generation",
+        metrics=[result.metric_type for result in results] if results else None,
         model_name=title,
         eval_results=results,
     )
@@ -125,10 +141,17 @@ def evaluation_section(config: dict[str, Any]) -> str:
         else ""
     )
     confidence = evaluation.get("mean_confidence")
+    accuracy = evaluation.get("requested_label_accuracy")
+    requested = (
+        ("| classified as requested ", "|---", f"| {100 * float(accuracy):.2f}% ")
+        if accuracy is not None
+        else ("", "", "")
+    )
     return (
         "## Evaluation\n\n"
-        "| FLD | LeNet confidence | samples | seed | sampler |\n|---|---|---|---|---|\n"
-        f"| {float(evaluation['fld']):.2f} | "
+        f"| FLD {requested[0]}| LeNet confidence | samples | seed | sampler |\n"
+        f"|---{requested[1]}|---|---|---|---|\n"
+        f"| {float(evaluation['fld']):.2f} {requested[2]}| "
         f"{'' if confidence is None else f'{float(confidence):.3f}'} | "
         f"{evaluation.get('num_samples', '')} | {evaluation.get('seed', '')} | "
         f"{sampler_text(evaluation.get('sampler'))} |{command}\n\n"
@@ -163,16 +186,24 @@ def load_section(config: dict[str, Any], name: str) -> str:
     option = getattr(diffusion, cls, diffusion.DDIMSampler).name
     overrides = "".join(f" sampler.{key}={value}" for key, value in settings.items())
     arguments = "".join(f", {key}={python_literal(value)}" for key, value in settings.items())
+    conditional = config["model"].get("num_classes") is not None
+    imports = "import torch\n" if conditional else ""
+    labels = (
+        "\n# the labels to draw, e.g. 16 of class 3:\n"
+        "threes = module.generate(sampler, num_samples=16, seed=0, labels=torch.full((16,), 3))\n"
+        if conditional
+        else ""
+    )
     return (
         "## How to load\n\nWith the ddpm_lightning package installed:\n\n"
         "```bash\n"
         f"python -m ddpm_lightning.sample pretrained={name} sampler={option}{overrides}\n```\n\n"
-        "```python\nfrom ddpm_lightning import load_pretrained\n"
+        f"```python\n{imports}from ddpm_lightning import load_pretrained\n"
         f"from ddpm_lightning.diffusion import {cls}\n\n"
         f'module = load_pretrained("{name}")  # a DiffusionModule in eval mode, on the CPU\n'
         f"sampler = module.make_sampler({cls}{arguments})\n"
         "images = module.generate(sampler, num_samples=16, seed=0)  # (16, C, H, W) in [-1, 1]\n"
-        "```\n\n"
+        f"{labels}```\n\n"
         f"Recommended sampler: {sampler_text(config.get('sampler'))}. `pretrained=` also takes "
         "a local copy of this folder.\n"
     )
@@ -182,7 +213,8 @@ def model_card(config: dict[str, Any], name: str, num_samples: int) -> str:
     """README.md of a model folder from its config.json; `name` is what `pretrained=` takes
     (a shipped name or a repo id), `num_samples` how many images samples.png shows (0: none)."""
     dataset = DATASETS.get(str(config.get("dataset")), {}).get("title", "its data")
-    title = f"DDPM on {dataset} (ddpm_lightning)"
+    kind = "Class-conditional DDPM" if config["model"].get("num_classes") is not None else "DDPM"
+    title = f"{kind} on {dataset} (ddpm_lightning)"
     picture = (
         f"![{num_samples} samples of the recommended sampler, seed 0](samples.png)\n\n"
         if num_samples

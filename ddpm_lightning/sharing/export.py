@@ -28,7 +28,14 @@ from ddpm_lightning.training.checkpoints import read_checkpoint
 
 CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"
-METRIC_KEYS = ("fld", "mean_confidence", "num_samples", "seed", "sampler")
+METRIC_KEYS = (
+    "fld",
+    "mean_confidence",
+    "requested_label_accuracy",
+    "num_samples",
+    "seed",
+    "sampler",
+)
 Source = tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]
 
 

@@ -84,7 +84,7 @@ def write_network(module: DiffusionModule, path: Path) -> None:
 
 def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
     """The settings of a ddim or ddpm sampler config as the page runs them; guidance γ as
-    `make_sampler` sets it (1.5 for conditional models when null)."""
+    `make_sampler` sets it (1.25 for conditional models when null)."""
     built = module.make_sampler(instantiate(sampler), progress=False)
     if built.guidance_interval is not None:
         raise ConfigError(
