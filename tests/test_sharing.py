@@ -275,7 +275,9 @@ def test_bad_export_and_pretrained_settings_name_the_key(checkpoint, folder, tmp
         export(export_config(tmp_path, f"ckpt_path={checkpoint}", f"pretrained={folder}"))
     with pytest.raises(ConfigError, match="not both"):
         load_model(checkpoint, folder)
-    with pytest.raises(ConfigError, match=r"is not a shipped model \(fashion_mnist, mnist\)"):
+    with pytest.raises(
+        ConfigError, match=r"is not a shipped model \(fashion_mnist, mnist, mnist_cond\)"
+    ):
         load_pretrained("no such model")
 
 

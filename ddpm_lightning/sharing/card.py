@@ -47,11 +47,16 @@ def sampler_text(sampler: dict[str, Any] | None) -> str:
     return f"{summary['sampler']} ({settings})"
 
 
+def is_conditional(config: dict[str, Any]) -> bool:
+    """Whether the folder's network takes class labels."""
+    return (config.get("model") or {}).get("num_classes") is not None
+
+
 def card_data(config: dict[str, Any], title: str) -> ModelCardData:
     """The front matter: Hub metadata and, when evaluated, the FLD as an EvalResult."""
     dataset = DATASETS.get(str(config.get("dataset")))
     evaluation = config.get("evaluation") or {}
-    conditional = config["model"].get("num_classes") is not None
+    conditional = is_conditional(config)
     task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
     results = None
     if dataset and "fld" in evaluation:
@@ -186,7 +191,7 @@ def load_section(config: dict[str, Any], name: str) -> str:
     option = getattr(diffusion, cls, diffusion.DDIMSampler).name
     overrides = "".join(f" sampler.{key}={value}" for key, value in settings.items())
     arguments = "".join(f", {key}={python_literal(value)}" for key, value in settings.items())
-    conditional = config["model"].get("num_classes") is not None
+    conditional = is_conditional(config)
     imports = "import torch\n" if conditional else ""
     labels = (
         "\n# the labels to draw, e.g. 16 of class 3:\n"
@@ -213,7 +218,7 @@ def model_card(config: dict[str, Any], name: str, num_samples: int) -> str:
     """README.md of a model folder from its config.json; `name` is what `pretrained=` takes
     (a shipped name or a repo id), `num_samples` how many images samples.png shows (0: none)."""
     dataset = DATASETS.get(str(config.get("dataset")), {}).get("title", "its data")
-    kind = "Class-conditional DDPM" if config["model"].get("num_classes") is not None else "DDPM"
+    kind = "Class-conditional DDPM" if is_conditional(config) else "DDPM"
     title = f"{kind} on {dataset} (ddpm_lightning)"
     picture = (
         f"![{num_samples} samples of the recommended sampler, seed 0](samples.png)\n\n"
