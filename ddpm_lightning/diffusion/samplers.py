@@ -125,7 +125,7 @@ class Sampler:
         self.progress = progress
         self.guidance_scale = None if guidance_scale is None else float(guidance_scale)
         self.guidance_interval = checked_interval(guidance_interval)
-        self.sigmas = schedule.sigmas().cpu()
+        self.sigmas = schedule.sigmas()
 
     def steps(self) -> list[int]:
         raise NotImplementedError
@@ -372,7 +372,6 @@ class HeunSampler(Sampler):
         if float(churn) < 0:
             raise ConfigError(f"sampler.churn={churn} must be at least 0")
         self.timesteps = timestep_sequence(schedule, num_steps, spacing)
-        self.sigmas = schedule.sigmas()
         self.churn = float(churn)
         self.churn_range = (float(churn_min), float(churn_max))
         self.noise_scale = float(noise_scale)
