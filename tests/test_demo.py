@@ -105,6 +105,15 @@ SAMPLE_CASES = {
     "ddim eps logsnr guided": dict(
         objective="eps", name="ddim", steps=4, spacing="logsnr", gamma=2.5, classes=10
     ),
+    "ddim v uniform guided on an interval": dict(
+        objective="v",
+        name="ddim",
+        steps=6,
+        spacing="uniform",
+        gamma=3.0,
+        classes=10,
+        interval=[0.5, 3.0],
+    ),
     "ddim v quadratic unguided labels": dict(
         objective="v", name="ddim", steps=4, spacing="quadratic", gamma=1.0, classes=10
     ),
@@ -126,6 +135,7 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
         objective=case["objective"],
         clip_x0=case.get("clip", True),
         guidance_scale=case.get("gamma"),
+        guidance_interval=case.get("interval"),
         progress=False,
     )
     if case["name"] == "ddim":
@@ -135,7 +145,10 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
     else:
         settings = dict(name="ddpm", variance=case.get("variance", "fixed_small"))
         sampler = DDPMSampler(schedule, settings["variance"], **common)
-    settings |= dict(clip_x0=common["clip_x0"], guidance_scale=common["guidance_scale"])
+    settings |= {key: common[key] for key in ("clip_x0", "guidance_scale", "guidance_interval")}
+    if "interval" in case:
+        scales = {sampler.guidance_scale_at(t) for t in sampler.steps()}
+        assert scales == {None, case["gamma"]}
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(3, 1, 32, 32, generator=generator)
     draws = torch.randn(len(sampler.steps()), 3, 1, 32, 32, generator=generator)

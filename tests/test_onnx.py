@@ -109,13 +109,23 @@ def test_model_json_holds_what_a_sampler_needs(exported):
         assert record["inputs"] == ["x", "t"]
         assert record["num_classes"] is None
         assert record["class_names"] == [str(digit) for digit in range(10)]
-        assert record["sampler"] == {"name": "ddim", **sampler, "guidance_scale": None}
+        assert record["sampler"] == {
+            "name": "ddim",
+            **sampler,
+            "guidance_scale": None,
+            "guidance_interval": None,
+        }
     else:
         assert record["objective"] == "x0"
         assert record["inputs"] == ["x", "t", "y"]
         assert record["num_classes"] == 10
         assert record["class_names"] == FASHION_NAMES
-        assert record["sampler"] == {"name": "ddim", **sampler, "guidance_scale": 1.25}
+        assert record["sampler"] == {
+            "name": "ddim",
+            **sampler,
+            "guidance_scale": 1.25,
+            "guidance_interval": None,
+        }
 
 
 @needs_onnxruntime
@@ -129,7 +139,14 @@ def test_the_recommended_sampler_follows_the_sampler_option(tmp_path):
         "variance": "fixed_small",
         "clip_x0": False,
         "guidance_scale": None,
+        "guidance_interval": None,
     }
+    conditional = tiny_model_folder(tmp_path / "conditional", "v", 10)
+    interval = "sampler.guidance_interval=[0.3,5]"
+    export(onnx_config(tmp_path / "guided", f"pretrained={conditional}", interval))
+    record = json.loads((tmp_path / "guided" / "model.json").read_text())
+    assert record["sampler"]["guidance_scale"] == 1.25
+    assert record["sampler"]["guidance_interval"] == [0.3, 5.0]
 
 
 @needs_onnxruntime
@@ -141,9 +158,6 @@ def test_what_the_onnx_format_cannot_do_is_one_line(tmp_path):
         "sampler=heun has no port outside PyTorch: the ONNX record and the demo page take "
         "sampler=ddim or sampler=ddpm"
     )
-    interval = "sampler.guidance_interval=[0.3,5]"
-    with pytest.raises(ConfigError, match=r"^sampler\.guidance_interval=\[0\.3, 5\.0\] has no"):
-        export(onnx_config(tmp_path / "d", f"pretrained={folder}", interval))
     with pytest.raises(ConfigError, match=r"^push_to_hub=me/tiny uploads model folders: drop it"):
         export(onnx_config(tmp_path / "b", f"pretrained={folder}", "push_to_hub=me/tiny"))
     with pytest.raises(

@@ -84,14 +84,14 @@ def write_network(module: DiffusionModule, path: Path) -> None:
 
 def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
     """The settings of a ddim or ddpm sampler config as the page runs them; guidance γ as
-    `make_sampler` sets it (1.25 for conditional models when null)."""
+    `make_sampler` sets it (1.25 for conditional models when null) and its σ interval."""
     built = module.make_sampler(instantiate(sampler), progress=False)
-    if built.guidance_interval is not None:
-        raise ConfigError(
-            f"sampler.guidance_interval={list(built.guidance_interval)} has no port outside "
-            "PyTorch: the ONNX record and the demo page guide at every step; drop it"
-        )
-    common = {"clip_x0": built.clip_x0, "guidance_scale": built.guidance_scale}
+    interval = built.guidance_interval
+    common = {
+        "clip_x0": built.clip_x0,
+        "guidance_scale": built.guidance_scale,
+        "guidance_interval": None if interval is None else list(interval),
+    }
     if isinstance(built, DDIMSampler):
         settings = {"num_steps": len(built.timesteps), "eta": built.eta, "spacing": built.spacing}
         return {"name": "ddim", **settings, **common}

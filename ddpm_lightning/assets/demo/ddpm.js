@@ -1,9 +1,10 @@
 // The demo page of ddpm_lightning: DDIM and DDPM sampling of an exported denoiser
 // (model.onnx + model.json) with onnxruntime-web, in a Web Worker, and the page around it.
 //
-// The sampler is a port of ddpm_lightning/diffusion/samplers.py (timestep_sequence, Sampler.predict,
-// DDIMSampler.step, DDPMSampler.step) and guidance.py (guided_output); for the same starting
-// noise (and per-step noise) it gives the Python sampler's images, checked by
+// The sampler is a port of ddpm_lightning/diffusion/samplers.py (timestep_sequence,
+// Sampler.predict, Sampler.guidance_scale_at, DDIMSampler.step, DDPMSampler.step) and guidance.py
+// (guided_output); for the same starting noise (and per-step noise) it gives the Python sampler's
+// images, checked by
 // tests/test_demo.py (in Node, with a closed-form denoiser) and tests/test_demo_browser.py (in
 // Chromium, with the ONNX models). This one file is the page's script, the worker's script (the
 // page starts it as a module worker) and, in Node, a plain module of the sampler's functions.
@@ -174,6 +175,14 @@ async function guidedOutput(record, denoise, x, t, labels, gamma, n) {
   return mixed;
 }
 
+/** γ at timestep t (guidance_scale_at): γ where σ_t lies in interval (low, high], null (plain
+ * conditional sampling) elsewhere; a null interval guides every step. */
+export function guidanceScaleAt(alphasCumprod, t, gamma, interval) {
+  if (interval === null || interval === undefined) return gamma;
+  const sigma = Math.sqrt((1 - alphasCumprod[t]) / alphasCumprod[t]);
+  return interval[0] < sigma && sigma <= interval[1] ? gamma : null;
+}
+
 /** Classes 0,0,…,1,1,… for n samples, counts differing by at most one (balanced_labels). */
 export function balancedLabels(n, numClasses) {
   return Array.from({ length: n }, (_, i) => Math.floor((i * numClasses) / n));
@@ -182,7 +191,8 @@ export function balancedLabels(n, numClasses) {
 /**
  * Samples in [-1, 1] from `noise` (x_T of n samples, flat Float32Array), as Sampler.sample.
  * denoise(x, t[], y[] | null, batch) → Float32Array: the network; settings: name (ddim or
- * ddpm), num_steps, eta, spacing, variance, clip_x0, guidance_scale; labels: n classes or null;
+ * ddpm), num_steps, eta, spacing, variance, clip_x0, guidance_scale, guidance_interval ([low,
+ * high] or null); labels: n classes or null;
  * normal(size) → Float32Array of standard normal draws (the per-step noise);
  * onStep(i, total, t, x_t, x̂₀) after each step's prediction.
  */
@@ -199,7 +209,8 @@ export async function sample({ record, denoise, noise, labels, settings, normal,
   let x = Float32Array.from(noise);
   for (let i = 0; i < timesteps.length; i++) {
     const t = timesteps[i];
-    const output = await guidedOutput(record, denoise, x, t, labels, gamma, n);
+    const scale = guidanceScaleAt(record.schedule.alphas_cumprod, t, gamma, settings.guidance_interval);
+    const output = await guidedOutput(record, denoise, x, t, labels, scale, n);
     const { x0, eps } = predictX0Eps(record, t, x, output, settings.clip_x0);
     if (onStep) onStep(i, timesteps.length, t, x, x0);
     x =
@@ -452,7 +463,7 @@ async function pageMain() {
         labels = label === null ? balancedLabels(n, info.num_classes) : Array.isArray(label) ? label : new Array(n).fill(label);
       }
       const settings = { ...info.sampler };
-      for (const [key, option] of [['name', 'sampler'], ['num_steps', 'steps'], ['eta', 'eta'], ['spacing', 'spacing'], ['guidance_scale', 'gamma'], ['variance', 'variance'], ['clip_x0', 'clip']]) {
+      for (const [key, option] of [['name', 'sampler'], ['num_steps', 'steps'], ['eta', 'eta'], ['spacing', 'spacing'], ['guidance_scale', 'gamma'], ['guidance_interval', 'interval'], ['variance', 'variance'], ['clip_x0', 'clip']]) {
         if (options[option] !== undefined) settings[key] = options[option];
       }
       const stepNoise = options.stepNoise === undefined ? null : await floats(options.stepNoise);
