@@ -124,7 +124,7 @@ def test_model_json_holds_what_a_sampler_needs(exported):
             "name": "ddim",
             **sampler,
             "guidance_scale": 1.25,
-            "guidance_interval": None,
+            "guidance_interval": [0.3, 5.0],
         }
 
 
@@ -142,11 +142,13 @@ def test_the_recommended_sampler_follows_the_sampler_option(tmp_path):
         "guidance_interval": None,
     }
     conditional = tiny_model_folder(tmp_path / "conditional", "v", 10)
-    interval = "sampler.guidance_interval=[0.3,5]"
-    export(onnx_config(tmp_path / "guided", f"pretrained={conditional}", interval))
-    record = json.loads((tmp_path / "guided" / "model.json").read_text())
-    assert record["sampler"]["guidance_scale"] == 1.25
-    assert record["sampler"]["guidance_interval"] == [0.3, 5.0]
+    for i, (interval, expected) in enumerate((("[0.5,3]", [0.5, 3.0]), ("null", None))):
+        out_dir = tmp_path / f"guided_{i}"
+        option = f"sampler.guidance_interval={interval}"
+        export(onnx_config(out_dir, f"pretrained={conditional}", option))
+        record = json.loads((out_dir / "model.json").read_text())
+        assert record["sampler"]["guidance_scale"] == 1.25
+        assert record["sampler"]["guidance_interval"] == expected
 
 
 @needs_onnxruntime

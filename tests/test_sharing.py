@@ -165,6 +165,7 @@ def test_model_card_front_matter_parses_and_reports_the_fld(folder):
     assert "3 s on CPU, 1 thread, 99 optimizer steps" in body
     assert "| 12.35 |" in body
     assert "ddpm_lightning.sample pretrained=me/tiny sampler=ddim sampler.num_steps=2" in body
+    assert "guidance" not in body.split("## How to load")[1].split("Recommended sampler")[0]
 
 
 def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_path):
@@ -178,6 +179,7 @@ def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_
             f"pretrained={source}",
             f"metrics={tmp_path / 'metrics.json'}",
             "samples=false",
+            "sampler.guidance_scale=1.25",
         )
     )
     text = files["README.md"].read_text()
@@ -192,7 +194,10 @@ def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_
     assert "# Class-conditional DDPM on MNIST (ddpm_lightning)" in text
     assert "| 12.35 | 99.50% | 0.900 | 1000 | 0 |" in text
     assert "guidance_scale=1.25" in text
+    assert "sampler.guidance_scale=1.25 'sampler.guidance_interval=[0.3,5]'\n" in text
     code = text.split("```python\n")[1].split("```")[0]
+    assert "    guidance_interval=[0.3, 5],\n" in code
+    assert max(len(line) for line in code.splitlines() if "load_pretrained(" not in line) <= 100
     namespace: dict = {}
     exec(code, namespace)  # the card's own loading example, labels included
     assert namespace["threes"].shape == (16, 1, 32, 32)

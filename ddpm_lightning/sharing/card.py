@@ -28,6 +28,8 @@ SAMPLER_KEYS = (
     "guidance_scale",
     "guidance_interval",
 )
+# ruff's line length in pyproject.toml: the card's Python example is formatted to it.
+LINE_LENGTH = 100
 
 
 def sampler_summary(sampler: dict[str, Any] | None) -> dict[str, Any]:
@@ -184,14 +186,34 @@ def python_literal(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
+def override(key: str, value: Any) -> str:
+    """` sampler.key=value` for a shell; a list is written without spaces, in quotes."""
+    if isinstance(value, list | tuple):
+        return f" 'sampler.{key}=[{','.join(str(v) for v in value)}]'"
+    return f" sampler.{key}={value}"
+
+
+def make_sampler_call(cls: str, settings: dict[str, Any]) -> str:
+    """`sampler = module.make_sampler(cls, key=value, …)` on one line, or one argument per line
+    when that is longer than the project's 100 characters (as ruff formats it)."""
+    arguments = [cls, *(f"{key}={python_literal(value)}" for key, value in settings.items())]
+    line = f"sampler = module.make_sampler({', '.join(arguments)})"
+    if len(line) <= LINE_LENGTH:
+        return line
+    return "sampler = module.make_sampler(\n" + "".join(f"    {a},\n" for a in arguments) + ")"
+
+
 def load_section(config: dict[str, Any], name: str) -> str:
     summary = sampler_summary(config.get("sampler")) or {"sampler": "DDIMSampler"}
     cls = summary.pop("sampler")
-    settings = {key: value for key, value in summary.items() if value is not None}
-    option = getattr(diffusion, cls, diffusion.DDIMSampler).name
-    overrides = "".join(f" sampler.{key}={value}" for key, value in settings.items())
-    arguments = "".join(f", {key}={python_literal(value)}" for key, value in settings.items())
     conditional = is_conditional(config)
+    settings = {
+        key: value
+        for key, value in summary.items()
+        if value is not None and (conditional or not key.startswith("guidance"))
+    }
+    option = getattr(diffusion, cls, diffusion.DDIMSampler).name
+    overrides = "".join(override(key, value) for key, value in settings.items())
     imports = "import torch\n" if conditional else ""
     labels = (
         "\n# the labels to draw, e.g. 16 of class 3:\n"
@@ -206,7 +228,7 @@ def load_section(config: dict[str, Any], name: str) -> str:
         f"```python\n{imports}from ddpm_lightning import load_pretrained\n"
         f"from ddpm_lightning.diffusion import {cls}\n\n"
         f'module = load_pretrained("{name}")  # a DiffusionModule in eval mode, on the CPU\n'
-        f"sampler = module.make_sampler({cls}{arguments})\n"
+        f"{make_sampler_call(cls, settings)}\n"
         "images = module.generate(sampler, num_samples=16, seed=0)  # (16, C, H, W) in [-1, 1]\n"
         f"{labels}```\n\n"
         f"Recommended sampler: {sampler_text(config.get('sampler'))}. `pretrained=` also takes "
