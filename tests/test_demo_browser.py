@@ -137,7 +137,9 @@ CASES = {
     "tiny v, DDIM-5, eta 0": ("tiny_v", dict(sampler="ddim", steps=5, eta=0.0), 1e-4),
     "tiny x0 conditional, DDIM-5 trailing, eta 1, guidance 2": (
         "tiny_cond",
-        dict(sampler="ddim", steps=5, eta=1.0, spacing="trailing", gamma=2.0, label=3),
+        dict(
+            sampler="ddim", steps=5, eta=1.0, spacing="trailing", gamma=2.0, interval=None, label=3
+        ),
         1e-4,
     ),
     "tiny v, DDPM (all 20 steps)": ("tiny_v", dict(sampler="ddpm", variance="fixed_small"), 1e-4),
@@ -148,7 +150,11 @@ CASES = {
 def python_samples(folder: Path | str, options: dict, noise, draws) -> torch.Tensor:
     """Our Python sampler's images from `noise` with the per-step noise `draws` (N, …)."""
     module = load_pretrained(folder)
-    common = dict(progress=False, guidance_scale=options.get("gamma"))
+    common = dict(
+        progress=False,
+        guidance_scale=options.get("gamma"),
+        guidance_interval=options.get("interval"),
+    )
     if options["sampler"] == "ddim":
         spacing = options.get("spacing", "uniform")
         sampler = module.make_sampler(
