@@ -126,6 +126,7 @@ class Sampler:
         self.guidance_scale = None if guidance_scale is None else float(guidance_scale)
         self.guidance_interval = checked_interval(guidance_interval)
         self.sigmas = schedule.sigmas()
+        self.sigma_values = self.sigmas.tolist()
 
     def steps(self) -> list[int]:
         raise NotImplementedError
@@ -156,11 +157,12 @@ class Sampler:
 
     def guidance_scale_at(self, t: int) -> float | None:
         """γ at timestep t: `guidance_scale` where σ_t lies in `guidance_interval` (lo, hi],
-        plain conditional sampling (None) elsewhere."""
+        plain conditional sampling (None) elsewhere. σ_t is read from a host copy: no device sync
+        per step."""
         if self.guidance_interval is None:
             return self.guidance_scale
         low, high = self.guidance_interval
-        return self.guidance_scale if low < float(self.sigmas[t]) <= high else None
+        return self.guidance_scale if low < self.sigma_values[t] <= high else None
 
     def eps_from_x0(self, x: Tensor, t: int, x0: Tensor) -> Tensor:
         """ε = (x_t − √ᾱ_t x₀) / √(1−ᾱ_t)."""

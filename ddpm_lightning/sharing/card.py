@@ -32,17 +32,19 @@ SAMPLER_KEYS = (
 LINE_LENGTH = 100
 
 
-def sampler_summary(sampler: dict[str, Any] | None) -> dict[str, Any]:
-    """{'sampler': class name, and its step settings} of a sampler config."""
+def sampler_summary(sampler: dict[str, Any] | None, conditional: bool) -> dict[str, Any]:
+    """{'sampler': class name, and its step settings} of a sampler config; the guidance keys
+    only for conditional models (unconditional ones are never guided)."""
     if not sampler:
         return {}
     name = str(sampler.get("_target_", "unknown")).rsplit(".", 1)[-1]
-    return {"sampler": name, **{key: sampler[key] for key in SAMPLER_KEYS if key in sampler}}
+    keys = [key for key in SAMPLER_KEYS if conditional or not key.startswith("guidance")]
+    return {"sampler": name, **{key: sampler[key] for key in keys if key in sampler}}
 
 
-def sampler_text(sampler: dict[str, Any] | None) -> str:
+def sampler_text(sampler: dict[str, Any] | None, conditional: bool) -> str:
     """`DDIMSampler (num_steps=20, eta=0.0, …)`."""
-    summary = sampler_summary(sampler)
+    summary = sampler_summary(sampler, conditional)
     if not summary:
         return "not recorded"
     settings = ", ".join(f"{k}={v}" for k, v in summary.items() if k != "sampler")
@@ -63,7 +65,7 @@ def card_data(config: dict[str, Any], title: str) -> ModelCardData:
     results = None
     if dataset and "fld" in evaluation:
         args = {
-            **sampler_summary(evaluation.get("sampler")),
+            **sampler_summary(evaluation.get("sampler"), conditional),
             "num_samples": evaluation.get("num_samples"),
             "seed": evaluation.get("seed"),
         }
@@ -161,7 +163,7 @@ def evaluation_section(config: dict[str, Any]) -> str:
         f"| {float(evaluation['fld']):.2f} {requested[2]}| "
         f"{'' if confidence is None else f'{float(confidence):.3f}'} | "
         f"{evaluation.get('num_samples', '')} | {evaluation.get('seed', '')} | "
-        f"{sampler_text(evaluation.get('sampler'))} |{command}\n\n"
+        f"{sampler_text(evaluation.get('sampler'), is_conditional(config))} |{command}\n\n"
         "FLD is the Fréchet distance between LeNet-5 features of generated images and of the "
         "test set, with the LeNet shipped in ddpm_lightning (lower is better). It compares only "
         "with FLDs from the same LeNet and number of samples; fewer samples give higher values.\n"
@@ -204,14 +206,10 @@ def make_sampler_call(cls: str, settings: dict[str, Any]) -> str:
 
 
 def load_section(config: dict[str, Any], name: str) -> str:
-    summary = sampler_summary(config.get("sampler")) or {"sampler": "DDIMSampler"}
-    cls = summary.pop("sampler")
     conditional = is_conditional(config)
-    settings = {
-        key: value
-        for key, value in summary.items()
-        if value is not None and (conditional or not key.startswith("guidance"))
-    }
+    summary = sampler_summary(config.get("sampler"), conditional) or {"sampler": "DDIMSampler"}
+    cls = summary.pop("sampler")
+    settings = {key: value for key, value in summary.items() if value is not None}
     option = getattr(diffusion, cls, diffusion.DDIMSampler).name
     overrides = "".join(override(key, value) for key, value in settings.items())
     imports = "import torch\n" if conditional else ""
@@ -231,8 +229,8 @@ def load_section(config: dict[str, Any], name: str) -> str:
         f"{make_sampler_call(cls, settings)}\n"
         "images = module.generate(sampler, num_samples=16, seed=0)  # (16, C, H, W) in [-1, 1]\n"
         f"{labels}```\n\n"
-        f"Recommended sampler: {sampler_text(config.get('sampler'))}. `pretrained=` also takes "
-        "a local copy of this folder.\n"
+        f"Recommended sampler: {sampler_text(config.get('sampler'), conditional)}. "
+        "`pretrained=` also takes a local copy of this folder.\n"
     )
 
 

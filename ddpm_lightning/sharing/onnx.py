@@ -86,7 +86,7 @@ def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dic
     """The settings of a ddim or ddpm sampler config as the page runs them; guidance γ as
     `make_sampler` sets it (1.25 for conditional models when null) and its σ interval."""
     built = module.make_sampler(instantiate(sampler), progress=False)
-    interval = None if built.guidance_scale is None else built.guidance_interval
+    interval = built.guidance_interval
     common = {
         "clip_x0": built.clip_x0,
         "guidance_scale": built.guidance_scale,

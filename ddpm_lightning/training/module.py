@@ -149,7 +149,7 @@ class DiffusionModule(L.LightningModule):
         """A sampler from `factory` (e.g. a `_partial_` config) for this schedule and objective.
 
         Guidance defaults to DEFAULT_GUIDANCE_SCALE for conditional models and is refused for
-        unconditional ones.
+        unconditional ones, whose samplers keep no guidance interval.
         """
         diffusion = self.diffusion
         sampler = factory(
@@ -158,7 +158,9 @@ class DiffusionModule(L.LightningModule):
         scale = sampler.guidance_scale
         if scale not in (None, 1.0):
             require_conditional(self.num_classes, f"sampler.guidance_scale={scale}")
-        if self.num_classes is not None and scale is None:
+        if self.num_classes is None:
+            sampler.guidance_interval = None
+        elif scale is None:
             sampler.guidance_scale = DEFAULT_GUIDANCE_SCALE
         return sampler
 
