@@ -1,14 +1,15 @@
 """`python -m ddpm_lightning.bench`: training and sampling throughput of the UNets.
 
-Training: for `model=unet` (d=16) and `model=unet_large` (d=32) on random in-memory images
-(N, 1, 32, 32), our Lightning loop and a bare PyTorch loop (same model, data tensors, optimizer
-and loss) alternate `--repeats` times; the table gives median and min-max images/s, the
-framework overhead 1 − Lightning/bare, the share of Lightning's step time spent between steps
-(data wait), FLOPs per image, the model FLOP utilisation (MFU) against this machine's dense
-matmul rate measured in the same run, and peak memory. `--precision` applies to every loop,
-`--channels-last` and `--compile` to our models. Optional peers (diffusers, lucidrains) run in
-the bare loop when installed. Sampling: each sampler with the default UNet; the sampler's overhead
-is the share of sampling time spent outside the model's forward pass.
+Training: for `model=unet` (d=16), `model=unet_cond` (the same with class labels) and
+`model=unet_large` (d=32) on random in-memory images (N, 1, 32, 32), our Lightning loop and a
+bare PyTorch loop (same model, data tensors, optimizer and loss) alternate `--repeats` times; the
+table gives median and min-max images/s, the framework overhead 1 − Lightning/bare, the share of
+Lightning's step time spent between steps (data wait), FLOPs per image, the model FLOP
+utilisation (MFU) against this machine's dense matmul rate measured in the same run, and peak
+memory. `--precision` applies to every loop, `--channels-last` and `--compile` to our models.
+Optional peers (diffusers, lucidrains) run in the bare loop when installed. Sampling: each
+sampler with the default UNet; the sampler's overhead is the share of sampling time spent outside
+the model's forward pass.
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ SECTIONS = ("training", "peers", "sampling")
 # Trainer precision → the dtypes it computes in; MFU is against the fastest one's matmul rate
 # (a CPU without bf16 instructions multiplies bfloat16 far slower than float32).
 PRECISIONS = {"32-true": ("float32",), "bf16-mixed": ("bfloat16", "float32")}
-TRAINING_MODELS = {"unet": "default UNet (d=16, (1,2,3))", "unet_large": "d=32, (1,2,3)"}
+TRAINING_MODELS = {
+    "unet": "default UNet (d=16, (1,2,3))",
+    "unet_cond": "default UNet with 10 class labels",
+    "unet_large": "d=32, (1,2,3)",
+}
 # diffusers' UNet2DModel exactly as `model=diffusers_unet` trains it (widths 16, 32, 48, one
 # ResNet block per level and side, attention with 4 heads of 12 only in the middle, GroupNorm(8)):
 # 425,281 parameters with diffusers 0.42, 5.4% more than the default UNet's 403,409 (T=100).
@@ -287,22 +292,23 @@ def bare_run(
     data: TensorBatches,
     settings: Settings,
     prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    conditional: bool = False,
 ) -> dict[str, float]:
     """A plain loop of training_loss (under bf16 autocast for bf16-mixed, as Lightning does),
     backward and Adam (lr 2e-4) over `warmup_steps + steps` batches; images/s over the steps
-    after the warm-up. `prepare` sets x's memory format."""
+    after the warm-up. `prepare` sets x's memory format; a conditional model gets the labels."""
     optimizer = torch.optim.Adam(parameters, lr=2e-4)
     device = data.inputs.device
     bf16 = settings.precision == "bf16-mixed"
     start = 0.0
-    for step, (x, _) in enumerate(batches(data, settings.batch_size)):
+    for step, (x, y) in enumerate(batches(data, settings.batch_size)):
         if step == settings.warmup_steps:
             synchronize(device)
             start = time.perf_counter()
         if step == settings.warmup_steps + settings.steps:
             break
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion.training_loss(model, prepare(x))
+            loss = diffusion.training_loss(model, prepare(x), y if conditional else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -395,8 +401,17 @@ def bench_training_model(
         train_split = data.splits["train"].to(device)
         prepare = module.to_memory_format
         parameters = list(module.model.parameters())
+        conditional = module.num_classes is not None
         bare.append(
-            bare_run(module.model, parameters, module.diffusion, train_split, settings, prepare)
+            bare_run(
+                module.model,
+                parameters,
+                module.diffusion,
+                train_split,
+                settings,
+                prepare,
+                conditional,
+            )
         )
     memory = peak_memory_mb(device)
     flops = module.training_flops_per_image()

@@ -6,8 +6,11 @@ import torch
 from ddpm_lightning.bench import (
     SECTIONS,
     TRAINING_MODELS,
+    RandomImages,
     Settings,
+    bare_run,
     bench_sampling,
+    build_training_module,
     main,
     markdown,
 )
@@ -49,8 +52,10 @@ def test_quick_bench_writes_every_section(tmp_path):
 
     rows = results["training"]
     assert [row["model"] for row in rows] == list(TRAINING_MODELS)
-    assert rows[0]["parameters"] == 403_409, "the default UNet"
-    assert rows[1]["parameters"] > 3 * rows[0]["parameters"], "unet_large: d=32"
+    parameters = {row["model"]: row["parameters"] for row in rows}
+    assert parameters["unet"] == 403_409, "the default UNet"
+    assert parameters["unet_cond"] - parameters["unet"] == 11 * 64, "10 classes + null, width 64"
+    assert parameters["unet_large"] > 3 * parameters["unet"], "unet_large: d=32"
     for row in rows:
         check_speed(row["lightning"]["images_per_s"])
         check_speed(row["bare"]["images_per_s"])
@@ -89,6 +94,21 @@ def test_models_option_picks_the_training_rows(tmp_path):
     results = json.loads(out.read_text())
     assert [row["model"] for row in results["training"]] == ["unet"]
     assert results["settings"]["models"] == ["unet"]
+
+
+def test_bare_loop_gives_a_conditional_model_its_labels(one_thread):
+    settings = Settings.quick()
+    module = build_training_module("unet_cond", settings)
+    seen = []
+    model = lambda x, t, y=None: seen.append(y) or module.model(x, t, y)  # noqa: E731
+    images = RandomImages(6 * settings.batch_size, settings.batch_size)
+    images.setup("fit")
+    data = images.splits["train"]
+    bare_run(
+        model, list(module.model.parameters()), module.diffusion, data, settings, conditional=True
+    )
+    assert len(seen) == settings.warmup_steps + settings.steps
+    assert all(y is not None and y.shape == (settings.batch_size,) for y in seen)
 
 
 def test_unknown_model_is_a_config_error():
