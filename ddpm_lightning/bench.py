@@ -394,6 +394,7 @@ def bench_training_model(
     num_train = (settings.warmup_steps + settings.steps) * settings.batch_size
     data = RandomImages(num_train, settings.batch_size)
     start_memory, peak_reset = current_memory_mb(device), reset_peak_memory(device)
+    conditional = module.num_classes is not None
     lightning, bare = [], []
     for _ in range(settings.repeats):
         lightning.append(lightning_run(module, data, settings, device))
@@ -401,7 +402,6 @@ def bench_training_model(
         train_split = data.splits["train"].to(device)
         prepare = module.to_memory_format
         parameters = list(module.model.parameters())
-        conditional = module.num_classes is not None
         bare.append(
             bare_run(
                 module.model,
