@@ -113,7 +113,7 @@ def generate(cfg: DictConfig) -> tuple[Tensor, Tensor | None, dict, L.Trainer]:
     check_sampling_request(module, sampler, int(cfg.num_samples), bool(cfg.force))
     labels = module.sample_labels(int(cfg.num_samples))
     images, trainer = draw_samples(cfg, module, int(cfg.num_samples), labels)
-    return images, labels, samples_metadata(cfg, ckpt_path, module), trainer
+    return images, labels, samples_metadata(cfg, ckpt_path, module, sampler), trainer
 
 
 def scored_dataset(cfg: DictConfig, recorded: str | None) -> str:

@@ -63,27 +63,35 @@ def resolve_checkpoint(cfg: DictConfig) -> str | Path | None:
     return ckpt_path
 
 
-def image_source(cfg: DictConfig, ckpt_path: str | Path | None) -> dict[str, Any]:
+def applied_settings(cfg: DictConfig, sampler: Sampler) -> dict[str, Any]:
+    """`cfg.sampler` with the guidance `make_sampler` applied: the default γ where the config
+    left it null, no interval for unconditional models."""
+    settings = OmegaConf.to_container(cfg.sampler, resolve=True)
+    interval = sampler.guidance_interval
+    return {
+        **settings,
+        "guidance_scale": sampler.guidance_scale,
+        "guidance_interval": None if interval is None else list(interval),
+    }
+
+
+def image_source(cfg: DictConfig, ckpt_path: str | Path | None, sampler: Sampler) -> dict[str, Any]:
     """What makes the images: the checkpoint file (`ckpt_path=last` resolved) or the shipped
-    model's name, the seed and the sampler's settings."""
+    model's name, the seed and the sampler's settings as applied."""
     model = (
         {"pretrained": str(cfg.pretrained)}
         if cfg.get("pretrained")
         else {"ckpt_path": str(ckpt_path)}
     )
-    return {
-        **model,
-        "seed": cfg.seed,
-        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
-    }
+    return {**model, "seed": cfg.seed, "sampler": applied_settings(cfg, sampler)}
 
 
 def samples_metadata(
-    cfg: DictConfig, ckpt_path: str | Path | None, module: DiffusionModule
+    cfg: DictConfig, ckpt_path: str | Path | None, module: DiffusionModule, sampler: Sampler
 ) -> dict[str, Any]:
     """The `metadata` entry of samples.npz (a JSON string): the model's dataset and
     `image_source`, so the evaluate command scores the images against the right test set."""
-    return {"dataset": module.hparams.get("dataset"), **image_source(cfg, ckpt_path)}
+    return {"dataset": module.hparams.get("dataset"), **image_source(cfg, ckpt_path, sampler)}
 
 
 def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tensor | None:
@@ -179,7 +187,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         save_grid(samples, files["grid.png"])
         arrays: dict[str, Any] = {
             "images": to_uint8(samples).cpu().numpy(),
-            "metadata": np.array(json.dumps(samples_metadata(cfg, ckpt_path, module))),
+            "metadata": np.array(json.dumps(samples_metadata(cfg, ckpt_path, module, sampler))),
         }
         if labels is not None:
             arrays["labels"] = labels.numpy()

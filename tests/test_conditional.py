@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from ddpm_lightning.config import compose_config
-from ddpm_lightning.diffusion.guidance import balanced_labels
+from ddpm_lightning.diffusion.guidance import DEFAULT_GUIDANCE_SCALE, balanced_labels
 from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluate import evaluate
@@ -148,6 +148,8 @@ def test_evaluate_reports_requested_label_accuracy(conditional, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["requested_label_accuracy"] == metrics["requested_label_accuracy"]
     assert saved["ckpt_path"] == str(conditional) and saved["sampler"]["num_steps"] == 2
+    assert saved["sampler"]["guidance_scale"] == DEFAULT_GUIDANCE_SCALE, "the γ applied, not null"
+    assert saved["sampler"]["guidance_interval"] == [0.3, 5.0]
 
 
 def test_evaluate_npz_with_labels_scores_them(tmp_path):

@@ -376,6 +376,7 @@ def test_samples_npz_records_what_made_it_and_evaluate_uses_it(fashion_samples, 
         "sampler": {
             **OmegaConf.to_container(compose_config("sample").sampler),
             "num_steps": 2,
+            "guidance_interval": None,
         },
     }
     metrics = evaluate(evaluate_config(tmp_path, f"samples={samples}"))
