@@ -265,6 +265,7 @@ CALLBACKS = {
     "ema.warmup": BOOLEAN,
     "ema.update_every_n_steps": integer(1),
     "model_summary.max_depth": integer(-1),
+    "time_budget.every_n_steps": integer(1),
     "throughput.batch_size_fn.path": TARGET,
     **{
         f"{callback}.sampler.{key}": spec

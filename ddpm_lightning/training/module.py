@@ -280,14 +280,16 @@ class DiffusionModule(L.LightningModule):
         self.log("test/loss", self.evaluation_loss(batch, batch_idx), sync_dist=True)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """The optimizer with warm-up and cosine decay over `planned_steps`: the epoch plan, or
+        the steps that fit `trainer.max_time` once `TimeBudget` re-plans them."""
         optimizer = instantiate(self.optimizer_config)(params=self.parameters())
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        self.planned_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: warmup_cosine(
                 step,
                 int(self.lr_schedule["warmup_steps"]),
-                total_steps,
+                self.planned_steps,
                 bool(self.lr_schedule["cosine_decay"]),
             ),
         )

@@ -1,0 +1,107 @@
+import csv
+import math
+
+import lightning as L
+import pytest
+from lightning.pytorch.callbacks import timer
+
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.train import train
+from ddpm_lightning.training.checkpoints import read_checkpoint
+from ddpm_lightning.training.time_budget import TimeBudget, fitted_steps
+from tests.conftest import tiny_config
+from tests.test_tooling import StopAt
+
+# 100 epochs of 3 batches (an epoch plan of 300 steps) that a 30-second limit cuts at step 30.
+BUDGETED = [
+    "trainer.max_epochs=100",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "+trainer.max_time=00:00:00:30",
+    "lr_schedule.warmup_steps=2",
+    "callbacks.time_budget.every_n_steps=5",
+]
+
+
+def test_fitted_steps():
+    assert fitted_steps(100, 0.5, 50.0, 10_000) == 200
+    assert fitted_steps(100, 0.5, 50.0, 150) == 150, "capped by the epoch plan"
+    assert fitted_steps(100, 0.3, 1.0, 10_000) == 103, "whole steps only"
+    assert fitted_steps(100, 0.5, -3.0, 10_000) == 100, "time is up: decay ends now"
+
+
+def test_bad_interval_names_the_key():
+    with pytest.raises(ConfigError, match="callbacks.time_budget.every_n_steps"):
+        TimeBudget(every_n_steps=0)
+
+
+class StepClock(L.Callback):
+    """Lightning's Timer clock reading one second per optimizer step: a pace of exactly 1 s."""
+
+    def __init__(self):
+        self.trainer: L.Trainer | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trainer = trainer
+
+    def monotonic(self) -> float:
+        return float(self.trainer.global_step) if self.trainer else 0.0
+
+
+@pytest.mark.parametrize("budget", [True, False])
+def test_a_time_limited_run_decays_its_learning_rate_to_zero(
+    data_root, tmp_path, monkeypatch, budget
+):
+    """At 1 s per step the first re-plan (step 5) fits 25 more steps in the 25 s left: the cosine
+    ends at step 30, where the time limit stops the run. Without the re-plan the decay is
+    planned over 300 steps and the run stops at 97% of the peak learning rate."""
+    clock = StepClock()
+    monkeypatch.setattr(timer, "time", clock)
+    overrides = BUDGETED if budget else [*BUDGETED, "callbacks.time_budget=null"]
+    train(tiny_config(data_root, tmp_path, *overrides), [clock])
+    checkpoint = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 30
+    (scheduler,) = checkpoint["lr_schedulers"]
+    peak = scheduler["base_lrs"][0]
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    plans = {
+        int(row["step"]): float(row["train/planned_steps"])
+        for row in rows
+        if row.get("train/planned_steps")
+    }
+    if budget:
+        assert scheduler["_last_lr"][0] == pytest.approx(0.0, abs=1e-12 * peak)
+        assert {4, 9, 14, 19, 24, 29} <= set(plans), "re-planned at steps 5, 10, …, 30"
+        assert set(plans.values()) == {30.0}
+        assert checkpoint["callbacks"]["TimeBudget"] == {"planned_steps": 30}
+    else:
+        progress = (30 - 2) / (300 - 2)
+        assert scheduler["_last_lr"][0] == pytest.approx(
+            0.5 * peak * (1 + math.cos(math.pi * progress))
+        )
+        assert plans == {}
+
+
+def test_a_resumed_time_limited_run_keeps_its_plan(data_root, tmp_path, monkeypatch):
+    """Pre-empted at step 12 and resumed: the plan of 30 steps comes back with the checkpoint, so
+    steps 12-14 train at the cosine's values for 30 steps, not for the epoch plan of 300, and the
+    decay still ends at step 30."""
+    monkeypatch.setattr(timer, "time", first_clock := StepClock())
+    stopped = tmp_path / "stopped"
+    with pytest.raises(SystemExit):
+        train(tiny_config(data_root, stopped, *BUDGETED), [first_clock, StopAt(4, 0)])
+    last = stopped / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 12
+    monkeypatch.setattr(timer, "time", clock := StepClock())
+    resumed = tmp_path / "resumed"
+    train(tiny_config(data_root, resumed, *BUDGETED, f"ckpt_path={last}"), [clock])
+    checkpoint = read_checkpoint(resumed / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 30
+    assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == 0.0
+    rows = list(csv.DictReader((resumed / "csv" / "metrics.csv").open()))
+    lrs = [float(row["lr-Adam"]) for row in rows if row["lr-Adam"]][:3]  # steps 12, 13, 14
+    peak = checkpoint["lr_schedulers"][0]["base_lrs"][0]
+    assert lrs == pytest.approx(
+        [0.5 * peak * (1 + math.cos(math.pi * (step - 2) / (30 - 2))) for step in (12, 13, 14)]
+    )
