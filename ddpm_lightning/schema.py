@@ -24,6 +24,7 @@ from ddpm_lightning.diffusion.samplers import SPACINGS
 from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models.blocks import BLOCK_LAYERS
+from ddpm_lightning.training.ema import MAX_SIGMA_REL
 
 MAX_SEED = 2**32 - 1
 OPEN_PREFIXES = ("trainer.", "optimizer.", "logger.", "callbacks.", "sampler.kwargs.")
@@ -264,6 +265,7 @@ CALLBACKS = {
     "ema.decay": FRACTION_OPEN,
     "ema.warmup": BOOLEAN,
     "ema.update_every_n_steps": integer(1),
+    "ema.sigma_rel": optional(number(0, MAX_SIGMA_REL, low_open=True)),
     "model_summary.max_depth": integer(-1),
     "time_budget.every_n_steps": integer(1),
     "throughput.batch_size_fn.path": TARGET,

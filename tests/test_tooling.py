@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import subprocess
 
 import lightning as L
@@ -11,7 +12,7 @@ from PIL import Image
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
-from ddpm_lightning.training.ema import EMA, warmup_decay
+from ddpm_lightning.training.ema import EMA, MAX_SIGMA_REL, power_decay, power_gamma, warmup_decay
 from tests.conftest import PYTHON, cli_env, tiny_config, tiny_overrides
 
 SHORT = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"]
@@ -39,6 +40,32 @@ def test_ema_update_follows_the_recursion():
         torch.testing.assert_close(a, e)
 
 
+def test_power_function_exponent_matches_edm2():
+    """Karras et al. 2024 pair σ_rel 0.05 with γ 16.97 and σ_rel 0.10 with γ 6.94."""
+    assert power_gamma(0.05) == pytest.approx(16.97, abs=0.005)
+    assert power_gamma(0.10) == pytest.approx(6.94, abs=0.005)
+    assert power_gamma(MAX_SIGMA_REL) == pytest.approx(0.0, abs=1e-9)
+
+
+def power_ema_of(values: list[float], sigma_rel: float) -> float:
+    """The power-function EMA of a scalar weight taking `values` at successive updates."""
+    ema = EMA(sigma_rel=sigma_rel)
+    averaged = [torch.tensor([values[0]], dtype=torch.float64)]  # Lightning starts with a copy
+    for n, value in enumerate(values[1:], start=1):
+        ema.update(averaged, [torch.tensor([value], dtype=torch.float64)], torch.tensor(n))
+    return float(averaged[0])
+
+
+def test_power_function_ema_weights():
+    """γ = 0 (β_t = 1 − 1/t) is the running mean. γ = 2 (σ_rel = √(3/80)): β_2 = (1/2)³ and
+    β_3 = (2/3)³ weigh three updates 1/27, 7/27 and 19/27."""
+    assert power_ema_of([3.0, -1.0, 10.0], MAX_SIGMA_REL) == pytest.approx(4.0)
+    assert power_gamma(math.sqrt(3 / 80)) == pytest.approx(2.0)
+    assert power_decay(2.0, 1) == 1 / 8 and power_decay(2.0, 2) == pytest.approx(8 / 27)
+    expected = (1 * 3.0 + 7 * -1.0 + 19 * 10.0) / 27
+    assert power_ema_of([3.0, -1.0, 10.0], math.sqrt(3 / 80)) == pytest.approx(expected)
+
+
 def test_bad_ema_settings_name_the_key():
     from ddpm_lightning.errors import ConfigError
 
@@ -46,6 +73,8 @@ def test_bad_ema_settings_name_the_key():
         EMA(decay=1.0)
     with pytest.raises(ConfigError, match="callbacks.ema.update_every_n_steps"):
         EMA(update_every_n_steps=0)
+    with pytest.raises(ConfigError, match="callbacks.ema.sigma_rel"):
+        EMA(sigma_rel=0.3)
 
 
 def wandb_history_and_config(path):

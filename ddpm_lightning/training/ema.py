@@ -7,6 +7,9 @@ raw weights beside it for resuming.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
@@ -20,29 +23,66 @@ def warmup_decay(decay: float, num_averaged: int) -> float:
     return min(decay, (1 + num_averaged) / (10 + num_averaged))
 
 
+# σ_rel of the power-function profile with γ = 0 (a plain running mean), the widest allowed.
+MAX_SIGMA_REL = math.sqrt(1 / 12)
+
+
+def power_gamma(sigma_rel: float) -> float:
+    """The exponent γ ≥ 0 of the power-function EMA profile whose relative standard deviation
+    is σ_rel (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion
+    Models", eq. 3): the largest real root of γ³ + 7γ² + (16 − σ_rel⁻²)γ + (12 − σ_rel⁻²)."""
+    inverse_variance = sigma_rel**-2
+    roots = np.roots([1.0, 7.0, 16.0 - inverse_variance, 12.0 - inverse_variance])
+    return float(roots.real[np.abs(roots.imag) < 1e-9].max())
+
+
+def power_decay(gamma: float, num_averaged: int) -> float:
+    """β = (1 − 1/t)^(γ+1) at the t-th average (t = n + 1 after n): the average weighs earlier
+    weights ∝ τ^γ, a window that stays a fixed share of the run however long it gets
+    (Karras et al. 2024, eq. 4)."""
+    return (1.0 - 1.0 / (num_averaged + 1)) ** (gamma + 1.0)
+
+
 class EMA(WeightAveraging):
     """EMA of the parameters, updated after every `update_every_n_steps` optimizer steps.
 
-    θ̄ ← d θ̄ + (1 − d) θ with d = `decay`, or `warmup_decay` when `warmup` is on. Buffers are
-    not averaged: the model's are constants (noise schedule, position table).
+    θ̄ ← d θ̄ + (1 − d) θ with d = `decay`, or `warmup_decay` when `warmup` is on, or
+    `power_decay` of the power-function profile of width `sigma_rel` when that is set (then
+    `decay` and `warmup` are not used). Buffers are not averaged: the model's are constants
+    (noise schedule, position table).
     """
 
-    def __init__(self, decay: float = 0.9999, warmup: bool = True, update_every_n_steps: int = 1):
+    def __init__(
+        self,
+        decay: float = 0.9999,
+        warmup: bool = True,
+        update_every_n_steps: int = 1,
+        sigma_rel: float | None = None,
+    ):
         if not 0 < decay < 1:
             raise ConfigError(f"callbacks.ema.decay={decay} must lie in (0, 1)")
         if update_every_n_steps < 1:
             raise ConfigError(
                 f"callbacks.ema.update_every_n_steps={update_every_n_steps} must be at least 1"
             )
+        if sigma_rel is not None and not 0 < sigma_rel <= MAX_SIGMA_REL:
+            raise ConfigError(
+                f"callbacks.ema.sigma_rel={sigma_rel} must lie in (0, {MAX_SIGMA_REL:.4f}] "
+                "(e.g. 0.05 or 0.1), or null for the fixed decay"
+            )
         super().__init__(use_buffers=False, multi_avg_fn=self.update)
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.update_every_n_steps = int(update_every_n_steps)
+        self.gamma = None if sigma_rel is None else power_gamma(float(sigma_rel))
 
     def update(self, averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
         """One in-place EMA step over all parameters at once."""
         n = int(num_averaged)
-        decay = warmup_decay(self.decay, n) if self.warmup else self.decay
+        if self.gamma is not None:
+            decay = power_decay(self.gamma, n)
+        else:
+            decay = warmup_decay(self.decay, n) if self.warmup else self.decay
         torch._foreach_lerp_(averaged, current, 1.0 - decay)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
