@@ -30,13 +30,14 @@ class NonFiniteLossError(DDPMError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, cosine_decay: bool) -> float:
-    """LR factor: linear warm-up over `warmup_steps`, then constant or cosine decay to 0."""
+def warmup_cosine(step: int, warmup_steps: int, total_steps: float, cosine_decay: bool) -> float:
+    """LR factor: linear warm-up over `warmup_steps`, then constant or cosine decay to 0 at
+    `total_steps` (infinite: no decay yet), and 0 after it."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    if not cosine_decay or total_steps <= warmup_steps:
+    if not cosine_decay:
         return 1.0
-    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    progress = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -283,7 +284,7 @@ class DiffusionModule(L.LightningModule):
         """The optimizer with warm-up and cosine decay over `planned_steps`: the epoch plan, or
         the steps that fit `trainer.max_time` once `TimeBudget` re-plans them."""
         optimizer = instantiate(self.optimizer_config)(params=self.parameters())
-        self.planned_steps = int(self.trainer.estimated_stepping_batches)
+        self.planned_steps = self.trainer.estimated_stepping_batches
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: warmup_cosine(

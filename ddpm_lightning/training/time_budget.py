@@ -13,9 +13,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from ddpm_lightning.errors import ConfigError
 
 
-def fitted_steps(step: int, seconds_per_step: float, seconds_left: float, epoch_plan: int) -> int:
+def fitted_steps(
+    step: int, seconds_per_step: float, seconds_left: float, epoch_plan: float
+) -> float:
     """The run's total optimizer steps: those done plus those that fit the time left at the pace
-    so far, never more than the epoch plan."""
+    so far, never more than the epoch plan (infinite without an epoch limit)."""
     return min(epoch_plan, step + math.floor(max(seconds_left, 0.0) / seconds_per_step))
 
 
@@ -28,10 +30,14 @@ def budget_timer(trainer: L.Trainer) -> Timer | None:
 
 
 class TimeBudget(L.Callback):
-    """Every `every_n_steps` optimizer steps, re-plans the module's `planned_steps` (over which
-    its cosine decays to 0) to the steps that fit `trainer.max_time` at this run's pace so far,
-    validation included. Rank 0's plan is broadcast, so every process keeps the same learning
-    rate. Does nothing without `trainer.max_time`."""
+    """Re-plans the module's `planned_steps` (over which its cosine decays to 0) to the steps
+    that fit `trainer.max_time` at this run's pace, every `every_n_steps` optimizer steps.
+
+    The pace is the wall time per step, validation included, since the end of the first
+    `every_n_steps` (which carry one-off costs: compiling, starting data workers). A resumed run
+    re-plans at once with the pace it saved. Rank 0's plan is broadcast, so every process keeps
+    the same learning rate. Does nothing without `trainer.max_time`.
+    """
 
     def __init__(self, every_n_steps: int = 50):
         if every_n_steps < 1:
@@ -39,39 +45,49 @@ class TimeBudget(L.Callback):
                 f"callbacks.time_budget.every_n_steps={every_n_steps} must be at least 1"
             )
         self.every_n_steps = every_n_steps
-        self.planned_steps: int | None = None
+        self.pace: float | None = None
         self.start: tuple[int, float] | None = None
+        self.last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         timer = budget_timer(trainer)
-        self.start = None if timer is None else (trainer.global_step, timer.time_elapsed())
-        if timer is not None and self.planned_steps is not None:
-            pl_module.planned_steps = min(self.planned_steps, pl_module.planned_steps)
+        self.start = None
+        if timer is not None and self.pace is not None:
+            self.plan(trainer, pl_module, timer.time_remaining())
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
     ) -> None:
         timer = budget_timer(trainer)
-        if timer is None or self.start is None:
+        step = trainer.global_step
+        if timer is None or step == 0 or step % self.every_n_steps or step == self.last_step:
             return
-        step, (start_step, start_time) = trainer.global_step, self.start
-        if step - start_step < self.every_n_steps or step % self.every_n_steps:
+        self.last_step = step
+        if self.start is None:
+            self.start = (step, timer.time_elapsed())
             return
-        pace = (timer.time_elapsed() - start_time) / (step - start_step)
-        plan = fitted_steps(
-            step, pace, timer.time_remaining(), int(trainer.estimated_stepping_batches)
+        start_step, start_time = self.start
+        self.pace = (timer.time_elapsed() - start_time) / (step - start_step)
+        steps = self.plan(trainer, pl_module, timer.time_remaining())
+        pl_module.log("train/planned_steps", float(steps), on_step=True, on_epoch=False)
+
+    def plan(self, trainer: L.Trainer, pl_module: L.LightningModule, seconds_left: float) -> float:
+        """Sets and returns the module's `planned_steps` for `seconds_left` at `self.pace`."""
+        assert self.pace is not None, "planned once a pace is measured or restored"
+        epoch_plan = trainer.estimated_stepping_batches
+        steps = trainer.strategy.broadcast(
+            fitted_steps(trainer.global_step, self.pace, seconds_left, epoch_plan)
         )
-        plan = int(trainer.strategy.broadcast(plan))
-        if self.planned_steps is None:
+        if pl_module.planned_steps == epoch_plan:
             rank_zero_info(
-                f"trainer.max_time: {pace:.3f} s per step so far, the learning-rate decay is "
-                f"planned over {plan:,} steps and re-planned every {self.every_n_steps}"
+                f"trainer.max_time: {self.pace:.3f} s per step, the learning-rate decay is "
+                f"planned over {steps:,} steps and re-planned every {self.every_n_steps}"
             )
-        self.planned_steps = pl_module.planned_steps = plan
-        pl_module.log("train/planned_steps", float(plan), on_step=True, on_epoch=False)
+        pl_module.planned_steps = steps
+        return steps
 
     def state_dict(self) -> dict[str, Any]:
-        return {"planned_steps": self.planned_steps}
+        return {"pace": self.pace}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.planned_steps = state_dict.get("planned_steps")
+        self.pace = state_dict.get("pace")
