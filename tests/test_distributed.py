@@ -16,6 +16,7 @@ from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.evaluate import evaluate
 from ddpm_lightning.sample import sample
 from ddpm_lightning.train import build_module
+from ddpm_lightning.training.checkpoints import read_checkpoint
 from tests.conftest import PYTHON, cli_env, sample_config, tiny_config, tiny_overrides
 
 # Chunks of 5: one process draws samples 0-4 and 5-9 in the same batches as two processes do.
@@ -123,3 +124,29 @@ def test_the_fld_callback_under_ddp_scores_what_evaluate_does(data_root, tmp_pat
         )
     )
     assert tested["test/fld"] == pytest.approx(single["fld"], rel=1e-6), "logged in float32"
+
+
+@pytest.mark.slow
+def test_a_time_limited_ddp_run_decays_to_the_time_limit(data_root, tmp_path, one_thread):
+    """Two processes under `+trainer.max_time` and no epoch limit: every re-plan is broadcast
+    from the first process (a process that skipped one would hang the run), and the run stops
+    at the limit with its learning rate near 0."""
+    run = tmp_path / "run"
+    run_cli(
+        "ddpm_lightning.train",
+        *tiny_overrides(data_root, run),
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=-1",
+        "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1",
+        "+trainer.max_time=00:00:00:15",
+        "callbacks.time_budget.every_n_steps=5",
+        "lr_schedule.warmup_steps=2",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    checkpoint = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert checkpoint["callbacks"]["TimeBudget"]["pace"] > 0
+    (scheduler,) = checkpoint["lr_schedulers"]
+    assert checkpoint["global_step"] > 20
+    assert scheduler["_last_lr"][0] < 0.1 * scheduler["base_lrs"][0]
