@@ -84,7 +84,7 @@ def test_two_ddp_processes_sample_and_score_what_one_does(tmp_path, one_thread):
     )
     double = json.loads((tmp_path / "eval_two" / "metrics.json").read_text())
     assert double["num_samples"] == 10
-    assert double["fld"] == pytest.approx(single["fld"], rel=1e-9)
+    assert double["fld"] == pytest.approx(single["fld"], rel=1e-6), "float32 LeNet features"
     assert double["label_counts"] == single["label_counts"]
 
 
