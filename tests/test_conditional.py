@@ -149,7 +149,7 @@ def test_evaluate_reports_requested_label_accuracy(conditional, tmp_path):
     assert saved["requested_label_accuracy"] == metrics["requested_label_accuracy"]
     assert saved["ckpt_path"] == str(conditional) and saved["sampler"]["num_steps"] == 2
     assert saved["sampler"]["guidance_scale"] == DEFAULT_GUIDANCE_SCALE, "the γ applied, not null"
-    assert saved["sampler"]["guidance_interval"] == [0.3, 5.0]
+    assert saved["sampler"]["guidance_interval"] == [0.3, 4.0]
 
 
 def test_evaluate_npz_with_labels_scores_them(tmp_path):

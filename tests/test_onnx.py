@@ -124,7 +124,7 @@ def test_model_json_holds_what_a_sampler_needs(exported):
             "name": "ddim",
             **sampler,
             "guidance_scale": 1.25,
-            "guidance_interval": [0.3, 5.0],
+            "guidance_interval": [0.3, 4.0],
         }
 
 

@@ -173,6 +173,8 @@ def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_
     metrics = {**METRICS, "requested_label_accuracy": 0.995}
     metrics["sampler"] = {**METRICS["sampler"], "guidance_scale": 1.25}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- sampler.guidance_interval=[0.3,4]\n")
     files = export(
         export_config(
             tmp_path / "cond",
@@ -194,9 +196,10 @@ def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_
     assert "# Class-conditional DDPM on MNIST (ddpm_lightning)" in text
     assert "| 12.35 | 99.50% | 0.900 | 1000 | 0 |" in text
     assert "guidance_scale=1.25" in text
-    assert "sampler.guidance_scale=1.25 'sampler.guidance_interval=[0.3,5]'\n" in text
+    assert "sampler.guidance_scale=1.25 'sampler.guidance_interval=[0.3,4]'\n" in text
+    assert "ddpm_lightning.evaluate 'sampler.guidance_interval=[0.3,4]'\n" in text, "shell-quoted"
     code = text.split("```python\n")[1].split("```")[0]
-    assert "    guidance_interval=[0.3, 5],\n" in code
+    assert "    guidance_interval=[0.3, 4],\n" in code
     assert max(len(line) for line in code.splitlines() if "load_pretrained(" not in line) <= 100
     namespace: dict = {}
     exec(code, namespace)  # the card's own loading example, labels included

@@ -4,6 +4,7 @@ the model: recipe, training time, evaluation, intended use and how to load it.""
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -110,7 +111,7 @@ def recipe_section(config: dict[str, Any]) -> str:
     training = config.get("training") or {}
     overrides = training.get("overrides")
     command = (
-        f"```bash\npython -m ddpm_lightning.train {' '.join(overrides)}\n```"
+        f"```bash\npython -m ddpm_lightning.train {shlex.join(overrides)}\n```"
         if overrides
         else "The run's command-line overrides were not recorded."
     )
@@ -145,7 +146,7 @@ def evaluation_section(config: dict[str, Any]) -> str:
         return "## Evaluation\n\nNot evaluated when exported.\n"
     overrides = evaluation.get("overrides")
     command = (
-        f"\n\n```bash\npython -m ddpm_lightning.evaluate {' '.join(overrides)}\n```"
+        f"\n\n```bash\npython -m ddpm_lightning.evaluate {shlex.join(overrides)}\n```"
         if overrides
         else ""
     )
