@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -66,7 +66,7 @@ def resolve_checkpoint(cfg: DictConfig) -> str | Path | None:
 def applied_settings(cfg: DictConfig, sampler: Sampler) -> dict[str, Any]:
     """`cfg.sampler` with the guidance `make_sampler` applied: the default γ where the config
     left it null, no interval for unconditional models."""
-    settings = OmegaConf.to_container(cfg.sampler, resolve=True)
+    settings = cast("dict[str, Any]", OmegaConf.to_container(cfg.sampler, resolve=True))
     interval = sampler.guidance_interval
     return {
         **settings,

@@ -4,13 +4,16 @@ limit, on any machine, instead of being cut off mid-decay by a plan counted in e
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_info
 
 from ddpm_lightning.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ddpm_lightning.training.module import DiffusionModule
 
 
 def fitted_steps(
@@ -23,9 +26,9 @@ def fitted_steps(
 
 def budget_timer(trainer: L.Trainer) -> Timer | None:
     """The Timer Lightning adds for `trainer.max_time`, or None when the run has no time limit."""
+    callbacks: list[L.Callback] = getattr(trainer, "callbacks", [])
     return next(
-        (c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None),
-        None,
+        (c for c in callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None
     )
 
 
@@ -53,7 +56,7 @@ class TimeBudget(L.Callback):
         timer = budget_timer(trainer)
         self.start = None
         if timer is not None and self.pace is not None:
-            self.plan(trainer, pl_module, timer.time_remaining())
+            self.plan(trainer, pl_module, timer)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
@@ -68,22 +71,26 @@ class TimeBudget(L.Callback):
             return
         start_step, start_time = self.start
         self.pace = (timer.time_elapsed() - start_time) / (step - start_step)
-        steps = self.plan(trainer, pl_module, timer.time_remaining())
+        steps = self.plan(trainer, pl_module, timer)
         pl_module.log("train/planned_steps", float(steps), on_step=True, on_epoch=False)
 
-    def plan(self, trainer: L.Trainer, pl_module: L.LightningModule, seconds_left: float) -> float:
-        """Sets and returns the module's `planned_steps` for `seconds_left` at `self.pace`."""
+    def plan(self, trainer: L.Trainer, pl_module: L.LightningModule, timer: Timer) -> float:
+        """Sets and returns the module's `planned_steps` for the time `timer` has left at
+        `self.pace`."""
+        seconds_left = timer.time_remaining()
         assert self.pace is not None, "planned once a pace is measured or restored"
+        assert seconds_left is not None, "budget_timer returns only a timer with a limit"
+        module = cast("DiffusionModule", pl_module)
         epoch_plan = trainer.estimated_stepping_batches
         steps = trainer.strategy.broadcast(
             fitted_steps(trainer.global_step, self.pace, seconds_left, epoch_plan)
         )
-        if pl_module.planned_steps == epoch_plan:
+        if module.planned_steps == epoch_plan:
             rank_zero_info(
                 f"trainer.max_time: {self.pace:.3f} s per step, the learning-rate decay is "
                 f"planned over {steps:,} steps and re-planned every {self.every_n_steps}"
             )
-        pl_module.planned_steps = steps
+        module.planned_steps = steps
         return steps
 
     def state_dict(self) -> dict[str, Any]:
