@@ -190,10 +190,9 @@ def python_literal(value: Any) -> str:
 
 
 def override(key: str, value: Any) -> str:
-    """` sampler.key=value` for a shell; a list is written without spaces, in quotes."""
-    if isinstance(value, list | tuple):
-        return f" 'sampler.{key}=[{','.join(str(v) for v in value)}]'"
-    return f" sampler.{key}={value}"
+    """` sampler.key=value`, shell-quoted as the card's commands are; a list without spaces."""
+    text = f"[{','.join(str(v) for v in value)}]" if isinstance(value, list | tuple) else value
+    return f" {shlex.quote(f'sampler.{key}={text}')}"
 
 
 def make_sampler_call(cls: str, settings: dict[str, Any]) -> str:
