@@ -15,13 +15,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from ddpm_lightning.components import build
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.errors import ConfigError, DataError
@@ -109,7 +109,7 @@ def generate(cfg: DictConfig) -> tuple[Tensor, Tensor | None, dict, L.Trainer]:
             f"{source} models data of shape {tuple(module.data_shape)}, not images "
             f"{IMAGE_SHAPE}: FLD scores MNIST-like images; use the sample command for it"
         )
-    sampler = module.make_sampler(instantiate(cfg.sampler))
+    sampler = module.make_sampler(build("sampler", cfg.sampler))
     check_sampling_request(module, sampler, int(cfg.num_samples), bool(cfg.force))
     labels = module.sample_labels(int(cfg.num_samples))
     images, trainer = draw_samples(cfg, module, int(cfg.num_samples), labels)

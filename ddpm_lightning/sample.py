@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
+from ddpm_lightning.components import build, component_settings
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.data.spiral import save_spiral_plot
 from ddpm_lightning.diffusion.guidance import require_conditional
@@ -66,7 +67,7 @@ def resolve_checkpoint(cfg: DictConfig) -> str | Path | None:
 def applied_settings(cfg: DictConfig, sampler: Sampler) -> dict[str, Any]:
     """`cfg.sampler` with the guidance `make_sampler` applied: the default γ where the config
     left it null, no interval for unconditional models."""
-    settings = cast("dict[str, Any]", OmegaConf.to_container(cfg.sampler, resolve=True))
+    settings = component_settings("sampler", cfg.sampler)
     interval = sampler.guidance_interval
     return {
         **settings,
@@ -150,7 +151,7 @@ def draw_samples(
     and the trainer that drew them (its `global_rank` says which process this is)."""
     trainer = predict_trainer(cfg)
     task = ShardedSampling(
-        module, instantiate(cfg.sampler), num_samples, cfg.seed, labels, callback
+        module, build("sampler", cfg.sampler), num_samples, cfg.seed, labels, callback
     )
     trainer.predict(task, return_predictions=False)
     assert task.images is not None, "set by ShardedSampling.on_predict_epoch_end"
@@ -165,7 +166,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     out_dir = writable_folder(cfg.out_dir, "out_dir")
     ckpt_path = resolve_checkpoint(cfg)
     module = load_model(ckpt_path, cfg.get("pretrained"))
-    sampler = module.make_sampler(instantiate(cfg.sampler))
+    sampler = module.make_sampler(build("sampler", cfg.sampler))
     labels = requested_labels(cfg.labels, int(cfg.num_samples), module)
     num_samples = int(cfg.num_samples) if labels is None else len(labels)
     check_sampling_request(module, sampler, num_samples, bool(cfg.force))
@@ -202,7 +203,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
                 module.to(trainer.strategy.root_device)
                 same_noise_grid(
                     module,
-                    module.make_sampler(instantiate(cfg.sampler)),
+                    module.make_sampler(build("sampler", cfg.sampler)),
                     int(cfg.same_noise_columns),
                     cfg.seed,
                     files["same_noise.png"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import warnings
@@ -12,6 +13,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import (
@@ -199,6 +201,11 @@ def fit(cfg: DictConfig) -> float | None:
     return metrics[metric] if metric and metric in metrics else None
 
 
+class JobFailed(CompactHydraException):
+    """A sweep job's user error, already printed as its `error: job N:` line: Hydra shows this
+    short note instead of a traceback, runs the other jobs and exits 1."""
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point. A user error ends a single run with one line and exit 1; in a
@@ -210,9 +217,13 @@ def main(cfg: DictConfig) -> float | None:
         return fit(cfg)
     except Exception as exc:
         user_error = find_user_error(exc)
-        if user_error is not None:
-            print(f"error: job {HydraConfig.get().job.num}: {user_error}", file=sys.stderr)
-        raise
+        if user_error is None:
+            raise
+        job = HydraConfig.get().job.num
+        print(f"error: job {job}: {user_error}", file=sys.stderr)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise JobFailed(f"job {job} stopped by the error above") from None
 
 
 if __name__ == "__main__":

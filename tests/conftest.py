@@ -169,3 +169,15 @@ def cli_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def run_main(main, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run a Hydra entry point in-process as the command line would; (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["prog", *argv])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from omegaconf import OmegaConf
 from torchmetrics.image.fid import _compute_fid
 
 from ddpm_lightning import classifier as classifier_module
+from ddpm_lightning.components import component_settings
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluate import evaluate, min_class_mean_distance
@@ -374,7 +374,7 @@ def test_samples_npz_records_what_made_it_and_evaluate_uses_it(fashion_samples, 
         "ckpt_path": str(checkpoint),
         "seed": 3,
         "sampler": {
-            **OmegaConf.to_container(compose_config("sample").sampler),
+            **component_settings("sampler", compose_config("sample").sampler),
             "num_steps": 2,
             "guidance_interval": None,
         },

@@ -24,6 +24,7 @@ LAYERS = {
     "diffusion": 1,
     "models": 1,
     "data": 1,
+    "components": 2,
     "evaluation": 2,
     "training": 3,
     "sharing": 4,
@@ -108,8 +109,9 @@ def test_a_release_checkpoint_samples_the_same_images(release_checkpoint):
 
 def test_a_release_checkpoint_loads_through_lightning(release_checkpoint):
     module = DiffusionModule.load_from_checkpoint(release_checkpoint, weights_only=True)
-    target = module.hparams["schedule"]["_target_"]
-    assert target == "ddpm_lightning.diffusion.schedules.NoiseSchedule"
+    assert module.hparams["schedule"] == {"name": "cosine", "num_timesteps": 20, "s": 0.008}
+    assert module.hparams["model"]["name"] == "unet"
+    assert module.hparams["optimizer"] == {"name": "adam", "lr": 0.0002}
     saved = read_checkpoint(release_checkpoint)["state_dict"]
     assert all(torch.equal(module.state_dict()[key], value) for key, value in saved.items())
 

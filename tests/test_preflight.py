@@ -23,8 +23,7 @@ from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.preflight import MAX_SAMPLES, check_sampling_request
 from ddpm_lightning.runlock import LOCK_NAME, release_lock, run_lock, take_lock
 from ddpm_lightning.train import build_module, train
-from tests.conftest import tiny_config, tiny_overrides
-from tests.test_reliability import run_main
+from tests.conftest import run_main, tiny_config, tiny_overrides
 
 
 def blocked_folder(tmp_path: Path) -> Path:

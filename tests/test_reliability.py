@@ -5,7 +5,6 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -30,24 +29,13 @@ from tests.conftest import (
     PYTHON,
     REPO_ROOT,
     cli_env,
+    run_main,
     tiny_config,
     tiny_overrides,
     write_fake_dataset,
 )
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"]
-
-
-def run_main(main, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """Run a Hydra entry point in-process as the command line would; (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["prog", *argv])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

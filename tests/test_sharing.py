@@ -136,7 +136,7 @@ def test_config_records_the_run_and_the_recommended_sampler(folder):
         "device": "CPU, 1 thread",
     }
     assert config["evaluation"]["fld"] == METRICS["fld"]
-    assert config["sampler"]["_target_"].endswith("DDIMSampler")
+    assert config["sampler"]["name"] == "ddim" and "_target_" not in json.dumps(config)
     assert config["sampler"]["num_steps"] == 2
     assert config["data_shape"] == [1, 32, 32] and config["ddpm_lightning_version"] == "0.2.0"
     assert config["sha256"] == sha256(folder / "model.safetensors")
@@ -258,14 +258,6 @@ def test_a_changed_weights_file_fails_the_sha256_check(copy):
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"x")
     with pytest.raises(DataError, match="SHA-256 .* does not match config.json's"):
-        load_pretrained(copy)
-
-
-def test_a_config_may_not_name_other_callables(copy):
-    config = json.loads((copy / "config.json").read_text())
-    config["model"]["_target_"] = "os.system"
-    (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="names os.system: a model folder may only name"):
         load_pretrained(copy)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ddpm_lightning import diffusion
+from ddpm_lightning.components import REGISTRY, component_settings
 
 DATASETS = {
     "mnist": {"hub": "ylecun/mnist", "tag": "mnist", "title": "MNIST"},
@@ -38,7 +39,8 @@ def sampler_summary(sampler: dict[str, Any] | None, conditional: bool) -> dict[s
     only for conditional models (unconditional ones are never guided)."""
     if not sampler:
         return {}
-    name = str(sampler.get("_target_", "unknown")).rsplit(".", 1)[-1]
+    sampler = component_settings("sampler", sampler)
+    name = REGISTRY["sampler"][sampler["name"]].__name__
     keys = [key for key in SAMPLER_KEYS if conditional or not key.startswith("guidance")]
     return {"sampler": name, **{key: sampler[key] for key in keys if key in sampler}}
 
@@ -115,11 +117,11 @@ def recipe_section(config: dict[str, Any]) -> str:
         if overrides
         else "The run's command-line overrides were not recorded."
     )
-    model = {k: v for k, v in config["model"].items() if k != "_target_"}
-    schedule = {k: v for k, v in config["schedule"].items() if k != "_target_"}
+    model = {k: v for k, v in config["model"].items() if k != "name"}
+    schedule = config["schedule"]
     return (
         f"## Training recipe\n\n{command}\n\n"
-        f"- network: `{config['model']['_target_']}` {model}, "
+        f"- network: `{config['model']['name']}` {model}, "
         f"{config.get('num_parameters', 0):,} parameters\n"
         f"- noise schedule: {schedule}\n"
         f"- diffusion: {config.get('diffusion')}\n"

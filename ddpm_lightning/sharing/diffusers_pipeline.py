@@ -13,7 +13,7 @@ from ddpm_lightning.sharing.export import Source
 from ddpm_lightning.sharing.folder import build_module
 from ddpm_lightning.training.module import DiffusionModule
 
-DIFFUSERS_TARGET = "ddpm_lightning.models.DiffusersUNet"
+DIFFUSERS_MODEL = "diffusers_unet"
 PIPELINE_FILES = ("model_index.json", "unet", "scheduler")
 
 
@@ -36,11 +36,11 @@ def export_pipeline(out_dir: Path, source: Source) -> dict[str, Path]:
     """Write `source` (a `model=diffusers_unet` model) as a DDPMPipeline folder into
     `out_dir`; its entries by name. Other models are refused with one line."""
     hyper_parameters, state_dict, _ = source
-    target = hyper_parameters["model"].get("_target_")
-    if target != DIFFUSERS_TARGET:
+    name = hyper_parameters["model"].get("name")
+    if name != DIFFUSERS_MODEL:
         raise ConfigError(
             f"format=diffusers exports models trained with model=diffusers_unet or "
-            f"model=diffusers_unet_cond (diffusers' UNet2DModel), not {target}; use format=folder"
+            f"model=diffusers_unet_cond (diffusers' UNet2DModel), not {name}; use format=folder"
         )
     module = build_module(hyper_parameters, state_dict, "ckpt_path")
     diffusers = import_optional("diffusers", "format=diffusers", "hf")

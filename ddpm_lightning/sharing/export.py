@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ddpm_lightning.components import build
 from ddpm_lightning.errors import DataError
 from ddpm_lightning.evaluation.pictures import grid, to_pil
 from ddpm_lightning.sharing.card import model_card
@@ -124,7 +124,7 @@ def write_samples(
     if len(config["data_shape"]) != 3:
         return False
     module = build_module(config, state_dict, path.parent)
-    sampler = module.make_sampler(instantiate(config["sampler"]), progress=False)
+    sampler = module.make_sampler(build("sampler", config["sampler"]), progress=False)
     images = module.generate(sampler, num_samples, seed=0)
     picture = to_pil(grid(images, nrow=8))
     (picture.convert("L") if images.shape[1] == 1 else picture).save(path, optimize=True)

@@ -1,10 +1,10 @@
 """Model folders: `config.json` (what rebuilds the module, the recommended sampler and the run's
 record) beside `model.safetensors` (the weights), readable without unpickling anything.
 
-config.json's `sha256` is the weights file's, checked on every load, and every `_target_` that
-gets instantiated (model, schedule, optimizer, sampler) must name a class of the package's
-models or diffusion, or a torch optimizer: a downloaded config cannot make Hydra call anything
-else.
+config.json's `sha256` is the weights file's, checked on every load. Its components (model,
+schedule, optimizer, sampler) are named settings of the package's registry, and a `_target_` is
+taken only as one of the exact strings earlier releases wrote: a downloaded config never names
+code (`ddpm_lightning.components`).
 """
 
 from __future__ import annotations
@@ -14,38 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ddpm_lightning import __version__
+from ddpm_lightning.components import component_settings, plain_settings
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluation.fld import sha256
-from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.checkpoints import build_module as build_from_settings
+from ddpm_lightning.training.checkpoints import module_settings
+from ddpm_lightning.training.module import MODULE_KEYS, DiffusionModule
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-# The DiffusionModule arguments a folder stores; together they rebuild the module.
-MODULE_KEYS = (
-    "model",
-    "schedule",
-    "diffusion",
-    "optimizer",
-    "lr_schedule",
-    "data_shape",
-    "dataset",
-)
-ALLOWED_TARGETS = ("ddpm_lightning.models.", "ddpm_lightning.diffusion.", "torch.optim.")
-
-
-def targets(value: Any) -> list[str]:
-    """Every `_target_` string inside nested dicts and lists."""
-    if isinstance(value, dict):
-        own = [value["_target_"]] if "_target_" in value else []
-        return own + [t for item in value.values() for t in targets(item)]
-    if isinstance(value, list):
-        return [t for item in value for t in targets(item)]
-    return []
 
 
 def write_folder(
@@ -59,25 +40,27 @@ def write_folder(
     hyper_parameters: the DiffusionModule's arguments (a checkpoint's `hyper_parameters`);
     extra: the recommended `sampler`, `ema`, `global_step`, `training` and `evaluation`.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_NAME
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
-    weights.write_bytes(save(tensors, metadata={"format": "pt"}))
     config = {
         "library_name": "ddpm_lightning",
         "ddpm_lightning_version": __version__,
         **{key: hyper_parameters[key] for key in MODULE_KEYS if key in hyper_parameters},
         "num_parameters": sum(value.numel() for value in tensors.values()),
         **extra,
-        "sha256": sha256(weights),
     }
     config["data_shape"] = list(config["data_shape"])
+    config = plain_settings(config, str(out_dir / CONFIG_NAME))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_NAME
+    weights.write_bytes(save(tensors, metadata={"format": "pt"}))
+    config["sha256"] = sha256(weights)
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return config
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    """config.json of a model folder, its `_target_`s checked."""
+    """config.json of a model folder, with its components named (`plain_settings`); one line
+    naming the file and the key for anything that would select code."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise DataError(f"{folder} is not a model folder: it has no {CONFIG_NAME}")
@@ -88,14 +71,17 @@ def read_config(folder: Path) -> dict[str, Any]:
     required = ("model", "schedule", "sha256")
     if not isinstance(config, dict) or not all(key in config for key in required):
         raise DataError(f"{path} is not a ddpm_lightning model config (it needs {required})")
-    built = {key: config.get(key) for key in (*MODULE_KEYS, "sampler")}
-    refused = [t for t in targets(built) if not str(t).startswith(ALLOWED_TARGETS)]
-    if refused:
-        raise ConfigError(
-            f"{path} names {refused[0]}: a model folder may only name classes under "
-            f"{', '.join(ALLOWED_TARGETS)}"
-        )
-    return config
+    try:
+        module = module_settings({k: config[k] for k in MODULE_KEYS if k in config}, str(path))
+        rest = plain_settings({k: v for k, v in config.items() if k not in MODULE_KEYS}, str(path))
+        if rest.get("sampler") is not None:
+            rest["sampler"] = component_settings("sampler", rest["sampler"])
+    except ConfigError as exc:
+        message = str(exc)
+        raise DataError(
+            message if message.startswith(str(path)) else f"{path}: {message}"
+        ) from None
+    return {**module, **rest}
 
 
 def read_weights(folder: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
@@ -139,11 +125,11 @@ def build_module(
 ) -> DiffusionModule:
     """The DiffusionModule of `config` with `state_dict` loaded, on the CPU in eval mode;
     `source` names the folder in errors."""
+    settings = {key: config[key] for key in MODULE_KEYS if key in config}
     try:
-        module = DiffusionModule(**{key: config[key] for key in MODULE_KEYS if key in config})
-    except (InstantiationException, TypeError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{source}: {CONFIG_NAME} does not build a model ({reason})") from None
+        module = build_from_settings(settings, f"{source}: {CONFIG_NAME}")
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
     problems = weight_mismatches(module.state_dict(), state_dict)
     if problems:
         raise DataError(f"{source}: {WEIGHTS_NAME} does not match {CONFIG_NAME}: {problems}")

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 
 from ddpm_lightning import __version__
+from ddpm_lightning.components import build
 from ddpm_lightning.data.images import CLASS_NAMES
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
@@ -85,7 +85,7 @@ def write_network(module: DiffusionModule, path: Path) -> None:
 def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
     """The settings of a ddim or ddpm sampler config as the page runs them; guidance γ as
     `make_sampler` sets it (1.25 for conditional models when null) and its σ interval."""
-    built = module.make_sampler(instantiate(sampler), progress=False)
+    built = module.make_sampler(build("sampler", sampler), progress=False)
     interval = built.guidance_interval
     common = {
         "clip_x0": built.clip_x0,

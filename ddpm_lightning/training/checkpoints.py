@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ddpm_lightning.errors import ConfigError, DataError
-from ddpm_lightning.training.module import DiffusionModule, current_hyperparameters
+from ddpm_lightning.components import plain_settings
+from ddpm_lightning.errors import ConfigError, DataError, DDPMError
+from ddpm_lightning.training.module import MODULE_KEYS, DiffusionModule
 
 TEMP_SUFFIX = ".tmp"
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
@@ -89,7 +90,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def read_checkpoint(ckpt_path: str | Path | None, mmap: bool = False) -> dict:
     """The checkpoint dict, loaded without running pickled code; one-line errors otherwise.
 
-    Hyperparameters written by an earlier release get today's `_target_` paths.
+    Its hyperparameters name components, never code: known `_target_`s of earlier releases
+    become component names and anything else that would select code is refused
+    (`ddpm_lightning.components.plain_settings`).
     """
     if ckpt_path is None:
         raise ConfigError(
@@ -110,13 +113,44 @@ def read_checkpoint(ckpt_path: str | Path | None, mmap: bool = False) -> dict:
         raise ConfigError(
             f"ckpt_path={path} is not a ddpm_lightning checkpoint (no hyper_parameters/state_dict)"
         )
-    checkpoint["hyper_parameters"] = current_hyperparameters(checkpoint["hyper_parameters"])
+    checkpoint["hyper_parameters"] = module_settings(
+        checkpoint["hyper_parameters"], f"ckpt_path={path}", "hyper_parameters"
+    )
     return checkpoint
+
+
+def module_settings(hparams: Any, source: str, where: str = "") -> dict[str, Any]:
+    """`hparams` of the file `source` as `DiffusionModule` arguments: a mapping of its keys
+    only, every component named (`plain_settings`); one line naming the file and the key below
+    `where` otherwise."""
+    if not isinstance(hparams, dict):
+        raise ConfigError(
+            f"{source}: {where or 'the file'} is a {type(hparams).__name__}, not a mapping "
+            "of settings"
+        )
+    unknown = sorted(str(key) for key in set(hparams) - set(MODULE_KEYS))
+    if unknown:
+        key = f"{where}.{unknown[0][:80]}" if where else unknown[0][:80]
+        raise ConfigError(
+            f"{source}: {key} is not a setting of the model (it takes {', '.join(MODULE_KEYS)})"
+        )
+    return plain_settings(hparams, source, where)
+
+
+def build_module(hparams: dict[str, Any], where: str) -> DiffusionModule:
+    """The DiffusionModule of `module_settings`; a bad setting is one line naming `where`."""
+    try:
+        return DiffusionModule(**hparams)
+    except DDPMError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{where} does not build a model ({reason})") from None
 
 
 def load_module(ckpt_path: str | Path | None) -> DiffusionModule:
     """The module stored in a checkpoint, on the CPU in eval mode."""
     checkpoint = read_checkpoint(ckpt_path)
-    module = DiffusionModule(**checkpoint["hyper_parameters"])
+    module = build_module(checkpoint["hyper_parameters"], f"ckpt_path={ckpt_path}")
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()

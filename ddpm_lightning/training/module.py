@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddpm_lightning.components import build, component_settings
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
 from ddpm_lightning.diffusion.guidance import (
     DEFAULT_GUIDANCE_SCALE,
@@ -43,30 +43,12 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: float, cosine_decay
 
 FAST_PATH_KEYS = ("channels_last", "compile")
 
-# `_target_`s that checkpoints of release 0.1.0 store, before the package was split by layer.
-MOVED_TARGETS = {
-    "ddpm_lightning.schedules.NoiseSchedule": "ddpm_lightning.diffusion.schedules.NoiseSchedule"
-}
 
-
-def current_hyperparameters(hparams: dict[str, Any]) -> dict[str, Any]:
-    """`hparams` with every `_target_` of an earlier release mapped to where it lives now."""
-    return {
-        key: (
-            {**value, "_target_": MOVED_TARGETS.get(value["_target_"], value["_target_"])}
-            if isinstance(value, dict) and "_target_" in value
-            else value
-        )
-        for key, value in hparams.items()
-    }
-
-
-def split_fast_paths(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool]]:
-    """The model config without the `model.channels_last` / `model.compile` switches, and the
-    switches: False when absent, as in the shipped configs and in every checkpoint."""
-    if isinstance(model, DictConfig):
-        model = OmegaConf.to_container(model, resolve=True)
-    model = dict(model)
+def split_fast_paths(model: Any) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The model's named settings without the `model.channels_last` / `model.compile`
+    switches, and the switches: False when absent, as in the shipped configs and in every
+    checkpoint."""
+    model = component_settings("model", model)
     flags = {key: model.pop(key, False) for key in FAST_PATH_KEYS}
     for key, value in flags.items():
         if not isinstance(value, bool):
@@ -77,10 +59,11 @@ def split_fast_paths(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, b
 class DiffusionModule(L.LightningModule):
     """Trains `model(x_t, t, y)` to denoise under `schedule` with `diffusion.objective`.
 
-    All arguments are plain values (Hydra `_target_` dicts, the data shape and dataset name),
-    saved as hyperparameters, so a checkpoint alone rebuilds the module. `model.channels_last`
-    and `model.compile` only change how the network runs: they are left out of the saved
-    hyperparameters, so resuming or loading never depends on them.
+    All arguments are plain values (components' named settings such as `{name: unet, …}`, the
+    data shape and dataset name), saved as hyperparameters with the names, so a checkpoint
+    alone rebuilds the module and never names code (`ddpm_lightning.components`).
+    `model.channels_last` and `model.compile` only change how the network runs: they are left
+    out of the saved hyperparameters, so resuming or loading never depends on them.
     """
 
     def __init__(
@@ -95,9 +78,12 @@ class DiffusionModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.hparams.update(current_hyperparameters(dict(self.hparams)))
-        schedule = self.hparams["schedule"]
-        optimizer = optimizer or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-4}
+        schedule = component_settings("schedule", schedule)
+        self.hparams["schedule"] = schedule
+        if optimizer is not None:
+            optimizer = component_settings("optimizer", optimizer)
+            self.hparams["optimizer"] = optimizer
+        optimizer = optimizer or {"name": "adam", "lr": 2e-4}
         if float(optimizer.get("lr", 1.0)) <= 0:
             raise ConfigError(f"optimizer.lr={optimizer['lr']} must be positive")
         self.optimizer_config = optimizer
@@ -105,7 +91,7 @@ class DiffusionModule(L.LightningModule):
         self.data_shape = tuple(data_shape)
         model, self.fast_paths = split_fast_paths(model)
         self.hparams["model"] = model
-        self.model = instantiate(model)
+        self.model = build("model", model)
         self.model.check_input_shape(self.data_shape)
         self.apply_fast_paths()
         if not self.fast_paths["compile"]:
@@ -116,7 +102,7 @@ class DiffusionModule(L.LightningModule):
         self.p_uncond = float(diffusion.pop("p_uncond", 0.1))
         if not 0 <= self.p_uncond < 1:
             raise ConfigError(f"diffusion.p_uncond={self.p_uncond} must lie in [0, 1)")
-        self.diffusion = GaussianDiffusion(instantiate(schedule), **diffusion)
+        self.diffusion = GaussianDiffusion(build("schedule", schedule), **diffusion)
 
     def apply_fast_paths(self) -> None:
         """channels_last weights (NHWC convolutions) and in-place `nn.Module.compile`, which
@@ -283,7 +269,7 @@ class DiffusionModule(L.LightningModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """The optimizer with warm-up and cosine decay over `planned_steps`: the epoch plan, or
         the steps that fit `trainer.max_time` once `TimeBudget` re-plans them."""
-        optimizer = instantiate(self.optimizer_config)(params=self.parameters())
+        optimizer = build("optimizer", self.optimizer_config)(params=self.parameters())
         self.planned_steps = self.trainer.estimated_stepping_batches
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
@@ -298,3 +284,7 @@ class DiffusionModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+# The arguments that rebuild a DiffusionModule: what checkpoints and model folders store.
+MODULE_KEYS = tuple(inspect.signature(DiffusionModule.__init__).parameters)[1:]

@@ -1,0 +1,85 @@
+"""The registry: every class a config or a file may build, by kind and name, and the exact
+`_target_` strings that selected them before components had names."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ddpm_lightning.diffusion.diffusers_bridge import DiffusersSampler
+from ddpm_lightning.diffusion.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    HeunSampler,
+)
+from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES, NoiseSchedule
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.models import MLP, DiffusersUNet, LucidrainsUNet, UNet
+
+# A schedule's name is the β schedule NoiseSchedule computes; it takes the name itself.
+REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
+    "model": {
+        "unet": UNet,
+        "mlp": MLP,
+        "diffusers_unet": DiffusersUNet,
+        "lucidrains_unet": LucidrainsUNet,
+    },
+    "schedule": dict.fromkeys(BETA_SCHEDULES, NoiseSchedule),
+    "sampler": {
+        sampler.name: sampler
+        for sampler in (DDPMSampler, DDIMSampler, DPMSolverSampler, HeunSampler, DiffusersSampler)
+    },
+    "optimizer": {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW},
+}
+KINDS = tuple(REGISTRY)
+DEFAULT_SCHEDULE = inspect.signature(NoiseSchedule).parameters["name"].default
+# Built as functools.partial and completed later: samplers with the schedule and objective,
+# optimizers with the parameters.
+PARTIAL_KINDS = frozenset({"sampler", "optimizer"})
+
+# The `_target_` strings of conf/ and of checkpoints and model folders written by release 0.1.0
+# onwards, each mapped to (kind, name); a None name: the settings' own `name` says which, and
+# without one NoiseSchedule's default (`DEFAULT_SCHEDULE`) was built.
+TARGETS: dict[str, tuple[str, str | None]] = {
+    "ddpm_lightning.models.UNet": ("model", "unet"),
+    "ddpm_lightning.models.MLP": ("model", "mlp"),
+    "ddpm_lightning.models.DiffusersUNet": ("model", "diffusers_unet"),
+    "ddpm_lightning.models.LucidrainsUNet": ("model", "lucidrains_unet"),
+    "ddpm_lightning.schedules.NoiseSchedule": ("schedule", None),
+    "ddpm_lightning.diffusion.schedules.NoiseSchedule": ("schedule", None),
+    "ddpm_lightning.samplers.DDPMSampler": ("sampler", "ddpm"),
+    "ddpm_lightning.samplers.DDIMSampler": ("sampler", "ddim"),
+    "ddpm_lightning.samplers.DPMSolverSampler": ("sampler", "dpm_solver"),
+    "ddpm_lightning.diffusion.samplers.DDPMSampler": ("sampler", "ddpm"),
+    "ddpm_lightning.diffusion.samplers.DDIMSampler": ("sampler", "ddim"),
+    "ddpm_lightning.diffusion.samplers.DPMSolverSampler": ("sampler", "dpm_solver"),
+    "ddpm_lightning.diffusion.samplers.HeunSampler": ("sampler", "heun"),
+    "ddpm_lightning.diffusion.diffusers_bridge.DiffusersSampler": ("sampler", "diffusers"),
+    "torch.optim.Adam": ("optimizer", "adam"),
+    "torch.optim.AdamW": ("optimizer", "adamw"),
+}
+
+
+def register(kind: str, name: str, component: Callable[..., Any]) -> None:
+    """Make `component` buildable as `{kind}.name: {name}` (e.g. your own network as
+    `register("model", "my_net", MyNet)` before training or loading it)."""
+    if kind not in REGISTRY:
+        raise ConfigError(f"register: kind={kind!r} is not one of {', '.join(KINDS)}")
+    if not callable(component):
+        raise ConfigError(f"register: {kind} {name!r} must be a class or function")
+    REGISTRY[kind][name] = component
+
+
+def factory(kind: str, name: object, where: str) -> Callable[..., Any]:
+    """The registered class of `kind` called `name`; one line naming `where.name` otherwise."""
+    table = REGISTRY[kind]
+    if not isinstance(name, str) or name not in table:
+        raise ConfigError(
+            f"{where}.name={str(name)[:80]!r} is not a registered {kind}: choose one of "
+            f"{', '.join(sorted(table))}"
+        )
+    return table[name]
