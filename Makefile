@@ -43,7 +43,7 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 bench: $(STAMP)
-	$(PYTHON) -m ddpm_lightning.bench $(ARGS)
+	$(PYTHON) -m ddpm_lightning.tools.bench $(ARGS)
 
 # The 30-minute MNIST figure end to end: the default recipe stopped at 8,400 steps of batch 64
 # (30 min of training on an idle 2-core CPU, its cosine decay planned over them), then FLD of

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ddpm_lightning.config import hydra_command
+from ddpm_lightning.data.registry import dataset_record
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import (
     ASSETS_DIR,
@@ -32,11 +33,6 @@ from ddpm_lightning.evaluation.fld import (
     sha256,
 )
 from ddpm_lightning.models.lenet import LeNet5
-
-AUGMENT = {
-    "mnist": {"max_shift": 2, "max_rotation": 10.0, "hflip": False},
-    "fashion_mnist": {"max_shift": 1, "max_rotation": 0.0, "hflip": True},
-}
 
 
 def augment(x: Tensor, max_shift: int, max_rotation: float, hflip: bool) -> Tensor:
@@ -173,13 +169,14 @@ def export(
     test = datamodule.splits["test"]
     mean, cov = feature_statistics(lenet_features(model, test.inputs))
     labels = test.labels.cpu()
-    class_means = torch.stack([test.inputs[labels == c].mean(0) for c in range(10)]).cpu()
+    num_classes = dataset_record(datamodule.name).num_classes
+    class_means = torch.stack([test.inputs[labels == c].mean(0) for c in range(num_classes)])
     stats = {
         "mean": mean,
         "cov": cov,
         "num_images": labels.shape[0],
-        "label_counts": torch.bincount(labels, minlength=10),
-        "class_means": class_means,
+        "label_counts": torch.bincount(labels, minlength=num_classes),
+        "class_means": class_means.cpu(),
     }
     torch.save(stats, paths["stats"])
     record = {
@@ -205,7 +202,7 @@ def train_classifier(cfg: DictConfig) -> dict:
     export_dir = export_folder(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    augment_cfg = cfg.get("augment") or AUGMENT.get(cfg.data.name, {})
+    augment_cfg = cfg.get("augment") or dict(dataset_record(cfg.data.name).augment)
     module = ClassifierModule(lr=cfg.lr, augment=dict(augment_cfg) or None)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=datamodule)

@@ -10,11 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.preflight import writable_folder
 from ddpm_lightning.sharing.npm import runtime_files
 from ddpm_lightning.sharing.onnx import require_onnx_extra
 from ddpm_lightning.sharing.pretrained import shipped
 from ddpm_lightning.sharing.site import build_site, site_server
+from ddpm_lightning.training.preflight import writable_folder
 
 
 def serve(site: Path, port: int) -> None:

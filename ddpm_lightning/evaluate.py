@@ -21,21 +21,20 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-from ddpm_lightning.components import build
 from ddpm_lightning.config import hydra_command
+from ddpm_lightning.data.registry import DATASETS, dataset_record
 from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluation.fld import FLD, load_record, to_model_input
-from ddpm_lightning.preflight import check_sampling_request, writable_folder
-from ddpm_lightning.sample import (
+from ddpm_lightning.models.lenet import INPUT_SHAPE as IMAGE_SHAPE
+from ddpm_lightning.sharing.pretrained import load_model
+from ddpm_lightning.training.drawing import (
+    Drawing,
     default_device,
     draw_samples,
-    resolve_checkpoint,
     samples_metadata,
 )
-from ddpm_lightning.sharing.pretrained import load_model
-
-IMAGE_SHAPE = (1, 32, 32)
+from ddpm_lightning.training.preflight import check_sampling_request, writable_folder
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -101,19 +100,24 @@ def generate(cfg: DictConfig) -> tuple[Tensor, Tensor | None, dict, L.Trainer]:
     the devices of `cfg.trainer`, their labels (an equal share of each class for conditional
     models, else None), what made them (`samples_metadata`: the model's dataset, the model,
     seed and sampler) and the trainer that drew them."""
-    ckpt_path = resolve_checkpoint(cfg)
-    module = load_model(ckpt_path, cfg.get("pretrained"))
+    drawing = Drawing.from_config(cfg)
+    make_sampler = drawing.make_sampler()
+    num_samples = int(cfg.num_samples)
+    module = load_model(drawing.ckpt_path, drawing.pretrained)
     if tuple(module.data_shape) != IMAGE_SHAPE:
-        source = f"pretrained={cfg.pretrained}" if cfg.pretrained else f"ckpt_path={ckpt_path}"
+        name = " ".join(f"{key}={value}" for key, value in drawing.source.items())
         raise ConfigError(
-            f"{source} models data of shape {tuple(module.data_shape)}, not images "
+            f"{name} models data of shape {tuple(module.data_shape)}, not images "
             f"{IMAGE_SHAPE}: FLD scores MNIST-like images; use the sample command for it"
         )
-    sampler = module.make_sampler(build("sampler", cfg.sampler))
-    check_sampling_request(module, sampler, int(cfg.num_samples), bool(cfg.force))
-    labels = module.sample_labels(int(cfg.num_samples))
-    images, trainer = draw_samples(cfg, module, int(cfg.num_samples), labels)
-    return images, labels, samples_metadata(cfg, ckpt_path, module, sampler), trainer
+    sampler = module.make_sampler(make_sampler)
+    check_sampling_request(module, sampler, num_samples, bool(cfg.force))
+    labels = module.sample_labels(num_samples)
+    images, trainer = draw_samples(
+        drawing.trainer, module, make_sampler, num_samples, drawing.seed, labels
+    )
+    metadata = samples_metadata(module, drawing.source, drawing.seed, drawing.sampler, sampler)
+    return images, labels, metadata, trainer
 
 
 def scored_dataset(cfg: DictConfig, recorded: str | None) -> str:
@@ -132,7 +136,7 @@ def scored_dataset(cfg: DictConfig, recorded: str | None) -> str:
     dataset = requested or recorded
     if not dataset:
         raise ConfigError(
-            f"{source} records no dataset: pass dataset=mnist or dataset=fashion_mnist"
+            f"{source} records no dataset: pass dataset=NAME, one of {', '.join(DATASETS)}"
         )
     return str(dataset)
 
@@ -144,12 +148,12 @@ def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
     return distances.min(dim=1).values.mean().item()
 
 
-def requested_label_accuracy(predicted: Tensor, labels: Tensor) -> dict:
+def requested_label_accuracy(predicted: Tensor, labels: Tensor, num_classes: int) -> dict:
     """Share of samples the LeNet assigns to the label they were generated for, overall and
     per class (null for classes not requested)."""
     hits = (predicted == labels).double()
     per_class = [
-        hits[labels == c].mean().item() if (labels == c).any() else None for c in range(10)
+        hits[labels == c].mean().item() if (labels == c).any() else None for c in range(num_classes)
     ]
     return {"requested_label_accuracy": hits.mean().item(), "per_class_accuracy": per_class}
 
@@ -186,7 +190,9 @@ def score(
         "mean_min_distance_to_class_means": min_class_mean_distance(images, stats["class_means"]),
     }
     if labels is not None:
-        metrics.update(requested_label_accuracy(predicted, labels.cpu()))
+        metrics.update(
+            requested_label_accuracy(predicted, labels.cpu(), dataset_record(dataset).num_classes)
+        )
     return metrics
 
 

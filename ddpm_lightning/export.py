@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.preflight import writable_folder
 from ddpm_lightning.sharing.diffusers_pipeline import export_pipeline
 from ddpm_lightning.sharing.export import (
     Source,
@@ -27,6 +26,7 @@ from ddpm_lightning.sharing.folder import build_module
 from ddpm_lightning.sharing.hub import hub_token, push
 from ddpm_lightning.sharing.onnx import require_onnx_extra, write_onnx
 from ddpm_lightning.sharing.pretrained import model_folder
+from ddpm_lightning.training.preflight import writable_folder
 
 FORMATS = ("folder", "diffusers", "onnx")
 

@@ -16,19 +16,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ddpm_lightning.components import build, component_settings
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.data.spiral import save_spiral_plot
 from ddpm_lightning.diffusion.guidance import require_conditional
 from ddpm_lightning.diffusion.noise import SampleNoise
-from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
+from ddpm_lightning.diffusion.samplers import Sampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.pictures import (
     ReverseProcessRecorder,
@@ -37,62 +34,15 @@ from ddpm_lightning.evaluation.pictures import (
     to_pil,
     to_uint8,
 )
-from ddpm_lightning.preflight import check_sampling_request, writable_folder
 from ddpm_lightning.sharing.pretrained import load_model
+from ddpm_lightning.training.drawing import Drawing, draw_samples, samples_metadata
 from ddpm_lightning.training.module import DiffusionModule
-from ddpm_lightning.training.safety import find_last_checkpoint
-from ddpm_lightning.training.sharded import ShardedSampling
+from ddpm_lightning.training.preflight import check_sampling_request, writable_folder
 
 # Lightning 2.6 calls torch APIs that torch 2.14 deprecates (a pytree check and the all-gather
 # of the shards); nothing for users to act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_checkpoint(cfg: DictConfig) -> str | Path | None:
-    """The file behind `ckpt_path=` (`load_model` loads `pretrained=`). `ckpt_path=last` is
-    the newest `checkpoints/last.ckpt` under `paths.log_dir/<train_task_name>/` (default
-    `logs/train/`) that no fast_dev_run smoke test wrote; one line names it."""
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last" and cfg.get("pretrained") is None:
-        task = cfg.get("train_task_name", "train")
-        ckpt_path = str(find_last_checkpoint(Path(cfg.paths.log_dir) / task, task))
-    return ckpt_path
-
-
-def applied_settings(cfg: DictConfig, sampler: Sampler) -> dict[str, Any]:
-    """`cfg.sampler` with the guidance `make_sampler` applied: the default γ where the config
-    left it null, no interval for unconditional models."""
-    settings = component_settings("sampler", cfg.sampler)
-    interval = sampler.guidance_interval
-    return {
-        **settings,
-        "guidance_scale": sampler.guidance_scale,
-        "guidance_interval": None if interval is None else list(interval),
-    }
-
-
-def image_source(cfg: DictConfig, ckpt_path: str | Path | None, sampler: Sampler) -> dict[str, Any]:
-    """What makes the images: the checkpoint file (`ckpt_path=last` resolved) or the shipped
-    model's name, the seed and the sampler's settings as applied."""
-    model = (
-        {"pretrained": str(cfg.pretrained)}
-        if cfg.get("pretrained")
-        else {"ckpt_path": str(ckpt_path)}
-    )
-    return {**model, "seed": cfg.seed, "sampler": applied_settings(cfg, sampler)}
-
-
-def samples_metadata(
-    cfg: DictConfig, ckpt_path: str | Path | None, module: DiffusionModule, sampler: Sampler
-) -> dict[str, Any]:
-    """The `metadata` entry of samples.npz (a JSON string): the model's dataset and
-    `image_source`, so the evaluate command scores the images against the right test set."""
-    return {"dataset": module.hparams.get("dataset"), **image_source(cfg, ckpt_path, sampler)}
 
 
 def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tensor | None:
@@ -125,48 +75,16 @@ def same_noise_grid(
     save_grid(images, path, nrow=columns)
 
 
-def predict_trainer(cfg: DictConfig) -> L.Trainer:
-    """`cfg.trainer` for sampling: one process per device (`trainer=ddp`, `trainer=ddp_cpu`,
-    `trainer.devices=N`); no logger, checkpoints, model summary or Lightning progress bar (the
-    sampler shows its own); `ShardedSampling` chooses each process's samples."""
-    return instantiate(
-        cfg.trainer,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
-
-
-def draw_samples(
-    cfg: DictConfig,
-    module: DiffusionModule,
-    num_samples: int,
-    labels: Tensor | None,
-    callback: StepCallback | None = None,
-) -> tuple[Tensor, L.Trainer]:
-    """`num_samples` samples (N, *data_shape) of `module` with `cfg.sampler` and `cfg.seed`,
-    drawn on the devices of `cfg.trainer` and gathered in order on every process (on the CPU),
-    and the trainer that drew them (its `global_rank` says which process this is)."""
-    trainer = predict_trainer(cfg)
-    task = ShardedSampling(
-        module, build("sampler", cfg.sampler), num_samples, cfg.seed, labels, callback
-    )
-    trainer.predict(task, return_predictions=False)
-    assert task.images is not None, "set by ShardedSampling.on_predict_epoch_end"
-    return task.images, trainer
-
-
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Sample `cfg.num_samples` images with `cfg.sampler` on the devices of `cfg.trainer`;
     return the files written (by the first process only; {} on the others)."""
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     out_dir = writable_folder(cfg.out_dir, "out_dir")
-    ckpt_path = resolve_checkpoint(cfg)
-    module = load_model(ckpt_path, cfg.get("pretrained"))
-    sampler = module.make_sampler(build("sampler", cfg.sampler))
+    drawing = Drawing.from_config(cfg)
+    make_sampler = drawing.make_sampler()
+    module = load_model(drawing.ckpt_path, drawing.pretrained)
+    sampler = module.make_sampler(make_sampler)
     labels = requested_labels(cfg.labels, int(cfg.num_samples), module)
     num_samples = int(cfg.num_samples) if labels is None else len(labels)
     check_sampling_request(module, sampler, num_samples, bool(cfg.force))
@@ -176,7 +94,9 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         if points
         else ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
     )
-    samples, trainer = draw_samples(cfg, module, num_samples, labels, recorder)
+    samples, trainer = draw_samples(
+        drawing.trainer, module, make_sampler, num_samples, drawing.seed, labels, recorder
+    )
     if not trainer.is_global_zero:
         return {}
     if points:
@@ -186,9 +106,10 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     else:
         files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
         save_grid(samples, files["grid.png"])
+        metadata = samples_metadata(module, drawing.source, drawing.seed, drawing.sampler, sampler)
         arrays: dict[str, Any] = {
             "images": to_uint8(samples).cpu().numpy(),
-            "metadata": np.array(json.dumps(samples_metadata(cfg, ckpt_path, module, sampler))),
+            "metadata": np.array(json.dumps(metadata)),
         }
         if labels is not None:
             arrays["labels"] = labels.numpy()
@@ -203,7 +124,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
                 module.to(trainer.strategy.root_device)
                 same_noise_grid(
                     module,
-                    module.make_sampler(build("sampler", cfg.sampler)),
+                    module.make_sampler(make_sampler),
                     int(cfg.same_noise_columns),
                     cfg.seed,
                     files["same_noise.png"],

@@ -29,13 +29,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import config_dir
+from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.errors import find_user_error, report_errors
-from ddpm_lightning.preflight import writable_folder
-from ddpm_lightning.runlock import run_lock
-from ddpm_lightning.schema import validate_config
 from ddpm_lightning.training.loggers import FitLogInterval, finish_loggers
 from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.preflight import writable_folder
 from ddpm_lightning.training.runinfo import write_run_info
+from ddpm_lightning.training.runlock import run_lock
 from ddpm_lightning.training.safety import (
     LastCheckpoint,
     check_resume_checkpoint,

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from ddpm_lightning.bench import (
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.tools.bench import (
     SECTIONS,
     TRAINING_MODELS,
     RandomImages,
@@ -14,7 +15,6 @@ from ddpm_lightning.bench import (
     main,
     markdown,
 )
-from ddpm_lightning.errors import ConfigError
 
 
 def test_sampling_bench_rows(one_thread):

@@ -9,8 +9,8 @@ import pytest
 from conftest import PYTHON, cli_env
 from PIL import Image
 
-from ddpm_lightning.curves import main, read_curve
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.tools.curves import main, read_curve
 
 ROWS = "epoch,step,train/loss,val/fld\n0,99,0.5,\n0,99,,120.0\n1,199,0.4,\n1,199,,60.5\n"
 
@@ -47,7 +47,7 @@ def test_a_run_without_the_metric_is_refused(run_folder):
 
 def test_cli_errors_are_one_line(tmp_path):
     result = subprocess.run(
-        [PYTHON, "-m", "ddpm_lightning.curves", "--run", "x", str(tmp_path), "fast"],
+        [PYTHON, "-m", "ddpm_lightning.tools.curves", "--run", "x", str(tmp_path), "fast"],
         capture_output=True,
         text=True,
         env=cli_env(),

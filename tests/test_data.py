@@ -7,9 +7,13 @@ import torch
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DistributedSampler
 
-from ddpm_lightning.config import compose_config
+from ddpm_lightning.config import compose_config, validate_config
 from ddpm_lightning.data.images import EpochShuffle, MNISTDataModule, check_idx_file, load_split
+from ddpm_lightning.data.registry import DATASETS, DatasetRecord, dataset_record
 from ddpm_lightning.errors import ConfigError, DataError
+from ddpm_lightning.sharing.card import card_data, dataset_title
+from ddpm_lightning.sharing.onnx import class_names
+from ddpm_lightning.sharing.site import model_title
 from tests.conftest import write_idx
 
 
@@ -210,3 +214,30 @@ def test_ddp_resume_skips_within_the_resumed_epochs_order(data_root):
     assert len(shards[2]) == len(shards[0]) - 2
     for resumed, whole in zip(shards[2], shards[0][2:], strict=True):
         assert torch.equal(resumed, whole)
+
+
+def test_every_layer_reads_a_dataset_from_its_one_record(monkeypatch):
+    """A record added to the registry is known to the schema, model cards, the ONNX record and
+    the demo page at once; nothing else lists datasets."""
+    record = DatasetRecord(
+        name="kmnist",
+        title="Kuzushiji-MNIST",
+        shape=(1, 32, 32),
+        class_names=tuple("おきすつなはまやれを"),
+        hub="tanganke/kmnist",
+        tag="kmnist",
+    )
+    monkeypatch.setitem(DATASETS, "kmnist", record)
+    with pytest.raises(ConfigError, match=r"^dataset=emnist: must be one of mnist, .*kmnist"):
+        validate_config(compose_config("evaluate", ["dataset=emnist"]), "evaluate")
+    validate_config(compose_config("evaluate", ["dataset=kmnist"]), "evaluate")
+    validate_config(compose_config("train", ["data.name=kmnist"]), "train")
+    config = {"dataset": "kmnist", "model": {"num_classes": 10}}
+    assert dataset_title(config, "?") == "Kuzushiji-MNIST"
+    assert card_data(config, "k").datasets == ["tanganke/kmnist"]
+    assert class_names("kmnist", 10) == list("おきすつなはまやれを")
+    assert class_names("kmnist", 3) is None
+    assert model_title("kmnist", 10, "mine") == "Kuzushiji-MNIST, class-conditional (mine)"
+    assert dataset_record("kmnist").num_classes == 10
+    with pytest.raises(ConfigError, match=r"^data.name='emnist' is unknown; choose one of"):
+        dataset_record("emnist")

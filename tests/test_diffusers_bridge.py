@@ -16,13 +16,13 @@ from test_samplers import MU, S, exact_denoiser
 
 from ddpm_lightning import load_pretrained
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.diffusion.diffusers_bridge import TESTED_SCHEDULERS, DiffusersSampler
 from ddpm_lightning.diffusion.guidance import balanced_labels
 from ddpm_lightning.diffusion.samplers import DDIMSampler, timestep_sequence
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluate import evaluate
-from ddpm_lightning.schema import validate_config
 from ddpm_lightning.sharing.card import load_section
 
 needs_diffusers = pytest.mark.skipif(

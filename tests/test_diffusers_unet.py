@@ -14,15 +14,15 @@ import torch
 from conftest import sample_config, tiny_config, write_fake_dataset
 from hydra.utils import instantiate
 
-from ddpm_lightning.bench import diffusers_unet
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.diffusion import DDPMSampler
 from ddpm_lightning.diffusion.noise import sample_seed
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.export import export
 from ddpm_lightning.models import DiffusersUNet
 from ddpm_lightning.sample import sample
-from ddpm_lightning.schema import validate_config
+from ddpm_lightning.tools.bench import diffusers_unet
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import load_module
 

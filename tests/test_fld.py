@@ -408,7 +408,7 @@ def test_samples_without_a_dataset_need_dataset(tmp_path):
         evaluate(evaluate_config(tmp_path, f"samples={tmp_path / 'old.npz'}"))
     assert str(error.value) == (
         f"samples={tmp_path / 'old.npz'} records no dataset: "
-        "pass dataset=mnist or dataset=fashion_mnist"
+        "pass dataset=NAME, one of mnist, fashion_mnist"
     )
 
 

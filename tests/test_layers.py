@@ -18,7 +18,8 @@ from ddpm_lightning.training.safety import check_resume_checkpoint
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ddpm_lightning"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# Higher layers may import lower ones, never the reverse. Top-level modules are the commands.
+# Higher layers may import lower ones, never the reverse. Top-level modules are the commands a
+# user types, and `tools/` holds the commands around them.
 LAYERS = {
     "errors": 0,
     "diffusion": 1,
@@ -28,14 +29,37 @@ LAYERS = {
     "evaluation": 2,
     "training": 3,
     "sharing": 4,
+    "config": 4,
 }
 COMMAND_LAYER = 5
+COMMAND_ROOMS = ("", "tools")
+# Top-level modules that are no command: the package's front door and the error types.
+NOT_COMMANDS = ("__init__", "errors")
 
 
 def layer(module: str) -> tuple[int, str]:
     """(rank, room) of a dotted module name inside the package."""
     room = module.split(".")[1] if "." in module else ""
     return LAYERS.get(room, COMMAND_LAYER), room
+
+
+def support_modules_beside_the_commands(package: Path) -> list[str]:
+    """Top-level modules (and modules of `tools/`) that define no `main`: support code that
+    belongs in a layer."""
+    found = []
+    for room in COMMAND_ROOMS:
+        for path in sorted((package / room).glob("*.py")):
+            if room == "" and path.stem in NOT_COMMANDS or path.stem == "__init__":
+                continue
+            names = set()
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.FunctionDef):
+                    names.add(node.name)
+                elif isinstance(node, ast.Assign):
+                    names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if "main" not in names:
+                found.append(str(path.relative_to(package)))
+    return found
 
 
 def package_imports(path: Path) -> list[str]:
@@ -70,6 +94,19 @@ def test_imports_only_run_downward():
     assert upward_imports() == []
 
 
+def test_only_commands_sit_beside_the_commands():
+    assert support_modules_beside_the_commands(PACKAGE) == []
+
+
+def test_the_command_floor_check_sees_a_support_module(tmp_path):
+    package = tmp_path / "ddpm_lightning"
+    (package / "tools").mkdir(parents=True)
+    (package / "train.py").write_text("def main():\n    pass\n")
+    (package / "tools" / "bench.py").write_text("main = lambda: None\n")
+    (package / "helpers.py").write_text("def helper():\n    pass\n")
+    assert support_modules_beside_the_commands(package) == ["helpers.py"]
+
+
 def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
     rogue = tmp_path / "ddpm_lightning" / "models" / "rogue.py"
     rogue.parent.mkdir(parents=True)
@@ -80,7 +117,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
 
 def test_every_room_is_a_package():
     rooms = {path.parent.name for path in PACKAGE.glob("*/*.py")}
-    assert set(LAYERS) - {"errors"} <= rooms
+    assert set(LAYERS) - {"errors"} <= rooms and "tools" in rooms
     for room in rooms:
         assert (PACKAGE / room / "__init__.py").is_file(), room
 

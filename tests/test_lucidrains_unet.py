@@ -12,13 +12,13 @@ import torch
 from conftest import overfit_one_batch, tiny_config
 from hydra.utils import instantiate
 
-from ddpm_lightning.bench import lucidrains_unet
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models import LucidrainsUNet
-from ddpm_lightning.schema import validate_config
+from ddpm_lightning.tools.bench import lucidrains_unet
 from ddpm_lightning.train import train
 
 pytestmark = pytest.mark.skipif(

@@ -15,14 +15,14 @@ import pytest
 
 from ddpm_lightning import evaluate as evaluate_command
 from ddpm_lightning import export as export_command
-from ddpm_lightning import preflight
 from ddpm_lightning import sample as sample_command
 from ddpm_lightning import train as train_command
 from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.preflight import MAX_SAMPLES, check_sampling_request
-from ddpm_lightning.runlock import LOCK_NAME, release_lock, run_lock, take_lock
 from ddpm_lightning.train import build_module, train
+from ddpm_lightning.training import preflight
+from ddpm_lightning.training.preflight import MAX_SAMPLES, check_sampling_request
+from ddpm_lightning.training.runlock import LOCK_NAME, release_lock, run_lock, take_lock
 from tests.conftest import run_main, tiny_config, tiny_overrides
 
 

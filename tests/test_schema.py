@@ -11,13 +11,13 @@ import pytest
 import yaml
 
 from ddpm_lightning.config import compose_config, config_dir
-from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.schema import (
+from ddpm_lightning.config.schema import (
     SCHEMAS,
     is_switched_off,
     spec_for,
     validate_config,
 )
+from ddpm_lightning.errors import ConfigError
 from tests.conftest import PYTHON, cli_env
 
 CONF = config_dir()

@@ -118,7 +118,7 @@ def test_a_sweep_runs_as_slurm_jobs_and_summarizes(slurm_env, mnist_root, tmp_pa
         assert f"schedule={schedule}" in (folder / ".hydra" / "overrides.yaml").read_text()
         assert (folder / "train.log").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()
         assert "test/loss" in json.loads((folder / "test_metrics.json").read_text())
-    run([PYTHON, "-m", "ddpm_lightning.summarize", str(sweep)], slurm_env, tmp_path)
+    run([PYTHON, "-m", "ddpm_lightning.tools.summarize", str(sweep)], slurm_env, tmp_path)
     with open(sweep / "summary.csv") as table:
         rows = list(csv.DictReader(table))
     assert {row["schedule"] for row in rows} == {"linear", "cosine"}

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.summarize import load_jobs, main
+from ddpm_lightning.tools.summarize import load_jobs, main
 from tests.conftest import PYTHON, cli_env
 
 SHARED = ["data.root=/data", "trainer.max_epochs=1"]
@@ -106,7 +106,7 @@ def test_missing_or_empty_folder_is_a_config_error(tmp_path):
 def test_cli_errors_are_one_line(tmp_path, name):
     (tmp_path / "empty").mkdir()
     result = subprocess.run(
-        [PYTHON, "-m", "ddpm_lightning.summarize", str(tmp_path / name)],
+        [PYTHON, "-m", "ddpm_lightning.tools.summarize", str(tmp_path / name)],
         env=cli_env(),
         capture_output=True,
         text=True,

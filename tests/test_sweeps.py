@@ -43,7 +43,7 @@ def run_module(module: str, *args: str, cwd: Path, **env: str) -> subprocess.Com
 
 
 def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
-    result = run_module("ddpm_lightning.summarize", str(sweep_dir), cwd=sweep_dir)
+    result = run_module("ddpm_lightning.tools.summarize", str(sweep_dir), cwd=sweep_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {sweep_dir / 'summary.csv'}" in result.stdout
     with (sweep_dir / "summary.csv").open(newline="") as file:

@@ -15,26 +15,22 @@ import torch.nn.functional as F
 from lightning.pytorch.loops.progress import _ProcessedTracker
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
-from torchvision import datasets
 
+from ddpm_lightning.data.registry import dataset_record
 from ddpm_lightning.errors import ConfigError, DataError
 
-DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-# Class names by label index: the digits, and Fashion-MNIST's as torchvision spells them.
-CLASS_NAMES = {
-    "mnist": [str(digit) for digit in range(10)],
-    "fashion_mnist": list(datasets.FashionMNIST.classes),
 }
 IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1-D, images: 3-D (unsigned-byte IDX files)
 
 
 def raw_folder(root: str | Path, dataset: str) -> Path:
     """Where torchvision keeps the four IDX files, e.g. `<root>/MNIST/raw`."""
-    return Path(root) / DATASETS[dataset].__name__ / "raw"
+    reader = dataset_record(dataset).torchvision
+    assert reader is not None, f"{dataset} is read from IDX files by torchvision"
+    return Path(root) / reader.__name__ / "raw"
 
 
 def check_idx_file(path: Path) -> tuple[int, ...]:
@@ -77,13 +73,14 @@ def check_pair(folder: Path, images_name: str, labels_name: str) -> None:
 
 def load_split(root: str | Path, dataset: str, train: bool) -> tuple[Tensor, Tensor]:
     """Images (N, 28, 28) uint8 and labels (N,) int64, downloading when possible."""
-    if dataset not in DATASETS:
-        raise ConfigError(f"data.name={dataset!r} is unknown; choose one of {sorted(DATASETS)}")
+    reader = dataset_record(dataset).torchvision
+    if reader is None:
+        raise ConfigError(f"data.name={dataset} has no IDX files for MNISTDataModule to read")
     folder = raw_folder(root, dataset)
     names = RAW_FILES["train" if train else "test"]
     if not all((folder / name).is_file() for name in names):
         try:
-            DATASETS[dataset](str(root), train=train, download=True)
+            reader(str(root), train=train, download=True)
         except Exception as exc:
             expected = ", ".join(RAW_FILES["train"] + RAW_FILES["test"])
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -93,7 +90,7 @@ def load_split(root: str | Path, dataset: str, train: bool) -> tuple[Tensor, Ten
                 f"to the folder that holds {folder.parent.name}/raw"
             ) from None
     check_pair(folder, *names)
-    split = DATASETS[dataset](str(root), train=train, download=False)
+    split = reader(str(root), train=train, download=False)
     return split.data, split.targets.long()
 
 
@@ -292,8 +289,7 @@ class MNISTDataModule(InMemoryDataModule):
         split_seed: int = 42,
     ):
         super().__init__(batch_size, val_fraction, split_seed)
-        if name not in DATASETS:
-            raise ConfigError(f"data.name={name!r} is unknown; choose one of {sorted(DATASETS)}")
+        dataset_record(name)
         if int(pad) < 0:
             raise ConfigError(f"data.pad={pad} must be at least 0")
         self.name: str = name

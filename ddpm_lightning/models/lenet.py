@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+# One input image (C, H, W): what FLD scores.
+INPUT_SHAPE = (1, 32, 32)
+
 
 class LeNet5(nn.Module):
     """conv5 1→6 → ReLU → max-pool → conv5 6→16 → ReLU → max-pool → 120 → 84 → 10.

@@ -11,15 +11,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ddpm_lightning import diffusion
 from ddpm_lightning.components import REGISTRY, component_settings
+from ddpm_lightning.data.registry import DATASETS
 
-DATASETS = {
-    "mnist": {"hub": "ylecun/mnist", "tag": "mnist", "title": "MNIST"},
-    "fashion_mnist": {
-        "hub": "zalando-datasets/fashion_mnist",
-        "tag": "fashion-mnist",
-        "title": "Fashion-MNIST",
-    },
-}
 SAMPLER_KEYS = (
     "scheduler",
     "num_steps",
@@ -54,6 +47,12 @@ def sampler_text(sampler: dict[str, Any] | None, conditional: bool) -> str:
     return f"{summary['sampler']} ({settings})"
 
 
+def dataset_title(config: dict[str, Any], otherwise: str) -> str:
+    """The title of the folder's dataset, or `otherwise` for one that is not registered."""
+    record = DATASETS.get(str(config.get("dataset")))
+    return record.title if record else otherwise
+
+
 def is_conditional(config: dict[str, Any]) -> bool:
     """Whether the folder's network takes class labels."""
     return (config.get("model") or {}).get("num_classes") is not None
@@ -84,8 +83,8 @@ def card_data(config: dict[str, Any], title: str) -> ModelCardData:
         results = [
             EvalResult(
                 task_type=task,
-                dataset_type=dataset["hub"],
-                dataset_name=dataset["title"],
+                dataset_type=dataset.hub or dataset.name,
+                dataset_name=dataset.title,
                 dataset_split="test",
                 metric_type=kind,
                 metric_name=name,
@@ -100,8 +99,8 @@ def card_data(config: dict[str, Any], title: str) -> ModelCardData:
     return ModelCardData(
         library_name="ddpm_lightning",
         license="mit",
-        tags=tags + ([dataset["tag"]] if dataset else []),
-        datasets=[dataset["hub"]] if dataset else None,
+        tags=tags + ([dataset.tag] if dataset and dataset.tag else []),
+        datasets=[dataset.hub] if dataset and dataset.hub else None,
         pipeline_tag=None if conditional else "unconditional-image-generation",
         metrics=[result.metric_type for result in results] if results else None,
         model_name=title,
@@ -174,7 +173,7 @@ def evaluation_section(config: dict[str, Any]) -> str:
 
 
 def use_section(config: dict[str, Any]) -> str:
-    title = DATASETS.get(str(config.get("dataset")), {}).get("title", "its training data")
+    title = dataset_title(config, "its training data")
     return (
         "## Intended use and limits\n\n"
         f"Research and teaching: generating {title}-like images, comparing samplers and "
@@ -239,7 +238,7 @@ def load_section(config: dict[str, Any], name: str) -> str:
 def model_card(config: dict[str, Any], name: str, num_samples: int) -> str:
     """README.md of a model folder from its config.json; `name` is what `pretrained=` takes
     (a shipped name or a repo id), `num_samples` how many images samples.png shows (0: none)."""
-    dataset = DATASETS.get(str(config.get("dataset")), {}).get("title", "its data")
+    dataset = dataset_title(config, "its data")
     kind = "Class-conditional DDPM" if is_conditional(config) else "DDPM"
     title = f"{kind} on {dataset} (ddpm_lightning)"
     picture = (

@@ -20,7 +20,7 @@ import torch
 
 from ddpm_lightning import __version__
 from ddpm_lightning.components import build
-from ddpm_lightning.data.images import CLASS_NAMES
+from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
@@ -105,8 +105,10 @@ def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dic
 
 def class_names(dataset: str | None, num_classes: int | None) -> list[str] | None:
     """The dataset's class names, unless the model has another number of classes."""
-    names = CLASS_NAMES.get(str(dataset))
-    return names if names is not None and num_classes in (None, len(names)) else None
+    record = DATASETS.get(str(dataset))
+    if record is None or num_classes not in (None, record.num_classes):
+        return None
+    return list(record.class_names)
 
 
 def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:

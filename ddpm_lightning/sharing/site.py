@@ -12,9 +12,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import ASSETS_DIR
-from ddpm_lightning.sharing.card import DATASETS
 from ddpm_lightning.sharing.folder import load_folder
 from ddpm_lightning.sharing.onnx import write_onnx
 from ddpm_lightning.sharing.pretrained import model_folder, shipped
@@ -38,7 +38,8 @@ def model_id(pretrained: str) -> str:
 def model_title(dataset: str | None, num_classes: int | None, identifier: str) -> str:
     """What the model menu shows: 'MNIST', 'Fashion-MNIST, class-conditional', and the id
     for models that are not shipped."""
-    title = DATASETS.get(str(dataset), {}).get("title", "unknown data")
+    record = DATASETS.get(str(dataset))
+    title = record.title if record else "unknown data"
     if num_classes is not None:
         title += ", class-conditional"
     return title if identifier in shipped() else f"{title} ({identifier})"

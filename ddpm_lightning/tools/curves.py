@@ -1,9 +1,9 @@
-"""`python -m ddpm_lightning.curves`: a metric (default `val/fld`) against training time for
+"""`python -m ddpm_lightning.tools.curves`: a metric (default `val/fld`) against training time for
 several runs on one plot, to compare recipes by how fast they reach good samples.
 
 Each run is `--run LABEL PATH SECONDS_PER_STEP`: PATH is a run folder (its `csv/metrics.csv`)
 or a metrics CSV with `step` and metric columns; training time is step × SECONDS_PER_STEP, the
-per-step time that `python -m ddpm_lightning.bench --batch-size B` measures for that run's
+per-step time that `python -m ddpm_lightning.tools.bench --batch-size B` measures for that run's
 model and batch size, so runs that shared a busy CPU still compare on the idle machine's clock.
 """
 
@@ -79,7 +79,9 @@ def plot(curves: Sequence[Curve], metric: str, out: Path, title: str, log_y: boo
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_lightning.curves", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m ddpm_lightning.tools.curves", description=__doc__
+    )
     parser.add_argument(
         "--run",
         nargs=3,

@@ -1,4 +1,4 @@
-"""`python -m ddpm_lightning.summarize DIR`: a multirun's jobs in one table, best first.
+"""`python -m ddpm_lightning.tools.summarize DIR`: a multirun's jobs in one table, best first.
 
 DIR is a Hydra sweep folder (`hydra.sweep.dir`, e.g. logs/train/multiruns/<date>): numbered job
 folders 0/, 1/, ... each with `.hydra/` and the CSV logger's `csv/metrics.csv`. The table is
@@ -165,7 +165,7 @@ def summarize(sweep_dir: Path, console: Console | None = None) -> Path:
 @report_errors
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m ddpm_lightning.summarize",
+        prog="python -m ddpm_lightning.tools.summarize",
         description="Table of a Hydra multirun's jobs and final metrics, best first.",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="the multirun (hydra.sweep.dir)")

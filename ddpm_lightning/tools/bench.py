@@ -1,4 +1,4 @@
-"""`python -m ddpm_lightning.bench`: training and sampling throughput of the UNets.
+"""`python -m ddpm_lightning.tools.bench`: training and sampling throughput of the UNets.
 
 Training: for `model=unet` (d=16), `model=unet_cond` (the same with class labels) and
 `model=unet_large` (d=32) on random in-memory images (N, 1, 32, 32), our Lightning loop and a

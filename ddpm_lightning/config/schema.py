@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ddpm_lightning.data.images import DATASETS
+from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.diffusion.gaussian import LossType, NoiseLevels, Objective, Weighting
 from ddpm_lightning.diffusion.samplers import SPACINGS
 from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES
@@ -48,15 +48,20 @@ PRECISIONS = (
 
 @dataclass(frozen=True)
 class Spec:
-    """What one key allows: `allowed` in words for the error message, `accepts` the test."""
+    """What one key allows: in words for the error message (or a function that says them, for
+    a registry that may grow after import), and `accepts`, the test."""
 
-    allowed: str
+    described: str | Callable[[], str]
     accepts: Callable[[Any], bool]
+
+    @property
+    def allowed(self) -> str:
+        return self.described if isinstance(self.described, str) else self.described()
 
     def __or__(self, other: Spec) -> Spec:
         """A key that takes either kind of value, e.g. `true`/`false` or a count."""
         return Spec(
-            f"{self.allowed} or {other.allowed}",
+            lambda: f"{self.allowed} or {other.allowed}",
             lambda v: self.accepts(v) or other.accepts(v),
         )
 
@@ -120,7 +125,13 @@ def choice(*options: str) -> Spec:
 
 def optional(spec: Spec) -> Spec:
     """`spec`, or null."""
-    return Spec(f"{spec.allowed} or null", lambda v: v is None or spec.accepts(v))
+    return Spec(lambda: f"{spec.allowed} or null", lambda v: v is None or spec.accepts(v))
+
+
+def registered(table: Mapping[str, Any]) -> Spec:
+    """A name in the registry `table`, read when a value is checked: a name registered after
+    import counts."""
+    return Spec(lambda: f"one of {', '.join(table)}", lambda v: isinstance(v, str) and v in table)
 
 
 def list_of(item: Spec, items: str, nonempty: bool = True) -> Spec:
@@ -171,7 +182,7 @@ SAMPLER = {
     "noise_scale": POSITIVE,
 }
 DATA = {
-    "name": choice(*DATASETS),
+    "name": registered(DATASETS),
     "root": optional(PATH),
     "batch_size": integer(1),
     "val_fraction": FRACTION_OPEN,
@@ -346,7 +357,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "task_name": NAME,
         **MODEL_SOURCE,
         "samples": optional(PATH),
-        "dataset": optional(choice(*DATASETS)),
+        "dataset": optional(registered(DATASETS)),
         "allow_dataset_mismatch": BOOLEAN,
         "num_samples": integer(2),
         "force": BOOLEAN,

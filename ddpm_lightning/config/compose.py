@@ -12,10 +12,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.errors import report_errors
-from ddpm_lightning.schema import validate_config
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def config_dir() -> Path:

@@ -1,0 +1,137 @@
+"""Drawing a model's samples for the sample and evaluate commands, from plain values: which
+checkpoint `ckpt_path=last` means, the samples drawn on every device of a Trainer, and the
+record of what made them (samples.npz's metadata, metrics.json)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from ddpm_lightning.components import build, component_settings
+from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
+from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.safety import find_last_checkpoint
+from ddpm_lightning.training.sharded import ShardedSampling
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_checkpoint(
+    ckpt_path: str | None, pretrained: str | None, log_dir: str | Path, task: str
+) -> str | Path | None:
+    """The file behind `ckpt_path=` (`load_model` loads `pretrained=`). `last` is the newest
+    `checkpoints/last.ckpt` under `log_dir/<task>/` that no fast_dev_run smoke test wrote; one
+    line names it."""
+    if ckpt_path == "last" and pretrained is None:
+        return str(find_last_checkpoint(Path(log_dir) / task, task))
+    return ckpt_path
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """What the sample and evaluate commands draw from and with, resolved once from their
+    config: the model (`pretrained`, or the `ckpt_path` file with `last` found), the sampler's
+    named settings, the Trainer's config and the seed."""
+
+    pretrained: str | None
+    ckpt_path: str | Path | None
+    sampler: dict[str, Any]
+    trainer: dict[str, Any]
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Drawing:
+        pretrained = cfg.get("pretrained")
+        task = cfg.get("train_task_name", "train")
+        return cls(
+            pretrained=None if pretrained is None else str(pretrained),
+            ckpt_path=resolve_checkpoint(cfg.get("ckpt_path"), pretrained, cfg.paths.log_dir, task),
+            sampler=component_settings("sampler", cfg.sampler),
+            trainer=cast("dict[str, Any]", OmegaConf.to_container(cfg.trainer, resolve=True)),
+            seed=int(cfg.seed),
+        )
+
+    @property
+    def source(self) -> dict[str, str]:
+        """`{"pretrained": …}` or `{"ckpt_path": …}`: the model, as samples' metadata names it."""
+        if self.pretrained:
+            return {"pretrained": self.pretrained}
+        return {"ckpt_path": str(self.ckpt_path)}
+
+    def make_sampler(self) -> Callable[..., Sampler]:
+        """The sampler's partial, which `DiffusionModule.make_sampler` completes."""
+        return build("sampler", self.sampler)
+
+
+def applied_settings(settings: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
+    """The sampler's named `settings` with the guidance `make_sampler` applied: the default γ
+    where they left it null, no interval for unconditional models."""
+    interval = sampler.guidance_interval
+    return {
+        **settings,
+        "guidance_scale": sampler.guidance_scale,
+        "guidance_interval": None if interval is None else list(interval),
+    }
+
+
+def samples_metadata(
+    module: DiffusionModule,
+    source: dict[str, str],
+    seed: int,
+    settings: dict[str, Any],
+    sampler: Sampler,
+) -> dict[str, Any]:
+    """What made a set of samples: the model's dataset (so evaluate scores them against the
+    right test set), `source` (`{"pretrained": …}` or `{"ckpt_path": …}`), the seed and the
+    sampler's settings as applied."""
+    return {
+        "dataset": module.hparams.get("dataset"),
+        **source,
+        "seed": seed,
+        "sampler": applied_settings(settings, sampler),
+    }
+
+
+def predict_trainer(trainer: dict[str, Any]) -> L.Trainer:
+    """The `trainer` config for sampling: one process per device (`trainer=ddp`,
+    `trainer=ddp_cpu`, `trainer.devices=N`); no logger, checkpoints, model summary or Lightning
+    progress bar (the sampler shows its own); `ShardedSampling` chooses each process's
+    samples."""
+    return instantiate(
+        trainer,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+
+
+def draw_samples(
+    trainer: dict[str, Any],
+    module: DiffusionModule,
+    make_sampler: Callable[..., Sampler],
+    num_samples: int,
+    seed: int,
+    labels: Tensor | None,
+    callback: StepCallback | None = None,
+) -> tuple[Tensor, L.Trainer]:
+    """`num_samples` samples (N, *data_shape) of `module` with the sampler `make_sampler`
+    builds and `seed`, drawn on the devices of the `trainer` config and gathered in order on
+    every process (on the CPU), and the Trainer that drew them (its `global_rank` says which
+    process this is)."""
+    predictor = predict_trainer(trainer)
+    task = ShardedSampling(module, make_sampler, num_samples, seed, labels, callback)
+    predictor.predict(task, return_predictions=False)
+    assert task.images is not None, "set by ShardedSampling.on_predict_epoch_end"
+    return task.images, predictor
