@@ -33,6 +33,7 @@ from ddpm_lightning.evaluation.fld import (
     sha256,
 )
 from ddpm_lightning.models.lenet import LeNet5
+from ddpm_lightning.training.preflight import writable_folder
 
 
 def augment(x: Tensor, max_shift: int, max_rotation: float, hflip: bool) -> Tensor:
@@ -198,8 +199,10 @@ def export(
 
 
 def train_classifier(cfg: DictConfig) -> dict:
-    """Train, test and export the LeNet for `cfg.data`; return the JSON record."""
+    """Train, test and export the LeNet for `cfg.data`; return the JSON record. The export
+    folder is checked to be writable before training."""
     export_dir = export_folder(cfg)
+    writable_folder(export_dir, "export_dir")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     augment_cfg = cfg.get("augment") or dict(dataset_record(cfg.data.name).augment)

@@ -14,7 +14,7 @@ from ddpm_lightning.sharing.npm import runtime_files
 from ddpm_lightning.sharing.onnx import require_onnx_extra
 from ddpm_lightning.sharing.pretrained import shipped
 from ddpm_lightning.sharing.site import build_site, site_server
-from ddpm_lightning.training.preflight import writable_folder
+from ddpm_lightning.training.outputs import claimed
 
 
 def serve(site: Path, port: int) -> None:
@@ -30,16 +30,17 @@ def serve(site: Path, port: int) -> None:
 
 
 def demo(cfg: DictConfig) -> Path:
-    """Build the site into `cfg.out_dir` from `cfg.models` (null: every shipped model), then
-    serve it unless serve=false; return the site's folder."""
+    """Build the site into `cfg.out_dir` from `cfg.models` (null: every shipped model), in
+    place of the old one at once, then serve it unless serve=false; return the site's folder.
+    A second command into `cfg.out_dir` is refused while this one builds."""
     models = shipped() if cfg.models is None else [str(name) for name in cfg.models]
     if not models:
         raise ConfigError("models=[] leaves the page empty; name at least one, e.g. models=[mnist]")
     require_onnx_extra("the demo")
-    site = writable_folder(cfg.out_dir, "out_dir")
-    runtime = runtime_files()
-    sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-    entries = build_site(site, models, sampler, runtime)  # type: ignore[arg-type]
+    with claimed(cfg.out_dir, "demo") as site:
+        runtime = runtime_files()
+        sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
+        entries = build_site(site, models, sampler, runtime)  # type: ignore[arg-type]
     print(f"built the demo of {', '.join(entry['id'] for entry in entries)} into {site}")
     if cfg.serve:
         serve(site, int(cfg.port))

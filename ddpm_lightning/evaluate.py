@@ -2,8 +2,9 @@
 
 Scores generated images against the test set with the shipped LeNet-5 (no real data needed):
 FLD, the LeNet's predicted-label histogram and mean confidence, and the mean minimum
-distance to the class-mean images. Writes metrics.json and label_histogram.png. Images are
-drawn on the devices of `trainer` (one by default) and the files written once.
+distance to the class-mean images. Writes metrics.json and label_histogram.png, as one set
+that replaces the pair of an earlier run in `out_dir` whole. Images are drawn on the devices of
+`trainer` (one by default) and the files written once.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from ddpm_lightning.training.drawing import (
     draw_samples,
     samples_metadata,
 )
-from ddpm_lightning.training.preflight import check_sampling_request, writable_folder
+from ddpm_lightning.training.outputs import claimed, replacing
+from ddpm_lightning.training.preflight import check_sampling_request
+
+EVALUATE_FILES = ("metrics.json", "label_histogram.png")
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -57,7 +61,46 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
         raise DataError(
             f"samples={path} is not a samples.npz from the sample command ({reason})"
         ) from None
+    if not isinstance(metadata, dict):
+        raise DataError(
+            f"samples={path}: its metadata is {type(metadata).__name__} {str(metadata)[:40]}, "
+            "not the mapping the sample command writes"
+        )
     return images, labels, metadata
+
+
+def provenance(metadata: dict, path: Path) -> dict:
+    """What a samples.npz may say of itself: the dataset, the model (`ckpt_path` or
+    `pretrained`), the seed and the sampler. Scores and counts are always computed, never
+    read; a dataset that is not a name is refused."""
+    kept = {key: metadata[key] for key in PROVENANCE if key in metadata}
+    dataset = kept.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        raise DataError(f"samples={path}: its metadata's dataset {dataset!r} is not a name")
+    return kept
+
+
+def check_labels(labels: np.ndarray, count: int, path: Path) -> None:
+    """One integer label per image."""
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (count,):
+        raise DataError(
+            f"samples={path}: labels are a {labels.dtype} array of shape {labels.shape}; need "
+            f"{count} integer class indices, one per image"
+        )
+
+
+def check_classes(labels: Tensor, dataset: str, source: str) -> None:
+    """Every label a class of `dataset`."""
+    classes = dataset_record(dataset, "dataset").num_classes
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise DataError(
+            f"{source}: labels lie in [{int(labels.min())}, {int(labels.max())}]; {dataset} "
+            f"has the classes 0 to {classes - 1}"
+        )
+
+
+# The keys of a samples.npz's metadata that describe where it came from.
+PROVENANCE = ("dataset", "ckpt_path", "pretrained", "seed", "sampler")
 
 
 def check_images(images: np.ndarray, path: Path) -> None:
@@ -90,9 +133,10 @@ def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None, dict]:
         )
     images, labels, metadata = read_npz(path)
     check_images(images, path)
-    if labels is not None and labels.shape != images.shape[:1]:
-        raise DataError(f"samples={path}: {len(labels)} labels for {len(images)} images")
-    return to_model_input(images), None if labels is None else torch.from_numpy(labels), metadata
+    if labels is not None:
+        check_labels(labels, len(images), path)
+    labels_tensor = None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    return to_model_input(images), labels_tensor, provenance(metadata, path)
 
 
 def generate(cfg: DictConfig) -> tuple[Tensor, Tensor | None, dict, L.Trainer]:
@@ -241,9 +285,21 @@ def print_table(metrics: dict, reference: dict) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`."""
-    out_dir = writable_folder(cfg.out_dir, "out_dir")
+    """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`; a second
+    command into `cfg.out_dir` is refused while this one runs."""
+    with claimed(cfg.out_dir, "evaluate") as out_dir:
+        return evaluate_into(cfg, out_dir)
+
+
+def evaluate_into(cfg: DictConfig, out_dir: Path) -> dict:
+    """`evaluate` with `out_dir` checked and held."""
     rank, world_size, device = 0, 1, default_device()
+    model = [f"{key}={cfg.get(key)}" for key in ("ckpt_path", "pretrained") if cfg.get(key)]
+    if cfg.get("samples") and model:
+        raise ConfigError(
+            f"pass samples= or {model[0].split('=')[0]}=, not both (got samples={cfg.samples} "
+            f"and {model[0]}): scores are of the samples in the file or of fresh ones"
+        )
     if cfg.get("samples"):
         images, labels, made_by = load_samples(cfg.samples)
     elif cfg.get("ckpt_path") or cfg.get("pretrained"):
@@ -256,17 +312,20 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     recorded = made_by.pop("dataset", None)
     dataset = scored_dataset(cfg, recorded)
+    if labels is not None and cfg.get("samples"):
+        check_classes(labels, dataset, f"samples={cfg.samples}")
     if images.shape[0] <= 84 and rank == 0:
         print(
             f"warning: {images.shape[0]} samples give a rank-deficient 84×84 covariance; "
             "FLD needs more samples (10,000 by default) to be meaningful"
         )
     source = {"samples": str(cfg.samples)} if cfg.get("samples") else {}
-    metrics = {**score(images, dataset, device, labels, rank, world_size), **source, **made_by}
+    metrics = {**made_by, **source, **score(images, dataset, device, labels, rank, world_size)}
     if rank != 0:
         return metrics
-    save_histograms(metrics, out_dir / "label_histogram.png")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with replacing(out_dir, EVALUATE_FILES) as folder:
+        save_histograms(metrics, folder / "label_histogram.png")
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print_table(metrics, load_record(dataset).get("reference_fld", {}))
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'label_histogram.png'}")
     return metrics

@@ -2,7 +2,9 @@
 model as a Hugging Face-style model folder (config.json, model.safetensors, README.md model card,
 samples.png), optionally pushed to the Hub with `push_to_hub=user/repo`; `format=diffusers`
 writes a diffusers DDPMPipeline folder instead (model=diffusers_unet runs), `format=onnx` the
-network as model.onnx and what a sampler needs beside it as model.json."""
+network as model.onnx and what a sampler needs beside it as model.json. The files replace the
+folder's old ones whole, after the source and the record are read and checked; the shipped
+model folders only with `replace_shipped=true`."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.sharing.diffusers_pipeline import export_pipeline
+from ddpm_lightning.sharing.diffusers_pipeline import PIPELINE_FILES, export_pipeline
 from ddpm_lightning.sharing.export import (
     Source,
     checkpoint_source,
@@ -25,8 +27,8 @@ from ddpm_lightning.sharing.export import (
 from ddpm_lightning.sharing.folder import build_module
 from ddpm_lightning.sharing.hub import hub_token, push
 from ddpm_lightning.sharing.onnx import require_onnx_extra, write_onnx
-from ddpm_lightning.sharing.pretrained import model_folder
-from ddpm_lightning.training.preflight import writable_folder
+from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, model_folder
+from ddpm_lightning.training.outputs import claimed, replacing
 
 FORMATS = ("folder", "diffusers", "onnx")
 
@@ -43,44 +45,61 @@ def source(cfg: DictConfig) -> Source:
     return folder_source(model_folder(cfg.pretrained))
 
 
+def check_shipped(cfg: DictConfig) -> None:
+    """Refuse an out_dir among the shipped model folders, which every `pretrained=NAME`
+    loads, unless `replace_shipped=true`."""
+    out_dir = Path(cfg.out_dir).resolve()
+    shipped_dir = SHIPPED_DIR.resolve()
+    if (out_dir == shipped_dir or shipped_dir in out_dir.parents) and not cfg.replace_shipped:
+        raise ConfigError(
+            f"out_dir={cfg.out_dir} is in {SHIPPED_DIR}, the shipped models that pretrained=NAME "
+            "loads; pass replace_shipped=true to replace one, or pick another out_dir"
+        )
+
+
 def export(cfg: DictConfig) -> dict[str, Path]:
     """Write the model folder (or, with format=onnx, model.onnx and model.json) into
-    `cfg.out_dir`, push the folder when asked; return the written files by name."""
+    `cfg.out_dir`, push the folder when asked; return the written files by name. A second
+    command into `cfg.out_dir` is refused while this one runs."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format} is not supported; choose one of {list(FORMATS)}")
+    check_shipped(cfg)
     if cfg.format == "onnx":
         return export_onnx(cfg)
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
-    out_dir = writable_folder(cfg.out_dir, "out_dir")
-    if cfg.format == "diffusers":
-        return export_diffusers(cfg, out_dir, token)
-    hyper_parameters, state_dict, record = source(cfg)
-    record = merge_records(
-        record,
-        run_record(
-            None if cfg.record is None else Path(cfg.record),
-            None if cfg.metrics is None else Path(cfg.metrics),
-        ),
-    )
-    files = export_folder(
-        out_dir,
-        (hyper_parameters, state_dict, record),
-        sampler_config(cfg),
-        cfg.name or cfg.push_to_hub or str(out_dir),
-        int(cfg.num_samples) if cfg.samples else 0,
-    )
-    size = files["model.safetensors"].stat().st_size / 2**20
-    print(f"wrote {', '.join(files)} ({size:.2f} MiB of weights) into {out_dir}")
-    if token is not None:
-        print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
+    with claimed(cfg.out_dir, "export") as out_dir:
+        if cfg.format == "diffusers":
+            return export_diffusers(cfg, out_dir, token)
+        hyper_parameters, state_dict, record = source(cfg)
+        record = merge_records(
+            record,
+            run_record(
+                None if cfg.record is None else Path(cfg.record),
+                None if cfg.metrics is None else Path(cfg.metrics),
+            ),
+        )
+        files = export_folder(
+            out_dir,
+            (hyper_parameters, state_dict, record),
+            sampler_config(cfg),
+            cfg.name or cfg.push_to_hub or str(out_dir),
+            int(cfg.num_samples) if cfg.samples else 0,
+        )
+        size = files["model.safetensors"].stat().st_size / 2**20
+        print(f"wrote {', '.join(files)} ({size:.2f} MiB of weights) into {out_dir}")
+        if token is not None:
+            print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
     return files
 
 
 def export_diffusers(cfg: DictConfig, out_dir: Path, token: str | None) -> dict[str, Path]:
     """Write the DDPMPipeline folder into `out_dir` (and push it); return its entries."""
-    files = export_pipeline(out_dir, source(cfg))
+    exported = source(cfg)
+    with replacing(out_dir, PIPELINE_FILES) as folder:
+        export_pipeline(folder, exported)
+    files = {name: out_dir / name for name in PIPELINE_FILES}
     print(f"wrote {', '.join(files)} (diffusers' DDPMPipeline) into {out_dir}")
     if token is not None:
         print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
@@ -94,12 +113,12 @@ def export_onnx(cfg: DictConfig) -> dict[str, Path]:
             f"push_to_hub={cfg.push_to_hub} uploads model folders: drop it or use format=folder"
         )
     require_onnx_extra("format=onnx")
-    out_dir = writable_folder(cfg.out_dir, "out_dir")
-    hyper_parameters, state_dict, _ = source(cfg)
-    module = build_module(hyper_parameters, state_dict, cfg.ckpt_path or cfg.pretrained)
-    files = write_onnx(out_dir, module, sampler_config(cfg))
-    size = files["model.onnx"].stat().st_size / 2**20
-    print(f"wrote {', '.join(files)} ({size:.2f} MiB) into {out_dir}")
+    with claimed(cfg.out_dir, "export") as out_dir:
+        hyper_parameters, state_dict, _ = source(cfg)
+        module = build_module(hyper_parameters, state_dict, cfg.ckpt_path or cfg.pretrained)
+        files = write_onnx(out_dir, module, sampler_config(cfg))
+        size = files["model.onnx"].stat().st_size / 2**20
+        print(f"wrote {', '.join(files)} ({size:.2f} MiB) into {out_dir}")
     return files
 
 

@@ -6,13 +6,16 @@ conditional models add class_grid.png (a row per class) and same_noise.png (the 
 Nathan van Maastricht's post: every row starts from the same noise, one row per label). 2-D points
 (data=spiral): points.png (samples over the spiral) and samples.npz (float points).
 Samples are drawn on the devices of `trainer` (one by default; `trainer=ddp` splits them over
-every GPU) and the files written once.
+every GPU) and the files written once, as one set that replaces the set of an earlier run in
+`out_dir` whole (`ddpm_lightning.training.outputs`).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,8 @@ from ddpm_lightning.evaluation.pictures import (
 from ddpm_lightning.sharing.pretrained import load_model
 from ddpm_lightning.training.drawing import Drawing, draw_samples, samples_metadata
 from ddpm_lightning.training.module import DiffusionModule
-from ddpm_lightning.training.preflight import check_sampling_request, writable_folder
+from ddpm_lightning.training.outputs import claimed, replacing
+from ddpm_lightning.training.preflight import check_sampling_request
 
 # Lightning 2.6 calls torch APIs that torch 2.14 deprecates (a pytree check and the all-gather
 # of the shards); nothing for users to act on.
@@ -57,30 +61,68 @@ def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tenso
     return module.sample_labels(len(labels), torch.tensor(list(labels)))
 
 
-def same_noise_grid(
-    module: DiffusionModule, sampler: Sampler, columns: int, seed: int, path: Path
-) -> None:
+SAMPLE_FILES = (
+    "grid.png",
+    "samples.npz",
+    "reverse.gif",
+    "class_grid.png",
+    "same_noise.png",
+    "points.png",
+)
+# Writes one file of the samples to the path it is given.
+Writer = Callable[[Path], None]
+
+
+def same_noise_images(module: DiffusionModule, sampler: Sampler, columns: int, seed: int) -> Tensor:
     """The same-noise picture of Nathan van Maastricht's post: `columns` starting noises (those
-    of samples 0 … columns−1), each sampled once per class (rows)."""
+    of samples 0 … columns−1), each sampled once per class (rows), class-major."""
     noise = SampleNoise(seed, range(columns), module.data_shape, 1, module.device).initial()
     classes = module.num_classes
     assert classes is not None, "called for conditional models only"
-    images = module.generate(
+    return module.generate(
         sampler,
         classes * columns,
         seed,
         labels=torch.arange(classes).repeat_interleave(columns),
         noise=noise.repeat(classes, *[1] * len(module.data_shape)),
     )
-    save_grid(images, path, nrow=columns)
 
 
-def sample(cfg: DictConfig) -> dict[str, Path]:
-    """Sample `cfg.num_samples` images with `cfg.sampler` on the devices of `cfg.trainer`;
-    return the files written (by the first process only; {} on the others)."""
-    if int(cfg.num_samples) < 1:
-        raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
-    out_dir = writable_folder(cfg.out_dir, "out_dir")
+def point_outputs(samples: Tensor) -> dict[str, Writer]:
+    """points.png and samples.npz of 2-D points, by name."""
+    return {
+        "points.png": partial(save_spiral_plot, samples),
+        "samples.npz": lambda path: np.savez_compressed(path, points=samples.cpu().numpy()),
+    }
+
+
+def image_outputs(
+    samples: Tensor,
+    labels: Tensor | None,
+    metadata: dict[str, Any],
+    recorder: ReverseProcessRecorder,
+) -> dict[str, Writer]:
+    """grid.png, samples.npz and reverse.gif of images, by name, and class_grid.png for
+    labels."""
+    arrays: dict[str, Any] = {
+        "images": to_uint8(samples).cpu().numpy(),
+        "metadata": np.array(json.dumps(metadata)),
+    }
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    outputs: dict[str, Writer] = {
+        "grid.png": partial(save_grid, samples),
+        "samples.npz": lambda path: np.savez_compressed(path, **arrays),
+        "reverse.gif": lambda path: recorder.save_gif(path, samples),
+    }
+    if labels is not None:
+        outputs["class_grid.png"] = to_pil(class_grid(samples.cpu(), labels)).save
+    return outputs
+
+
+def draw_outputs(cfg: DictConfig) -> dict[str, Writer] | None:
+    """The files of `cfg`'s samples by name, drawn on the devices of `cfg.trainer` and ready to
+    write; None on every process but the first."""
     drawing = Drawing.from_config(cfg)
     make_sampler = drawing.make_sampler()
     module = load_model(drawing.ckpt_path, drawing.pretrained)
@@ -98,37 +140,33 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         drawing.trainer, module, make_sampler, num_samples, drawing.seed, labels, recorder
     )
     if not trainer.is_global_zero:
-        return {}
-    if points:
-        files = {name: out_dir / name for name in ("points.png", "samples.npz")}
-        save_spiral_plot(samples, files["points.png"])
-        np.savez_compressed(files["samples.npz"], points=samples.cpu().numpy())
-    else:
-        files = {name: out_dir / name for name in ("grid.png", "samples.npz", "reverse.gif")}
-        save_grid(samples, files["grid.png"])
-        metadata = samples_metadata(module, drawing.source, drawing.seed, drawing.sampler, sampler)
-        arrays: dict[str, Any] = {
-            "images": to_uint8(samples).cpu().numpy(),
-            "metadata": np.array(json.dumps(metadata)),
-        }
-        if labels is not None:
-            arrays["labels"] = labels.numpy()
-        np.savez_compressed(files["samples.npz"], **arrays)
-        assert recorder is not None  # recorded unless the samples are points
-        recorder.save_gif(files["reverse.gif"], samples)
-        if labels is not None:
-            files["class_grid.png"] = out_dir / "class_grid.png"
-            to_pil(class_grid(samples.cpu(), labels)).save(files["class_grid.png"])
-            if int(cfg.same_noise_columns) > 0:
-                files["same_noise.png"] = out_dir / "same_noise.png"
-                module.to(trainer.strategy.root_device)
-                same_noise_grid(
-                    module,
-                    module.make_sampler(make_sampler),
-                    int(cfg.same_noise_columns),
-                    cfg.seed,
-                    files["same_noise.png"],
-                )
+        return None
+    if recorder is None:
+        return point_outputs(samples)
+    metadata = samples_metadata(module, drawing.source, drawing.seed, drawing.sampler, sampler)
+    outputs = image_outputs(samples, labels, metadata, recorder)
+    columns = int(cfg.same_noise_columns)
+    if labels is not None and columns > 0:
+        module.to(trainer.strategy.root_device)
+        images = same_noise_images(module, module.make_sampler(make_sampler), columns, cfg.seed)
+        outputs["same_noise.png"] = partial(save_grid, images, nrow=columns)
+    return outputs
+
+
+def sample(cfg: DictConfig) -> dict[str, Path]:
+    """Sample `cfg.num_samples` images with `cfg.sampler` on the devices of `cfg.trainer`;
+    return the files written (by the first process only; {} on the others). A second command
+    into `cfg.out_dir` is refused while this one runs."""
+    if int(cfg.num_samples) < 1:
+        raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
+    with claimed(cfg.out_dir, "sample") as out_dir:
+        outputs = draw_outputs(cfg)
+        if outputs is None:
+            return {}
+        with replacing(out_dir, SAMPLE_FILES) as folder:
+            for name, write in outputs.items():
+                write(folder / name)
+    files = {name: out_dir / name for name in outputs}
     for path in files.values():
         print(f"wrote {path}")
     return files

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lightning.config import config_dir
+from ddpm_lightning.config.compose import checked_command_line, config_dir
 from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.errors import find_user_error, report_errors
 from ddpm_lightning.training.loggers import FitLogInterval, finish_loggers
@@ -107,14 +107,18 @@ def display_flags(cfg: DictConfig, callbacks: list[L.Callback]) -> dict[str, boo
 
 def resolve_ckpt_path(cfg: DictConfig, module: DiffusionModule) -> str | None:
     """The checkpoint to resume from, checked to match: `last` = the newest last.ckpt of this
-    task_name that is no smoke test and whose model and schedule match (see
-    `find_last_checkpoint`)."""
+    task_name that is no smoke test and whose model and schedule match, and in a sweep the one
+    its own job wrote (see `find_last_checkpoint`)."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
+        hydra = HydraConfig.get() if HydraConfig.initialized() else None
+        job = None
+        if hydra is not None and hydra.mode == RunMode.MULTIRUN:
+            job = list(hydra.overrides.task)
         path = find_last_checkpoint(
-            Path(cfg.paths.log_dir) / cfg.task_name, cfg.task_name, dict(module.hparams)
+            Path(cfg.paths.log_dir) / cfg.task_name, cfg.task_name, dict(module.hparams), job
         )
     else:
         path = Path(ckpt_path)
@@ -207,7 +211,7 @@ class JobFailed(CompactHydraException):
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point. A user error ends a single run with one line and exit 1; in a
     multirun it is printed for its job and passed on to Hydra, which runs the other jobs and
     exits 1 at the end."""
@@ -224,6 +228,9 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         raise JobFailed(f"job {job} stopped by the error above") from None
+
+
+main = checked_command_line(hydra_main)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -181,3 +182,41 @@ def run_main(main, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err
+
+
+# Three optimizer steps and one validation batch: a whole run of a tiny model in seconds.
+SHORT_RUN = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """last.ckpt of a 3-step tiny run, shared by the tests of a module (read-only)."""
+    from ddpm_lightning.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    write_fake_dataset(root / "data", "MNIST")
+    train(tiny_config(root / "data", root / "first", *SHORT_RUN))
+    return root / "first" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs mounted for the test (needs root or CAP_SYS_ADMIN, else skipped)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command to make a small tmpfs")
+    if result.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

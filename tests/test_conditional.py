@@ -44,14 +44,15 @@ def test_unet_cond_config_is_the_seed_unet_plus_a_label_table():
     assert cond.diffusion.p_uncond == 0.1
 
 
-def test_seed_experiments_compose():
-    seed_002 = compose_config("train", ["experiment=seed_002", "paths.output_dir=/tmp/unused"])
-    model = instantiate(seed_002.model)
+def test_blog_recipes_compose():
+    overrides = ["experiment=vanmaastricht_cond", "paths.output_dir=/tmp/unused"]
+    recipe = compose_config("train", overrides)
+    model = instantiate(recipe.model)
     assert sum(p.numel() for p in model.parameters()) == 2_406_433
-    assert model.num_classes == 10 and seed_002.schedule.name == "linear"
-    assert seed_002.schedule.num_timesteps == 1000 and seed_002.data.batch_size == 64
-    assert seed_002.optimizer._target_ == "torch.optim.AdamW" and seed_002.optimizer.lr == 5e-5
-    cfg = compose_config("train", ["experiment=seed_004_cfg", "paths.output_dir=/tmp/unused"])
+    assert model.num_classes == 10 and recipe.schedule.name == "linear"
+    assert recipe.schedule.num_timesteps == 1000 and recipe.data.batch_size == 64
+    assert recipe.optimizer._target_ == "torch.optim.AdamW" and recipe.optimizer.lr == 5e-5
+    cfg = compose_config("train", ["experiment=sinai_cfg", "paths.output_dir=/tmp/unused"])
     assert cfg.model.num_classes == 10 and cfg.callbacks.fld.sampler.guidance_scale == 2.0
     assert cfg.schedule.num_timesteps == 100 and cfg.trainer.max_epochs == 15
 

@@ -1,20 +1,29 @@
-"""The documentation stays true to the code: every relative link and anchor in README.md,
-CONTRIBUTING.md and docs/*.md resolves, every `python -m ddpm_lightning.<module>` (or
-`ddpm-<command>`, `make train ARGS="..."`) command shown names a real module and its Hydra
-overrides compose, and every `from ddpm_lightning... import ...` in a Python example imports."""
+"""The documentation stays true to the code: README.md, CONTRIBUTING.md and docs/*.md parse as
+CommonMark with every code block closed and no heading swallowed into one, every relative link
+and anchor resolves, every `python -m ddpm_lightning.<module>` (or `ddpm-<command>`,
+`make train ARGS="..."`) command shown names a real module and its Hydra overrides compose,
+every `from ddpm_lightning... import ...` in a Python example imports, and every default the
+prose or a table states for a config key is the value `compose_config` gives."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import re
 import shlex
 from collections.abc import Iterator
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from omegaconf import OmegaConf
 
 from ddpm_lightning.config import compose_config
 
@@ -27,7 +36,6 @@ CONSOLE_SCRIPTS = {f"ddpm-{name}": name for name in HYDRA_COMMANDS}
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir"}
 FLAGS = {"-m", "--multirun", "--help", "-h", "--hydra-help", "--resolve", "--info", "-i"}
 SHELL_OPERATORS = {"&&", "||", ";", "|"}
-FENCE = re.compile(r"^\s*(```|~~~)\s*([\w+-]*)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
@@ -40,20 +48,49 @@ def doc_files() -> list[Path]:
     return [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted(DOCS.glob("*.md"))]
 
 
+# CommonMark, as GitHub renders it (GitHub's tables included).
+MARKDOWN = MarkdownIt("commonmark").enable("table")
+
+
+@lru_cache(maxsize=64)
+def parse(text: str) -> tuple[Token, ...]:
+    return tuple(MARKDOWN.parse(text))
+
+
+def fence_is_closed(fence: Token, lines: list[str]) -> bool:
+    """Whether the fenced block's last line is a closing fence: its opener's character, at
+    least as many of them, and nothing else."""
+    assert fence.map is not None
+    start, end = fence.map
+    char, width = re.escape(fence.markup[0]), len(fence.markup)
+    return (
+        end - start >= 2
+        and re.fullmatch(rf"[\s>]*{char}{{{width},}}\s*", lines[end - 1]) is not None
+    )
+
+
 def markdown_lines(text: str) -> Iterator[tuple[int, str, str | None]]:
-    """(line number, line, None for prose or the language of its fenced code block, "" when
-    none is given) for every line but the fences themselves."""
-    fence: str | None = None
-    language: str | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        match = FENCE.match(line)
-        if match and (fence is None or match.group(1) == fence):
-            if fence is None:
-                fence, language = match.group(1), match.group(2).lower()
-            else:
-                fence, language = None, None
+    """(line number, line, None for prose or the language of its code block, "" when none is
+    given) for every line but the fences themselves, with the blocks CommonMark finds."""
+    lines = text.splitlines()
+    code: dict[int, str] = {}
+    fences: set[int] = set()
+    for token in parse(text):
+        if token.type not in ("fence", "code_block") or token.map is None:
             continue
-        yield number, line, language if fence is not None else None
+        start, end = token.map
+        language = ""
+        if token.type == "fence":
+            fences.add(start)
+            if fence_is_closed(token, lines):
+                end -= 1
+                fences.add(end)
+            start += 1
+            language = token.info.split()[0].lower() if token.info.strip() else ""
+        code.update(dict.fromkeys(range(start, end), language))
+    for index, line in enumerate(lines):
+        if index not in fences:
+            yield index + 1, line, code.get(index)
 
 
 def prose(text: str) -> str:
@@ -306,6 +343,290 @@ def named_test_problems(path: Path, text: str) -> list[str]:
     return problems
 
 
+# --- Code blocks ------------------------------------------------------------------------------
+
+
+SWALLOWED_HEADING = re.compile(r"^ {0,3}#{2,6}\s+\S")
+
+
+def location(path: Path, line: int) -> str:
+    return f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{line}"
+
+
+def fence_problems(path: Path, text: str) -> list[str]:
+    """'file:line: message' for each code block that is never closed, each line inside one that
+    looks like a fence but does not close it (text after the backticks, or indented too far),
+    each `## heading` inside one (a block left open swallows the prose after it), and each
+    line of prose that starts like a fence but is not one."""
+    problems = []
+    lines = text.splitlines()
+    for token in parse(text):
+        if token.type == "inline" and token.map is not None:
+            for offset, line in enumerate(token.content.splitlines()):
+                if line.lstrip().startswith(("```", "~~~")):
+                    problems.append(
+                        f"{location(path, token.map[0] + offset + 1)}: {line.strip()!r} opens no "
+                        "code block (its info string holds a backtick)"
+                    )
+        if token.type != "fence" or token.map is None:
+            continue
+        start, end = token.map
+        closed = fence_is_closed(token, lines)
+        if not closed:
+            problems.append(
+                f"{location(path, start + 1)}: the code block opened here is never closed "
+                f"(it runs to line {end})"
+            )
+        char, width = re.escape(token.markup[0]), len(token.markup)
+        language = token.info.split()[0].lower() if token.info.strip() else ""
+        for index in range(start + 1, end - 1 if closed else end):
+            line = lines[index]
+            if re.match(rf"[\s>]*{char}{{{width},}}", line):
+                problems.append(
+                    f"{location(path, index + 1)}: {line.strip()!r} does not close the code block "
+                    f"opened on line {start + 1}: a closing fence stands alone on its line"
+                )
+            elif SWALLOWED_HEADING.match(line) and language not in {"markdown", "md"}:
+                problems.append(
+                    f"{location(path, index + 1)}: the heading {line.strip()!r} is inside the code "
+                    f"block opened on line {start + 1}"
+                )
+    return problems
+
+
+# --- Stated defaults --------------------------------------------------------------------------
+
+# Where the prose names no command, a page's defaults are those of the command it documents.
+PAGE_COMMANDS = {
+    "configuration.md": "train",
+    "training-tooling.md": "train",
+    "sampling.md": "sample",
+    "evaluation.md": "evaluate",
+    "sharing.md": "export",
+    "demo.md": "demo",
+}
+COMMAND_WORD = re.compile(rf"\b({'|'.join(sorted(HYDRA_COMMANDS))})\b", re.IGNORECASE)
+GROUP_CHOICE = re.compile(r"`([a-z_]+)=([a-z0-9_]+)`")
+KEY = r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*"
+LITERAL = (
+    r"`[^`\n]+`|[−-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[−-]?\d+(?:\.\d+)?(?:e[−-]?\d+)?"
+    r"|true|false|null|None|∞|\[[^\]\n]*\]|\{\}"
+)
+# "`key` defaults to 50", "`key` (default: 50)", "`key` default `train`", "`key=50`, the
+# default." and "`key=50` (the default)"; not "the default recipe" or "the default then".
+PROSE_DEFAULTS = [
+    re.compile(rf"`(?P<key>{KEY})`,? defaults to (?P<value>{LITERAL})"),
+    re.compile(rf"`(?P<key>{KEY})`,? \(?default:? (?P<value>{LITERAL})"),
+    re.compile(rf"`(?P<key>{KEY})=(?P<value>[^`\s]+)`(?:,| \()\s*the default(?=\s*[),;.:]|\s*$)"),
+]
+# A cell of a "default" column: the value alone, or followed by "(…)", ": …" or "; …".
+TABLE_VALUE = re.compile(rf"(?P<value>{LITERAL})(?:\s*$|\s+\(|\s*[:;])")
+# Items of a "keys (default)" cell: "`key` (50)", "`key` (1, …)", and "`key`: `a` (default) | `b`".
+KEY_ITEM = re.compile(rf"`(?P<key>{KEY})` \((?P<value>{LITERAL})(?=[),:;])")
+KEY_CHOICES = re.compile(
+    rf"`(?P<key>{KEY})`: (?P<choices>(?:`[^`]+`(?: \([^()]*\))?(?: \\?\| )?)+)"
+)
+MARKED_CHOICE = re.compile(r"`([^`]+)` \([^()]*\bdefault\b[^()]*\)")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a stated default is about: the commands whose config holds the key, the group
+    options chosen (`model=diffusers_unet` in a heading), and the group a bare key belongs to."""
+
+    commands: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Stated:
+    line: int
+    key: str
+    value: str
+    context: Context
+
+
+def headings_context(path: Path, headings: list[str]) -> Context:
+    """The innermost heading that names commands gives them (else the page's command, else
+    every command); the innermost heading with a `group=option` of conf/ gives the option."""
+    commands: tuple[str, ...] = ()
+    for heading in reversed(headings):
+        commands = tuple(dict.fromkeys(w.lower() for w in COMMAND_WORD.findall(heading)))
+        if commands:
+            break
+    if not commands:
+        page = PAGE_COMMANDS.get(path.name)
+        commands = (page,) if page else tuple(sorted(HYDRA_COMMANDS))
+    for heading in reversed(headings):
+        for group, option in GROUP_CHOICE.findall(heading):
+            if (CONF / group).is_dir():
+                return Context(commands, (f"{group}={option}",), group)
+    return Context(commands)
+
+
+def cell_codes(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def table_rows(tokens: tuple[Token, ...], start: int) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cell contents) of each row of the table opened at tokens[start]."""
+    row: list[str] = []
+    line = 0
+    for token in tokens[start:]:
+        if token.type == "tr_open":
+            row, line = [], (token.map[0] + 1 if token.map else 0)
+        elif token.type == "inline":
+            row.append(token.content)
+        elif token.type == "tr_close":
+            yield line, row
+        elif token.type == "table_close":
+            return
+
+
+def table_defaults(rows: list[tuple[int, list[str]]], context: Context) -> Iterator[Stated]:
+    """Defaults stated by a table: a "default" column beside a column of keys, or a
+    "keys (default)" column in rows that each name a command or a `group=` option."""
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    if "default" in header[1:]:
+        column = header.index("default")
+        for line, cells in rows[1:]:
+            keys = cell_codes(cells[0])
+            if not keys or not all(re.fullmatch(KEY, key) for key in keys):
+                continue
+            separator = " / " if "/" in cells[0] else ", "
+            values = cells[column].split(separator) if len(keys) > 1 else [cells[column]]
+            values = values if len(values) == len(keys) else [cells[column]] * len(keys)
+            for key, value in zip(keys, values, strict=True):
+                match = TABLE_VALUE.match(value.strip())
+                if match:
+                    yield Stated(line, key, match.group("value"), context)
+    column = next((i for i, cell in enumerate(header) if "(default)" in cell), None)
+    group_header = re.fullmatch(r"`([a-z_]+)=`", header[0])
+    if column is None or not (header[0] == "command" or group_header):
+        return
+    for line, cells in rows[1:]:
+        first = (cell_codes(cells[0]) or [""])[0]
+        if group_header:
+            group = group_header.group(1)
+            row_context = Context(context.commands, (f"{group}={first}",), group)
+        elif first in HYDRA_COMMANDS:
+            row_context = Context((first,))
+        else:
+            continue
+        for match in KEY_ITEM.finditer(cells[column]):
+            yield Stated(line, match.group("key"), match.group("value"), row_context)
+        for match in KEY_CHOICES.finditer(cells[column]):
+            for value in MARKED_CHOICE.findall(match.group("choices")):
+                yield Stated(line, match.group("key"), value, row_context)
+
+
+def stated_defaults(path: Path, text: str) -> Iterator[Stated]:
+    """Every default that `text` states for a config key written in backticks."""
+    tokens = parse(text)
+    headings: list[str] = []
+    for index, token in enumerate(tokens):
+        if token.type == "heading_open":
+            level = int(token.tag[1])
+            headings = [*headings[: level - 1], *[""] * (level - 1 - len(headings))]
+            headings.append(tokens[index + 1].content)
+        elif token.type == "table_open":
+            rows = list(table_rows(tokens, index))
+            yield from table_defaults(rows, headings_context(path, headings))
+        elif token.type == "inline" and token.map is not None:
+            context = headings_context(path, headings)
+            content = token.content
+            for pattern in PROSE_DEFAULTS:
+                for match in pattern.finditer(content):
+                    line = token.map[0] + content.count("\n", 0, match.start()) + 1
+                    yield Stated(line, match.group("key"), match.group("value"), context)
+
+
+@cache
+def composed(command: str, overrides: tuple[str, ...]) -> dict[str, Any] | None:
+    """The command's config as plain values, interpolations unresolved; None when the
+    overrides do not apply to it."""
+    try:
+        container = OmegaConf.to_container(compose_config(command, list(overrides)))
+    except Exception:  # e.g. a group the command does not have
+        return None
+    assert isinstance(container, dict)
+    return container
+
+
+MISSING = object()
+
+
+def lookup(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return MISSING if "${" in str(node) else node  # an interpolation states no value
+
+
+def literal(text: str) -> Any:
+    """A stated value as Python: `code`, 10,000, 1e-3, −1.2, ∞, true, null, [0.3, 4], {}."""
+    text = text.strip("`").replace("−", "-")
+    if text == "∞":
+        return math.inf
+    if text == "None":
+        return None
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):
+        text = text.replace(",", "")
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def same_value(stated: Any, actual: Any) -> bool:
+    if isinstance(stated, bool) or isinstance(actual, bool):
+        return stated is actual
+    if isinstance(stated, int | float) and isinstance(actual, int | float):
+        return stated == actual or math.isclose(stated, actual, rel_tol=1e-9)
+    if isinstance(stated, list) and isinstance(actual, list):
+        return len(stated) == len(actual) and all(map(same_value, stated, actual))
+    return bool(stated == actual)
+
+
+def default_problems(path: Path, text: str) -> list[str]:
+    """'file:line: message' for each stated default that differs from what the command it is
+    about composes. Keys no config holds (Python arguments, CLI flags), interpolated values and
+    a group's option (`trainer` | `default`) are not checked."""
+    problems = []
+    for stated in stated_defaults(path, text):
+        context = stated.context
+        keys = [f"{context.group}.{stated.key}", stated.key] if context.group else [stated.key]
+        found: dict[str, Any] = {}
+        for commands in (context.commands, tuple(sorted(HYDRA_COMMANDS))):
+            for command in commands:
+                config = composed(command, context.overrides)
+                values = [lookup(config, key) for key in keys] if config else []
+                value = next((v for v in values if v is not MISSING), MISSING)
+                if value is not MISSING:
+                    found[command] = value
+            if found:
+                break
+        expected = literal(stated.value)
+        if isinstance(expected, str) and any(isinstance(v, dict) for v in found.values()):
+            continue  # a group and its option, not a value
+        if found and not any(same_value(expected, value) for value in found.values()):
+            actual = ", ".join(f"{command} composes {value!r}" for command, value in found.items())
+            chosen = f" (with {' '.join(context.overrides)})" if context.overrides else ""
+            problems.append(
+                f"{location(path, stated.line)}: `{stated.key}` is said to default to "
+                f"{stated.value}, but {actual}{chosen}"
+            )
+    return problems
+
+
 # --- Tests ------------------------------------------------------------------------------------
 
 
@@ -317,8 +638,22 @@ def test_the_documentation_files_exist():
 
 @pytest.mark.parametrize(
     "checker",
-    [link_problems, command_problems, import_problems, named_test_problems],
-    ids=["links and anchors", "commands compose", "python imports", "named tests exist"],
+    [
+        fence_problems,
+        link_problems,
+        command_problems,
+        import_problems,
+        named_test_problems,
+        default_problems,
+    ],
+    ids=[
+        "code blocks closed",
+        "links and anchors",
+        "commands compose",
+        "python imports",
+        "named tests exist",
+        "stated defaults",
+    ],
 )
 def test_every_documented_reference_resolves(checker):
     problems = []
@@ -424,3 +759,75 @@ def test_test_name_checker_flags_missing_tests():
     text = "`test_docs.py::test_github_slugs`\n`test_docs.py::test_nothing` `test_nope.py::test_x`"
     problems = named_test_problems(DOCS / "made_up.md", text)
     assert [p.split(":")[1] for p in problems] == ["2", "2"], problems
+
+
+def test_fence_checker_flags_unclosed_and_malformed_blocks():
+    text = "\n".join(
+        [
+            "# Title",  # 1
+            "```bash",
+            "python -m ddpm_lightning.train  # a comment, not a heading",
+            "``` Text after a closing fence keeps the block open.",  # 4
+            "",
+            "## Swallowed",  # 6
+            "```bash",  # 7: meant to open a block, but it is inside one
+            "echo hi",
+            "```",  # 9: closes the block opened on line 2
+            "````markdown",
+            "```",
+            "## A heading shown as markdown",
+            "```",
+            "````",
+            "~~~",  # 15: never closed
+            "text",
+        ]
+    )
+    problems = fence_problems(DOCS / "made_up.md", text)
+    assert [p.split(":")[1] for p in problems] == ["4", "6", "7", "15"], problems
+    assert "does not close" in problems[0] and "'## Swallowed'" in problems[1]
+    assert "never closed" in problems[3]
+    closed = "# Title\n\n```bash\n# a shell comment\n```\n\n## Next\n"
+    assert fence_problems(DOCS / "made_up.md", closed) == []
+    assert "## Swallowed" not in prose(text) and "## Next" in prose(closed)
+
+
+def test_default_checker_flags_wrong_defaults():
+    """The stated values are made from what the configs compose, so the test follows them."""
+    sample = compose_config("sample", [])
+    train = compose_config("train", [])
+    steps, objective = sample.sampler.num_steps, train.diffusion.objective
+    wrong_objective = "eps" if objective != "eps" else "v"
+    text = "\n".join(
+        [
+            "# Sampling",  # 1: sample is this page's command
+            f"`sampler.num_steps` defaults to {steps}.",
+            f"`sampler.num_steps` defaults to {steps + 1}.",  # 3
+            f"`num_samples` (default: {sample.num_samples}) and `seed` (default {sample.seed + 1})",
+            "## Config groups of `train`",
+            "",
+            "| key | default | meaning |",
+            "|---|---|---|",
+            f"| `diffusion.objective` | `{objective}` | right |",
+            f"| `diffusion.objective` | `{wrong_objective}` | wrong |",  # 10
+            f"| `data.batch_size` | {train.data.batch_size:,} (at batch 64) | right |",
+            "| `trainer` | `default` (one device) | a group's option: not checked |",
+            "| `no_such.key` | 3 | no config holds it: not checked |",
+            "",
+            f"`trainer.max_epochs={train.trainer.max_epochs + 1}`, the default.",  # 15
+            f"`trainer.max_epochs={train.trainer.max_epochs + 1}` (the default then)",
+            f"`trainer.max_epochs={train.trainer.max_epochs + 1}`, the default recipe's budget",
+        ]
+    )
+    problems = default_problems(DOCS / "sampling.md", text)
+    assert [p.split(":")[1] for p in problems] == ["3", "4", "10", "15"], problems
+    assert f"sample composes {steps}" in problems[0] and "`seed`" in problems[1]
+    assert f"train composes '{objective}'" in problems[2]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("`ddim`", "ddim"), ("10,000", 10000), ("1e-3", 0.001), ("−1.2", -1.2), ("∞", math.inf)]
+    + [("null", None), ("None", None), ("true", True), ("[0.3, 4]", [0.3, 4]), ("{}", {})],
+)
+def test_stated_values_parse(value, expected):
+    assert literal(value) == expected

@@ -28,23 +28,14 @@ from ddpm_lightning.training.safety import check_resume_checkpoint, find_last_ch
 from tests.conftest import (
     PYTHON,
     REPO_ROOT,
+    SHORT_RUN,
     cli_env,
     run_main,
     tiny_config,
     tiny_overrides,
-    write_fake_dataset,
 )
 
-SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """last.ckpt of a 3-step tiny run, shared by the tests of this module (read-only)."""
-    root = tmp_path_factory.mktemp("trained")
-    write_fake_dataset(root / "data", "MNIST")
-    train(tiny_config(root / "data", root / "first", *SHORT))
-    return root / "first" / "checkpoints" / "last.ckpt"
+SHORT = SHORT_RUN
 
 
 def evil_checkpoint(path: Path, marker: Path) -> Path:
@@ -215,25 +206,6 @@ def test_training_saves_through_the_atomic_checkpoint_io(data_root, tmp_path):
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs mounted for the test (needs root or CAP_SYS_ADMIN, else skipped)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    try:
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command to make a small tmpfs")
-    if result.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {result.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_full_disk_keeps_the_old_checkpoint_and_names_the_folder(trained, small_disk):
     target, newer = copy_of(trained, small_disk)  # 0.75 MiB of 1 MiB, the new one is 1.75 MiB
     with pytest.raises(DataError) as error:
@@ -367,7 +339,7 @@ def fake_run(logs: Path, name: str, checkpoint: Path, age: int, config: str | No
 def incompatible_runs(logs: Path, trained: Path, tmp_path: Path) -> None:
     """Three runs newer than any good one: a smoke test, another task_name, a wider UNet."""
     fake_run(logs, "smoke", trained, 300, "task_name: train\ntrainer:\n  fast_dev_run: true\n")
-    fake_run(logs, "other_task", trained, 200, "task_name: seed_000\n")
+    fake_run(logs, "other_task", trained, 200, "task_name: sinai\n")
     wider = torch.load(trained, weights_only=True)
     wider["hyper_parameters"]["model"]["model_channels"] = 16
     torch.save(wider, tmp_path / "wider.ckpt")
@@ -382,7 +354,7 @@ def test_ckpt_path_last_picks_the_newest_compatible_run(trained, tmp_path, capsy
     assert find_last_checkpoint(logs / "train", "train", hparams) == good
     assert capsys.readouterr().out == (
         f"ckpt_path=last: using {good} (skipped 3 newer: wider: different "
-        "model.model_channels; other_task: task_name=seed_000; smoke: a fast_dev_run smoke test)\n"
+        "model.model_channels; other_task: task_name=sinai; smoke: a fast_dev_run smoke test)\n"
     )
     any_model = find_last_checkpoint(logs / "train", "train")
     assert any_model == logs / "train" / "runs" / "wider" / "checkpoints" / "last.ckpt"
@@ -396,7 +368,7 @@ def test_ckpt_path_last_with_only_incompatible_runs_is_one_line(trained, tmp_pat
         find_last_checkpoint(logs / "train", "train", hparams)
     assert str(error.value) == (
         f"ckpt_path=last: none of the 3 checkpoints/last.ckpt under {logs / 'train'} fits "
-        "(wider: different model.model_channels; other_task: task_name=seed_000; "
+        "(wider: different model.model_channels; other_task: task_name=sinai; "
         "smoke: a fast_dev_run smoke test); pass ckpt_path=PATH to a .ckpt file"
     )
 

@@ -87,8 +87,8 @@ def test_bad_schedule_config():
         NoiseSchedule("quadratic", 100)
 
 
-def test_seed_000_recipe_is_selectable(tmp_path):
-    cfg = compose_config("train", ["experiment=seed_000", f"paths.output_dir={tmp_path}"])
+def test_sinai_mnist_recipe_is_selectable(tmp_path):
+    cfg = compose_config("train", ["experiment=sinai_mnist", f"paths.output_dir={tmp_path}"])
     assert cfg.schedule.name == "cosine" and cfg.schedule.num_timesteps == 100
     assert cfg.model.model_channels == 16 and list(cfg.model.channel_multipliers) == [1, 2, 3]
     assert cfg.data.batch_size == 32 and cfg.trainer.max_epochs == 15

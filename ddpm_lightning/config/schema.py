@@ -373,6 +373,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "pretrained": optional(TEXT),
         "format": choice("folder", "diffusers", "onnx"),
         "out_dir": PATH,
+        "replace_shipped": BOOLEAN,
         "metrics": optional(PATH),
         "record": optional(PATH),
         "name": optional(TEXT),
@@ -444,7 +445,9 @@ def is_open(key: str) -> bool:
 
 
 def is_switched_off(key: str, value: Any) -> bool:
-    """Whether `key` is a section (or an entry of one) set to null, i.e. switched off."""
+    """Whether `key`, which has no schema entry of its own, is a section or an entry of one
+    (e.g. `callbacks.ema`) set to null, i.e. switched off; a setting inside an entry (e.g.
+    `callbacks.ema.decay`) is checked by its own entry."""
     return value is None and any(
         key == section or key.startswith(f"{section}.") for section in NULLABLE_SECTIONS
     )
@@ -472,11 +475,9 @@ def validate_config(cfg: DictConfig, command: str) -> None:
     # Keys set directly first, so `model.num_timesteps: ${schedule.num_timesteps}` does not
     # take the blame for a bad schedule.num_timesteps.
     for key, value, _ in sorted(leaves(cfg), key=lambda leaf: leaf[2]):
-        if is_switched_off(key, value):
-            continue
         spec = spec_for(command, key)
         if spec is None:
-            if is_open(key):
+            if is_open(key) or is_switched_off(key, value):
                 continue
             section = key.rsplit(".", 1)[0] if "." in key else ""
             known = sorted(k for k in schema if k.rsplit(".", 1)[0] == section and "." in k)

@@ -36,7 +36,9 @@ def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
 
 
 class SinusoidalPositionEmbedding(nn.Module):
-    """Fixed lookup t → table[t] (seed part 1); the table is a buffer, not a parameter."""
+    """Fixed lookup t → table[t], as in Lior Sinai's "Denoising Diffusion Probabilistic Models
+    for AI Art Generation from First Principles in Julia"; the table is a buffer, not a
+    parameter."""
 
     table: Tensor
 

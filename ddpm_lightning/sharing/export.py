@@ -1,18 +1,23 @@
 """Export a trained model as a model folder: config.json, model.safetensors, README.md (the
 model card) and samples.png, from a training checkpoint or another model folder, with the
-run's record (overrides, training time, metrics) carried into the config and the card."""
+run's record (overrides, training time, metrics) carried into the config and the card. The
+source and the record are read and checked, and every file is built in memory, before the
+folder's old files are replaced, all at once."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
-from ddpm_lightning.components import build
-from ddpm_lightning.errors import DataError
+from ddpm_lightning.components import build, component_settings
+from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluation.pictures import grid, to_pil
 from ddpm_lightning.sharing.card import model_card
 from ddpm_lightning.sharing.folder import (
@@ -20,14 +25,17 @@ from ddpm_lightning.sharing.folder import (
     MODULE_KEYS,
     WEIGHTS_NAME,
     build_module,
+    model_files,
     read_config,
     read_weights,
-    write_folder,
 )
-from ddpm_lightning.training.checkpoints import read_checkpoint
+from ddpm_lightning.training.checkpoints import build_module as build_from_settings
+from ddpm_lightning.training.checkpoints import load_weights, read_checkpoint
+from ddpm_lightning.training.outputs import replacing
 
 CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"
+FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, SAMPLES_NAME)
 METRIC_KEYS = (
     "fld",
     "mean_confidence",
@@ -49,9 +57,14 @@ def run_overrides(run_dir: Path) -> list[str] | None:
 
 
 def checkpoint_source(ckpt_path: str | Path) -> Source:
-    """(hyper_parameters, EMA state_dict, record) of a training checkpoint; the record has
-    the EMA flag, the global step and the overrides of the run folder it sits in."""
+    """(hyper_parameters, EMA state_dict, record) of a training checkpoint, its weights
+    checked to fit its settings; the record has the EMA flag, the global step and the
+    overrides of the run folder it sits in."""
     checkpoint = read_checkpoint(ckpt_path)
+    where = f"ckpt_path={ckpt_path}"
+    load_weights(
+        build_from_settings(checkpoint["hyper_parameters"], where), checkpoint["state_dict"], where
+    )
     record = {
         "ema": "current_model_state" in checkpoint,
         "global_step": checkpoint.get("global_step"),
@@ -61,9 +74,11 @@ def checkpoint_source(ckpt_path: str | Path) -> Source:
 
 
 def folder_source(folder: Path) -> Source:
-    """(hyper_parameters, state_dict, record) of a model folder, to export it again."""
+    """(hyper_parameters, state_dict, record) of a model folder, to export it again; its
+    weights checked to fit its config."""
     config = read_config(folder)
     state_dict = read_weights(folder, config["sha256"])
+    build_module(config, state_dict, folder)
     kept = ("ema", "global_step", "training", "evaluation")
     record: dict[str, Any] = {key: config[key] for key in kept if key in config}
     return {key: config[key] for key in MODULE_KEYS if key in config}, state_dict, record
@@ -79,18 +94,75 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_overrides(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def is_sampler(value: Any) -> bool:
+    """Whether `value` is the settings of a registered sampler, as metrics.json records them."""
+    try:
+        component_settings("sampler", value)
+    except ConfigError:
+        return False
+    return True
+
+
+# What each entry of a metrics.json and a `record=` JSON must be when given (null: not given).
+Check = tuple[Callable[[Any], bool], str]
+METRIC_CHECKS: dict[str, Check] = {
+    "fld": (is_number, "a finite number"),
+    "mean_confidence": (is_number, "a finite number"),
+    "requested_label_accuracy": (is_number, "a finite number"),
+    "num_samples": (is_count, "an integer"),
+    "seed": (is_count, "an integer"),
+    "sampler": (is_sampler, "the settings of a registered sampler"),
+}
+RECORD_CHECKS: dict[str, Check] = {
+    "ema": (lambda value: isinstance(value, bool), "true or false"),
+    "global_step": (is_count, "an integer"),
+    "train_overrides": (is_overrides, "a list of overrides"),
+    "training_time": (lambda value: isinstance(value, str), "text"),
+    "device": (lambda value: isinstance(value, str), "text"),
+    "metrics": (lambda value: isinstance(value, dict), "a metrics.json's entries"),
+    "evaluate_overrides": (is_overrides, "a list of overrides"),
+}
+
+
+def check_entries(values: dict[str, Any], checks: dict[str, Check], what: str) -> None:
+    """One line naming `what` and the key for the first entry that is not what the card
+    reports, so a bad record stops the export before anything is written."""
+    for key, (fits, kind) in checks.items():
+        value = values.get(key)
+        if value is not None and not fits(value):
+            raise DataError(
+                f"{what}: {key} is {json.dumps(value)[:60]}, not {kind}; fix it or leave it out"
+            )
+
+
 def evaluation_record(metrics: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """What the card reports of an evaluate command's metrics.json and its overrides."""
-    return {**{key: metrics[key] for key in METRIC_KEYS if key in metrics}, "overrides": overrides}
+    reported = {key: metrics[key] for key in METRIC_KEYS if metrics.get(key) is not None}
+    return {**reported, "overrides": overrides}
 
 
 def run_record(record_path: Path | None, metrics_path: Path | None) -> dict[str, Any]:
     """The `record=` JSON (keys train_overrides, training_time, device, global_step, ema,
     metrics, evaluate_overrides; all optional) and the `metrics=` metrics.json as the
-    config's `ema`, `global_step`, `training` and `evaluation` entries."""
+    config's `ema`, `global_step`, `training` and `evaluation` entries; an entry of the wrong
+    kind is one line naming the file and the key."""
     found: dict[str, Any] = {}
     if record_path is not None:
         record = read_json(record_path, "record")
+        check_entries(record, RECORD_CHECKS, f"record={record_path}")
+        check_entries(record.get("metrics") or {}, METRIC_CHECKS, f"record={record_path}: metrics")
         found |= {key: record[key] for key in ("ema", "global_step") if key in record}
         training = {
             "overrides": record.get("train_overrides"),
@@ -103,8 +175,10 @@ def run_record(record_path: Path | None, metrics_path: Path | None) -> dict[str,
                 record["metrics"], record.get("evaluate_overrides")
             )
     if metrics_path is not None:
+        metrics = read_json(metrics_path, "metrics")
+        check_entries(metrics, METRIC_CHECKS, f"metrics={metrics_path}")
         found["evaluation"] = evaluation_record(
-            read_json(metrics_path, "metrics"), run_overrides(Path(metrics_path).resolve().parent)
+            metrics, run_overrides(Path(metrics_path).resolve().parent)
         )
     return found
 
@@ -116,19 +190,18 @@ def merge_records(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def write_samples(
-    config: dict[str, Any], state_dict: dict[str, torch.Tensor], path: Path, num_samples: int
-) -> bool:
+def samples_picture(
+    config: dict[str, Any], state_dict: dict[str, torch.Tensor], where: Path, num_samples: int
+) -> Image.Image | None:
     """samples.png: `num_samples` images of the recommended sampler, seed 0, on the CPU, in
-    rows of 8; False (nothing written) for data that are not images."""
+    rows of 8; None for data that are not images."""
     if len(config["data_shape"]) != 3:
-        return False
-    module = build_module(config, state_dict, path.parent)
+        return None
+    module = build_module(config, state_dict, where)
     sampler = module.make_sampler(build("sampler", config["sampler"]), progress=False)
     images = module.generate(sampler, num_samples, seed=0)
     picture = to_pil(grid(images, nrow=8))
-    (picture.convert("L") if images.shape[1] == 1 else picture).save(path, optimize=True)
-    return True
+    return picture.convert("L") if images.shape[1] == 1 else picture
 
 
 def export_folder(
@@ -140,15 +213,20 @@ def export_folder(
 ) -> dict[str, Path]:
     """Write the model folder of `source` (see checkpoint_source) into `out_dir`, with
     `sampler` (a sampler config) as the recommended sampler; `name` is what `pretrained=`
-    takes in the card; num_samples=0 skips samples.png. The written files by name."""
+    takes in the card; num_samples=0 skips samples.png. Every file is built first, then the
+    set replaces the folder's old one whole (`replacing`). The written files by name."""
     hyper_parameters, state_dict, record = source
     out_dir = Path(out_dir)
-    config = write_folder(out_dir, hyper_parameters, state_dict, {"sampler": sampler, **record})
-    pictured = num_samples > 0 and write_samples(
-        config, state_dict, out_dir / SAMPLES_NAME, num_samples
+    config, files = model_files(
+        out_dir, hyper_parameters, state_dict, {"sampler": sampler, **record}
     )
-    if not pictured:
-        (out_dir / SAMPLES_NAME).unlink(missing_ok=True)
-    (out_dir / CARD_NAME).write_text(model_card(config, name, num_samples if pictured else 0))
-    names = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME] + ([SAMPLES_NAME] if pictured else [])
+    picture = samples_picture(config, state_dict, out_dir, num_samples) if num_samples else None
+    card = model_card(config, name, num_samples if picture else 0)
+    files[CARD_NAME] = card.encode()
+    with replacing(out_dir, FOLDER_FILES) as folder:
+        for file, data in files.items():
+            (folder / file).write_bytes(data)
+        if picture is not None:
+            picture.save(folder / SAMPLES_NAME, optimize=True)
+    names = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME] + ([SAMPLES_NAME] if picture else [])
     return {file: out_dir / file for file in names}

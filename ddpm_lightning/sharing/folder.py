@@ -9,7 +9,9 @@ code (`ddpm_lightning.components`).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +24,22 @@ from ddpm_lightning.components import component_settings, plain_settings
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluation.fld import sha256
 from ddpm_lightning.training.checkpoints import build_module as build_from_settings
-from ddpm_lightning.training.checkpoints import module_settings
+from ddpm_lightning.training.checkpoints import module_settings, weight_mismatches
 from ddpm_lightning.training.module import MODULE_KEYS, DiffusionModule
+from ddpm_lightning.training.outputs import replacing
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def write_folder(
+def model_files(
     out_dir: Path,
     hyper_parameters: dict[str, Any],
     state_dict: dict[str, torch.Tensor],
     extra: dict[str, Any],
-) -> dict[str, Any]:
-    """Write `model.safetensors` and `config.json` into `out_dir`; return the config.
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The config of a model folder for `out_dir` and the bytes of its `config.json` and
+    `model.safetensors`, by name, built in memory (nothing is written).
 
     hyper_parameters: the DiffusionModule's arguments (a checkpoint's `hyper_parameters`);
     extra: the recommended `sampler`, `ema`, `global_step`, `training` and `evaluation`.
@@ -50,11 +54,24 @@ def write_folder(
     }
     config["data_shape"] = list(config["data_shape"])
     config = plain_settings(config, str(out_dir / CONFIG_NAME))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_NAME
-    weights.write_bytes(save(tensors, metadata={"format": "pt"}))
-    config["sha256"] = sha256(weights)
-    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    weights = save(tensors, metadata={"format": "pt"})
+    config["sha256"] = hashlib.sha256(weights).hexdigest()
+    text = json.dumps(config, indent=2) + "\n"
+    return config, {CONFIG_NAME: text.encode(), WEIGHTS_NAME: weights}
+
+
+def write_folder(
+    out_dir: Path,
+    hyper_parameters: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Write `model.safetensors` and `config.json` (see `model_files`) into `out_dir`, both in
+    place of the old pair at once (`replacing`); return the config."""
+    config, files = model_files(out_dir, hyper_parameters, state_dict, extra)
+    with replacing(out_dir, tuple(files)) as folder:
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
     return config
 
 
@@ -89,6 +106,11 @@ def read_weights(folder: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
     path = folder / WEIGHTS_NAME
     if not path.is_file():
         raise DataError(f"{folder} is not a model folder: it has no {WEIGHTS_NAME}")
+    if not (isinstance(expected_sha256, str) and re.fullmatch(r"[0-9a-f]{64}", expected_sha256)):
+        raise DataError(
+            f"{folder / CONFIG_NAME}: sha256 is {str(expected_sha256)[:40]}, not the 64 hex "
+            f"digits of {WEIGHTS_NAME}'s SHA-256; export the folder again"
+        )
     actual = sha256(path)
     if actual != expected_sha256:
         raise DataError(
@@ -99,25 +121,6 @@ def read_weights(folder: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
         return load_file(path)
     except SafetensorError as exc:
         raise DataError(f"{path} is not a readable safetensors file ({exc})") from None
-
-
-def some_names(keys: set[str]) -> str:
-    """The first three of `keys`, sorted, and an ellipsis when there are more."""
-    return ", ".join(sorted(keys)[:3]) + (" …" if len(keys) > 3 else "")
-
-
-def weight_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
-    """'' when `given` has exactly `expected`'s keys and shapes, else what differs (one line)."""
-    missing, unexpected = expected.keys() - given.keys(), given.keys() - expected.keys()
-    shapes = [
-        f"{key} {tuple(given[key].shape)} instead of {tuple(expected[key].shape)}"
-        for key in sorted(expected.keys() & given.keys())
-        if given[key].shape != expected[key].shape
-    ]
-    problems = [f"{len(missing)} missing ({some_names(missing)})"] if missing else []
-    problems += [f"{len(unexpected)} unexpected ({some_names(unexpected)})"] if unexpected else []
-    problems += [f"{len(shapes)} of the wrong shape ({shapes[0]})"] if shapes else []
-    return "; ".join(problems)
 
 
 def build_module(

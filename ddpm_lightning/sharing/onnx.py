@@ -24,9 +24,11 @@ from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.outputs import replacing
 
 ONNX_NAME = "model.onnx"
 RECORD_NAME = "model.json"
+ONNX_FILES = (ONNX_NAME, RECORD_NAME)
 OPSET = 20
 INPUT_NAMES = ("x", "t", "y")
 OUTPUT_NAME = "output"
@@ -139,12 +141,13 @@ def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, A
 def write_onnx(
     out_dir: Path, module: DiffusionModule, sampler: dict[str, Any], option: str = "format=onnx"
 ) -> dict[str, Path]:
-    """Write model.onnx and model.json of `module` into `out_dir`, `sampler` (a ddim or ddpm
-    sampler config) as the recommended settings; `option` names what asked for it in the
-    error when the onnx extra is missing. The written files by name."""
+    """Write model.onnx and model.json of `module` into `out_dir`, the pair in place of the
+    old one at once (`replacing`), `sampler` (a ddim or ddpm sampler config) as the
+    recommended settings; `option` names what asked for it in the error when the onnx extra
+    is missing. The written files by name."""
     require_onnx_extra(option)
     record = onnx_record(module, sampler)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_network(module, out_dir / ONNX_NAME)
-    (out_dir / RECORD_NAME).write_text(json.dumps(record) + "\n")
-    return {ONNX_NAME: out_dir / ONNX_NAME, RECORD_NAME: out_dir / RECORD_NAME}
+    with replacing(out_dir, ONNX_FILES) as folder:
+        write_network(module, folder / ONNX_NAME)
+        (folder / RECORD_NAME).write_text(json.dumps(record) + "\n")
+    return {name: out_dir / name for name in ONNX_FILES}

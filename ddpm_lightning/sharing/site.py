@@ -18,12 +18,14 @@ from ddpm_lightning.evaluation.fld import ASSETS_DIR
 from ddpm_lightning.sharing.folder import load_folder
 from ddpm_lightning.sharing.onnx import write_onnx
 from ddpm_lightning.sharing.pretrained import model_folder, shipped
+from ddpm_lightning.training.outputs import replacing
 
 PAGE_DIR = ASSETS_DIR / "demo"
 PAGE_FILES = ("index.html", "ddpm.js", "style.css")
 RUNTIME_DIR = "ort"
 MODELS_DIR = "models"
 MODELS_INDEX = "models.json"
+SITE_FILES = (*PAGE_FILES, MODELS_INDEX, MODELS_DIR, RUNTIME_DIR)
 
 
 def model_id(pretrained: str) -> str:
@@ -63,18 +65,20 @@ def build_site(
 ) -> list[dict[str, str]]:
     """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim or ddpm
     sampler config) as its starting settings, and the `runtime` files (onnxruntime-web's, by
-    name). The entries of models.json."""
+    name); the new site replaces the old one whole (`replacing`). The entries of
+    models.json."""
     identifiers = [model_id(name) for name in models]
     repeated = sorted({i for i in identifiers if identifiers.count(i) > 1})
     if repeated:
         raise ConfigError(f"models={models} names {repeated[0]} twice; list each model once")
-    entries = [add_model(site, name, sampler) for name in models]
-    (site / MODELS_INDEX).write_text(json.dumps(entries, indent=2) + "\n")
-    for name in PAGE_FILES:
-        shutil.copyfile(PAGE_DIR / name, site / name)
-    (site / RUNTIME_DIR).mkdir(exist_ok=True)
-    for name, path in runtime.items():
-        shutil.copyfile(path, site / RUNTIME_DIR / name)
+    with replacing(site, SITE_FILES) as folder:
+        entries = [add_model(folder, name, sampler) for name in models]
+        (folder / MODELS_INDEX).write_text(json.dumps(entries, indent=2) + "\n")
+        for name in PAGE_FILES:
+            shutil.copyfile(PAGE_DIR / name, folder / name)
+        (folder / RUNTIME_DIR).mkdir()
+        for name, path in runtime.items():
+            shutil.copyfile(path, folder / RUNTIME_DIR / name)
     return entries
 
 

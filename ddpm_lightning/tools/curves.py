@@ -18,6 +18,7 @@ from pathlib import Path
 from ddpm_lightning.errors import ConfigError, report_errors
 
 METRICS_CSV = Path("csv") / "metrics.csv"
+DEFAULT_OUT = "fld_vs_time.png"
 
 
 @dataclass
@@ -91,7 +92,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a run folder or metrics CSV, its label and its per-step time (repeat)",
     )
     parser.add_argument("--metric", default="val/fld")
-    parser.add_argument("--out", type=Path, default=Path("fld_vs_time.png"))
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="a .png or a folder")
     parser.add_argument("--title", default="FLD against training time")
     parser.add_argument("--log-y", action="store_true", help="logarithmic metric axis")
     return parser.parse_args(argv)
@@ -105,14 +106,25 @@ def seconds(label: str, text: str) -> float:
         raise ConfigError(f"--run {label}: seconds per step {text!r} is not a number") from None
 
 
+def picture_path(out: Path) -> Path:
+    """`--out` as the PNG to write: a folder gets `DEFAULT_OUT` inside it; any other path must
+    end in .png, the format written."""
+    if out.is_dir():
+        return out / DEFAULT_OUT
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out} must be a .png file or a folder (a PNG is written)")
+    return out
+
+
 @report_errors
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    out = picture_path(args.out)
     curves = [
         read_curve(label, Path(path), seconds(label, text), args.metric)
         for label, path, text in args.run
     ]
-    print(f"wrote {plot(curves, args.metric, args.out, args.title, args.log_y)}")
+    print(f"wrote {plot(curves, args.metric, out, args.title, args.log_y)}")
 
 
 if __name__ == "__main__":

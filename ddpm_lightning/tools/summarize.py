@@ -39,8 +39,21 @@ class Job:
         return self.metrics.get(self.optimized_metric)
 
 
-def read_yaml(path: Path):
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+class UnreadableJob(Exception):
+    """A job folder whose Hydra records are not the YAML Hydra writes."""
+
+
+def read_yaml(path: Path, kind: type):
+    """The YAML file `path` (None when absent), which must hold a `kind` (list or dict)."""
+    if not path.is_file():
+        return None
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UnreadableJob(f"{path} is not YAML") from exc
+    if value is not None and not isinstance(value, kind):
+        raise UnreadableJob(f"{path} holds a {type(value).__name__}, not a {kind.__name__}")
+    return value
 
 
 def last_metrics(path: Path) -> dict[str, float]:
@@ -61,11 +74,17 @@ def last_metrics(path: Path) -> dict[str, float]:
 
 
 def load_job(folder: Path) -> Job:
-    overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
-    config = read_yaml(folder / ".hydra" / "config.yaml") or {}
+    """A job folder's overrides and metrics; a job whose records cannot be read counts as
+    failed (no metrics), with a warning naming the file."""
+    try:
+        overrides = read_yaml(folder / ".hydra" / "overrides.yaml", list) or []
+        config = read_yaml(folder / ".hydra" / "config.yaml", dict) or {}
+    except UnreadableJob as exc:
+        print(f"warning: job {folder.name} counted as failed: {exc}")
+        return Job(num=int(folder.name), overrides={}, metrics={}, optimized_metric=DEFAULT_METRIC)
     return Job(
         num=int(folder.name),
-        overrides=dict(item.partition("=")[::2] for item in overrides),
+        overrides=dict(str(item).partition("=")[::2] for item in overrides),
         metrics=last_metrics(folder / METRICS_CSV),
         optimized_metric=config.get("optimized_metric") or DEFAULT_METRIC,
     )

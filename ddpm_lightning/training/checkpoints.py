@@ -27,9 +27,10 @@ def temp_files(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"))
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename inside `directory` durable (POSIX: the directory entry is data too)."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename inside it: POSIX holds the directory entry
+    as data too), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -64,7 +65,7 @@ def write_atomically(data: bytes | memoryview, path: Path, chunk_bytes: int = 2*
                 f"another disk (the previous {path.name}, if any, is unchanged)"
             ) from None
         raise
-    fsync_directory(path.parent)
+    fsync_path(path.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -128,13 +129,47 @@ def module_settings(hparams: Any, source: str, where: str = "") -> dict[str, Any
             f"{source}: {where or 'the file'} is a {type(hparams).__name__}, not a mapping "
             "of settings"
         )
-    unknown = sorted(str(key) for key in set(hparams) - set(MODULE_KEYS))
+
+    def key(name: str) -> str:
+        return f"{where}.{name[:80]}" if where else name[:80]
+
+    unknown = sorted(str(name) for name in set(hparams) - set(MODULE_KEYS))
     if unknown:
-        key = f"{where}.{unknown[0][:80]}" if where else unknown[0][:80]
         raise ConfigError(
-            f"{source}: {key} is not a setting of the model (it takes {', '.join(MODULE_KEYS)})"
+            f"{source}: {key(unknown[0])} is not a setting of the model (it takes "
+            f"{', '.join(MODULE_KEYS)})"
         )
+    problem = settings_problem(hparams)
+    if problem:
+        name, why = problem
+        raise ConfigError(f"{source}: {key(name)} {why}")
     return plain_settings(hparams, source, where)
+
+
+def settings_problem(hparams: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, why) for the first module setting of the wrong form, or None: the model, schedule
+    and diffusion are required (the objective the network was trained with included, never
+    guessed), every section is a mapping, the data shape is (C, H, W) or (D,)."""
+    for name in ("model", "schedule", "diffusion", "data_shape"):
+        if hparams.get(name) is None:
+            return name, "is missing: the file does not say how to rebuild the model"
+    for name in ("model", "schedule", "diffusion", "optimizer", "lr_schedule"):
+        value = hparams.get(name)
+        if value is not None and not isinstance(value, dict):
+            return name, f"is {type(value).__name__} {str(value)[:40]}, not a mapping"
+    if "objective" not in hparams["diffusion"]:
+        return "diffusion.objective", "is missing: the network's objective is never guessed"
+    shape = hparams["data_shape"]
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) not in (1, 3)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        return "data_shape", f"is {str(shape)[:40]}, not (C, H, W) of an image or (D,) of points"
+    dataset = hparams.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        return "dataset", f"is {str(dataset)[:40]}, not a dataset's name"
+    return None
 
 
 def build_module(hparams: dict[str, Any], where: str) -> DiffusionModule:
@@ -148,9 +183,41 @@ def build_module(hparams: dict[str, Any], where: str) -> DiffusionModule:
         raise ConfigError(f"{where} does not build a model ({reason})") from None
 
 
+def some_names(keys: set[str]) -> str:
+    """The first three of `keys`, sorted, and an ellipsis when there are more."""
+    return ", ".join(sorted(keys)[:3]) + (" …" if len(keys) > 3 else "")
+
+
+def weight_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """'' when `given` has exactly `expected`'s keys and shapes, else what differs (one line)."""
+    missing, unexpected = expected.keys() - given.keys(), given.keys() - expected.keys()
+    shapes = [
+        f"{key} {tuple(given[key].shape)} instead of {tuple(expected[key].shape)}"
+        for key in sorted(expected.keys() & given.keys())
+        if given[key].shape != expected[key].shape
+    ]
+    problems = [f"{len(missing)} missing ({some_names(missing)})"] if missing else []
+    problems += [f"{len(unexpected)} unexpected ({some_names(unexpected)})"] if unexpected else []
+    problems += [f"{len(shapes)} of the wrong shape ({shapes[0]})"] if shapes else []
+    return "; ".join(problems)
+
+
+def load_weights(module: DiffusionModule, state_dict: Any, where: str) -> DiffusionModule:
+    """`module` with `state_dict` loaded, in eval mode; one line naming `where` when the
+    weights do not fit the module its settings built."""
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(value, torch.Tensor) for value in state_dict.values()
+    ):
+        raise ConfigError(f"{where}: its state_dict is not a mapping of tensors")
+    problems = weight_mismatches(module.state_dict(), state_dict)
+    if problems:
+        raise ConfigError(f"{where}: its weights do not fit its settings' model: {problems}")
+    module.load_state_dict(state_dict)
+    return module.eval()
+
+
 def load_module(ckpt_path: str | Path | None) -> DiffusionModule:
     """The module stored in a checkpoint, on the CPU in eval mode."""
     checkpoint = read_checkpoint(ckpt_path)
     module = build_module(checkpoint["hyper_parameters"], f"ckpt_path={ckpt_path}")
-    module.load_state_dict(checkpoint["state_dict"])
-    return module.eval()
+    return load_weights(module, checkpoint["state_dict"], f"ckpt_path={ckpt_path}")

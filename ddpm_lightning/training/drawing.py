@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ddpm_lightning.components import build, component_settings
 from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
+from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import find_last_checkpoint
 from ddpm_lightning.training.sharded import ShardedSampling
@@ -106,7 +107,14 @@ def predict_trainer(trainer: dict[str, Any]) -> L.Trainer:
     """The `trainer` config for sampling: one process per device (`trainer=ddp`,
     `trainer=ddp_cpu`, `trainer.devices=N`); no logger, checkpoints, model summary or Lightning
     progress bar (the sampler shows its own); `ShardedSampling` chooses each process's
-    samples."""
+    samples. Precisions that convert the weights themselves (`16-true`, `bf16-true`) are
+    refused: the sampler's noise and arithmetic stay float32."""
+    precision = str(trainer.get("precision"))
+    if precision in ("16-true", "bf16-true"):
+        raise ConfigError(
+            f"trainer.precision={precision} converts the network's weights, which sampling does "
+            "not support; use 32-true, or bf16-mixed / 16-mixed for autocast"
+        )
     return instantiate(
         trainer,
         logger=False,
@@ -129,9 +137,15 @@ def draw_samples(
     """`num_samples` samples (N, *data_shape) of `module` with the sampler `make_sampler`
     builds and `seed`, drawn on the devices of the `trainer` config and gathered in order on
     every process (on the CPU), and the Trainer that drew them (its `global_rank` says which
-    process this is)."""
+    process this is). Samples with NaN or infinite values stop here, before any file."""
     predictor = predict_trainer(trainer)
     task = ShardedSampling(module, make_sampler, num_samples, seed, labels, callback)
     predictor.predict(task, return_predictions=False)
     assert task.images is not None, "set by ShardedSampling.on_predict_epoch_end"
+    bad = int((~torch.isfinite(task.images)).flatten(1).any(1).sum())
+    if bad:
+        raise DataError(
+            f"{bad} of {num_samples} samples hold NaN or infinite values: the model's weights "
+            "are damaged or its training diverged; nothing was written"
+        )
     return task.images, predictor

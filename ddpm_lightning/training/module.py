@@ -103,6 +103,18 @@ class DiffusionModule(L.LightningModule):
         if not 0 <= self.p_uncond < 1:
             raise ConfigError(f"diffusion.p_uncond={self.p_uncond} must lie in [0, 1)")
         self.diffusion = GaussianDiffusion(build("schedule", schedule), **diffusion)
+        # The objective is recorded even when left to its default: files never make it a guess.
+        self.hparams["diffusion"] = {
+            **dict(self.hparams["diffusion"] or {}),
+            "objective": self.diffusion.objective.value,
+        }
+        embedded = model.get("num_timesteps")
+        steps = self.diffusion.schedule.num_timesteps
+        if embedded is not None and embedded != steps:
+            raise ConfigError(
+                f"model.num_timesteps={embedded} but schedule.num_timesteps={steps}: the network "
+                "embeds the schedule's timesteps; set them equal"
+            )
 
     def apply_fast_paths(self) -> None:
         """channels_last weights (NHWC convolutions) and in-place `nn.Module.compile`, which
@@ -139,9 +151,17 @@ class DiffusionModule(L.LightningModule):
         unconditional ones, whose samplers keep no guidance interval.
         """
         diffusion = self.diffusion
-        sampler = factory(
-            schedule=diffusion.schedule, objective=diffusion.objective.value, **kwargs
-        )
+        try:
+            sampler = factory(
+                schedule=diffusion.schedule, objective=diffusion.objective.value, **kwargs
+            )
+        except TypeError as exc:
+            name = getattr(getattr(factory, "func", factory), "__name__", "the sampler")
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"sampler: {name} does not take that setting ({reason}); drop it or pick a "
+                "sampler that takes it"
+            ) from None
         scale = sampler.guidance_scale
         if scale not in (None, 1.0):
             require_conditional(self.num_classes, f"sampler.guidance_scale={scale}")
@@ -212,8 +232,18 @@ class DiffusionModule(L.LightningModule):
         return counter.get_total_flops()
 
     def on_fit_start(self) -> None:
-        """Sets `flops_per_batch`, from which Lightning's ThroughputMonitor reports FLOP/s."""
+        """Sets `flops_per_batch`, from which Lightning's ThroughputMonitor reports FLOP/s, and
+        checks that a conditional model's data has no label beyond its classes."""
         datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
+        if self.num_classes is not None:
+            for split in getattr(datamodule, "splits", {}).values():
+                labels = split.labels
+                if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                    raise ConfigError(
+                        f"the data has labels in [{int(labels.min())}, {int(labels.max())}] "
+                        f"but model.num_classes={self.num_classes}: set model.num_classes to "
+                        "the number of classes, or check the label files"
+                    )
         batch_size = getattr(datamodule, "batch_size", None)
         if batch_size:
             self.flops_per_batch = self.training_flops_per_image() * int(batch_size)

@@ -19,19 +19,30 @@ from ddpm_lightning.training.module import DiffusionModule
 MAX_SAMPLES = 1_000_000
 
 
-def writable_folder(folder: str | Path, key: str) -> Path:
-    """Create `folder` and write and remove a small file in it; one line naming `key` when
-    that fails (read-only disk, no permission, a file in the way)."""
-    folder = Path(folder)
+def probe_folder(folder: Path) -> None:
+    """Create `folder` and write and remove a small file in it."""
     probe = folder / f".write-test-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+def writable_folder(folder: str | Path, key: str, beside: bool = False) -> Path:
+    """Create `folder` and write and remove a small file in it (with `beside`, in its parent
+    too, where a command's outputs are written before they are renamed in); one line naming
+    `key` when that fails (read-only disk, no permission, a file in the way)."""
+    folder = Path(folder)
+    place = folder
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_folder(folder)
+        if beside:
+            place = folder.resolve().parent
+            probe_folder(place)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
+        where = "" if place == folder else f" in {place}, where its outputs are written first"
         raise ConfigError(
-            f"{key}={folder} cannot be written ({reason}); pick another folder"
+            f"{key}={folder} cannot be written ({reason}{where}); pick another folder"
         ) from None
     return folder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -63,21 +64,50 @@ TRAINING_ONLY = frozenset(
 )
 
 
-def run_config(checkpoint: Path) -> DictConfig | None:
-    """The config Hydra recorded for the run that wrote `checkpoint`
-    (`<run>/.hydra/config.yaml` beside `<run>/checkpoints/`), or None when there is none."""
-    path = checkpoint.parent.parent / ".hydra" / "config.yaml"
+class UnreadableRecord(Exception):
+    """A run's `.hydra/*.yaml` exists but cannot be read (truncated, not YAML)."""
+
+
+def run_record(checkpoint: Path, name: str) -> Any:
+    """`<run>/.hydra/<name>.yaml` that Hydra recorded for the run that wrote `checkpoint`
+    (beside `<run>/checkpoints/`), or None when there is none."""
+    path = checkpoint.parent.parent / ".hydra" / f"{name}.yaml"
     if not path.is_file():
         return None
-    config = OmegaConf.load(path)
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:
+        raise UnreadableRecord(f"unreadable .hydra/{name}.yaml") from exc
+
+
+def run_config(checkpoint: Path) -> DictConfig | None:
+    """The config Hydra recorded for the run that wrote `checkpoint`, or None."""
+    config = run_record(checkpoint, "config")
     return config if isinstance(config, DictConfig) else None
 
 
-def why_not_resumable(path: Path, task_name: str | None, hparams: dict | None) -> str | None:
+def job_overrides(overrides: Any) -> list[str]:
+    """A sweep job's command-line overrides without `ckpt_path=` (which a resumed job adds),
+    sorted: what tells a sweep's jobs apart."""
+    return sorted(
+        str(o) for o in overrides or [] if not str(o).lstrip("+~").startswith("ckpt_path=")
+    )
+
+
+def why_not_resumable(
+    path: Path, task_name: str | None, hparams: dict | None, overrides: list[str] | None = None
+) -> str | None:
     """Why `path` must not be picked by `ckpt_path=last` (None: it may): written by a
-    fast_dev_run smoke test or a run of another `task_name` (from its run's recorded config),
-    not loadable, or with a model/schedule differing from `hparams` (None: any model)."""
-    config = run_config(path)
+    fast_dev_run smoke test, a run of another `task_name` or (for a sweep job, `overrides`
+    given) another job (from its run's records), not loadable, or with a model/schedule
+    differing from `hparams` (None: any model)."""
+    try:
+        config = run_config(path)
+        recorded = run_record(path, "overrides") if overrides is not None else None
+    except UnreadableRecord as exc:
+        return str(exc)
+    if overrides is not None and job_overrides(recorded) != job_overrides(overrides):
+        return "another job of the sweep"
     if config is not None:
         if OmegaConf.select(config, "trainer.fast_dev_run", default=False):
             return "a fast_dev_run smoke test"
@@ -95,10 +125,14 @@ def why_not_resumable(path: Path, task_name: str | None, hparams: dict | None) -
 
 
 def find_last_checkpoint(
-    runs_root: Path, task_name: str | None = None, hparams: dict | None = None
+    runs_root: Path,
+    task_name: str | None = None,
+    hparams: dict | None = None,
+    overrides: list[str] | None = None,
 ) -> Path:
     """The newest `checkpoints/last.ckpt` below `runs_root` (runs and multiruns of a task)
-    that `why_not_resumable` accepts; prints one line naming it and what was skipped."""
+    that `why_not_resumable` accepts (for a sweep job, one written by the job of the same
+    `overrides`); prints one line naming it and what was skipped."""
     candidates = sorted(runs_root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ConfigError(
@@ -107,7 +141,7 @@ def find_last_checkpoint(
         )
     skipped: list[str] = []
     for path in reversed(candidates):
-        reason = why_not_resumable(path, task_name, hparams)
+        reason = why_not_resumable(path, task_name, hparams, overrides)
         if reason is None:
             note = f" (skipped {len(skipped)} newer: {'; '.join(skipped)})" if skipped else ""
             rank_zero_only(print)(f"ckpt_path=last: using {path}{note}")
@@ -143,7 +177,7 @@ def config_differences(saved: dict, hparams: dict) -> list[str]:
     hyperparameters and `hparams`, training-only settings (`TRAINING_ONLY`) aside."""
     return [
         difference
-        for group in ("model", "schedule", "diffusion", "data_shape")
+        for group in ("model", "schedule", "diffusion", "data_shape", "dataset")
         for difference in differing_keys(saved.get(group), hparams.get(group), group, TRAINING_ONLY)
     ]
 
