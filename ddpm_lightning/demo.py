@@ -36,6 +36,7 @@ def demo(cfg: DictConfig) -> Path:
     models = shipped() if cfg.models is None else [str(name) for name in cfg.models]
     if not models:
         raise ConfigError("models=[] leaves the page empty; name at least one, e.g. models=[mnist]")
+    print(f"out_dir: {Path(cfg.out_dir).resolve()}", flush=True)
     require_onnx_extra("the demo")
     with claimed(cfg.out_dir, "demo") as site:
         runtime = runtime_files()

@@ -2,7 +2,8 @@
 
 Scores generated images against the test set with the shipped LeNet-5 (no real data needed):
 FLD, the LeNet's predicted-label histogram and mean confidence, and the mean minimum
-distance to the class-mean images. Writes metrics.json and label_histogram.png, as one set
+distance to the class-mean images, each FLD printed beside its number of samples (and a shipped
+model's beside the FLD its folder records). Writes metrics.json and label_histogram.png, as one set
 that replaces the pair of an earlier run in `out_dir` whole. Images are drawn on the devices of
 `trainer` (one by default) and the files written once.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 from rich.console import Console
@@ -28,7 +30,8 @@ from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluation.fld import FLD, load_record, to_model_input
 from ddpm_lightning.models.lenet import INPUT_SHAPE as IMAGE_SHAPE
-from ddpm_lightning.sharing.pretrained import load_model
+from ddpm_lightning.sharing.folder import read_config
+from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
 from ddpm_lightning.training.drawing import (
     Drawing,
     default_device,
@@ -39,6 +42,14 @@ from ddpm_lightning.training.outputs import claimed, replacing
 from ddpm_lightning.training.preflight import check_sampling_request
 
 EVALUATE_FILES = ("metrics.json", "label_histogram.png")
+# The number of samples of the FLDs the docs and the shipped models report.
+COMPARABLE_SAMPLES = 10_000
+# How many images each reference FLD of a LeNet's record scores (`classifier.reference_rows`).
+REFERENCE_SAMPLES = {
+    "test_half_vs_test_half": 5_000,
+    "train_10k_vs_test": 10_000,
+    "gaussian_noise_vs_test": 10_000,
+}
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -263,13 +274,37 @@ def save_histograms(metrics: dict, path: Path, width: int = 640, height: int = 2
     image.save(path)
 
 
-def print_table(metrics: dict, reference: dict) -> None:
+def shipped_evaluation(pretrained: str | None) -> dict | None:
+    """The evaluation a shipped model's config.json records (its FLD, `num_samples`, sampler),
+    for `pretrained=` one of the shipped names; else None."""
+    if pretrained is None or str(pretrained) not in shipped():
+        return None
+    record = read_config(SHIPPED_DIR / str(pretrained)).get("evaluation") or {}
+    return record if {"fld", "num_samples"} <= record.keys() else None
+
+
+def shipped_label(name: str, record: dict) -> str:
+    """The table's name for a shipped model's recorded FLD, with its sampler in short, e.g.
+    `FLD of shipped mnist (ddim-50)`."""
+    sampler = record.get("sampler") or {}
+    if "name" not in sampler:
+        return f"FLD of shipped {name}"
+    steps = f"-{sampler['num_steps']}" if sampler.get("num_steps") else ""
+    return f"FLD of shipped {name} ({sampler['name']}{steps})"
+
+
+def print_table(metrics: dict, reference: dict, shipped_record: dict | None = None) -> None:
+    """The metrics, each FLD beside its number of samples, with the LeNet's reference FLDs and,
+    for a shipped model, the FLD its model folder records; a note when the FLD is of fewer
+    samples than the docs' figures."""
+    num_samples = metrics["num_samples"]
     table = Table(
         title=f"Evaluation against the {metrics['dataset']} test set (LeNet-5 {metrics['lenet']})"
     )
-    table.add_column("metric")
+    table.add_column("metric", no_wrap=True)
     table.add_column("value", justify="right")
-    table.add_row(f"FLD (LeNet-5 {metrics['lenet']})", f"{metrics['fld']:.4f}")
+    table.add_column("samples", justify="right", no_wrap=True)
+    table.add_row(f"FLD (LeNet-5 {metrics['lenet']})", f"{metrics['fld']:.4f}", f"{num_samples:,}")
     table.add_row("mean LeNet confidence", f"{metrics['mean_confidence']:.4f}")
     table.add_row(
         "mean min distance to class means", f"{metrics['mean_min_distance_to_class_means']:.4f}"
@@ -279,14 +314,32 @@ def print_table(metrics: dict, reference: dict) -> None:
         table.add_row(
             "samples classified as requested", f"{metrics['requested_label_accuracy']:.4f}"
         )
+    if shipped_record is not None:
+        table.add_row(
+            shipped_label(metrics["pretrained"], shipped_record),
+            f"{shipped_record['fld']:.4f}",
+            f"{shipped_record['num_samples']:,}",
+        )
     for name, value in reference.items():
-        table.add_row(f"reference FLD: {name.replace('_', ' ')}", f"{value:.4f}")
+        count = REFERENCE_SAMPLES.get(name)
+        table.add_row(
+            f"reference FLD: {name.replace('_', ' ')}",
+            f"{value:.4f}",
+            f"{count:,}" if count else "",
+        )
     Console().print(table)
+    if num_samples < COMPARABLE_SAMPLES:
+        print(
+            f"note: FLD falls as the number of samples grows, so this {num_samples:,}-sample FLD "
+            f"does not compare with the docs' {COMPARABLE_SAMPLES:,}-sample figures"
+        )
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`; a second
     command into `cfg.out_dir` is refused while this one runs."""
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(f"out_dir: {Path(cfg.out_dir).resolve()}", flush=True)
     with claimed(cfg.out_dir, "evaluate") as out_dir:
         return evaluate_into(cfg, out_dir)
 
@@ -326,7 +379,11 @@ def evaluate_into(cfg: DictConfig, out_dir: Path) -> dict:
     with replacing(out_dir, EVALUATE_FILES) as folder:
         save_histograms(metrics, folder / "label_histogram.png")
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print_table(metrics, load_record(dataset).get("reference_fld", {}))
+    print_table(
+        metrics,
+        load_record(dataset).get("reference_fld", {}),
+        shipped_evaluation(metrics.get("pretrained")),
+    )
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'label_histogram.png'}")
     return metrics
 

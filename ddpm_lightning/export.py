@@ -63,6 +63,7 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     command into `cfg.out_dir` is refused while this one runs."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format} is not supported; choose one of {list(FORMATS)}")
+    print(f"out_dir: {Path(cfg.out_dir).resolve()}", flush=True)
     check_shipped(cfg)
     if cfg.format == "onnx":
         return export_onnx(cfg)

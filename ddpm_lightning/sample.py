@@ -1,7 +1,8 @@
 """`python -m ddpm_lightning.sample ckpt_path=PATH | pretrained=mnist`: samples from a model.
 
-Images: grid.png, samples.npz (uint8 images, labels for conditional models, and `metadata`:
-a JSON string with the dataset, the model, seed and sampler settings) and reverse.gif;
+Images: grid.png, grid_large.png (the same, each image enlarged to at least 64 px), samples.npz
+(uint8 images, labels for conditional models, and `metadata`: a JSON string with the dataset,
+the model, seed and sampler settings) and reverse.gif (x_t and x̂₀, labelled with t);
 conditional models add class_grid.png (a row per class) and same_noise.png (the picture of
 Nathan van Maastricht's post: every row starts from the same noise, one row per label). 2-D points
 (data=spiral): points.png (samples over the spiral) and samples.npz (float points).
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch import Tensor
 
@@ -34,6 +36,7 @@ from ddpm_lightning.evaluation.pictures import (
     ReverseProcessRecorder,
     class_grid,
     save_grid,
+    save_large_grid,
     to_pil,
     to_uint8,
 )
@@ -63,6 +66,7 @@ def requested_labels(labels, num_samples: int, module: DiffusionModule) -> Tenso
 
 SAMPLE_FILES = (
     "grid.png",
+    "grid_large.png",
     "samples.npz",
     "reverse.gif",
     "class_grid.png",
@@ -102,8 +106,8 @@ def image_outputs(
     metadata: dict[str, Any],
     recorder: ReverseProcessRecorder,
 ) -> dict[str, Writer]:
-    """grid.png, samples.npz and reverse.gif of images, by name, and class_grid.png for
-    labels."""
+    """grid.png, grid_large.png, samples.npz and reverse.gif of images, by name, and
+    class_grid.png for labels."""
     arrays: dict[str, Any] = {
         "images": to_uint8(samples).cpu().numpy(),
         "metadata": np.array(json.dumps(metadata)),
@@ -112,6 +116,7 @@ def image_outputs(
         arrays["labels"] = labels.numpy()
     outputs: dict[str, Writer] = {
         "grid.png": partial(save_grid, samples),
+        "grid_large.png": partial(save_large_grid, samples),
         "samples.npz": lambda path: np.savez_compressed(path, **arrays),
         "reverse.gif": lambda path: recorder.save_gif(path, samples),
     }
@@ -159,6 +164,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     into `cfg.out_dir` is refused while this one runs."""
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(f"out_dir: {Path(cfg.out_dir).resolve()}", flush=True)
     with claimed(cfg.out_dir, "sample") as out_dir:
         outputs = draw_outputs(cfg)
         if outputs is None:

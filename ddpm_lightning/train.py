@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ from ddpm_lightning.training.loggers import FitLogInterval, finish_loggers
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.preflight import writable_folder
 from ddpm_lightning.training.runinfo import write_run_info
-from ddpm_lightning.training.runlock import run_lock
+from ddpm_lightning.training.runlock import LOCK_NAME, run_lock
 from ddpm_lightning.training.safety import (
     LastCheckpoint,
     check_resume_checkpoint,
@@ -55,6 +58,9 @@ warnings.filterwarnings("ignore", message=".*is smaller than the logging interva
 
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+# The files Hydra writes into `<run folder>/.hydra/` before the command starts.
+HYDRA_RECORDS = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
 
 
 def instantiate_named(group: DictConfig | None) -> list[Any]:
@@ -126,17 +132,48 @@ def resolve_ckpt_path(cfg: DictConfig, module: DiffusionModule) -> str | None:
     return str(path)
 
 
+def last_checkpoint(callbacks: list[L.Callback]) -> Path | None:
+    """The checkpoint of the run's final state: the `last.ckpt` of `LastCheckpoint` or
+    `ModelCheckpoint`, else the latter's best; None when the run wrote none."""
+    candidates = [
+        Path(callback.dirpath) / "last.ckpt"
+        for callback in callbacks
+        if isinstance(callback, LastCheckpoint) and callback.dirpath
+    ]
+    candidates += [
+        Path(path)
+        for callback in callbacks
+        if isinstance(callback, ModelCheckpoint)
+        for path in (callback.last_model_path, callback.best_model_path)
+        if path
+    ]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def final_line(output_dir: Path, callbacks: list[L.Callback]) -> str:
+    """`run folder: DIR (checkpoint: …)`, the checkpoint's path inside the folder when it is
+    there."""
+    folder = output_dir.resolve()
+    checkpoint = last_checkpoint(callbacks)
+    if checkpoint is None:
+        return f"run folder: {folder} (no checkpoint written)"
+    checkpoint = checkpoint.resolve()
+    shown = checkpoint.relative_to(folder) if checkpoint.is_relative_to(folder) else checkpoint
+    return f"run folder: {folder} (checkpoint: {shown})"
+
+
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
     """Fit the model described by `cfg`, then (with `test: true`) test it; return the final
     logged metrics (e.g. `val/loss`, `test/loss`).
 
-    The run folder is checked to be writable and locked first (by the first process of a
-    distributed run), so a second run into it is refused. `extra_callbacks` are added to the
+    The run folder is checked to be writable, printed and locked first (by the first process of
+    a distributed run), so a second run into it is refused. `extra_callbacks` are added to the
     configured ones (for notebooks and tests).
     """
     output_dir = writable_folder(cfg.paths.output_dir, "paths.output_dir")
     if getattr(rank_zero_only, "rank", 0) != 0:
         return fit_model(cfg, extra_callbacks)
+    print(f"run folder: {output_dir.resolve()}", flush=True)
     with run_lock(output_dir):
         return fit_model(cfg, extra_callbacks)
 
@@ -176,6 +213,8 @@ def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test") and not trainer.interrupted:
             metrics.update(run_test_split(trainer, module, datamodule, output_dir))
+        if trainer.is_global_zero:
+            print(final_line(output_dir, callbacks), flush=True)
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
@@ -196,13 +235,55 @@ def run_test_split(
     return metrics
 
 
-def fit(cfg: DictConfig) -> float | None:
+def fit(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> float | None:
     """Check `cfg` against the schema, train; return `optimized_metric` for sweepers (None
     when it was never logged)."""
     validate_config(cfg, "train")
-    metrics = train(cfg)
+    metrics = train(cfg, extra_callbacks)
     metric = cfg.get("optimized_metric")
     return metrics[metric] if metric and metric in metrics else None
+
+
+class TrainingStarted(L.Callback):
+    """Notes that training has begun: set up, data loaded, sanity check passed."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
+
+
+def holds_only_hydra_records(run_dir: Path) -> bool:
+    """Whether `run_dir` holds nothing but what Hydra wrote as this run began: its records
+    (`.hydra/`) and an empty log (`train.log`)."""
+    hydra_config = HydraConfig.get()
+    log = run_dir / f"{hydra_config.job.name}.log"
+    records = run_dir / str(hydra_config.output_subdir)
+    if not run_dir.is_dir() or not set(run_dir.iterdir()) <= {log, records}:
+        return False
+    empty_log = not log.exists() or (log.is_file() and log.stat().st_size == 0)
+    only_records = not records.exists() or (
+        records.is_dir() and {entry.name for entry in records.iterdir()} <= HYDRA_RECORDS
+    )
+    return empty_log and only_records
+
+
+@contextmanager
+def removed_unless_trained(run_dir: Path, started: TrainingStarted) -> Iterator[None]:
+    """Remove the run folder Hydra made when the block fails before training starts (missing
+    data, a bad setting, a model that cannot be built), so failed starts leave no empty run
+    folders: only when, as the run began, it held nothing but Hydra's records of this run, and
+    no other run holds its lock now."""
+    removable = getattr(rank_zero_only, "rank", 0) == 0 and holds_only_hydra_records(run_dir)
+    try:
+        yield
+    except BaseException as exc:
+        succeeded = isinstance(exc, SystemExit) and exc.code in (0, None)
+        held = (run_dir / LOCK_NAME).exists()
+        if removable and not succeeded and not started.started and not held:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 class JobFailed(CompactHydraException):
@@ -212,11 +293,15 @@ class JobFailed(CompactHydraException):
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Hydra entry point. A user error ends a single run with one line and exit 1; in a
-    multirun it is printed for its job and passed on to Hydra, which runs the other jobs and
-    exits 1 at the end."""
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return report_errors(fit)(cfg)
+    """Hydra entry point. A user error ends a single run with one line and exit 1 (a run that
+    fails before training starts removes the run folder Hydra made for it,
+    `removed_unless_trained`); in a multirun it is printed for its job and passed on to Hydra,
+    which runs the other jobs and exits 1 at the end."""
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        started = TrainingStarted()
+        with removed_unless_trained(Path(hydra_config.runtime.output_dir), started):
+            return report_errors(fit)(cfg, [started])
     try:
         return fit(cfg)
     except Exception as exc:

@@ -172,8 +172,9 @@ def cli_env() -> dict[str, str]:
 PYTHON = sys.executable
 
 
-def run_main(main, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """Run a Hydra entry point in-process as the command line would; (exit code, stderr)."""
+def run_command(main, argv: list[str], monkeypatch, capsys) -> tuple[int, list[str], str]:
+    """Run a Hydra entry point in-process as the command line would; (exit code, stdout's
+    lines, stderr)."""
     monkeypatch.setattr(sys, "argv", ["prog", *argv])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     code = 0
@@ -181,7 +182,14 @@ def run_main(main, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
         main()
     except SystemExit as exit_:
         code = exit_.code
-    return code, capsys.readouterr().err
+    printed = capsys.readouterr()
+    return code, printed.out.splitlines(), printed.err
+
+
+def run_main(main, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`run_command`'s exit code and stderr."""
+    code, _, stderr = run_command(main, argv, monkeypatch, capsys)
+    return code, stderr
 
 
 # Three optimizer steps and one validation batch: a whole run of a tiny model in seconds.

@@ -122,7 +122,9 @@ def test_sample_bad_labels(conditional, tmp_path, labels, message):
 
 def test_given_noise_is_the_starting_point(conditional):
     module = load_module(conditional)
-    sampler = module.make_sampler(lambda **kw: DDIMSampler(num_steps=3, progress=False, **kw))
+    sampler = module.make_sampler(
+        lambda **kw: DDIMSampler(num_steps=3, eta=0.0, progress=False, **kw)
+    )
     noise = torch.randn(4, 1, 32, 32)
     labels = torch.tensor([1, 1, 2, 2])
     a = module.generate(sampler, 4, seed=0, labels=labels, noise=noise)

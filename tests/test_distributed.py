@@ -69,7 +69,7 @@ def test_two_ddp_processes_sample_and_score_what_one_does(tmp_path, one_thread):
         assert one["images"].shape == (10, 1, 32, 32)
         assert np.array_equal(one["images"], two["images"])
     written = {p.name for p in (tmp_path / "two").iterdir() if p.suffix != ".log"}
-    assert written == {"grid.png", "reverse.gif", "samples.npz", ".hydra"}
+    assert written == {"grid.png", "grid_large.png", "reverse.gif", "samples.npz", ".hydra"}
 
     overrides = [f"ckpt_path={checkpoint}", *SAMPLING]
     single = evaluate(

@@ -145,7 +145,7 @@ def test_guidance_scale_one_reproduces_each_class_mean(objective, sampler_name):
     if sampler_name == "ddpm":
         sampler = DDPMSampler(schedule, **options)
     else:
-        sampler = DDIMSampler(schedule, num_steps=50, **options)
+        sampler = DDIMSampler(schedule, num_steps=50, eta=0.0, **options)
     y = balanced_labels(3000, 3)
     x = sampler.sample(
         class_conditional_denoiser(schedule, objective),
@@ -162,7 +162,15 @@ def test_guidance_scale_one_reproduces_each_class_mean(objective, sampler_name):
 
 def test_guidance_scale_zero_ignores_the_label():
     schedule = NoiseSchedule("cosine", 200)
-    sampler = DDIMSampler(schedule, num_steps=50, clip_x0=False, progress=False, guidance_scale=0)
+    sampler = DDIMSampler(
+        schedule,
+        num_steps=50,
+        eta=0.0,
+        clip_x0=False,
+        progress=False,
+        guidance_scale=0,
+        guidance_interval=None,
+    )
     y = balanced_labels(3000, 3)
     x = sampler.sample(
         class_conditional_denoiser(schedule, "eps"),
@@ -201,9 +209,11 @@ def test_guidance_interval_over_all_or_no_steps_is_plain_guidance_or_none(interv
         return sampler.sample(ToyConditional(), (5, 1, 3, 3), seed=3, y=y)
 
     within = interval[0] < schedule.sigmas().min()
-    expected = draw(guidance_scale=2.5 if within else 1.0)
+    expected = draw(guidance_scale=2.5 if within else 1.0, guidance_interval=None)
     assert torch.equal(draw(guidance_scale=2.5, guidance_interval=interval), expected)
-    assert not torch.equal(expected, draw(guidance_scale=1.0 if within else 2.5))
+    assert not torch.equal(
+        expected, draw(guidance_scale=1.0 if within else 2.5, guidance_interval=None)
+    )
 
 
 @pytest.mark.parametrize("interval", [[1.0], [2.0, 1.0], [-1.0, 3.0], [1.0, 1.0]])

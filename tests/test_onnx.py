@@ -27,7 +27,7 @@ needs_onnxruntime = pytest.mark.skipif(
     reason="onnxruntime is not installed: pip install -e '.[onnx]' (CI installs it)",
 )
 # conf/export.yaml sets sampler.num_steps, which DDPM does not take.
-DDPM = ["sampler=ddpm", "~sampler.num_steps"]
+DDPM = ["sampler=ddpm"]
 FASHION_NAMES = [
     "T-shirt/top",
     "Trouser",

@@ -402,8 +402,8 @@ def test_sample_and_evaluate_understand_ckpt_path_last(trained, tmp_path, capsys
         ],
     )
     {"sample": sample_command.sample, "evaluate": evaluate_command.evaluate}[command](cfg)
-    assert capsys.readouterr().out.startswith(
-        f"ckpt_path=last: using {good} (skipped 1 newer: smoke: a fast_dev_run smoke test)\n"
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"ckpt_path=last: using {good} (skipped 1 newer: smoke: a fast_dev_run smoke test)"
     )
 
 

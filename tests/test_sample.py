@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.evaluation.pictures import LABEL_HEIGHT
 from ddpm_lightning.sample import sample
 from ddpm_lightning.train import train
 from tests.conftest import PYTHON, cli_env, sample_config, tiny_config
@@ -43,8 +44,9 @@ def test_sample_writes_grid_npz_and_gif(checkpoint, tmp_path, sampler, steps, fr
     # 10 images → 4 columns × 3 rows of 32 px with make_grid's 2 px padding.
     assert grid.size == (4 * 34 + 2, 3 * 34 + 2)
     gif = Image.open(files["reverse.gif"])
-    # Left x_t, right x̂₀ (2×2 grids of 4 images), enlarged 2×; one frame per step + the final.
-    assert gif.size == (2 * 2 * (2 * 34 + 2), 2 * (2 * 34 + 2))
+    # Left x_t, right x̂₀ (2×2 grids of 4 images), enlarged 2×, under a strip of labels; one
+    # frame per step + the final.
+    assert gif.size == (2 * 2 * (2 * 34 + 2), 2 * (2 * 34 + 2) + LABEL_HEIGHT)
     assert gif.n_frames == frames
 
 

@@ -43,25 +43,31 @@ PARTIAL_KINDS = frozenset({"sampler", "optimizer"})
 
 # The `_target_` strings of conf/ and of checkpoints and model folders written by release 0.1.0
 # onwards, each mapped to (kind, name); a None name: the settings' own `name` says which, and
-# without one NoiseSchedule's default (`DEFAULT_SCHEDULE`) was built.
+# without one NoiseSchedule's default (`DEFAULT_SCHEDULE`) was built. The first string of a
+# component is the one conf/ selects it by (`conf_target`); the others are earlier releases'.
 TARGETS: dict[str, tuple[str, str | None]] = {
     "ddpm_lightning.models.UNet": ("model", "unet"),
     "ddpm_lightning.models.MLP": ("model", "mlp"),
     "ddpm_lightning.models.DiffusersUNet": ("model", "diffusers_unet"),
     "ddpm_lightning.models.LucidrainsUNet": ("model", "lucidrains_unet"),
-    "ddpm_lightning.schedules.NoiseSchedule": ("schedule", None),
     "ddpm_lightning.diffusion.schedules.NoiseSchedule": ("schedule", None),
-    "ddpm_lightning.samplers.DDPMSampler": ("sampler", "ddpm"),
-    "ddpm_lightning.samplers.DDIMSampler": ("sampler", "ddim"),
-    "ddpm_lightning.samplers.DPMSolverSampler": ("sampler", "dpm_solver"),
+    "ddpm_lightning.schedules.NoiseSchedule": ("schedule", None),
     "ddpm_lightning.diffusion.samplers.DDPMSampler": ("sampler", "ddpm"),
     "ddpm_lightning.diffusion.samplers.DDIMSampler": ("sampler", "ddim"),
     "ddpm_lightning.diffusion.samplers.DPMSolverSampler": ("sampler", "dpm_solver"),
     "ddpm_lightning.diffusion.samplers.HeunSampler": ("sampler", "heun"),
     "ddpm_lightning.diffusion.diffusers_bridge.DiffusersSampler": ("sampler", "diffusers"),
+    "ddpm_lightning.samplers.DDPMSampler": ("sampler", "ddpm"),
+    "ddpm_lightning.samplers.DDIMSampler": ("sampler", "ddim"),
+    "ddpm_lightning.samplers.DPMSolverSampler": ("sampler", "dpm_solver"),
     "torch.optim.Adam": ("optimizer", "adam"),
     "torch.optim.AdamW": ("optimizer", "adamw"),
 }
+
+
+def conf_target(kind: str, name: str) -> str:
+    """The `_target_` string conf/ selects the component `kind`/`name` by."""
+    return next(t for t, (k, n) in TARGETS.items() if k == kind and n in (name, None))
 
 
 def register(kind: str, name: str, component: Callable[..., Any]) -> None:

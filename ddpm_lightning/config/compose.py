@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_lightning.config.defaults import store_defaults
 from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.errors import report_errors
 
@@ -45,6 +46,9 @@ def best_precision(accelerator: str = "auto") -> str:
 for _name, _resolver in (("project_root", project_root), ("best_precision", best_precision)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
+
+
+store_defaults()
 
 
 def compose_config(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
