@@ -102,6 +102,15 @@ def export_into(out_dir: Path, *overrides: str) -> dict[str, Path]:
     )
 
 
+def refused_export(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> list[str]:
+    """The export command's stderr lines for `argv`, which it must refuse (exit 1)."""
+    code, stderr = run_main(
+        export_command.main, [*argv, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys
+    )
+    assert code == 1, stderr
+    return stderr.strip().splitlines()
+
+
 @pytest.mark.parametrize("name", CONDITIONAL_FILES)
 def test_a_failure_mid_write_leaves_the_earlier_samples(models, tmp_path, monkeypatch, name):
     """The sample command stopped half-way through any one of its files: the earlier run's
@@ -314,10 +323,7 @@ def test_a_full_disk_keeps_the_old_model_folder_and_is_one_line(
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 64 * 2**10))
     argv = [f"pretrained={models['conditional']}", f"out_dir={out}", "sampler.num_steps=2"]
-    code, stderr = run_main(
-        export_command.main, [*argv, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys
-    )
-    assert code == 1 and stderr.strip().splitlines() == [
+    assert refused_export(argv, tmp_path, monkeypatch, capsys) == [
         f"error: no space left to write the new files of {out}; free space on its disk or "
         "pass another out_dir (the files it holds are unchanged)"
     ]
@@ -384,14 +390,8 @@ def test_a_bad_export_leaves_the_good_folder_byte_identical(
     before = snapshot(out)
     names = {**bad_inputs, "model": models["unconditional"]}
     argv = [arg.format(**names) for arg in args]
-    code, stderr = run_main(
-        export_command.main,
-        [*argv, f"out_dir={out}", f"hydra.run.dir={tmp_path / 'run'}"],
-        monkeypatch,
-        capsys,
-    )
-    (line,) = stderr.strip().splitlines()
-    assert code == 1 and line.startswith(f"error: {start.format(**names)}") and inside in line
+    (line,) = refused_export([*argv, f"out_dir={out}"], tmp_path, monkeypatch, capsys)
+    assert line.startswith(f"error: {start.format(**names)}") and inside in line
     assert snapshot(out) == before
     assert beside(out) == []
 
@@ -488,10 +488,7 @@ def test_the_shipped_models_are_replaced_only_with_replace_shipped(
     target = SHIPPED_DIR / "mnist"
     before, entries = snapshot(SHIPPED_DIR), sorted(os.listdir(SHIPPED_DIR.parent))
     argv = [f"pretrained={models['conditional']}", f"out_dir={target}"]
-    code, stderr = run_main(
-        export_command.main, [*argv, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys
-    )
-    assert code == 1 and stderr.strip().splitlines() == [
+    assert refused_export(argv, tmp_path, monkeypatch, capsys) == [
         f"error: out_dir={target} is in {SHIPPED_DIR}, the shipped models that pretrained=NAME "
         "loads; pass replace_shipped=true to replace one, or pick another out_dir"
     ]

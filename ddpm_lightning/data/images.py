@@ -283,7 +283,7 @@ class MNISTDataModule(InMemoryDataModule):
         self,
         name: str = "mnist",
         root: str | None = None,
-        batch_size: int = 128,
+        batch_size: int = 64,
         val_fraction: float = 0.1,
         pad: int = 2,
         split_seed: int = 42,

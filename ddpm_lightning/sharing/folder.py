@@ -24,7 +24,7 @@ from ddpm_lightning.components import component_settings, plain_settings
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluation.fld import sha256
 from ddpm_lightning.training.checkpoints import build_module as build_from_settings
-from ddpm_lightning.training.checkpoints import module_settings, weight_mismatches
+from ddpm_lightning.training.checkpoints import load_weights, module_settings
 from ddpm_lightning.training.module import MODULE_KEYS, DiffusionModule
 from ddpm_lightning.training.outputs import replacing
 
@@ -131,13 +131,11 @@ def build_module(
     settings = {key: config[key] for key in MODULE_KEYS if key in config}
     try:
         module = build_from_settings(settings, f"{source}: {CONFIG_NAME}")
+        return load_weights(
+            module, state_dict, str(source), f"{WEIGHTS_NAME} does not match {CONFIG_NAME}"
+        )
     except ConfigError as exc:
         raise DataError(str(exc)) from None
-    problems = weight_mismatches(module.state_dict(), state_dict)
-    if problems:
-        raise DataError(f"{source}: {WEIGHTS_NAME} does not match {CONFIG_NAME}: {problems}")
-    module.load_state_dict(state_dict)
-    return module.eval()
 
 
 def load_folder(folder: str | Path) -> DiffusionModule:

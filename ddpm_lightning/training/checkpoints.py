@@ -202,16 +202,21 @@ def weight_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.
     return "; ".join(problems)
 
 
-def load_weights(module: DiffusionModule, state_dict: Any, where: str) -> DiffusionModule:
-    """`module` with `state_dict` loaded, in eval mode; one line naming `where` when the
-    weights do not fit the module its settings built."""
+def load_weights(
+    module: DiffusionModule,
+    state_dict: Any,
+    where: str,
+    misfit: str = "its weights do not fit its settings' model",
+) -> DiffusionModule:
+    """`module` with `state_dict` loaded, in eval mode; one line naming `where` (and saying
+    `misfit`) when the weights do not fit the module its settings built."""
     if not isinstance(state_dict, dict) or not all(
         isinstance(value, torch.Tensor) for value in state_dict.values()
     ):
         raise ConfigError(f"{where}: its state_dict is not a mapping of tensors")
     problems = weight_mismatches(module.state_dict(), state_dict)
     if problems:
-        raise ConfigError(f"{where}: its weights do not fit its settings' model: {problems}")
+        raise ConfigError(f"{where}: {misfit}: {problems}")
     module.load_state_dict(state_dict)
     return module.eval()
 
