@@ -3,13 +3,17 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+TORCH := torch==2.14.1 torchvision==0.29.1
+# CPU=1: PyTorch's CPU-only wheels (no CUDA libraries) for machines without a GPU.
+CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .PHONY: install train test test-slow test-slurm lint format clean bench time-to-quality
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --upgrade pip
-	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev,sweeps,slurm]"
+	$(if $(CPU),$(PYTHON) -m pip install $(TORCH) --index-url $(CPU_INDEX))
+	$(PYTHON) -m pip install $(TORCH) -e ".[dev,sweeps,slurm]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -111,7 +111,7 @@ def check_classes(labels: Tensor, dataset: str, source: str) -> None:
 
 
 # The keys of a samples.npz's metadata that describe where it came from.
-PROVENANCE = ("dataset", "ckpt_path", "pretrained", "seed", "sampler")
+PROVENANCE = ("dataset", "ckpt_path", "pretrained", "seed", "sampler", "network_evaluations")
 
 
 def check_images(images: np.ndarray, path: Path) -> None:

@@ -1,10 +1,11 @@
 """`python -m ddpm_lightning.export ckpt_path=PATH | pretrained=NAME out_dir=DIR`: a trained
 model as a Hugging Face-style model folder (config.json, model.safetensors, README.md model card,
 samples.png), optionally pushed to the Hub with `push_to_hub=user/repo`; `format=diffusers`
-writes a diffusers DDPMPipeline folder instead (model=diffusers_unet runs), `format=onnx` the
-network as model.onnx and what a sampler needs beside it as model.json. The files replace the
-folder's old ones whole, after the source and the record are read and checked; the shipped
-model folders only with `replace_shipped=true`."""
+writes a diffusers DDPMPipeline folder with its card instead (our UNet and diffusers'
+UNet2DModel), `format=onnx` the network as model.onnx and what a sampler needs beside it as
+model.json. The files replace the folder's old ones whole, after the source and the record are
+read and checked; the shipped model folders only with `replace_shipped=true`. The cards name
+no path of the exporting machine."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.sharing.diffusers_pipeline import PIPELINE_FILES, export_pipeline
+from ddpm_lightning.sharing.diffusers_pipeline import export_pipeline
 from ddpm_lightning.sharing.export import (
     Source,
     checkpoint_source,
@@ -27,8 +28,9 @@ from ddpm_lightning.sharing.export import (
 from ddpm_lightning.sharing.folder import build_module
 from ddpm_lightning.sharing.hub import hub_token, push
 from ddpm_lightning.sharing.onnx import require_onnx_extra, write_onnx
+from ddpm_lightning.sharing.portable import checked_name
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, model_folder
-from ddpm_lightning.training.outputs import claimed, replacing
+from ddpm_lightning.training.outputs import claimed
 
 FORMATS = ("folder", "diffusers", "onnx")
 
@@ -57,6 +59,24 @@ def check_shipped(cfg: DictConfig) -> None:
         )
 
 
+def card_name(cfg: DictConfig) -> str:
+    """What the card's examples load: `name`, else `push_to_hub`, else out_dir's own folder
+    name (relative: the card never shows where this machine keeps the folder)."""
+    if cfg.name:
+        return checked_name(cfg.name)
+    return str(cfg.push_to_hub or Path(cfg.out_dir).resolve().name)
+
+
+def exported(cfg: DictConfig) -> Source:
+    """`source(cfg)` with the run's `record=` and `metrics=` merged into its record."""
+    hyper_parameters, state_dict, record = source(cfg)
+    found = run_record(
+        None if cfg.record is None else Path(cfg.record),
+        None if cfg.metrics is None else Path(cfg.metrics),
+    )
+    return hyper_parameters, state_dict, merge_records(record, found)
+
+
 def export(cfg: DictConfig) -> dict[str, Path]:
     """Write the model folder (or, with format=onnx, model.onnx and model.json) into
     `cfg.out_dir`, push the folder when asked; return the written files by name. A second
@@ -69,42 +89,28 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         return export_onnx(cfg)
     if int(cfg.num_samples) < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
+    name = card_name(cfg)
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
+    write = export_pipeline if cfg.format == "diffusers" else export_folder
     with claimed(cfg.out_dir, "export") as out_dir:
-        if cfg.format == "diffusers":
-            return export_diffusers(cfg, out_dir, token)
-        hyper_parameters, state_dict, record = source(cfg)
-        record = merge_records(
-            record,
-            run_record(
-                None if cfg.record is None else Path(cfg.record),
-                None if cfg.metrics is None else Path(cfg.metrics),
-            ),
-        )
-        files = export_folder(
+        files = write(
             out_dir,
-            (hyper_parameters, state_dict, record),
+            exported(cfg),
             sampler_config(cfg),
-            cfg.name or cfg.push_to_hub or str(out_dir),
+            name,
             int(cfg.num_samples) if cfg.samples else 0,
         )
-        size = files["model.safetensors"].stat().st_size / 2**20
-        print(f"wrote {', '.join(files)} ({size:.2f} MiB of weights) into {out_dir}")
+        print(f"wrote {', '.join(files)} ({written(files, cfg.format)}) into {out_dir}")
         if token is not None:
             print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
     return files
 
 
-def export_diffusers(cfg: DictConfig, out_dir: Path, token: str | None) -> dict[str, Path]:
-    """Write the DDPMPipeline folder into `out_dir` (and push it); return its entries."""
-    exported = source(cfg)
-    with replacing(out_dir, PIPELINE_FILES) as folder:
-        export_pipeline(folder, exported)
-    files = {name: out_dir / name for name in PIPELINE_FILES}
-    print(f"wrote {', '.join(files)} (diffusers' DDPMPipeline) into {out_dir}")
-    if token is not None:
-        print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
-    return files
+def written(files: dict[str, Path], format: str) -> str:
+    """What the printed line says of an export: diffusers' pipeline, or the weights' size."""
+    if format == "diffusers":
+        return "diffusers' DDPMPipeline"
+    return f"{files['model.safetensors'].stat().st_size / 2**20:.2f} MiB of weights"
 
 
 def export_onnx(cfg: DictConfig) -> dict[str, Path]:

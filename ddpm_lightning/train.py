@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -31,19 +31,29 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lightning.config.compose import checked_command_line, config_dir
+from ddpm_lightning.config.compose import (
+    checked_command_line,
+    command_output,
+    command_settings,
+    config_dir,
+    is_verbose,
+)
 from ddpm_lightning.config.schema import validate_config
-from ddpm_lightning.errors import find_user_error, report_errors
+from ddpm_lightning.distill import ProgressiveDistillation
+from ddpm_lightning.errors import ConfigError, find_user_error, report_errors
+from ddpm_lightning.sharing.pretrained import load_model
+from ddpm_lightning.training.callbacks import TestAnnouncement
 from ddpm_lightning.training.loggers import FitLogInterval, finish_loggers
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.preflight import writable_folder
-from ddpm_lightning.training.runinfo import write_run_info
-from ddpm_lightning.training.runlock import LOCK_NAME, run_lock
-from ddpm_lightning.training.safety import (
-    LastCheckpoint,
-    check_resume_checkpoint,
-    find_last_checkpoint,
+from ddpm_lightning.training.runinfo import (
+    build_module,
+    module_arguments,
+    resume_checkpoint,
+    write_run_info,
 )
+from ddpm_lightning.training.runlock import LOCK_NAME, run_lock
+from ddpm_lightning.training.safety import LastCheckpoint
 
 # The datamodule serves whole in-memory batches, so worker processes would only add overhead.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -58,6 +68,9 @@ warnings.filterwarnings("ignore", message=".*is smaller than the logging interva
 
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+# What Lightning says of a resumed run's own checkpoints, which it continues in their folder.
+RESUMED_FOLDER = r"Checkpoint directory .* exists and is not empty"
 
 # The files Hydra writes into `<run folder>/.hydra/` before the command starts.
 HYDRA_RECORDS = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
@@ -76,28 +89,18 @@ def order_callbacks(callbacks: list[L.Callback]) -> list[L.Callback]:
     return sorted(callbacks, key=lambda callback: isinstance(callback, WeightAveraging))
 
 
-def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
-    """The LightningModule with every sub-config as a plain, resolved dict."""
-
-    def plain(node: Any) -> Any:
-        return OmegaConf.to_container(node, resolve=True) if node is not None else None
-
-    return DiffusionModule(
-        model=plain(cfg.model),
-        schedule=plain(cfg.schedule),
-        diffusion=plain(cfg.get("diffusion")),
-        optimizer=plain(cfg.optimizer),
-        lr_schedule=plain(cfg.get("lr_schedule")),
-        data_shape=data_shape,
-        dataset=cfg.data.get("name"),
-    )
-
-
 def without_checkpoints(callbacks: list[L.Callback]) -> list[L.Callback]:
     """`callbacks` less those that save checkpoints, for `trainer.fast_dev_run` smoke tests,
     so that `ckpt_path=last` never resumes one: Lightning 2.6's `ModelCheckpoint` still writes
     `last.ckpt` at the end of a fast_dev_run when `save_last` is set."""
     return [c for c in callbacks if not isinstance(c, (ModelCheckpoint, LastCheckpoint))]
+
+
+def shown_callbacks(cfg: DictConfig, callbacks: list[L.Callback]) -> list[L.Callback]:
+    """`callbacks`, less the model summary table unless `verbose` is true."""
+    if is_verbose(cfg):
+        return callbacks
+    return [c for c in callbacks if not isinstance(c, ModelSummary)]
 
 
 def display_flags(cfg: DictConfig, callbacks: list[L.Callback]) -> dict[str, bool]:
@@ -112,24 +115,9 @@ def display_flags(cfg: DictConfig, callbacks: list[L.Callback]) -> dict[str, boo
 
 
 def resolve_ckpt_path(cfg: DictConfig, module: DiffusionModule) -> str | None:
-    """The checkpoint to resume from, checked to match: `last` = the newest last.ckpt of this
-    task_name that is no smoke test and whose model and schedule match, and in a sweep the one
-    its own job wrote (see `find_last_checkpoint`)."""
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is None:
-        return None
-    if ckpt_path == "last":
-        hydra = HydraConfig.get() if HydraConfig.initialized() else None
-        job = None
-        if hydra is not None and hydra.mode == RunMode.MULTIRUN:
-            job = list(hydra.overrides.task)
-        path = find_last_checkpoint(
-            Path(cfg.paths.log_dir) / cfg.task_name, cfg.task_name, dict(module.hparams), job
-        )
-    else:
-        path = Path(ckpt_path)
-    check_resume_checkpoint(path, dict(module.hparams))
-    return str(path)
+    """The checkpoint to resume from, checked to match the module (`resume_checkpoint`)."""
+    path = resume_checkpoint(cfg, dict(module.hparams))
+    return None if path is None else str(path)
 
 
 def last_checkpoint(callbacks: list[L.Callback]) -> Path | None:
@@ -178,18 +166,39 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         return fit_model(cfg, extra_callbacks)
 
 
+def load_teacher(source: str) -> DiffusionModule:
+    """The teacher `distill.teacher` names: a .ckpt of a training run or of an earlier round,
+    else what `pretrained=` takes (a shipped model, a model folder or a Hub repo id)."""
+    try:
+        return load_model(source, None) if source.endswith(".ckpt") else load_model(None, source)
+    except ConfigError as exc:
+        raise ConfigError(f"distill.teacher: {exc}") from None
+
+
+def build_fit_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
+    """The module to fit: a DiffusionModule, or with a `distill:` block (experiment=distill)
+    one round of ProgressiveDistillation from the teacher it names."""
+    if cfg.get("distill") is None:
+        return build_module(cfg, data_shape)
+    distill = cast(dict, OmegaConf.to_container(cfg.distill, resolve=True))
+    teacher = load_teacher(str(distill["teacher"]))
+    return ProgressiveDistillation(teacher, distill, **module_arguments(cfg, data_shape))
+
+
 def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict[str, float]:
     """`train` inside the checked, locked run folder."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    write_run_info(output_dir, Path(cfg.paths.root_dir))
+    write_run_info(output_dir, Path(cfg.paths.root_dir), resumed=cfg.get("ckpt_path") is not None)
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule.data_shape)
+    module = build_fit_module(cfg, datamodule.data_shape)
     ckpt_path = resolve_ckpt_path(cfg, module)
     callbacks = order_callbacks(
-        instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
+        shown_callbacks(cfg, instantiate_named(cfg.get("callbacks"))) + list(extra_callbacks or [])
     )
+    if cfg.get("test"):
+        callbacks.append(TestAnnouncement())
     loggers = instantiate_named(cfg.get("logger"))
     if loggers:
         callbacks.append(FitLogInterval())
@@ -209,7 +218,10 @@ def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict
             **({"enable_checkpointing": False} if smoke_test else {}),
             **display_flags(cfg, callbacks),
         )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with warnings.catch_warnings():
+            if ckpt_path is not None:
+                warnings.filterwarnings("ignore", message=RESUMED_FOLDER)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test") and not trainer.interrupted:
             metrics.update(run_test_split(trainer, module, datamodule, output_dir))
@@ -227,18 +239,26 @@ def run_test_split(
 ) -> dict[str, float]:
     """`trainer.test` of the trained weights (the EMA's, which `fit` leaves in the module):
     `test/loss` on the test split, and `test/fld` when `callbacks.fld.test_num_samples` > 0.
-    The first process writes them to `test_metrics.json` in the run folder."""
+    The first process prints them and writes them to `test_metrics.json` in the run folder."""
     (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {key: float(value) for key, value in results.items()}
     if trainer.is_global_zero:
         (output_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(results_lines(metrics), flush=True)
     return metrics
+
+
+def results_lines(metrics: dict[str, float]) -> str:
+    """The test pass's metrics, one a line under a heading naming their file."""
+    width = max(map(len, metrics), default=0)
+    lines = [f"  {key:<{width}}  {value:.6g}" for key, value in sorted(metrics.items())]
+    return "\n".join(["test results (test_metrics.json):", *lines])
 
 
 def fit(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> float | None:
     """Check `cfg` against the schema, train; return `optimized_metric` for sweepers (None
     when it was never logged)."""
-    validate_config(cfg, "train")
+    validate_config(command_settings(cfg), "train")
     metrics = train(cfg, extra_callbacks)
     metric = cfg.get("optimized_metric")
     return metrics[metric] if metric and metric in metrics else None
@@ -296,23 +316,25 @@ def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point. A user error ends a single run with one line and exit 1 (a run that
     fails before training starts removes the run folder Hydra made for it,
     `removed_unless_trained`); in a multirun it is printed for its job and passed on to Hydra,
-    which runs the other jobs and exits 1 at the end."""
-    hydra_config = HydraConfig.get()
-    if hydra_config.mode != RunMode.MULTIRUN:
-        started = TrainingStarted()
-        with removed_unless_trained(Path(hydra_config.runtime.output_dir), started):
-            return report_errors(fit)(cfg, [started])
-    try:
-        return fit(cfg)
-    except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        job = HydraConfig.get().job.num
-        print(f"error: job {job}: {user_error}", file=sys.stderr)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        raise JobFailed(f"job {job} stopped by the error above") from None
+    which runs the other jobs and exits 1 at the end. What the job prints also goes to its
+    `train.log` (`command_output`)."""
+    with command_output(cfg):
+        hydra_config = HydraConfig.get()
+        if hydra_config.mode != RunMode.MULTIRUN:
+            started = TrainingStarted()
+            with removed_unless_trained(Path(hydra_config.runtime.output_dir), started):
+                return report_errors(fit)(cfg, [started])
+        try:
+            return fit(cfg)
+        except Exception as exc:
+            user_error = find_user_error(exc)
+            if user_error is None:
+                raise
+            job = hydra_config.job.num
+            print(f"error: job {job}: {user_error}", file=sys.stderr)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise JobFailed(f"job {job} stopped by the error above") from None
 
 
 main = checked_command_line(hydra_main)

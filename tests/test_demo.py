@@ -191,13 +191,12 @@ def runtime_cache(tmp_path, monkeypatch) -> Path:
     return cache
 
 
-def test_the_site_offers_every_shipped_model_and_mnist_cond_once_shipped(
-    tmp_path, monkeypatch, runtime_cache
-):
+def test_the_site_offers_every_shipped_model_mnist_first(tmp_path, monkeypatch, runtime_cache):
     pytest.importorskip(
         "onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
     )
     shipped = tmp_path / "shipped"
+    tiny_model_folder(shipped / "fashion_mnist")
     tiny_model_folder(shipped / "mnist")
     monkeypatch.setattr(pretrained, "SHIPPED_DIR", shipped)
     exported = []
@@ -214,9 +213,10 @@ def test_the_site_offers_every_shipped_model_and_mnist_cond_once_shipped(
     demo(cfg)
     tiny_model_folder(shipped / "mnist_cond", num_classes=10)
     demo(cfg)
-    assert exported == ["mnist", "mnist", "mnist_cond"]
+    assert exported == ["mnist", "fashion_mnist", "mnist", "mnist_cond", "fashion_mnist"]
     entries = json.loads((tmp_path / "site" / "models.json").read_text())
-    assert entries == [
+    assert [entry["id"] for entry in entries] == ["mnist", "mnist_cond", "fashion_mnist"]
+    assert entries[:2] == [
         {"id": "mnist", "title": "MNIST", "path": "models/mnist"},
         {"id": "mnist_cond", "title": "MNIST, class-conditional", "path": "models/mnist_cond"},
     ]
@@ -224,6 +224,59 @@ def test_the_site_offers_every_shipped_model_and_mnist_cond_once_shipped(
         assert (tmp_path / "site" / name).read_bytes() == (PAGE_DIR / name).read_bytes()
     for name in npm.ORT_WEB_FILES:
         assert (tmp_path / "site" / "ort" / name).read_text() == f"stand-in for {name}"
+
+
+def test_the_build_says_each_stage_as_it_starts(tmp_path, monkeypatch, runtime_cache, capsys):
+    pytest.importorskip(
+        "onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
+    )
+    shipped = tmp_path / "shipped"
+    tiny_model_folder(shipped / "mnist")
+    tiny_model_folder(shipped / "mnist_cond", num_classes=10)
+    monkeypatch.setattr(pretrained, "SHIPPED_DIR", shipped)
+    printed = []
+
+    def write_onnx(out_dir, module, sampler, option):
+        printed.extend(capsys.readouterr().out.splitlines())
+        printed.append(f"(export of {out_dir.name})")
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(site, "write_onnx", write_onnx)
+    folder = tmp_path / "site"
+    cfg = compose_config(
+        "demo", [f"paths.output_dir={tmp_path}", f"out_dir={folder}", "serve=false"]
+    )
+    demo(cfg)
+    printed.extend(capsys.readouterr().out.splitlines())
+    assert printed == [
+        f"out_dir: {folder}",
+        f"onnxruntime-web@1.30.0 from the cache {runtime_cache}",
+        "[1/2] exporting mnist to ONNX",
+        "(export of mnist)",
+        "[2/2] exporting mnist_cond to ONNX",
+        "(export of mnist_cond)",
+        "copying onnxruntime-web into ort/",
+        "writing the page: index.html, ddpm.js, style.css, models.json",
+        f"built the demo of mnist, mnist_cond into {folder}",
+    ]
+
+
+def test_the_build_says_it_fetches_onnxruntime_web_and_fails_before_exporting(
+    tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip(
+        "onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
+    )
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(fake_npm(tmp_path / "bin", exit_code=1)))
+    folder = tmp_path / "site"
+    overrides = [f"paths.output_dir={tmp_path}", f"out_dir={folder}", "serve=false"]
+    with pytest.raises(DataError, match=r"^npm pack onnxruntime-web@1.30.0 failed"):
+        demo(compose_config("demo", [*overrides, "models=[mnist]"]))
+    assert capsys.readouterr().out.splitlines() == [
+        f"out_dir: {folder}",
+        f"fetching onnxruntime-web@1.30.0 with npm pack into {npm.cache_folder()}",
+    ]
 
 
 def test_a_model_list_the_page_cannot_show_is_one_line(tmp_path, runtime_cache):

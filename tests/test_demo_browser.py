@@ -1,7 +1,8 @@
 """The demo page in headless Chromium (Debian's chromium and chromium-driver, driven by
 selenium): on the exported ONNX models its sampler gives the Python sampler's images for the
-same noise, the console shows no error, and the controls change the pictures. The page's
-screenshot goes to logs/test-artifacts/demo_page.png (docs/images/demo_page.png is a copy)."""
+same noise, the console shows no error, it shows samples on load, labels them by class, keeps
+its controls on one row, and the controls change the pictures. The page's screenshot goes to
+logs/test-artifacts/demo_page.png (docs/images/demo_page.png is a copy)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
 from ddpm_lightning.sharing import load_pretrained, npm
@@ -110,10 +112,14 @@ def wait_for(driver, script: str) -> None:
 
 @pytest.fixture
 def page(site, browser):
-    """The freshly loaded page, its test hook ready and the console log emptied."""
+    """The freshly loaded page, its first look generated, its test hook ready and the console
+    log emptied; nothing clicked."""
     url, _ = site
     browser.get(url)
-    wait_for(browser, "return window.ddpmTest !== undefined")
+    wait_for(
+        browser,
+        "return window.ddpmTest !== undefined && document.body.dataset.state === 'done'",
+    )
     browser.get_log("browser")
     return browser
 
@@ -188,34 +194,96 @@ def test_the_page_samples_what_python_samples(site, page, model, options, tolera
     assert console_errors(page) == []
 
 
-def canvas(driver, name: str) -> np.ndarray:
-    """The pixels (H, W, 4) of the canvas with id `name`."""
-    return np.array(
-        driver.execute_script(
-            "const c = document.getElementById(arguments[0]);"
-            "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);",
-            name,
-        ),
-        dtype=np.uint8,
-    ).reshape(
-        *driver.execute_script(
-            f"const c = document.getElementById('{name}'); return [c.height, c.width, 4];"
-        )
+def tiles(driver) -> np.ndarray:
+    """The pixels (N, H, W, 4) of the samples' tiles."""
+    pixels, shape = driver.execute_script(
+        "const canvases = [...document.querySelectorAll('#grid .tile canvas')];"
+        "const data = canvases.flatMap((c) =>"
+        "  Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data));"
+        "return [data, [canvases.length, canvases[0].height, canvases[0].width, 4]];"
+    )
+    return np.array(pixels, dtype=np.uint8).reshape(shape)
+
+
+def captions(driver) -> list[str]:
+    """The tiles' class labels, in the grid's order (none for an unconditional model)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#grid .tile figcaption')]"
+        ".map((caption) => caption.textContent);"
     )
 
 
 def generate(driver) -> np.ndarray:
-    """Press Generate, wait for the samples; the grid canvas's pixels."""
+    """Press Generate, wait for the samples; the tiles' pixels."""
     driver.execute_script("document.body.dataset.state = 'pressed'")
     driver.find_element("id", "generate").click()
     wait_for(driver, "return document.body.dataset.state === 'done'")
-    return canvas(driver, "grid")
+    return tiles(driver)
 
 
 def set_number(driver, name: str, value: int) -> None:
     field = driver.find_element("id", name)
     field.clear()
     field.send_keys(str(value))
+
+
+def test_the_page_shows_samples_on_load_before_any_click(page):
+    digits = tiles(page)
+    assert digits.shape == (8, 32, 32, 4)
+    assert all(tile[..., 0].std() > 40 for tile in digits)
+    assert captions(page) == []
+    assert page.execute_script("return document.getElementById('progress').max") == 10
+    status = page.find_element("id", "status").text
+    assert status.endswith("a first look with DDIM-10, press Generate for the settings above")
+    assert page.find_element("id", "steps").get_attribute("value") == "50"
+    assert page.find_element("id", "generate").is_enabled()
+
+
+def test_one_of_each_shows_every_class_once_labelled(page):
+    from selenium.webdriver.support.select import Select
+
+    Select(page.find_element("id", "model")).select_by_value("tiny_cond")
+    wait_for(page, "return !document.getElementById('class-row').hidden")
+    set_number(page, "steps", 2)
+    assert Select(page.find_element("id", "label")).first_selected_option.text == "one of each"
+    images = generate(page)
+    names = list(DATASETS["fashion_mnist"].class_names)
+    assert images.shape[0] == 10 and captions(page) == names
+    assert (images[..., 0].reshape(10, -1).std(axis=1) > 0).all()
+    tops = page.execute_script(
+        "return [...document.querySelectorAll('#grid .tile')]"
+        ".map((tile) => tile.getBoundingClientRect().top);"
+    )
+    assert len(set(tops)) == 1
+    Select(page.find_element("id", "label")).select_by_value("7")
+    assert generate(page).shape[0] == 8 and captions(page) == [names[7]] * 8
+    assert console_errors(page) == []
+
+
+# The bottoms of the controls that show, and the number of lines Generate's text takes.
+CONTROLS_LAYOUT = """
+const shown = [...document.getElementById('controls').children].filter((c) => !c.hidden);
+const text = document.createRange();
+text.selectNodeContents(document.getElementById('generate'));
+return [shown.map((c) => Math.round(c.getBoundingClientRect().bottom)),
+        text.getClientRects().length];
+"""
+
+
+@pytest.mark.parametrize("model", ["mnist", "tiny_cond"])
+def test_the_controls_and_generate_stay_on_one_row(page, model):
+    from selenium.webdriver.support.select import Select
+
+    Select(page.find_element("id", "model")).select_by_value(model)
+    conditional = model == "tiny_cond"
+    wait_for(
+        page,
+        f"return document.getElementById('class-row').hidden === {str(not conditional).lower()}",
+    )
+    bottoms, lines = page.execute_script(CONTROLS_LAYOUT)
+    assert len(bottoms) == (8 if conditional else 6)
+    assert max(bottoms) - min(bottoms) <= 1
+    assert lines == 1
 
 
 def test_the_controls_change_the_pictures(page, tmp_path):
@@ -239,7 +307,7 @@ def test_the_controls_change_the_pictures(page, tmp_path):
     wait_for(page, "return document.getElementById('class-row').hidden")
     assert page.find_element("id", "steps").get_attribute("value") == "50"
     digits = generate(page)
-    assert digits[..., 0].std() > 40
+    assert all(tile[..., 0].std() > 40 for tile in digits)
     assert console_errors(page) == []
     page.save_screenshot(str(tmp_path / "demo_page.png"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -196,14 +196,3 @@ def test_the_pipeline_computes_what_our_module_computes(checkpoint, pipeline_dir
     ours = module.generate(module.make_sampler(DDPMSampler, progress=False), 4, seed=0)
     ours_np = ((ours + 1) / 2).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(theirs, ours_np, rtol=0, atol=1e-4)
-
-
-def test_exporting_another_model_for_diffusers_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="format=diffusers exports models trained with model="):
-        export(
-            compose_config(
-                "export",
-                ["pretrained=mnist", f"out_dir={tmp_path}", f"paths.output_dir={tmp_path}"]
-                + ["format=diffusers"],
-            )
-        )

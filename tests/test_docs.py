@@ -3,12 +3,16 @@ CommonMark with every code block closed and no heading swallowed into one, every
 and anchor resolves, every `python -m ddpm_lightning.<module>` (or `ddpm-<command>`,
 `make train ARGS="..."`) command shown names a real module and its Hydra overrides compose,
 every `from ddpm_lightning... import ...` in a Python example imports, and every default the
-prose or a table states for a config key is the value `compose_config` gives."""
+prose, a table or a list of a group's options states for a config key is the value
+`compose_config` gives, and every argument of a class's signature written out in full is its
+default."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+import inspect
 import math
 import re
 import shlex
@@ -427,6 +431,17 @@ KEY_CHOICES = re.compile(
     rf"`(?P<key>{KEY})`: (?P<choices>(?:`[^`]+`(?: \([^()]*\))?(?: \\?\| )?)+)"
 )
 MARKED_CHOICE = re.compile(r"`([^`]+)` \([^()]*\bdefault\b[^()]*\)")
+# In a table of config groups, what follows "option: " in a "keys (default)" cell is that
+# option's ("spiral: `num_points` (10,000)").
+OPTION_PREFIX = re.compile(r"([a-z0-9_]+): ")
+# A heading naming a group without an option ("Models (`model=`)"), whose list items each start
+# with one of its options ("- `mlp`: … `num_layers` (5) …", "(`start` −3, `end` 3)").
+GROUP_HEADING = re.compile(r"`([a-z_]+)=`")
+ITEM_OPTION = re.compile(r"`([a-z0-9_]+)`")
+ITEM_DEFAULT = re.compile(rf"`(?P<key>{KEY})`(?: = | \(| )(?P<value>{LITERAL})(?=[),;:.\s]|$)")
+# A class's signature written out in inline code: `UNet(in_channels=1, …)`.
+CALL = re.compile(r"[A-Z]\w*\(.*\)", re.DOTALL)
+CALL_HOMES = ("ddpm_lightning.models", "ddpm_lightning.diffusion", "ddpm_lightning.data")
 
 
 @dataclass(frozen=True)
@@ -503,6 +518,8 @@ def table_defaults(rows: list[tuple[int, list[str]]], context: Context) -> Itera
                     yield Stated(line, key, match.group("value"), context)
     column = next((i for i, cell in enumerate(header) if "(default)" in cell), None)
     group_header = re.fullmatch(r"`([a-z_]+)=`", header[0])
+    if column is not None and header[0] == "group":
+        yield from group_table_defaults(rows, column, context)
     if column is None or not (header[0] == "command" or group_header):
         return
     for line, cells in rows[1:]:
@@ -521,6 +538,42 @@ def table_defaults(rows: list[tuple[int, list[str]]], context: Context) -> Itera
                 yield Stated(line, match.group("key"), value, row_context)
 
 
+def group_table_defaults(
+    rows: list[tuple[int, list[str]]], column: int, context: Context
+) -> Iterator[Stated]:
+    """Defaults in the "keys (default)" cells of a table whose rows each name a config group:
+    the group's default option's, and after "option: " that option's."""
+    for line, cells in rows[1:]:
+        group = (cell_codes(cells[0]) or [""])[0]
+        if not group or not (CONF / group).is_dir():
+            continue
+        for segment in cells[column].split("; "):
+            prefix = OPTION_PREFIX.match(segment)
+            chosen = prefix and (CONF / group / f"{prefix.group(1)}.yaml").is_file()
+            overrides = (f"{group}={prefix.group(1)}",) if prefix and chosen else ()
+            for match in KEY_ITEM.finditer(segment):
+                stated_context = Context(context.commands, overrides, group)
+                yield Stated(line, match.group("key"), match.group("value"), stated_context)
+
+
+def item_context(context: Context, headings: list[str], item: str) -> Context | None:
+    """The context of a list item that starts with an option (`mlp`) under a heading naming
+    its group without an option (`Models (`model=`)`); None for any other item."""
+    groups = [group for heading in headings for group in GROUP_HEADING.findall(heading)]
+    option = ITEM_OPTION.match(item)
+    if not groups or not option or not (CONF / groups[-1] / f"{option.group(1)}.yaml").is_file():
+        return None
+    return Context(context.commands, (f"{groups[-1]}={option.group(1)}",), groups[-1])
+
+
+def is_list_item(tokens: tuple[Token, ...], index: int) -> bool:
+    """Whether tokens[index] is the text that opens a list item."""
+    return index >= 2 and [t.type for t in tokens[index - 2 : index]] == [
+        "list_item_open",
+        "paragraph_open",
+    ]
+
+
 def stated_defaults(path: Path, text: str) -> Iterator[Stated]:
     """Every default that `text` states for a config key written in backticks."""
     tokens = parse(text)
@@ -536,10 +589,13 @@ def stated_defaults(path: Path, text: str) -> Iterator[Stated]:
         elif token.type == "inline" and token.map is not None:
             context = headings_context(path, headings)
             content = token.content
-            for pattern in PROSE_DEFAULTS:
+            item = is_list_item(tokens, index) and item_context(context, headings, content)
+            patterns = [*PROSE_DEFAULTS, ITEM_DEFAULT] if item else PROSE_DEFAULTS
+            for pattern in patterns:
                 for match in pattern.finditer(content):
                     line = token.map[0] + content.count("\n", 0, match.start()) + 1
-                    yield Stated(line, match.group("key"), match.group("value"), context)
+                    stated_context = item or context
+                    yield Stated(line, match.group("key"), match.group("value"), stated_context)
 
 
 @cache
@@ -596,10 +652,62 @@ def same_value(stated: Any, actual: Any) -> bool:
     return bool(stated == actual)
 
 
+def signature_defaults(name: str) -> dict[str, Any] | None:
+    """The defaults of the class or function `name` of the models, diffusion or data layer."""
+    for home in CALL_HOMES:
+        found = getattr(importlib.import_module(home), name, None)
+        if callable(found):
+            parameters = inspect.signature(found).parameters.values()
+            return {p.name: p.default for p in parameters if p.default is not p.empty}
+    return None
+
+
+def as_lists(value: Any) -> Any:
+    return [as_lists(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+def written_signature(code: str) -> tuple[str, ast.Call, dict[str, Any]] | None:
+    """(name, call, its signature's defaults) when inline `code` writes out a signature: a call
+    of a class or function of the models, diffusion or data layer naming every argument that
+    has a default, e.g. `UNet(in_channels=1, …)`; else None."""
+    code = " ".join(code.split())
+    defaults = signature_defaults(code.split("(")[0]) if CALL.fullmatch(code) else None
+    try:
+        call = ast.parse(code, mode="eval").body
+    except SyntaxError:
+        return None
+    if defaults is None or not isinstance(call, ast.Call):
+        return None
+    named = {keyword.arg for keyword in call.keywords}
+    return (code.split("(")[0], call, defaults) if named == set(defaults) else None
+
+
+def call_problems(path: Path, text: str) -> list[str]:
+    """'file:line: message' for each argument of a signature written out in inline code
+    (`written_signature`) whose value is not its default."""
+    problems = []
+    plain = prose(text)
+    for match in INLINE_CODE.finditer(plain):
+        written = written_signature(match.group(2))
+        if written is None:
+            continue
+        name, call, defaults = written
+        line = plain.count("\n", 0, match.start()) + 1
+        for keyword in call.keywords:
+            stated, actual = ast.literal_eval(keyword.value), defaults[keyword.arg]
+            if not same_value(as_lists(stated), as_lists(actual)):
+                problems.append(
+                    f"{location(path, line)}: `{keyword.arg}={stated!r}` is said to be the "
+                    f"default of {name}, but its signature has {actual!r}"
+                )
+    return problems
+
+
 def default_problems(path: Path, text: str) -> list[str]:
     """'file:line: message' for each stated default that differs from what the command it is
-    about composes. Keys no config holds (Python arguments, CLI flags), interpolated values and
-    a group's option (`trainer` | `default`) are not checked."""
+    about composes, or from the signature it is written out from (`call_problems`). Keys no
+    config holds (Python arguments, CLI flags), interpolated values and a group's option
+    (`trainer` | `default`) are not checked."""
     problems = []
     for stated in stated_defaults(path, text):
         context = stated.context
@@ -624,7 +732,7 @@ def default_problems(path: Path, text: str) -> list[str]:
                 f"{location(path, stated.line)}: `{stated.key}` is said to default to "
                 f"{stated.value}, but {actual}{chosen}"
             )
-    return problems
+    return problems + call_problems(path, text)
 
 
 # --- Tests ------------------------------------------------------------------------------------
@@ -822,6 +930,41 @@ def test_default_checker_flags_wrong_defaults():
     assert [p.split(":")[1] for p in problems] == ["3", "4", "10", "15"], problems
     assert f"sample composes {steps}" in problems[0] and "`seed`" in problems[1]
     assert f"train composes '{objective}'" in problems[2]
+
+
+def test_default_checker_reads_group_tables_option_lists_and_signatures():
+    """The defaults are made from the configs and the signature, so the test follows them."""
+    spiral = compose_config("train", ["data=spiral"]).data
+    adamw = compose_config("train", ["optimizer=adamw"]).optimizer
+    mlp = compose_config("train", ["model=mlp"]).model
+    unet = signature_defaults("UNet")
+    assert unet is not None
+    unet["model_channels"] += 1
+    written = ", ".join(f"{key}={value!r}" for key, value in unet.items())
+    text = "\n".join(
+        [
+            "## Config groups",  # 1
+            "",
+            "| group | options | keys worth changing (default) |",
+            "|---|---|---|",
+            f"| `data` | `mnist` (default) | spiral: `num_points` ({spiral.num_points}), "
+            f"`noise` ({spiral.noise + 1}) |",  # 5
+            f"| `optimizer` | `adam` | adamw: `weight_decay` ({adamw.weight_decay + 1}) |",
+            "",
+            "## Models (`model=`)",  # 8
+            "",
+            f"- `mlp`: `num_layers` ({mlp.num_layers}) layers of `hidden_dim` {mlp.hidden_dim + 1}",
+            f"- `mlp`: (`in_dim` = {mlp.in_dim + 1})",  # 11
+            f"- the `num_layers` ({mlp.num_layers + 1}) of no option: not checked",
+            "",
+            f"`UNet({written})` and `UNet(in_channels=3)`, an example call: not checked",  # 14
+        ]
+    )
+    problems = default_problems(DOCS / "configuration.md", text)
+    assert [p.split(":")[1] for p in problems] == ["5", "6", "10", "11", "14"], problems
+    assert "`noise`" in problems[0] and "with data=spiral" in problems[0]
+    assert "`hidden_dim`" in problems[2] and "`in_dim`" in problems[3]
+    assert f"`model_channels={unet['model_channels']}` is said to be the default of" in problems[4]
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,13 @@
 """What a new user sees first: each FLD beside its number of samples, sample pictures large
 enough to see and a labelled reverse-process GIF, no run folders left by runs that never
-trained, and every command naming the folder it writes to."""
+trained, every command naming the folder it writes to and keeping what it printed in its log
+file, Lightning's notices only on request, and a test pass that says what it does."""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +17,10 @@ from PIL import Image, ImageSequence
 
 from ddpm_lightning import demo as demo_command
 from ddpm_lightning import evaluate as evaluate_command
+from ddpm_lightning import sample as sample_command
 from ddpm_lightning import train as train_command
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.config.compose import Screen
 from ddpm_lightning.evaluate import (
     REFERENCE_SAMPLES,
     evaluate,
@@ -271,7 +276,7 @@ def test_export_prints_its_out_dir_first(model, tmp_path, capsys):
 def test_demo_prints_its_out_dir_first(tmp_path, monkeypatch, capsys):
     """The site's build stands in: only what the command prints is checked."""
     monkeypatch.setattr(demo_command, "require_onnx_extra", lambda feature: None)
-    monkeypatch.setattr(demo_command, "runtime_files", lambda: {})
+    monkeypatch.setattr(demo_command, "fetch_runtime", lambda: {})
     monkeypatch.setattr(
         demo_command, "build_site", lambda site, models, sampler, runtime: [{"id": "mnist"}]
     )
@@ -286,3 +291,90 @@ def test_demo_prints_its_out_dir_first(tmp_path, monkeypatch, capsys):
         f"out_dir: {out}",
         f"built the demo of mnist into {out}",
     ]
+
+
+# --- Every command's log file holds what it printed -----------------------------------------
+
+
+def test_a_run_logs_what_it_printed_and_announces_its_test_pass(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    run = tmp_path / "run"
+    code, lines, stderr = run_command(
+        train_command.main, run_into(run, data_root, *SHORT_RUN), monkeypatch, capsys
+    )
+    assert code == 0, stderr[-2000:]
+    (test_loss,) = json.loads((run / "test_metrics.json").read_text()).values()
+    announced = "testing the final EMA weights on 2 batches of the test split…"
+    results = ["test results (test_metrics.json):", f"  test/loss  {test_loss:.6g}"]
+    assert lines[lines.index(announced) + 1 :][:2] == results
+    log = (run / "train.log").read_text().splitlines()
+    assert [line for line in log if line in lines] == lines, "every printed line, in order"
+    assert log[0] == f"run folder: {run}" and announced in log and results[1] in log
+
+
+def test_the_sample_command_logs_what_it_printed(model, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sampled"
+    code, lines, stderr = run_command(
+        sample_command.main,
+        [f"pretrained={model}", f"hydra.run.dir={out}", *SAMPLING, "gif_images=2"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, stderr[-2000:]
+    log = (out / "sample.log").read_text().splitlines()
+    assert lines[0] == f"out_dir: {out}" and [line for line in log if line in lines] == lines
+
+
+def test_the_log_holds_a_progress_bar_as_the_terminal_shows_it_at_last():
+    """A live display (cursor hidden) redraws its two lines in place; a line printed meanwhile
+    lands above it; colours are dropped and lines are kept once nothing can redraw them."""
+    screen = Screen()
+    redraw = "\r\x1b[2K\x1b[1A\x1b[2K"
+    assert screen.feed("\x1b[?25l\x1b[35mbar 1/3\x1b[0m\nloss 0.9") == []
+    assert screen.feed(f"{redraw}note\nbar 2/3\nloss 0.8") == []
+    assert screen.feed(f"{redraw}bar 3/3  \nloss 0.7") == ["note"]
+    assert screen.feed("\n\x1b[?25hdone\n") == ["bar 3/3", "loss 0.7", "done"]
+    assert screen.feed("50%\r100%") == [] and screen.rest() == ["100%"]
+
+
+# --- Lightning's notices only with verbose=true ---------------------------------------------
+
+NOTICES = ("GPU available:", "TPU available:", "💡 Tip:", "The `srun` command is available")
+
+
+class Notices(logging.Handler):
+    """The messages Lightning logs: they reach its own handler, whatever stream it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_lightning_notices_and_the_model_table_only_with_verbose(
+    data_root, tmp_path, monkeypatch, capsys, recwarn, verbose
+):
+    """As on a machine with Slurm installed, where Lightning suggests `srun`."""
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
+    notices = Notices()
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.addHandler(notices)
+    try:
+        code, lines, stderr = run_command(
+            train_command.main,
+            run_into(
+                tmp_path / "run", data_root, *SHORT_RUN, *(["+verbose=true"] if verbose else [])
+            ),
+            monkeypatch,
+            capsys,
+        )
+    finally:
+        lightning_log.removeHandler(notices)
+    assert code == 0, stderr[-2000:]
+    printed = "\n".join([*lines, stderr, *notices.messages, *map(str, recwarn.list)])
+    assert [notice for notice in NOTICES if notice in printed] == (list(NOTICES) if verbose else [])
+    assert ("Total params" in printed) == verbose, "the model summary table"

@@ -378,10 +378,12 @@ def test_samples_npz_records_what_made_it_and_evaluate_uses_it(fashion_samples, 
             "num_steps": 2,
             "guidance_interval": None,
         },
+        "network_evaluations": 2,
     }
     metrics = evaluate(evaluate_config(tmp_path, f"samples={samples}"))
     assert metrics["dataset"] == "fashion_mnist" and metrics["samples"] == str(samples)
     assert metrics["ckpt_path"] == str(checkpoint) and metrics["seed"] == 3
+    assert metrics["network_evaluations"] == 2
 
 
 def test_a_dataset_mismatch_is_refused_unless_allowed(fashion_samples, tmp_path, capsys):

@@ -22,16 +22,18 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # user types, and `tools/` holds the commands around them.
 LAYERS = {
     "errors": 0,
-    "diffusion": 1,
-    "models": 1,
-    "data": 1,
-    "components": 2,
-    "evaluation": 2,
-    "training": 3,
-    "sharing": 4,
-    "config": 4,
+    "settings": 1,
+    "diffusion": 2,
+    "models": 2,
+    "data": 2,
+    "components": 3,
+    "evaluation": 3,
+    "training": 4,
+    "sharing": 5,
+    "distill": 5,
+    "config": 6,
 }
-COMMAND_LAYER = 5
+COMMAND_LAYER = 7
 COMMAND_ROOMS = ("", "tools")
 # Top-level modules that are no command: the package's front door and the error types.
 NOT_COMMANDS = ("__init__", "errors")

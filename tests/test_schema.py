@@ -3,21 +3,27 @@ a wrongly typed or out-of-range value in any command is one line naming the key.
 
 from __future__ import annotations
 
+import math
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import yaml
 
+from ddpm_lightning.components import build
 from ddpm_lightning.config import compose_config, config_dir
+from ddpm_lightning.config.defaults import KINDS, class_settings, components
 from ddpm_lightning.config.schema import (
     SCHEMAS,
+    command_schema,
     is_switched_off,
     spec_for,
     validate_config,
 )
+from ddpm_lightning.diffusion import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.settings import Range, Setting, setting_of, unified
 from tests.conftest import PYTHON, cli_env
 
 CONF = config_dir()
@@ -107,6 +113,12 @@ BAD_VALUES = [
     ("train", "optimizer.lr=fast", "optimizer.lr=fast: must be a finite number > 0"),
     ("train", "optimizer.lr=-1e-3", "optimizer.lr=-0.001: must be a finite number > 0"),
     ("train", "trainer.max_epochs=-3", "trainer.max_epochs=-3: must be an integer ≥ -1 or null"),
+    (
+        "train",
+        "trainer.max_epochs={a:1}",
+        "trainer.max_epochs={'a': 1}: must be an integer ≥ -1 or null",
+    ),
+    ("classifier", "paths.data_dir={a:1}", "paths.data_dir={'a': 1}: must be a path"),
     ("train", "seed=x", "seed=x: must be an integer in [0, 4294967295] or null"),
     ("train", "callbacks.ema.decay=2", "callbacks.ema.decay=2: must be a finite number in (0, 1)"),
     (
@@ -121,6 +133,19 @@ BAD_VALUES = [
     ),
     ("train", "diffusion.p_uncond=1", "diffusion.p_uncond=1: must be a finite number in [0, 1)"),
     ("train", "schedule.num_timesteps=2.5", "schedule.num_timesteps=2.5: must be an integer ≥ 2"),
+    (
+        "train",
+        "schedule=linear",
+        "schedule.beta_start=0",
+        "schedule.beta_start=0: must be a finite number in (0, 1)",
+    ),
+    ("train", "data.name=cifar", "data.name=cifar: must be one of mnist, fashion_mnist"),
+    (
+        "train",
+        "optimizer=adamw",
+        "optimizer.weight_decay=-1",
+        "optimizer.weight_decay=-1: must be a finite number ≥ 0",
+    ),
     (
         "train",
         "model.block_layer=dense",
@@ -218,6 +243,73 @@ def test_an_unknown_key_outside_the_open_sections_is_refused(tmp_path):
         "batch_size, name, noise, num_points, num_test_points, pad, root, split_seed, "
         "val_fraction"
     )
+
+
+# The command whose config holds each kind of component (train, where not named).
+HOLDER = {"sampler": "sample"}
+
+
+def outside(setting: Setting) -> Any:
+    """A value just outside what `setting` declares: an unknown choice, a list holding one
+    value past a bound, or a number past a bound; None when it declares neither."""
+    if setting.choices is not None:
+        return "no_such_choice"
+    if setting.item is not None:
+        item = outside(setting.item)
+        return None if item is None else [item]
+    bounds = setting.range
+    for bound, step in ((bounds.ge, -1), (bounds.le, 1)):
+        if bound is not None and math.isfinite(bound):
+            return bound + step
+    return next((bound for bound in (bounds.gt, bounds.lt) if bound is not None), None)
+
+
+def declared_bounds() -> list[tuple[str, str, str, Any]]:
+    """(kind, component, key, a value outside it) for every bound or choice a class declares."""
+    return [
+        (kind, name, key, value)
+        for kind in KINDS
+        for name in components(kind)
+        for key, setting in class_settings(kind, name).items()
+        if (value := outside(setting)) is not None
+    ]
+
+
+def construct(kind: str, name: str, key: str, value: Any) -> None:
+    """Build `kind`/`name` with `key=value` and its other settings at their defaults (for an
+    optimizer, the partial that `build` checks)."""
+    if kind == "optimizer":
+        build(kind, {"name": name, key: value})
+    elif kind == "schedule":
+        NoiseSchedule(**{"name": name, "num_timesteps": 10, key: value})
+    elif kind == "sampler":
+        components(kind)[name](NoiseSchedule("cosine", 10), **{key: value})
+    else:
+        components(kind)[name](**{key: value})
+
+
+@pytest.mark.parametrize(("kind", "name", "key", "value"), declared_bounds(), ids=str)
+def test_the_schema_and_the_constructors_refuse_the_same_values(kind, name, key, value):
+    """A range or a set of choices is declared once, in the signature: the schema refuses a
+    value outside it, and so does the constructor, in one line naming the key."""
+    spec = command_schema(HOLDER.get(kind, "train"))[f"{kind}.{key}"]
+    assert not spec.accepts(value)
+    with pytest.raises(ConfigError, match=rf"^{kind}\.{key}="):
+        construct(kind, name, key, value)
+
+
+def test_the_bounds_are_found_for_every_kind():
+    kinds = {(kind, key) for kind, _, key, _ in declared_bounds()}
+    assert {("data", "batch_size"), ("model", "channel_multipliers"), ("schedule", "tau")} <= kinds
+    assert {("sampler", "spacing"), ("sampler", "churn_max"), ("optimizer", "lr")} <= kinds
+
+
+def test_a_key_two_components_declare_differently_is_refused():
+    ranged, wider = setting_of(Annotated[int, Range(ge=1)]), setting_of(Annotated[int, Range(ge=0)])
+    assert unified("model.width", setting_of(int), ranged) == ranged
+    assert unified("model.width", ranged, setting_of(int)) == ranged
+    with pytest.raises(ConfigError, match=r"^model\.width is declared as an integer ≥ 1 and as"):
+        unified("model.width", ranged, wider)
 
 
 def test_open_sections_pass_unknown_keys_through(tmp_path):

@@ -28,8 +28,10 @@ from ddpm_lightning.sharing import hub
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
+from ddpm_lightning.training.module import MODULE_KEYS
 from tests.conftest import (
     PYTHON,
+    REPO_ROOT,
     cli_env,
     tiny_config,
     tiny_model_folder,
@@ -162,13 +164,13 @@ def test_model_card_front_matter_parses_and_reports_the_fld(folder):
     ):
         assert section in body, section
     assert "python -m ddpm_lightning.train data=mnist trainer.max_epochs=1" in body
-    assert "3 s on CPU, 1 thread, 99 optimizer steps" in body
+    assert "- Device: CPU, 1 thread.\n- Training time: 3 s.\n- Optimizer steps: 99.\n" in body
     assert "| 12.35 |" in body
     assert "ddpm_lightning.sample pretrained=me/tiny sampler=ddim sampler.num_steps=2" in body
     assert "guidance" not in body.split("## How to load")[1], "unconditional: never guided"
 
 
-def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_path):
+def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_path, monkeypatch):
     source = tiny_model_folder(tmp_path / "source", num_classes=10)
     metrics = {**METRICS, "requested_label_accuracy": 0.995}
     metrics["sampler"] = {**METRICS["sampler"], "guidance_scale": 1.25}
@@ -197,22 +199,88 @@ def test_a_conditional_model_card_reports_the_share_classified_as_requested(tmp_
     assert "| 12.35 | 99.50% | 0.900 | 1000 | 0 |" in text
     assert "guidance_scale=1.25" in text
     assert "sampler.guidance_scale=1.25 'sampler.guidance_interval=[0.3,4]'\n" in text
-    assert "ddpm_lightning.evaluate 'sampler.guidance_interval=[0.3,4]'\n" in text, "shell-quoted"
+    evaluate = "ddpm_lightning.evaluate pretrained=cond 'sampler.guidance_interval=[0.3,4]'\n"
+    assert evaluate in text, "run on this folder, shell-quoted"
     code = text.split("```python\n")[1].split("```")[0]
     assert "    guidance_interval=[0.3, 4],\n" in code
     assert max(len(line) for line in code.splitlines() if "load_pretrained(" not in line) <= 100
     namespace: dict = {}
+    monkeypatch.chdir(tmp_path)  # the card loads the folder by its name, relative to here
     exec(code, namespace)  # the card's own loading example, labels included
     assert namespace["threes"].shape == (16, 1, 32, 32)
 
 
-def test_a_card_without_metrics_has_no_model_index(checkpoint, tmp_path):
+def run_with_local_paths(checkpoint: Path, root: Path) -> tuple[Path, list[str]]:
+    """A copy of `checkpoint` in a run folder under `root`, with what runs on this machine
+    record: train and evaluate overrides naming absolute paths, metrics.json and a record;
+    (the copy, the export's metrics= and record= overrides)."""
+    run, evaluation = root / "run", root / "evaluate"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = Path(shutil.copy(checkpoint, run / "checkpoints" / "last.ckpt"))
+    for folder, overrides in (
+        (run, [f"data.root={root}/data", f"paths.output_dir={run}", "trainer.max_epochs=1"]),
+        (evaluation, [f"ckpt_path={ckpt}", f"paths.output_dir={evaluation}", "num_samples=1000"]),
+    ):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (evaluation / "metrics.json").write_text(json.dumps(METRICS))
+    record = {"training_time": "3 s", "device": "CPU, 1 thread", "global_step": 99}
+    (root / "record.json").write_text(json.dumps(record))
+    return ckpt, [f"metrics={evaluation / 'metrics.json'}", f"record={root / 'record.json'}"]
+
+
+def machine_paths_in(folder: Path, root: Path) -> list[str]:
+    """'file: path' for each path of this machine (`root`, the checkout, the home folder, /tmp)
+    that a text file of the exported `folder` names."""
+    paths = {str(root), str(REPO_ROOT), str(Path.home()), "/tmp"}
+    return [
+        f"{file.relative_to(folder)}: {path}"
+        for file in sorted(folder.rglob("*"))
+        if file.suffix in (".md", ".json")
+        for path in paths
+        if path in file.read_text()
+    ]
+
+
+def card_settings(card: str) -> dict:
+    """The card's YAML block of settings, parsed."""
+    return yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])
+
+
+def test_a_card_names_no_path_of_this_machine(checkpoint, tmp_path):
+    """Exported from a run under tmp_path, without name=: the card loads the folder by its own
+    name, the evaluate command runs on it, overrides keep the recipe and lose the places."""
+    ckpt, records = run_with_local_paths(checkpoint, tmp_path)
+    files = export(
+        export_config(tmp_path / "out" / "tiny", f"ckpt_path={ckpt}", *records, "samples=false")
+    )
+    assert machine_paths_in(tmp_path / "out" / "tiny", tmp_path) == []
+    config = json.loads(files["config.json"].read_text())
+    assert config["training"]["overrides"] == ["trainer.max_epochs=1"]
+    assert config["evaluation"]["overrides"] == ["ckpt_path=last.ckpt", "num_samples=1000"]
+    card = files["README.md"].read_text()
+    assert card_settings(card) == {key: config[key] for key in MODULE_KEYS if key in config}
+    assert "{'" not in card and "None" not in card, "no Python reprs"
+    assert "pip install -e .\n" in card
+    assert "python -m ddpm_lightning.evaluate pretrained=tiny num_samples=1000\n" in card
+    assert "ddpm_lightning.sample pretrained=tiny " in card and 'load_pretrained("tiny")' in card
+    assert "- Device: CPU, 1 thread.\n- Training time: 3 s.\n- Optimizer steps: 99.\n" in card
+
+
+def test_a_name_that_is_a_path_of_this_machine_is_refused(checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match=f"name={tmp_path} is a path of this machine"):
+        export(export_config(tmp_path / "out", f"ckpt_path={checkpoint}", f"name={tmp_path}"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_card_without_metrics_has_no_model_index(checkpoint, tmp_path, monkeypatch):
     files = export(export_config(tmp_path / "plain", f"ckpt_path={checkpoint}", "samples=false"))
     assert "samples.png" not in files and not (tmp_path / "plain" / "samples.png").exists()
     meta = yaml.safe_load(files["README.md"].read_text().split("---\n", 2)[1])
     assert "model-index" not in meta and "Not evaluated" in files["README.md"].read_text()
     code = files["README.md"].read_text().split("```python\n")[1].split("```")[0]
     namespace: dict = {}
+    monkeypatch.chdir(tmp_path)
     exec(code, namespace)  # the card's own loading example
     assert namespace["images"].shape == (16, 1, 32, 32)
 

@@ -30,6 +30,7 @@ def fake_job(
     metrics = sweep / str(num) / "csv" / "metrics.csv"
     metrics.parent.mkdir()
     columns = ["epoch", "step", "train/loss", "val/fld", "val/loss"]
+    columns += sorted({key for row in rows for key in row} - set(columns))
     with metrics.open("w", newline="") as file:
         writer = csv.DictWriter(file, columns)
         writer.writeheader()
@@ -77,7 +78,7 @@ def test_jobs_are_sorted_by_val_loss_with_failed_jobs_last(tmp_path, capsys):
     assert float(rows[0]["val/loss"]) == 0.2 and float(rows[0]["train/loss"]) == 0.4
     assert rows[2]["val/loss"] == "" and rows[2]["model.block_groups"] == "5"
     out = capsys.readouterr().out
-    assert "sorted by val/loss" in out and "failed" in out
+    assert "4 jobs ranked by val/loss (lowest first)" in out and "failed" in out
     assert "data.root=/data" in out
     assert f"wrote {path}" in out
 
@@ -116,3 +117,144 @@ def test_cli_errors_are_one_line(tmp_path, name):
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert str(tmp_path / name) in result.stderr
+
+
+def grid_sweep(sweep: Path) -> None:
+    """Three jobs over four keys with a long shared override and metrics the table leaves out."""
+    long_shared = "paths.log_dir=/home/someone/experiments/a_rather_long_folder_for_sweep_logs"
+    grid = [
+        ("linear", "16", "eps", "0.000228922", "0.30"),
+        ("cosine", "32", "v", "0.001", "0.20"),
+        ("sigmoid", "16", "v", "0.002", "0.25"),
+    ]
+    for num, (schedule, channels, objective, lr, loss) in enumerate(grid):
+        overrides = [
+            f"schedule={schedule}",
+            f"model.model_channels={channels}",
+            f"diffusion.objective={objective}",
+            f"optimizer.lr={lr}",
+            long_shared,
+        ]
+        extra = {"epoch": "1", "step": "1", "train/samples_per_sec": "123.4", "lr-Adam": "0.001"}
+        fake_job(sweep, num, overrides, [*epoch_rows("0.5", loss), extra])
+
+
+def test_the_table_fits_80_columns_with_whole_values(tmp_path, monkeypatch, capsys):
+    """Only the varying overrides and the ranked metric, keys broken at their dots, values
+    whole; the other metrics stay in summary.csv."""
+    sweep = tmp_path / "multirun"
+    grid_sweep(sweep)
+    monkeypatch.setenv("COLUMNS", "80")
+    main([str(sweep)])
+    lines = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    assert lines[:-1] == [
+        "3 jobs ranked by val/loss (lowest first)",
+        "┏━━━━━┳━━━━━━━━━━┳━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━┓",
+        "┃     ┃          ┃ model.         ┃ diffusion. ┃ optimizer. ┃          ┃",
+        "┃ job ┃ schedule ┃ model_channels ┃ objective  ┃ lr         ┃ val/loss ┃",
+        "┡━━━━━╇━━━━━━━━━━╇━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━┩",
+        "│ 1   │ cosine   │ 32             │ v          │ 0.001      │      0.2 │",
+        "│ 2   │ sigmoid  │ 16             │ v          │ 0.002      │     0.25 │",
+        "│ 0   │ linear   │ 16             │ eps        │ 0.0002289  │      0.3 │",
+        "└─────┴──────────┴────────────────┴────────────┴────────────┴──────────┘",
+        "every job:",
+        "paths.log_dir=/home/someone/experiments/a_rather_long_folder_for_sweep_logs",
+        "data.root=/data trainer.max_epochs=1",
+        "note: the jobs differ in schedule and diffusion.objective, which changes what",
+        "val/loss measures, so it ranks them unfairly; rank such sweeps by samples, e.g.",
+        "optimized_metric=val/fld",
+    ]
+    assert lines[-1] == f"wrote {sweep / 'summary.csv'}"
+    assert "train/samples_per_sec" in read_summary(sweep)[0]
+
+
+def test_a_wide_terminal_keeps_the_keys_whole(tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "multirun"
+    grid_sweep(sweep)
+    monkeypatch.setenv("COLUMNS", "120")
+    main([str(sweep)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == (
+        "┃ job ┃ schedule ┃ model.model_channels ┃ diffusion.objective ┃ optimizer.lr ┃ val/loss ┃"
+    )
+    assert lines[8].startswith("every job: paths.log_dir=/home/someone/")
+    assert max(len(line.rstrip()) for line in lines[:-1]) <= 120
+
+
+def ranked_sweep(sweep: Path, record: str) -> None:
+    """Three jobs whose val/loss order is the reverse of their val/fld order, the sweep's own
+    config (multirun.yaml) holding `record`; the jobs' configs say val/loss."""
+    fake_job(sweep, 0, ["lr=1"], epoch_rows("0.5", "0.1", fld="7.5"))
+    fake_job(sweep, 1, ["lr=2"], epoch_rows("0.5", "0.2", fld="2.5"))
+    fake_job(sweep, 2, ["lr=3"], epoch_rows("0.5", "0.3", fld="5.0"))
+    fake_job(sweep, 3, ["lr=4"], epoch_rows("0.5", "0.05"))
+    (sweep / "multirun.yaml").write_text(record)
+
+
+@pytest.mark.parametrize(
+    ("direction", "order", "title"),
+    [
+        ("", [1, 2, 0, 3], "4 jobs ranked by val/fld (lowest first)"),
+        ("hydra: {sweeper: {direction: minimize}}\n", [1, 2, 0, 3], "(lowest first)"),
+        ("hydra: {sweeper: {direction: maximize}}\n", [0, 2, 1, 3], "val/fld (highest first)"),
+    ],
+)
+def test_jobs_are_ranked_by_the_sweeps_optimized_metric_in_its_direction(
+    tmp_path, capsys, direction, order, title
+):
+    sweep = tmp_path / "multirun"
+    ranked_sweep(sweep, "optimized_metric: val/fld\n" + direction)
+    main([str(sweep)])
+    rows = read_summary(sweep)
+    assert [int(row["job"]) for row in rows] == order
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok", "failed"]
+    assert list(rows[0])[:4] == ["job", "status", "lr", "val/fld"]
+    out = capsys.readouterr().out
+    assert title in out and "note:" not in out
+
+
+def test_a_direction_summarize_cannot_follow_is_a_config_error(tmp_path):
+    sweep = tmp_path / "multirun"
+    ranked_sweep(sweep, "hydra: {sweeper: {direction: [minimize, maximize]}}\n")
+    with pytest.raises(ConfigError, match=r"multirun.yaml: hydra.sweeper.direction=\['minimize"):
+        load_jobs(sweep)
+
+
+def test_markdown_and_csv_files(tmp_path, capsys):
+    sweep = tmp_path / "multirun"
+    fake_job(sweep, 0, ["schedule=linear", "model.block_groups=5"], None)
+    fake_job(sweep, 1, ["schedule=linear", "model.block_groups=4"], epoch_rows("0.5", "0.30"))
+    fake_job(sweep, 2, ["schedule=cos|ine", "model.block_groups=4"], epoch_rows("0.4", "0.2"))
+    markdown, table = tmp_path / "sweep.md", tmp_path / "sweep.csv"
+    main([str(sweep), "--markdown", str(markdown), "--csv", str(table)])
+    assert markdown.read_text() == (
+        "3 jobs ranked by val/loss (lowest first); every job: "
+        "`data.root=/data trainer.max_epochs=1`\n"
+        "\n"
+        "| job | schedule | model.block_groups | val/loss |\n"
+        "|---|---|---|---:|\n"
+        "| 2 | cos\\|ine | 4 | 0.2 |\n"
+        "| 1 | linear | 4 | 0.3 |\n"
+        "| 0 | linear | 5 | failed |\n"
+    )
+    assert table.read_bytes() == (
+        b"job,status,schedule,model.block_groups,val/loss,train/loss\r\n"
+        b"2,ok,cos|ine,4,0.2,0.4\r\n"
+        b"1,ok,linear,4,0.3,0.5\r\n"
+        b"0,failed,linear,5,,\r\n"
+    )
+    assert (sweep / "summary.csv").read_bytes() == table.read_bytes()
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3:] == [f"wrote {sweep / 'summary.csv'}", f"wrote {table}", f"wrote {markdown}"]
+
+
+def test_an_unwritable_markdown_path_is_one_line(tmp_path, capsys):
+    sweep = tmp_path / "multirun"
+    fake_job(sweep, 0, ["lr=1"], epoch_rows("0.5", "0.1"))
+    markdown = tmp_path / "missing" / "sweep.md"
+    with pytest.raises(SystemExit, match="1"):
+        main([str(sweep), "--markdown", str(markdown)])
+    assert capsys.readouterr().err == (
+        f"error: cannot write {markdown} (No such file or directory): "
+        "pass --markdown a writable path\n"
+    )

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
-from ddpm_lightning.config import compose_config
+from ddpm_lightning.config import compose_config, config_dir
+from ddpm_lightning.config.sweep_folder import end_line
 from tests.conftest import PYTHON, cli_env, tiny_overrides
 
 TWO_STEPS = [
@@ -52,6 +54,54 @@ def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
 
 def launched_jobs(output: str) -> int:
     return sum(1 for line in output.splitlines() if "[HYDRA] \t#" in line)
+
+
+def summarize_line(sweep_dir: Path, jobs: int) -> str:
+    command = f"python -m ddpm_lightning.tools.summarize {sweep_dir}"
+    return f"sweep folder: {sweep_dir} ({jobs} jobs; summarize with: {command})"
+
+
+def test_a_sweep_names_its_folder_first_and_last(tmp_path):
+    """Hydra's own timestamped folder, before the first job and, with the job count and the
+    command that tabulates it, after the last."""
+    logs = tmp_path / "logs"
+    result = run_module(
+        "ddpm_lightning.train",
+        "-m",
+        "experiment=spiral",
+        "schedule=linear,cosine",
+        "data.num_points=2000",
+        "trainer.accelerator=cpu",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.fld=null",
+        f"paths.log_dir={logs}",
+        *TWO_STEPS,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (logs / "spiral" / "multiruns").iterdir()
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"sweep folder: {sweep}"
+    assert lines[1].endswith("[HYDRA] Launching 2 jobs locally")
+    assert lines[-1] == summarize_line(sweep, 2)
+    rows = read_summary(sweep)
+    assert sorted(row["schedule"] for row in rows) == ["cosine", "linear"]
+
+
+def test_a_sweep_without_metrics_is_not_sent_to_summarize(tmp_path):
+    """sample and evaluate sweeps log no csv/metrics.csv for summarize to read."""
+    for num in range(3):
+        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
+    (tmp_path / "multirun.yaml").touch()
+    assert end_line(tmp_path) == f"sweep folder: {tmp_path} (3 jobs)"
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+def test_every_commands_sweeps_name_their_folder(command):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(command, return_hydra_config=True)
+    callback = "ddpm_lightning.config.sweep_folder.SweepFolder"
+    assert cfg.hydra.callbacks.sweep_folder._target_ == callback
 
 
 def test_grid_sweep_then_summarize(data_root, tmp_path):
@@ -148,6 +198,7 @@ def test_a_config_error_fails_its_job_and_the_others_run(data_root, tmp_path):
     assert "model.block_groups" in errors[0]
     assert launched_jobs(result.stdout) == 2
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+    assert result.stdout.splitlines()[-1] == summarize_line(sweep, 2)
     rows = read_summary(sweep)
     assert [(row["job"], row["status"]) for row in rows] == [("1", "ok"), ("0", "failed")]
 

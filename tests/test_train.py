@@ -4,14 +4,17 @@ import math
 import subprocess
 import venv
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Timer
 
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.train import train
+from ddpm_lightning.training.callbacks import RunProgressBar
 from ddpm_lightning.training.module import DiffusionModule
 from tests.conftest import PYTHON, REPO_ROOT, cli_env, tiny_config, tiny_overrides
 
@@ -265,8 +268,49 @@ def test_a_run_is_tested_on_its_final_ema_weights(data_root, tmp_path):
     assert again["test/loss"] == pytest.approx(written["test/loss"], rel=1e-6)
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "test/loss" in header
+    bookkeeping = [key for key in header if key.startswith(("test/", "validate/"))]
+    assert bookkeeping == ["test/loss"], "no throughput figures of validation or the test"
 
 
 def test_test_false_skips_the_test_split(data_root, tmp_path):
     metrics = train(tiny_config(data_root, tmp_path, *SHORT_EPOCH, "test=false"))
     assert "test/loss" not in metrics and not (tmp_path / "test_metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("limits", "steps"),
+    [(["trainer.max_epochs=2"], 6), (["trainer.max_epochs=2", "trainer.max_steps=4"], 4)],
+)
+def test_the_progress_bar_counts_the_steps_of_the_whole_run(data_root, tmp_path, limits, steps):
+    """Two epochs of 3 steps: one bar of 6 steps, not one of 3 per epoch; max_steps caps it."""
+    bar = RunProgressBar()
+    short = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "test=false"]
+    train(tiny_config(data_root, tmp_path, *short, *limits), [bar])
+    assert bar.progress is not None
+    (task,) = [task for task in bar.progress.tasks if task.id == bar.train_progress_bar_id]
+    assert (task.total, task.completed) == (steps, steps)
+
+
+class ClockedTimer(Timer):
+    """Lightning's Timer for `+trainer.max_time`, with the seconds elapsed set by the test."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(duration={"seconds": seconds})
+        self.elapsed = 0.0
+
+    def time_elapsed(self, stage: str = "train") -> float:
+        return self.elapsed
+
+
+@pytest.mark.parametrize(("epoch_plan", "steps"), [(math.inf, 50), (30, 30)])
+def test_with_max_time_the_progress_bar_ends_at_the_time_limit(epoch_plan, steps):
+    """100 s, 2 s per step from step 0: 10 steps after 20 s, and 40 more fit in the 80 s left
+    (no more than the epochs' steps). Before any step the total is the epochs' plan."""
+    timer = ClockedTimer(100)
+    trainer = SimpleNamespace(
+        callbacks=[timer], global_step=0, estimated_stepping_batches=epoch_plan
+    )
+    bar = RunProgressBar()
+    assert bar.run_steps(trainer) == epoch_plan
+    timer.elapsed, trainer.global_step = 20.0, 10
+    assert bar.run_steps(trainer) == steps

@@ -13,8 +13,15 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ddpm_lightning.components.registry import DEFAULT_SCHEDULE, PARTIAL_KINDS, TARGETS, factory
+from ddpm_lightning.components.registry import (
+    DEFAULT_SCHEDULE,
+    OPTIMIZER_SETTINGS,
+    PARTIAL_KINDS,
+    TARGETS,
+    factory,
+)
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.settings import check, declared
 
 # Hydra reads keys of this form (`_target_`, `_partial_`, `_args_`, `_recursive_`, …).
 INSTRUCTION = re.compile(r"^_.+_$")
@@ -123,6 +130,16 @@ def named(value: Any, where: str) -> Any:
     return value
 
 
+def check_optimizer(name: str, options: Mapping[str, Any], where: str) -> None:
+    """Refuse an optimizer setting outside what `OPTIMIZER_SETTINGS` declares for it, in one
+    line naming `where.key`: torch's optimizers, which cannot be decorated, would only raise
+    with a traceback."""
+    settings = declared(OPTIMIZER_SETTINGS[name]) if name in OPTIMIZER_SETTINGS else {}
+    for key, setting in settings.items():
+        if key in options:
+            check(f"{where}.{key}", options[key], setting)
+
+
 def build(kind: str, value: Any, where: str | None = None) -> Any:
     """The `kind` component of `value`'s settings (see `component_settings`): built, or a
     `functools.partial` for samplers and optimizers, which are completed later."""
@@ -141,6 +158,8 @@ def build(kind: str, value: Any, where: str | None = None) -> Any:
             signature.bind_partial(**options)
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc} ({kind} {settings['name']!r})") from None
+    if kind == "optimizer":
+        check_optimizer(settings["name"], options, where)
     if kind in PARTIAL_KINDS:
         return functools.partial(component, **options)
     return component(**options)

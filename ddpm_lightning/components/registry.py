@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import torch
 
@@ -19,6 +19,7 @@ from ddpm_lightning.diffusion.samplers import (
 from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES, NoiseSchedule
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models import MLP, DiffusersUNet, LucidrainsUNet, UNet
+from ddpm_lightning.settings import Range
 
 # A schedule's name is the β schedule NoiseSchedule computes; it takes the name itself.
 REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
@@ -37,6 +38,26 @@ REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
 }
 KINDS = tuple(REGISTRY)
 DEFAULT_SCHEDULE = inspect.signature(NoiseSchedule).parameters["name"].default
+
+
+class AdamSettings(TypedDict):
+    """The arguments of torch.optim.Adam that conf/optimizer sets, and what they allow: declared
+    here, as torch refuses a bad one only with a traceback."""
+
+    # Learning rate after warm-up (lr_schedule), before any decay.
+    lr: Annotated[float, Range(gt=0)]
+
+
+class AdamWSettings(AdamSettings):
+    """The arguments of torch.optim.AdamW that conf/optimizer sets, and what they allow."""
+
+    # Decoupled weight decay: each step also shrinks the weights by lr × weight_decay.
+    weight_decay: Annotated[float, Range(ge=0)]
+
+
+# The arguments conf/optimizer gives each optimizer; the others keep torch's defaults.
+OPTIMIZER_SETTINGS: dict[str, type] = {"adam": AdamSettings, "adamw": AdamWSettings}
+
 # Built as functools.partial and completed later: samplers with the schedule and objective,
 # optimizers with the parameters.
 PARTIAL_KINDS = frozenset({"sampler", "optimizer"})

@@ -6,7 +6,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import lightning as L
 import numpy as np
@@ -16,14 +16,16 @@ from lightning.pytorch.loops.progress import _ProcessedTracker
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ddpm_lightning.data.registry import dataset_record
+from ddpm_lightning.data.registry import DATASETS, dataset_record
 from ddpm_lightning.errors import ConfigError, DataError
+from ddpm_lightning.settings import OneOf, Range, Seed, checked
 
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1-D, images: 3-D (unsigned-byte IDX files)
+BatchSize = Annotated[int, Range(ge=1)]
 
 
 def raw_folder(root: str | Path, dataset: str) -> Path:
@@ -178,12 +180,17 @@ class InMemoryDataModule(L.LightningDataModule):
     in training) alone: a resumed run draws the same numbers as an uninterrupted one.
     """
 
-    def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, split_seed: int = 42):
+    @checked("data")
+    def __init__(
+        self,
+        # Examples per training and evaluation batch.
+        batch_size: BatchSize,
+        # Share of the training set held out for validation.
+        val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1,
+        # Seed of the training/validation split (and the spiral's points).
+        split_seed: Seed = 42,
+    ):
         super().__init__()
-        if int(batch_size) < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-        if not 0 < float(val_fraction) < 1:
-            raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
         self.batch_size = int(batch_size)
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
@@ -279,19 +286,19 @@ class InMemoryDataModule(L.LightningDataModule):
 class MNISTDataModule(InMemoryDataModule):
     """MNIST or Fashion-MNIST: `x: (B, 1, 32, 32)` in [-1, 1] (black padding), `y: (B,)` labels."""
 
+    @checked("data")
     def __init__(
         self,
-        name: str = "mnist",
+        # The dataset, a record of the dataset registry.
+        name: Annotated[str, OneOf(DATASETS)] = "mnist",
+        # Folder holding MNIST/raw and FashionMNIST/raw; null: $DDPM_DATA_DIR, else data/.
         root: str | None = None,
-        batch_size: int = 64,
-        val_fraction: float = 0.1,
-        pad: int = 2,
-        split_seed: int = 42,
+        batch_size: BatchSize = 64,
+        # Black pixels added per side: 28 + 2·2 = 32, divisible by the UNet's 2^(levels − 1).
+        pad: Annotated[int, Range(ge=0)] = 2,
+        **kwargs: Any,
     ):
-        super().__init__(batch_size, val_fraction, split_seed)
-        dataset_record(name)
-        if int(pad) < 0:
-            raise ConfigError(f"data.pad={pad} must be at least 0")
+        super().__init__(batch_size, **kwargs)
         self.name: str = name
         self.root = root or os.environ.get("DDPM_DATA_DIR") or "data"
         self.pad = int(pad)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from ddpm_lightning.data.images import InMemoryDataModule, TensorBatches
-from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.data.images import BatchSize, InMemoryDataModule, TensorBatches
+from ddpm_lightning.settings import Range, checked
 
 T_MIN, T_MAX = 1.5 * math.pi, 4.5 * math.pi
 
@@ -59,18 +60,19 @@ def save_spiral_plot(points: Tensor, path: Path, size: int = 480) -> None:
 class SpiralDataModule(InMemoryDataModule):
     """Spiral points `x: (B, 2)` with dummy labels `y: (B,) = 0`; a fresh test set of its own."""
 
+    @checked("data")
     def __init__(
         self,
-        num_points: int = 10_000,
-        num_test_points: int = 2_000,
-        noise: float = 0.0,
-        batch_size: int = 256,
-        val_fraction: float = 0.1,
-        split_seed: int = 42,
+        # Points drawn for training and validation.
+        num_points: Annotated[int, Range(ge=2)] = 10_000,
+        # Points drawn for the test set.
+        num_test_points: Annotated[int, Range(ge=1)] = 2_000,
+        # Standard deviation of the Gaussian jitter added to each point.
+        noise: Annotated[float, Range(ge=0)] = 0.0,
+        batch_size: BatchSize = 256,
+        **kwargs: Any,
     ):
-        super().__init__(batch_size, val_fraction, split_seed)
-        if int(num_points) < 2 or int(num_test_points) < 1:
-            raise ConfigError("data.num_points must be at least 2 and data.num_test_points 1")
+        super().__init__(batch_size, **kwargs)
         self.num_points, self.num_test_points = int(num_points), int(num_test_points)
         self.noise = float(noise)
 

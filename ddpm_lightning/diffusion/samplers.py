@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Annotated, Literal
 
 import torch
 from rich.progress import Progress
@@ -18,10 +19,12 @@ from ddpm_lightning.diffusion.gaussian import Denoiser, GaussianDiffusion
 from ddpm_lightning.diffusion.guidance import checked_interval, guided_output
 from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
-from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.settings import OneOf, Range, checked
 
 StepCallback = Callable[[int, int, Tensor, Tensor], None]
 SPACINGS = ("uniform", "quadratic", "trailing", "logsnr", "karras")
+Spacing = Annotated[str, OneOf(SPACINGS)]
+NumSteps = Annotated[int, Range(ge=1)]
 # Karras et al. 2022 (EDM), Table 1: σ_max of the ρ-spaced grid and its exponent ρ.
 KARRAS_SIGMA_MAX, KARRAS_RHO = 80.0, 7.0
 
@@ -44,16 +47,16 @@ def karras_grid(schedule: NoiseSchedule, num_steps: int) -> list[int]:
     return ascending
 
 
-def step_count(schedule: NoiseSchedule, num_steps: int) -> int:
+@checked("sampler")
+def step_count(schedule: NoiseSchedule, num_steps: NumSteps) -> int:
     """The steps a sampler takes for `sampler.num_steps`: at least 1 (else a ConfigError), and
     at most the schedule's T, so more steps than timesteps visit every timestep once."""
-    if int(num_steps) < 1:
-        raise ConfigError(f"sampler.num_steps={num_steps} must be at least 1")
     return min(int(num_steps), schedule.num_timesteps)
 
 
+@checked("sampler")
 def timestep_sequence(
-    schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform"
+    schedule: NoiseSchedule, num_steps: int, spacing: Spacing = "uniform"
 ) -> list[int]:
     """The `num_steps` timesteps a sampler visits, strictly decreasing, starting at T−1.
 
@@ -64,8 +67,6 @@ def timestep_sequence(
     Steps that would repeat after rounding are moved to the next free one. More steps than
     the schedule has visit every timestep, so the default of 50 also serves models with T < 50.
     """
-    if spacing not in SPACINGS:
-        raise ConfigError(f"sampler.spacing={spacing!r} is unknown; choose one of {SPACINGS}")
     T = schedule.num_timesteps
     n = step_count(schedule, num_steps)
     if n == 1:
@@ -109,18 +110,21 @@ class Sampler:
 
     name = "sampler"
 
+    @checked("sampler")
     def __init__(
         self,
         schedule: NoiseSchedule,
         objective: str = "eps",
+        # Clip the network's x̂₀ to [-1, 1] at every step.
         clip_x0: bool = True,
-        batch_size: int = 256,
+        # Samples per network call; more are drawn in chunks of this size.
+        batch_size: Annotated[int, Range(ge=1)] = 256,
         progress: bool = True,
-        guidance_scale: float | None = None,
-        guidance_interval: Sequence[float] | None = (0.3, 4),
+        # Classifier-free guidance γ for conditional models; null: 1.25.
+        guidance_scale: Annotated[float, Range(ge=0)] | None = None,
+        # Noise levels (σ_lo, σ_hi] where guidance applies; null: every step.
+        guidance_interval: Annotated[Sequence[float], Range(ge=0)] | None = (0.3, 4),
     ):
-        if int(batch_size) < 1:
-            raise ConfigError(f"sampler.batch_size={batch_size} must be at least 1")
         self.diffusion = GaussianDiffusion(schedule, objective=objective)
         self.schedule = schedule
         self.clip_x0 = clip_x0
@@ -244,12 +248,15 @@ class DDPMSampler(Sampler):
 
     name = "ddpm"
 
-    def __init__(self, schedule: NoiseSchedule, variance: str = "fixed_small", **kwargs):
+    @checked("sampler")
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        # σ_t² of each step: fixed_small (the posterior's β̃_t) or fixed_large (β_t).
+        variance: Literal["fixed_small", "fixed_large"] = "fixed_small",
+        **kwargs,
+    ):
         super().__init__(schedule, **kwargs)
-        if variance not in ("fixed_small", "fixed_large"):
-            raise ConfigError(
-                f"sampler.variance={variance!r} is unknown; choose fixed_small or fixed_large"
-            )
         self.variance = variance
 
     def steps(self) -> list[int]:
@@ -275,12 +282,17 @@ class DDIMSampler(Sampler):
 
     name = "ddim"
 
+    @checked("sampler")
     def __init__(
         self,
         schedule: NoiseSchedule,
-        num_steps: int = 50,
-        eta: float = 1.0,
-        spacing: str = "uniform",
+        # Network calls per sample (at most the schedule's T).
+        num_steps: NumSteps = 50,
+        # η: 0 is deterministic, 1 matches DDPM's posterior variance.
+        eta: Annotated[float, Range(ge=0)] = 1.0,
+        # The visited timesteps: uniform or quadratic in t, trailing (from T−1), logsnr (even in
+        # log-SNR) or karras (EDM's ρ = 7 grid in σ).
+        spacing: Spacing = "uniform",
         **kwargs,
     ):
         super().__init__(schedule, **kwargs)
@@ -314,8 +326,13 @@ class DPMSolverSampler(Sampler):
 
     name = "dpm_solver"
 
+    @checked("sampler")
     def __init__(
-        self, schedule: NoiseSchedule, num_steps: int = 20, spacing: str = "logsnr", **kwargs
+        self,
+        schedule: NoiseSchedule,
+        num_steps: NumSteps = 20,
+        spacing: Spacing = "logsnr",
+        **kwargs,
     ):
         super().__init__(schedule, **kwargs)
         self.timesteps = timestep_sequence(schedule, num_steps, spacing)
@@ -363,20 +380,24 @@ class HeunSampler(Sampler):
 
     name = "heun"
 
+    @checked("sampler")
     def __init__(
         self,
         schedule: NoiseSchedule,
-        num_steps: int = 18,
-        spacing: str = "karras",
-        churn: float = 0.0,
-        churn_min: float = 0.0,
-        churn_max: float = float("inf"),
-        noise_scale: float = 1.0,
+        # Steps; n steps cost 2n − 1 network calls.
+        num_steps: NumSteps = 18,
+        spacing: Spacing = "karras",
+        # Stochasticity: each step first raises σ by γ = min(churn/num_steps, √2 − 1).
+        churn: Annotated[float, Range(ge=0)] = 0.0,
+        # Lowest σ that churn applies to.
+        churn_min: Annotated[float, Range(ge=0)] = 0.0,
+        # Highest σ that churn applies to.
+        churn_max: Annotated[float, Range(ge=0, le=math.inf)] = math.inf,
+        # Scale of the noise that churn adds.
+        noise_scale: Annotated[float, Range(gt=0)] = 1.0,
         **kwargs,
     ):
         super().__init__(schedule, **kwargs)
-        if float(churn) < 0:
-            raise ConfigError(f"sampler.churn={churn} must be at least 0")
         self.timesteps = timestep_sequence(schedule, num_steps, spacing)
         self.churn = float(churn)
         self.churn_range = (float(churn_min), float(churn_max))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.settings import NumTimesteps, OneOf, Range, checked
 
 MAX_BETA = 0.999
 
@@ -19,8 +21,13 @@ def betas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
     return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(0, MAX_BETA)
 
 
+@checked("schedule")
 def linear_beta_schedule(
-    num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+    num_timesteps: int,
+    # β_1 at T=1000.
+    beta_start: Annotated[float, Range(gt=0, lt=1)] = 1e-4,
+    # β_T at T=1000.
+    beta_end: Annotated[float, Range(gt=0, lt=1)] = 0.02,
 ) -> Tensor:
     """Ho et al. 2020: β linear from `beta_start` to `beta_end` for T=1000, scaled by 1000/T."""
     scale = 1000 / num_timesteps
@@ -28,15 +35,27 @@ def linear_beta_schedule(
     return betas.clamp(max=MAX_BETA)
 
 
-def cosine_beta_schedule(num_timesteps: int, s: float = 0.008) -> Tensor:
+@checked("schedule")
+def cosine_beta_schedule(
+    num_timesteps: int,
+    # Offset that keeps β_1 from vanishing.
+    s: Annotated[float, Range(gt=0)] = 0.008,
+) -> Tensor:
     """Nichol & Dhariwal 2021: ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2)."""
     t = torch.linspace(0, num_timesteps, num_timesteps + 1, dtype=torch.float64)
     f = torch.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
     return betas_from_alphas_cumprod(f)
 
 
+@checked("schedule")
 def sigmoid_beta_schedule(
-    num_timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0
+    num_timesteps: int,
+    # Sigmoid input at t = 0.
+    start: float = -3.0,
+    # Sigmoid input at t = T.
+    end: float = 3.0,
+    # Temperature: larger is flatter.
+    tau: Annotated[float, Range(gt=0)] = 1.0,
 ) -> Tensor:
     """Jabri et al. 2022: ᾱ_t ∝ σ(end/τ) − σ(((t/T)(end − start) + start)/τ)."""
     t = torch.linspace(0, 1, num_timesteps + 1, dtype=torch.float64)
@@ -75,14 +94,16 @@ class NoiseSchedule(nn.Module):
     posterior_mean_coef1: Tensor
     posterior_mean_coef2: Tensor
 
-    def __init__(self, name: str = "cosine", num_timesteps: int = 1000, **kwargs: float):
+    @checked("schedule")
+    def __init__(
+        self,
+        # The β schedule: its options are those of its function (linear_beta_schedule, …).
+        name: Annotated[str, OneOf(BETA_SCHEDULES)] = "cosine",
+        # T: the number of noise levels.
+        num_timesteps: NumTimesteps = 1000,
+        **kwargs: float,
+    ):
         super().__init__()
-        if name not in BETA_SCHEDULES:
-            raise ConfigError(
-                f"schedule.name={name!r} is unknown; choose one of {sorted(BETA_SCHEDULES)}"
-            )
-        if int(num_timesteps) < 2:
-            raise ConfigError(f"schedule.num_timesteps={num_timesteps} must be at least 2")
         self.name = name
         self.num_timesteps = int(num_timesteps)
         try:

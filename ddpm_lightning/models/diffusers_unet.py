@@ -4,11 +4,13 @@ call, so diffusers' architecture trains with our data, objectives, callbacks and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
 from ddpm_lightning.errors import ConfigError, import_optional
+from ddpm_lightning.settings import InChannels, NumClasses, Range, checked
 
 
 class DiffusersUNet(nn.Module):
@@ -22,24 +24,31 @@ class DiffusersUNet(nn.Module):
     `num_classes`, for the null label of classifier-free guidance.
     """
 
+    @checked("model")
     def __init__(
         self,
-        in_channels: int = 1,
-        sample_size: int = 32,
-        block_out_channels: Sequence[int] = (16, 32, 48),
-        layers_per_block: int = 1,
+        in_channels: InChannels = 1,
+        # Image side; the data must have it (diffusers' pipelines draw images of this size).
+        sample_size: Annotated[int, Range(ge=1)] = 32,
+        # Width of each level.
+        block_out_channels: Annotated[Sequence[int], Range(ge=1)] = (16, 32, 48),
+        # ResNet blocks per level and side.
+        layers_per_block: Annotated[int, Range(ge=1)] = 1,
+        # diffusers' block names, one per level; AttnDownBlock2D adds self-attention there.
         down_block_types: Sequence[str] = ("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+        # diffusers' block names, one per level; AttnUpBlock2D adds self-attention there.
         up_block_types: Sequence[str] = ("UpBlock2D", "UpBlock2D", "UpBlock2D"),
-        norm_num_groups: int = 8,
-        attention_head_dim: int = 12,
-        num_classes: int | None = None,
+        # GroupNorm groups; must divide every width.
+        norm_num_groups: Annotated[int, Range(ge=1)] = 8,
+        # Width of each attention head (the middle block's attention always runs).
+        attention_head_dim: Annotated[int, Range(ge=1)] = 12,
+        # Class-conditional: diffusers' class embedding with one more row, the null label.
+        num_classes: NumClasses | None = None,
     ):
         super().__init__()
         diffusers = import_optional("diffusers", "model=diffusers_unet", "hf")
         widths = tuple(int(width) for width in block_out_channels)
         check_config(widths, tuple(down_block_types), tuple(up_block_types), norm_num_groups)
-        if num_classes is not None and int(num_classes) < 1:
-            raise ConfigError(f"model.num_classes={num_classes} must be at least 1 (or null)")
         self.in_channels = int(in_channels)
         self.sample_size = int(sample_size)
         self.num_classes = None if num_classes is None else int(num_classes)
@@ -87,7 +96,7 @@ def check_config(
             f"({len(down_block_types)}) and model.up_block_types ({len(up_block_types)}) must "
             "have one entry per level"
         )
-    if int(norm_num_groups) < 1 or any(width % int(norm_num_groups) for width in widths):
+    if any(width % int(norm_num_groups) for width in widths):
         raise ConfigError(
             f"model.block_out_channels={list(widths)} must all be divisible by "
             f"model.norm_num_groups={norm_num_groups} (GroupNorm)"

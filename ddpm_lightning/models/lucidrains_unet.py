@@ -5,10 +5,12 @@ with our data, objectives and callbacks and can be compared with ours at equal t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 from torch import Tensor, nn
 
 from ddpm_lightning.errors import ConfigError, import_optional
+from ddpm_lightning.settings import InChannels, Range, checked
 
 
 class LucidrainsUNet(nn.Module):
@@ -19,13 +21,18 @@ class LucidrainsUNet(nn.Module):
     parameters with denoising-diffusion-pytorch 2.3.4.
     """
 
+    @checked("model")
     def __init__(
         self,
-        in_channels: int = 1,
-        dim: int = 16,
-        dim_mults: Sequence[int] = (1, 2, 3),
-        attn_heads: int = 4,
-        attn_dim_head: int = 32,
+        in_channels: InChannels = 1,
+        # Width of the first level.
+        dim: Annotated[int, Range(ge=1)] = 16,
+        # Width multipliers per level; H and W must be divisible by 2^(levels − 1).
+        dim_mults: Annotated[Sequence[int], Range(ge=1)] = (1, 2, 3),
+        # Heads of its attention layers.
+        attn_heads: Annotated[int, Range(ge=1)] = 4,
+        # Width of each attention head.
+        attn_dim_head: Annotated[int, Range(ge=1)] = 32,
     ):
         super().__init__()
         library = import_optional("denoising_diffusion_pytorch", "model=lucidrains_unet", "bench")

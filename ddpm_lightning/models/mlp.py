@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import Tensor, nn
 
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models.blocks import SinusoidalPositionEmbedding
+from ddpm_lightning.settings import NumTimesteps, Range, checked
 
 
 class MLP(nn.Module):
@@ -15,12 +18,18 @@ class MLP(nn.Module):
 
     num_classes = None
 
+    @checked("model")
     def __init__(
-        self, in_dim: int = 2, hidden_dim: int = 32, num_layers: int = 5, num_timesteps: int = 1000
+        self,
+        # Coordinates per point, in and out.
+        in_dim: Annotated[int, Range(ge=1)] = 2,
+        # Width of every hidden layer and of the time embedding added to each.
+        hidden_dim: Annotated[int, Range(ge=2)] = 32,
+        # Hidden layers.
+        num_layers: Annotated[int, Range(ge=1)] = 5,
+        num_timesteps: NumTimesteps = 1000,
     ):
         super().__init__()
-        if hidden_dim < 2 or num_layers < 1:
-            raise ConfigError("model.hidden_dim must be at least 2 and model.num_layers at least 1")
         self.in_dim = in_dim
         self.time_embedding = SinusoidalPositionEmbedding(num_timesteps, hidden_dim)
         self.input = nn.Linear(in_dim, hidden_dim)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,14 @@ from ddpm_lightning.models.blocks import (
     conv3x3,
     downsample,
     upsample,
+)
+from ddpm_lightning.settings import (
+    InChannels,
+    NumClasses,
+    NumTimesteps,
+    OneOf,
+    Range,
+    checked,
 )
 
 
@@ -35,29 +44,31 @@ class UNet(nn.Module):
     order follows the post's printout (time_embedding, init, down_1, downsample_1, …, final).
     """
 
+    @checked("model")
     def __init__(
         self,
-        in_channels: int = 1,
-        model_channels: int = 16,
-        num_timesteps: int = 100,
-        channel_multipliers: Sequence[int] = (1, 2, 3),
-        block_layer: str = "resblock",
-        num_blocks_per_level: int = 1,
-        block_groups: int = 8,
-        num_attention_heads: int = 4,
-        num_classes: int | None = None,
+        # Image channels, in and out.
+        in_channels: InChannels = 1,
+        # Width d of the first level; the time (and label) embedding is 4d wide.
+        model_channels: Annotated[int, Range(ge=1)] = 16,
+        # Rows of the sinusoidal time table: the schedule's T.
+        num_timesteps: NumTimesteps = 100,
+        # Width of each level in multiples of d; H and W must be divisible by 2^(levels − 1).
+        channel_multipliers: Annotated[Sequence[int], Range(ge=1)] = (1, 2, 3),
+        # resblock (residual, two conditioned convolutions) or convembed (the post's one).
+        block_layer: Annotated[str, OneOf(BLOCK_LAYERS)] = "resblock",
+        # Blocks per level on each side.
+        num_blocks_per_level: Annotated[int, Range(ge=1)] = 1,
+        # GroupNorm groups; must divide model_channels.
+        block_groups: Annotated[int, Range(ge=1)] = 8,
+        # Heads of the middle self-attention; must divide its width d × the last multiplier.
+        num_attention_heads: Annotated[int, Range(ge=1)] = 4,
+        # Class-conditional: one learned label embedding per class plus the null label.
+        num_classes: NumClasses | None = None,
     ):
         super().__init__()
         channel_multipliers = tuple(int(m) for m in channel_multipliers)
-        check_unet_config(
-            model_channels,
-            channel_multipliers,
-            block_layer,
-            num_blocks_per_level,
-            block_groups,
-            num_attention_heads,
-            num_classes,
-        )
+        check_unet_config(model_channels, channel_multipliers, block_groups, num_attention_heads)
         self.num_levels = len(channel_multipliers)
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -148,34 +159,20 @@ class UNet(nn.Module):
 def check_unet_config(
     model_channels: int,
     channel_multipliers: tuple[int, ...],
-    block_layer: str,
-    num_blocks_per_level: int,
     block_groups: int,
     num_attention_heads: int,
-    num_classes: int | None,
 ) -> None:
-    """One-line ConfigErrors naming the `model.*` key, with the post's wording where it has one."""
-    if block_layer not in BLOCK_LAYERS:
-        raise ConfigError(
-            f"model.block_layer={block_layer!r} is unknown; choose one of {sorted(BLOCK_LAYERS)}"
-        )
-    if model_channels < 1 or not channel_multipliers or min(channel_multipliers) < 1:
-        raise ConfigError(
-            "model.model_channels and model.channel_multipliers must be positive and non-empty"
-        )
-    if num_blocks_per_level < 1:
-        raise ConfigError(f"model.num_blocks_per_level={num_blocks_per_level} must be at least 1")
-    if block_groups < 1 or model_channels % block_groups:
+    """One-line ConfigErrors naming the `model.*` keys whose values must divide each other,
+    with the post's wording where it has one."""
+    if model_channels % block_groups:
         raise ConfigError(
             f"The number of block_groups ({block_groups}) must divide the number of "
             f"model_channels ({model_channels}): change model.block_groups or model.model_channels"
         )
     attention_dim = model_channels * channel_multipliers[-1]
-    if num_attention_heads < 1 or attention_dim % num_attention_heads:
+    if attention_dim % num_attention_heads:
         raise ConfigError(
             f"model dimension={attention_dim} is not divisible by number of heads="
             f"{num_attention_heads}: model.model_channels × model.channel_multipliers[-1] must "
             "be divisible by model.num_attention_heads"
         )
-    if num_classes is not None and num_classes < 1:
-        raise ConfigError(f"model.num_classes={num_classes} must be at least 1 (or null)")

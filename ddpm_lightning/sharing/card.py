@@ -1,17 +1,21 @@
-"""The model card (README.md) of a model folder: Hub YAML front matter (library, tags,
-datasets, license, the FLD as a model-index entry) and what a reader needs to trust and use
-the model: recipe, training time, evaluation, intended use and how to load it."""
+"""The model card (README.md) of a model folder or a diffusers pipeline folder: Hub YAML front
+matter (library, tags, datasets, license, the FLD as a model-index entry) and what a reader
+needs to trust and use the model: recipe and settings, training time, evaluation, intended use,
+how to install ddpm_lightning and load it. Cards travel: they name the model by a relative
+folder, a shipped name or a Hub repo id, never by a path of the exporting machine."""
 
 from __future__ import annotations
 
 import shlex
 from typing import Any
 
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ddpm_lightning import diffusion
 from ddpm_lightning.components import REGISTRY, component_settings
 from ddpm_lightning.data.registry import DATASETS
+from ddpm_lightning.training.module import MODULE_KEYS
 
 SAMPLER_KEYS = (
     "scheduler",
@@ -25,6 +29,10 @@ SAMPLER_KEYS = (
 )
 # ruff's line length in pyproject.toml: the card's Python example is formatted to it.
 LINE_LENGTH = 100
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def sampler_summary(sampler: dict[str, Any] | None, conditional: bool) -> dict[str, Any]:
@@ -58,8 +66,9 @@ def is_conditional(config: dict[str, Any]) -> bool:
     return (config.get("model") or {}).get("num_classes") is not None
 
 
-def card_data(config: dict[str, Any], title: str) -> ModelCardData:
-    """The front matter: Hub metadata and, when evaluated, the FLD as an EvalResult."""
+def card_data(config: dict[str, Any], title: str, library: str = "ddpm_lightning") -> ModelCardData:
+    """The front matter: Hub metadata and, when evaluated, the FLD as an EvalResult; `library`
+    is the Hub's library_name (diffusers for pipeline folders, tagged ddpm_lightning)."""
     dataset = DATASETS.get(str(config.get("dataset")))
     evaluation = config.get("evaluation") or {}
     conditional = is_conditional(config)
@@ -96,8 +105,10 @@ def card_data(config: dict[str, Any], title: str) -> ModelCardData:
     tags = ["diffusion", "ddpm", "image-generation"] + (
         ["class-conditional"] if conditional else []
     )
+    if library != "ddpm_lightning":
+        tags.append("ddpm_lightning")
     return ModelCardData(
-        library_name="ddpm_lightning",
+        library_name=library,
         license="mit",
         tags=tags + ([dataset.tag] if dataset and dataset.tag else []),
         datasets=[dataset.hub] if dataset and dataset.hub else None,
@@ -108,6 +119,33 @@ def card_data(config: dict[str, Any], title: str) -> ModelCardData:
     )
 
 
+class SettingsDumper(yaml.SafeDumper):
+    """Block style, with lists of plain values on one line: `channel_multipliers: [1, 2, 3]`."""
+
+    def represent_list(self, data: list[Any]) -> yaml.Node:
+        flat = not any(isinstance(item, dict | list) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+SettingsDumper.add_representer(list, SettingsDumper.represent_list)
+
+
+def settings_yaml(config: dict[str, Any]) -> str:
+    """The DiffusionModule's settings of `config` (MODULE_KEYS: network, schedule, objective,
+    optimizer, learning-rate schedule, data) as a YAML block's text."""
+    settings = {key: config[key] for key in MODULE_KEYS if key in config}
+    return yaml.dump(
+        settings, Dumper=SettingsDumper, sort_keys=False, default_flow_style=False, width=100
+    )
+
+
+def weights_text(config: dict[str, Any]) -> str:
+    """'the EMA weights after 49,548 optimizer steps', or what of it is recorded."""
+    steps = config.get("global_step")
+    kind = "the EMA weights" if config.get("ema") else "the raw weights (no EMA)"
+    return f"{kind} after {steps:,} optimizer steps" if is_count(steps) else kind
+
+
 def recipe_section(config: dict[str, Any]) -> str:
     training = config.get("training") or {}
     overrides = training.get("overrides")
@@ -116,38 +154,53 @@ def recipe_section(config: dict[str, Any]) -> str:
         if overrides
         else "The run's command-line overrides were not recorded."
     )
-    model = {k: v for k, v in config["model"].items() if k != "name"}
-    schedule = config["schedule"]
     return (
         f"## Training recipe\n\n{command}\n\n"
-        f"- network: `{config['model']['name']}` {model}, "
-        f"{config.get('num_parameters', 0):,} parameters\n"
-        f"- noise schedule: {schedule}\n"
-        f"- diffusion: {config.get('diffusion')}\n"
-        f"- optimizer: {config.get('optimizer')}, learning-rate schedule "
-        f"{config.get('lr_schedule')}\n"
-        f"- weights: {'the EMA weights' if config.get('ema') else 'the raw weights (no EMA)'} "
-        f"after {config.get('global_step')} optimizer steps\n"
+        f"A `{config['model']['name']}` network of {config.get('num_parameters', 0):,} "
+        f"parameters; the weights are {weights_text(config)}. Its settings (network, noise "
+        "schedule, objective, optimizer, learning-rate schedule and data):\n\n"
+        f"```yaml\n{settings_yaml(config)}```\n"
     )
+
+
+def full_stop(text: str) -> str:
+    """`text` ending in a full stop (unless it ends in one already, or in ? or !)."""
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 def time_section(config: dict[str, Any]) -> str:
     training = config.get("training") or {}
-    time, steps = training.get("time"), config.get("global_step")
-    text = "Not recorded."
-    if time:
-        text = f"{time} on {training.get('device') or 'an unrecorded device'}"
-        text += f", {steps:,} optimizer steps." if isinstance(steps, int) else "."
-    return f"## Training time and device\n\n{text}\n"
+    steps = config.get("global_step")
+    facts = [
+        ("Device", training.get("device")),
+        ("Training time", training.get("time")),
+        ("Optimizer steps", f"{steps:,}" if is_count(steps) else None),
+    ]
+    lines = [f"- {label}: {full_stop(str(value))}" for label, value in facts if value]
+    return "## Training time and device\n\n" + ("\n".join(lines) or "Not recorded.") + "\n"
 
 
-def evaluation_section(config: dict[str, Any]) -> str:
+def evaluate_overrides(overrides: list[str], name: str | None) -> list[str]:
+    """The evaluate command's overrides, its model (`ckpt_path=` or `pretrained=`) as
+    `pretrained=name` when `name` loads this folder with `pretrained=`."""
+    if name is None:
+        return overrides
+    model_keys = ("ckpt_path=", "pretrained=")
+    kept = [override for override in overrides if not override.startswith(model_keys)]
+    return [f"pretrained={name}", *kept]
+
+
+def evaluation_section(config: dict[str, Any], name: str | None) -> str:
+    """The FLD table and the evaluate command, run on `name` (what `pretrained=` takes) when
+    the folder loads that way, else with the recorded checkpoint's file name."""
     evaluation = config.get("evaluation") or {}
     if "fld" not in evaluation:
         return "## Evaluation\n\nNot evaluated when exported.\n"
     overrides = evaluation.get("overrides")
     command = (
-        f"\n\n```bash\npython -m ddpm_lightning.evaluate {shlex.join(overrides)}\n```"
+        "\n\n```bash\npython -m ddpm_lightning.evaluate "
+        f"{shlex.join(evaluate_overrides(overrides, name))}\n```"
         if overrides
         else ""
     )
@@ -206,6 +259,15 @@ def make_sampler_call(cls: str, settings: dict[str, Any]) -> str:
     return "sampler = module.make_sampler(\n" + "".join(f"    {a},\n" for a in arguments) + ")"
 
 
+def install_text(extra: str | None) -> str:
+    """How ddpm_lightning is installed: with pip, from a checkout of its source."""
+    target = f'".[{extra}]"' if extra else "."
+    return (
+        "ddpm_lightning is installed with pip from a checkout of its source, in the checkout's "
+        f"folder:\n\n```bash\npip install -e {target}\n```\n\n"
+    )
+
+
 def load_section(config: dict[str, Any], name: str) -> str:
     conditional = is_conditional(config)
     summary = sampler_summary(config.get("sampler"), conditional) or {"sampler": "DDIMSampler"}
@@ -221,7 +283,7 @@ def load_section(config: dict[str, Any], name: str) -> str:
         else ""
     )
     return (
-        "## How to load\n\nWith the ddpm_lightning package installed:\n\n"
+        f"## How to load\n\n{install_text(None)}"
         "```bash\n"
         f"python -m ddpm_lightning.sample pretrained={name} sampler={option}{overrides}\n```\n\n"
         f"```python\n{imports}from ddpm_lightning import load_pretrained\n"
@@ -235,29 +297,130 @@ def load_section(config: dict[str, Any], name: str) -> str:
     )
 
 
-def model_card(config: dict[str, Any], name: str, num_samples: int) -> str:
-    """README.md of a model folder from its config.json; `name` is what `pretrained=` takes
-    (a shipped name or a repo id), `num_samples` how many images samples.png shows (0: none)."""
+def ddim_steps(config: dict[str, Any]) -> int:
+    """The DDIM steps the pipeline card shows: the recommended sampler's (50 when it has
+    none), at most T (DDIMScheduler takes no more)."""
+    steps = (config.get("sampler") or {}).get("num_steps") or 50
+    return min(int(steps), int(config["schedule"].get("num_timesteps", steps)))
+
+
+def ours_load_section(config: dict[str, Any], name: str) -> str:
+    """How to load a pipeline folder whose network is our UNet (`DDPMLightningUNet`)."""
+    conditional = is_conditional(config)
+    labels = (
+        "threes = pipeline(batch_size=16, class_labels=3, generator=generator).images  "
+        "# guided, γ=1.25\n"
+        if conditional
+        else ""
+    )
+    unconditional = (
+        "DDPMPipeline passes no class labels: it draws a conditional model's unconditional "
+        "samples (the null label's). "
+        if conditional
+        else ""
+    )
+    return (
+        "## How to load\n\n"
+        "This folder is a diffusers pipeline: `model_index.json` names diffusers' `DDPMPipeline`, "
+        "`unet/` holds ddpm_lightning's UNet as `DDPMLightningUNet` (its config.json and "
+        "safetensors weights; the folder holds no code) and `scheduler/` a `DDPMScheduler` that "
+        "follows the model's noise schedule and objective. The UNet's class comes with "
+        f"ddpm_lightning and its `hf` extra (diffusers). {install_text('hf')}"
+        "```python\nimport torch\n\n"
+        "from ddpm_lightning.sharing.diffusers_model import DDPMLightningPipeline\n\n"
+        f'pipeline = DDPMLightningPipeline.from_pretrained("{name}")\n'
+        "generator = torch.Generator().manual_seed(0)\n"
+        "images = pipeline(batch_size=16, generator=generator).images  # PIL images, all T steps\n"
+        f"{labels}```\n\n"
+        "diffusers' own classes load it once that module is imported (diffusers takes a class "
+        "from outside its libraries only from a module the program imported):\n\n"
+        "```python\nimport ddpm_lightning.sharing.diffusers_model  # noqa: F401\n"
+        "from diffusers import DDIMScheduler, DiffusionPipeline\n\n"
+        f'pipeline = DiffusionPipeline.from_pretrained("{name}")  # a DDPMPipeline\n'
+        "pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)\n"
+        f"images = pipeline(batch_size=16, num_inference_steps={ddim_steps(config)}).images\n"
+        f"```\n\n{unconditional}"
+        "ddpm_lightning's recommended sampler for this model is "
+        f"{sampler_text(config.get('sampler'), conditional)}.\n"
+    )
+
+
+def unet2d_load_section(config: dict[str, Any], name: str) -> str:
+    """How to load a pipeline folder whose network is diffusers' UNet2DModel (diffusers only)."""
+    steps = config["schedule"].get("num_timesteps")
+    conditional = (
+        ' DDPMPipeline passes no class labels; `UNet2DModel.from_pretrained("'
+        f'{name}", subfolder="unet")` takes `class_labels` (index {config["model"]["num_classes"]} '
+        "is the null label)."
+        if is_conditional(config)
+        else ""
+    )
+    return (
+        "## How to load\n\n"
+        "A diffusers `DDPMPipeline` (`UNet2DModel` and `DDPMScheduler`): diffusers alone loads "
+        'it.\n\n```bash\npip install "diffusers>=0.42"\n```\n\n'
+        "```python\nimport torch\nfrom diffusers import DDPMPipeline\n\n"
+        f'pipeline = DDPMPipeline.from_pretrained("{name}")\n'
+        "generator = torch.Generator().manual_seed(0)\n"
+        f"images = pipeline(batch_size=16, generator=generator, num_inference_steps={steps})"
+        ".images\n"
+        f"```\n\n`num_inference_steps` is the model's T.{conditional}\n"
+    )
+
+
+def card_text(config: dict[str, Any], title: str, data: ModelCardData, sections: list[str]) -> str:
+    """The card: front matter, title, the trained-with line, samples.png and `sections`."""
     dataset = dataset_title(config, "its data")
-    kind = "Class-conditional DDPM" if is_conditional(config) else "DDPM"
-    title = f"{kind} on {dataset} (ddpm_lightning)"
-    picture = (
-        f"![{num_samples} samples of the recommended sampler, seed 0](samples.png)\n\n"
+    body = (
+        f"# {title}\n\nA denoising diffusion model trained on {dataset} with "
+        f"ddpm_lightning {config.get('ddpm_lightning_version')}.\n\n" + "\n".join(sections)
+    )
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def picture_text(num_samples: int) -> str:
+    return (
+        f"![{num_samples} samples of the recommended sampler, seed 0](samples.png)\n"
         if num_samples
         else ""
     )
-    body = (
-        f"# {title}\n\nA denoising diffusion model trained on {dataset} with "
-        f"ddpm_lightning {config.get('ddpm_lightning_version')}.\n\n"
-        f"{picture}"
-        + "\n".join(
-            [
-                recipe_section(config),
-                time_section(config),
-                evaluation_section(config),
-                use_section(config),
-                load_section(config, name),
-            ]
-        )
-    )
-    return str(ModelCard(f"---\n{card_data(config, title).to_yaml()}\n---\n\n{body}"))
+
+
+def card_title(config: dict[str, Any], suffix: str) -> str:
+    kind = "Class-conditional DDPM" if is_conditional(config) else "DDPM"
+    return f"{kind} on {dataset_title(config, 'its data')} ({suffix})"
+
+
+def model_card(config: dict[str, Any], name: str, num_samples: int) -> str:
+    """README.md of a model folder from its config.json; `name` is what `pretrained=` takes
+    (a shipped name, a relative folder or a repo id), `num_samples` how many images
+    samples.png shows (0: none)."""
+    title = card_title(config, "ddpm_lightning")
+    sections = [
+        picture_text(num_samples),
+        recipe_section(config),
+        time_section(config),
+        evaluation_section(config, name),
+        use_section(config),
+        load_section(config, name),
+    ]
+    return card_text(config, title, card_data(config, title), [s for s in sections if s])
+
+
+def pipeline_card(config: dict[str, Any], name: str, num_samples: int) -> str:
+    """README.md of a diffusers pipeline folder (`export format=diffusers`) from the config a
+    model folder would hold; `name` is what `from_pretrained` takes (a relative folder or a
+    repo id), `num_samples` how many images samples.png shows (0: none)."""
+    title = card_title(config, "ddpm_lightning, diffusers pipeline")
+    ours = config["model"]["name"] != "diffusers_unet"
+    load = ours_load_section if ours else unet2d_load_section
+    sections = [
+        picture_text(num_samples),
+        recipe_section(config),
+        time_section(config),
+        evaluation_section(config, None),
+        use_section(config),
+        load(config, name),
+    ]
+    data = card_data(config, title, library="diffusers")
+    return card_text(config, title, data, [s for s in sections if s])

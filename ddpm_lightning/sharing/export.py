@@ -2,7 +2,8 @@
 model card) and samples.png, from a training checkpoint or another model folder, with the
 run's record (overrides, training time, metrics) carried into the config and the card. The
 source and the record are read and checked, and every file is built in memory, before the
-folder's old files are replaced, all at once."""
+folder's old files are replaced, all at once. Nothing in the folder names a path of the
+exporting machine (`sharing.portable`)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ddpm_lightning.sharing.folder import (
     read_config,
     read_weights,
 )
+from ddpm_lightning.sharing.portable import portable_record
 from ddpm_lightning.training.checkpoints import build_module as build_from_settings
 from ddpm_lightning.training.checkpoints import load_weights, read_checkpoint
 from ddpm_lightning.training.outputs import replacing
@@ -212,13 +214,14 @@ def export_folder(
     num_samples: int = 64,
 ) -> dict[str, Path]:
     """Write the model folder of `source` (see checkpoint_source) into `out_dir`, with
-    `sampler` (a sampler config) as the recommended sampler; `name` is what `pretrained=`
-    takes in the card; num_samples=0 skips samples.png. Every file is built first, then the
-    set replaces the folder's old one whole (`replacing`). The written files by name."""
+    `sampler` (a sampler config) as the recommended sampler and the record's overrides without
+    this machine's paths (`portable_record`); `name` is what `pretrained=` takes in the card;
+    num_samples=0 skips samples.png. Every file is built first, then the set replaces the
+    folder's old one whole (`replacing`). The written files by name."""
     hyper_parameters, state_dict, record = source
     out_dir = Path(out_dir)
     config, files = model_files(
-        out_dir, hyper_parameters, state_dict, {"sampler": sampler, **record}
+        out_dir, hyper_parameters, state_dict, {"sampler": sampler, **portable_record(record)}
     )
     picture = samples_picture(config, state_dict, out_dir, num_samples) if num_samples else None
     card = model_card(config, name, num_samples if picture else 0)

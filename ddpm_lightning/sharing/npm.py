@@ -75,11 +75,17 @@ def unpack(tarball: Path, cache: Path) -> None:
             partial.replace(cache / name)
 
 
+def is_cached(cache: Path | None = None) -> bool:
+    """Whether the cache folder holds all of ORT_WEB_FILES, so that nothing is fetched."""
+    cache = cache or cache_folder()
+    return all((cache / name).is_file() for name in ORT_WEB_FILES)
+
+
 def runtime_files(cache: Path | None = None) -> dict[str, Path]:
     """ORT_WEB_FILES by name, in the cache folder; fetched with `npm pack` when missing there."""
     cache = cache or cache_folder()
     files = {name: cache / name for name in ORT_WEB_FILES}
-    if not all(path.is_file() for path in files.values()):
+    if not is_cached(cache):
         with tempfile.TemporaryDirectory() as folder:
             unpack(npm_pack(Path(folder), cache), cache)
     return files

@@ -47,6 +47,11 @@ def model_title(dataset: str | None, num_classes: int | None, identifier: str) -
     return title if identifier in shipped() else f"{title} ({identifier})"
 
 
+def announce(stage: str) -> None:
+    """Print a stage of the build as it starts, flushed: exporting a model takes seconds."""
+    print(stage, flush=True)
+
+
 def add_model(site: Path, pretrained: str, sampler: dict[str, Any]) -> dict[str, str]:
     """Export one model (anything `pretrained=` takes) into `site/models/<id>/`; its entry of
     models.json."""
@@ -65,20 +70,25 @@ def build_site(
 ) -> list[dict[str, str]]:
     """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim or ddpm
     sampler config) as its starting settings, and the `runtime` files (onnxruntime-web's, by
-    name); the new site replaces the old one whole (`replacing`). The entries of
-    models.json."""
+    name), announcing each stage; the new site replaces the old one whole (`replacing`). The
+    entries of models.json."""
     identifiers = [model_id(name) for name in models]
     repeated = sorted({i for i in identifiers if identifiers.count(i) > 1})
     if repeated:
         raise ConfigError(f"models={models} names {repeated[0]} twice; list each model once")
     with replacing(site, SITE_FILES) as folder:
-        entries = [add_model(folder, name, sampler) for name in models]
-        (folder / MODELS_INDEX).write_text(json.dumps(entries, indent=2) + "\n")
-        for name in PAGE_FILES:
-            shutil.copyfile(PAGE_DIR / name, folder / name)
+        entries = []
+        for number, name in enumerate(models, start=1):
+            announce(f"[{number}/{len(models)}] exporting {name} to ONNX")
+            entries.append(add_model(folder, name, sampler))
+        announce(f"copying onnxruntime-web into {RUNTIME_DIR}/")
         (folder / RUNTIME_DIR).mkdir()
         for name, path in runtime.items():
             shutil.copyfile(path, folder / RUNTIME_DIR / name)
+        announce(f"writing the page: {', '.join(PAGE_FILES)}, {MODELS_INDEX}")
+        (folder / MODELS_INDEX).write_text(json.dumps(entries, indent=2) + "\n")
+        for name in PAGE_FILES:
+            shutil.copyfile(PAGE_DIR / name, folder / name)
     return entries
 
 

@@ -1,42 +1,72 @@
 """`python -m ddpm_lightning.tools.summarize DIR`: a multirun's jobs in one table, best first.
 
 DIR is a Hydra sweep folder (`hydra.sweep.dir`, e.g. logs/train/multiruns/<date>): numbered job
-folders 0/, 1/, ... each with `.hydra/` and the CSV logger's `csv/metrics.csv`. The table is
-also written to DIR/summary.csv.
+folders 0/, 1/, ... each with `.hydra/` and the CSV logger's `csv/metrics.csv`. Jobs are ranked
+by the sweep's `optimized_metric` in its sweeper's direction. The terminal shows the overrides
+that vary and that metric, fitted to its width; every metric goes to DIR/summary.csv, and on
+request to a Markdown (`--markdown FILE`) or another CSV file (`--csv FILE`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-from dataclasses import dataclass
+import io
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from ddpm_lightning.errors import ConfigError, report_errors
 
 DEFAULT_METRIC = "val/loss"
 METRICS_CSV = Path("csv") / "metrics.csv"
 NOT_METRICS = ("epoch", "step")
+DIRECTIONS = ("minimize", "maximize")
+# Overrides that change what a training loss measures, so that losses do not compare across them.
+LOSS_CHANGING = ("schedule", "diffusion")
 Cell = str | float | None
+# A width no table reaches: to measure one at its natural width.
+NO_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The metric jobs are ranked by, and whether its highest value is the best."""
+
+    metric: str = DEFAULT_METRIC
+    maximize: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.metric} ({'highest' if self.maximize else 'lowest'} first)"
 
 
 @dataclass
 class Job:
-    """One job folder: its command-line overrides and the last logged value of each metric."""
+    """One job folder: its command-line overrides, the last logged value of each metric and
+    the `optimized_metric` of its config (None when it has none)."""
 
     num: int
     overrides: dict[str, str]
     metrics: dict[str, float]
-    optimized_metric: str
+    optimized_metric: str | None = None
+    ranking: Ranking = field(default_factory=Ranking)
 
     @property
     def score(self) -> float | None:
-        """The optimized metric's final value; None for failed or unfinished jobs."""
-        return self.metrics.get(self.optimized_metric)
+        """The ranked metric's final value; None for failed or unfinished jobs."""
+        return self.metrics.get(self.ranking.metric)
+
+    @property
+    def sort_key(self) -> tuple[bool, float, int]:
+        """Best score first, failed jobs last, ties by job number."""
+        score = self.score or 0.0
+        return (self.score is None, -score if self.ranking.maximize else score, self.num)
 
 
 class UnreadableJob(Exception):
@@ -81,17 +111,42 @@ def load_job(folder: Path) -> Job:
         config = read_yaml(folder / ".hydra" / "config.yaml", dict) or {}
     except UnreadableJob as exc:
         print(f"warning: job {folder.name} counted as failed: {exc}")
-        return Job(num=int(folder.name), overrides={}, metrics={}, optimized_metric=DEFAULT_METRIC)
+        return Job(num=int(folder.name), overrides={}, metrics={})
     return Job(
         num=int(folder.name),
         overrides=dict(str(item).partition("=")[::2] for item in overrides),
         metrics=last_metrics(folder / METRICS_CSV),
-        optimized_metric=config.get("optimized_metric") or DEFAULT_METRIC,
+        optimized_metric=config.get("optimized_metric"),
     )
 
 
+def sweep_record(sweep_dir: Path) -> dict:
+    """The sweep's own config, multirun.yaml ({} when absent or unreadable, with a warning)."""
+    try:
+        return read_yaml(sweep_dir / "multirun.yaml", dict) or {}
+    except UnreadableJob as exc:
+        print(f"warning: {exc}; ranking by the jobs' optimized_metric, lowest first")
+        return {}
+
+
+def sweep_ranking(sweep_dir: Path, jobs: list[Job]) -> Ranking:
+    """multirun.yaml's `optimized_metric` and `hydra.sweeper.direction` (Optuna's); else the
+    first job's `optimized_metric`, else val/loss; lowest first unless the sweeper maximizes."""
+    record = sweep_record(sweep_dir)
+    from_jobs = next((job.optimized_metric for job in jobs if job.optimized_metric), None)
+    metric = record.get("optimized_metric") or from_jobs or DEFAULT_METRIC
+    sweeper = (record.get("hydra") or {}).get("sweeper") or {}
+    direction = str(sweeper.get("direction") or "minimize").lower()
+    if direction not in DIRECTIONS:
+        raise ConfigError(
+            f"{sweep_dir / 'multirun.yaml'}: hydra.sweeper.direction={direction} is neither "
+            "minimize nor maximize; summarize ranks by one metric, so set one direction"
+        )
+    return Ranking(metric, maximize=direction == "maximize")
+
+
 def load_jobs(sweep_dir: Path) -> list[Job]:
-    """Every numbered job folder of `sweep_dir`, best optimized metric first, failed jobs last."""
+    """Every numbered job folder of `sweep_dir`, best ranked metric first, failed jobs last."""
     if not sweep_dir.is_dir():
         raise ConfigError(
             f"{sweep_dir} is not a folder: pass a multirun folder (hydra.sweep.dir), "
@@ -103,8 +158,9 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
             f"{sweep_dir} has no job folders (0/, 1/, ...): pass the multirun folder made by "
             "`python -m ddpm_lightning.train -m ...`, not a single run's folder"
         )
-    jobs = [load_job(folder) for folder in folders]
-    return sorted(jobs, key=lambda job: (job.score is None, job.score or 0.0, job.num))
+    jobs = sorted((load_job(folder) for folder in folders), key=lambda job: job.num)
+    ranking = sweep_ranking(sweep_dir, jobs)
+    return sorted((replace(job, ranking=ranking) for job in jobs), key=lambda job: job.sort_key)
 
 
 def split_overrides(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
@@ -116,11 +172,11 @@ def split_overrides(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
 
 
 def summary_rows(jobs: list[Job]) -> tuple[list[str], list[list[Cell]]]:
-    """Header and rows: job, status, the varying overrides, then metrics (optimized first)."""
+    """Header and rows: job, status, the varying overrides, then metrics (ranked first)."""
     varying, _ = split_overrides(jobs)
-    optimized = jobs[0].optimized_metric
-    names = sorted({name for job in jobs for name in job.metrics} - {optimized})
-    metrics = [optimized, *names]
+    ranked = jobs[0].ranking.metric
+    names = sorted({name for job in jobs for name in job.metrics} - {ranked})
+    metrics = [ranked, *names]
     header = ["job", "status", *varying, *metrics]
     rows = [
         [
@@ -134,12 +190,20 @@ def summary_rows(jobs: list[Job]) -> tuple[list[str], list[list[Cell]]]:
     return header, rows
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[Cell]]) -> Path:
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(["" if cell is None else cell for cell in row] for row in rows)
-    return path
+def brief_rows(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the short table: job, the varying overrides and the ranked metric
+    (`failed` where a job has none), numbers to 4 digits."""
+    varying, _ = split_overrides(jobs)
+    header = ["job", *varying, jobs[0].ranking.metric]
+    rows = [
+        [
+            str(job.num),
+            *(table_cell(job.overrides.get(key, "")) for key in varying),
+            "failed" if job.score is None else table_cell(job.score),
+        ]
+        for job in jobs
+    ]
+    return header, rows
 
 
 def table_cell(cell: Cell) -> str:
@@ -155,30 +219,128 @@ def table_cell(cell: Cell) -> str:
     return cell or ""
 
 
-def rich_table(jobs: list[Job], header: list[str], rows: list[list[Cell]]) -> Table:
-    """The rows with short numbers, failed jobs in red; overrides shared by all in the caption."""
+def title(jobs: list[Job]) -> str:
+    noun = "job" if len(jobs) == 1 else "jobs"
+    return f"{len(jobs)} {noun} ranked by {jobs[0].ranking}"
+
+
+def shared_text(jobs: list[Job]) -> str:
+    """The overrides every job shares, as they were typed."""
     _, shared = split_overrides(jobs)
-    table = Table(
-        title=f"{len(jobs)} jobs, sorted by {jobs[0].optimized_metric} (lowest first)",
-        caption=" ".join(f"{key}={value}" for key, value in shared.items()) or None,
+    return " ".join(f"{key}={value}" for key, value in shared.items())
+
+
+def loss_caveat(jobs: list[Job]) -> str | None:
+    """A note when a loss ranks jobs that differ in what that loss measures (schedule,
+    objective, weighting, ...): those losses are on different scales."""
+    metric = jobs[0].ranking.metric
+    varying, _ = split_overrides(jobs)
+    changing = [key for key in varying if key.lstrip("+~").split(".")[0] in LOSS_CHANGING]
+    if not metric.endswith("loss") or not changing:
+        return None
+    return (
+        f"note: the jobs differ in {' and '.join(changing)}, which changes what {metric} "
+        "measures, so it ranks them unfairly; rank such sweeps by samples, e.g. "
+        "optimized_metric=val/fld"
     )
-    for name in header:
-        table.add_column(name, justify="left" if name in ("job", "status") else "right")
+
+
+def split_header(key: str) -> str:
+    """`model.model_channels` as `model.` over `model_channels`: narrower, still whole."""
+    return key.replace(".", ".\n")
+
+
+def rich_table(header: list[str], rows: list[list[str]], split: bool) -> Table:
+    """The short table, failed jobs in red; long values fold onto another line instead of
+    being cut, and `split` breaks the header keys at their dots."""
+    table = Table()
+    names = [split_header(name) for name in header] if split else header
+    for name in names[:-1]:
+        table.add_column(name, overflow="fold")
+    table.add_column(names[-1], justify="right", overflow="fold")
     for row in rows:
-        style = "red" if row[1] == "failed" else None
-        table.add_row(*(table_cell(cell) for cell in row), style=style)
+        table.add_row(*row, style="red" if row[-1] == "failed" else None)
     return table
 
 
-def summarize(sweep_dir: Path, console: Console | None = None) -> Path:
-    """Print the sweep's table and write it to `sweep_dir/summary.csv`; return that path."""
-    jobs = load_jobs(sweep_dir)
-    header, rows = summary_rows(jobs)
-    console = console or Console()
-    console.print(rich_table(jobs, header, rows))
-    path = write_csv(sweep_dir / "summary.csv", header, rows)
-    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+def fitted_table(jobs: list[Job], console: Console) -> Table:
+    """The short table; its header keys broken at the dots when whole ones are too wide."""
+    header, rows = brief_rows(jobs)
+    table = rich_table(header, rows, split=False)
+    unlimited = console.options.update_width(NO_LIMIT)
+    if Measurement.get(console, unlimited, table).maximum <= console.width:
+        return table
+    return rich_table(header, rows, split=True)
+
+
+def print_table(jobs: list[Job], console: Console) -> None:
+    """The ranking, the short table, the overrides every job shares and any caveat."""
+    console.print(title(jobs), highlight=False)
+    console.print(fitted_table(jobs, console))
+    shared = shared_text(jobs)
+    if shared:
+        console.print(Text(f"every job: {shared}", overflow="fold"), highlight=False)
+    caveat = loss_caveat(jobs)
+    if caveat:
+        console.print(caveat, style="yellow", highlight=False)
+
+
+def markdown_text(jobs: list[Job]) -> str:
+    """The short table as Markdown, under a line naming the ranking and the shared overrides."""
+    header, rows = brief_rows(jobs)
+    shared = shared_text(jobs)
+    lead = f"{title(jobs)}" + (f"; every job: `{shared}`" if shared else "")
+    lines = [lead, "", markdown_row(header), "|" + "---|" * (len(header) - 1) + "---:|"]
+    return "\n".join([*lines, *(markdown_row(row) for row in rows)]) + "\n"
+
+
+def markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def csv_text(header: list[str], rows: list[list[Cell]]) -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(["" if cell is None else cell for cell in row] for row in rows)
+    return buffer.getvalue()
+
+
+def write_text(path: Path, text: str, fix: str) -> Path:
+    """`text` written to `path`; an unwritable path is a one-line error ending in `fix`."""
+    try:
+        with path.open("w", newline="") as file:
+            file.write(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror}): {fix}") from None
     return path
+
+
+def terminal_width() -> int:
+    """The terminal's columns (or $COLUMNS); 80 when the output is no terminal."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def summarize(
+    sweep_dir: Path,
+    console: Console | None = None,
+    markdown: Path | None = None,
+    csv_path: Path | None = None,
+) -> Path:
+    """Print the sweep's short table, write the full one to `sweep_dir/summary.csv` (and
+    `csv_path`) and the short one to `markdown` when given; return summary.csv's path."""
+    jobs = load_jobs(sweep_dir)
+    console = console or Console(width=terminal_width())
+    print_table(jobs, console)
+    full = csv_text(*summary_rows(jobs))
+    written = [write_text(sweep_dir / "summary.csv", full, "make DIR writable")]
+    if csv_path:
+        written.append(write_text(csv_path, full, "pass --csv a writable path"))
+    if markdown:
+        written.append(write_text(markdown, markdown_text(jobs), "pass --markdown a writable path"))
+    for path in written:
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    return written[0]
 
 
 @report_errors
@@ -188,7 +350,17 @@ def main(argv: list[str] | None = None) -> Path:
         description="Table of a Hydra multirun's jobs and final metrics, best first.",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="the multirun (hydra.sweep.dir)")
-    return summarize(parser.parse_args(argv).dir)
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write the table as Markdown to FILE"
+    )
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        metavar="FILE",
+        help="also write every metric as CSV to FILE (as DIR/summary.csv)",
+    )
+    args = parser.parse_args(argv)
+    return summarize(args.dir, markdown=args.markdown, csv_path=args.csv)
 
 
 if __name__ == "__main__":

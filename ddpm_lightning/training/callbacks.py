@@ -1,15 +1,19 @@
-"""Training callbacks of our own, which sample from the model as it trains: the FLD of fresh
-samples, and sample grids from fixed noise. Both run when validation ends, while the EMA
-weights (if any) are swapped in."""
+"""Training callbacks of our own: two sample from the model as it trains (the FLD of fresh
+samples, and sample grids from fixed noise; both run when validation ends, while the EMA
+weights, if any, are swapped in), the others shape what a run shows and logs (a progress bar
+over the whole run, throughput of training only, the test pass announced)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor, WeightAveraging
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
@@ -18,6 +22,7 @@ from ddpm_lightning.diffusion.samplers import Sampler
 from ddpm_lightning.errors import ConfigError, DDPMError
 from ddpm_lightning.evaluation.fld import FLD
 from ddpm_lightning.evaluation.pictures import grid, to_pil
+from ddpm_lightning.training.time_budget import budget_timer, fitted_steps
 
 if TYPE_CHECKING:
     from ddpm_lightning.training.module import DiffusionModule
@@ -161,3 +166,107 @@ class SampleGridCallback(L.Callback):
         module = cast("DiffusionModule", pl_module)
         if self.active(trainer, module) and trainer.global_step > 0:
             self.draw(trainer, module, "final.png")
+
+
+class RunProgressBar(RichProgressBar):
+    """Lightning's rich progress bar with one training bar for the whole run instead of one per
+    epoch: the optimizer steps done out of the run's (`trainer.max_steps` or the epochs' steps,
+    whichever is smaller), so the time it shows left is the run's. With `+trainer.max_time` the
+    total is the steps that fit the time left at the pace so far (validation included), so the
+    bar ends at the time limit. Validation and the test pass keep their own bars."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start: tuple[int, float] | None = None
+        self.endless = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.start = None
+
+    def run_steps(self, trainer: L.Trainer) -> float:
+        """The run's total optimizer steps as described above (infinite when nothing bounds
+        them, or while the pace of a time-limited run without a step bound is unknown)."""
+        planned = trainer.estimated_stepping_batches
+        timer = budget_timer(trainer)
+        if timer is None:
+            return planned
+        step, elapsed = trainer.global_step, timer.time_elapsed()
+        if self.start is None:
+            self.start = (step, elapsed)
+        start_step, start_time = self.start
+        seconds_left = timer.time_remaining()
+        if step == start_step or elapsed <= start_time or seconds_left is None:
+            return planned
+        return fitted_steps(
+            step, (elapsed - start_time) / (step - start_step), seconds_left, planned
+        )
+
+    def show_run(self, trainer: L.Trainer) -> None:
+        """Point the training bar at the steps done out of `run_steps`; an infinite total gets
+        Lightning's bar without an end, replaced once the total is known. The total is set on
+        the task itself: rich's `update(total=)` would forget the pace it measured, and with
+        it the time left, each time a time-limited run's total moves."""
+        if self.progress is None or not self.is_enabled:
+            return
+        total = self.run_steps(trainer)
+        if self.train_progress_bar_id is not None and self.endless != math.isinf(total):
+            self.progress.remove_task(self.train_progress_bar_id)
+            self.train_progress_bar_id = None
+        if self.train_progress_bar_id is None:
+            description = self._get_train_description(trainer.current_epoch)
+            self.train_progress_bar_id = self._add_task(total, description)
+            self.endless = math.isinf(total)
+        (task,) = [task for task in self.progress.tasks if task.id == self.train_progress_bar_id]
+        task.total = total
+        self.progress.update(self.train_progress_bar_id, completed=trainer.global_step)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        """Lightning's `Epoch N/M`, or `Epoch N` without an epoch limit (it would show `/-2`)."""
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
+            return f"Epoch {current_epoch}"
+        return super()._get_train_description(current_epoch)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.show_run(trainer)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            description = self._get_train_description(trainer.current_epoch)
+            self.progress.update(self.train_progress_bar_id, description=description)
+        self.refresh()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.show_run(trainer)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+
+class TrainingThroughput(ThroughputMonitor):
+    """Lightning's ThroughputMonitor that logs training's figures only (`train/samples_per_sec`
+    and the rest): validation is still timed, so that training's rate leaves it out, but neither
+    validation nor the test pass logs its bookkeeping (`validate/*`, `test/batches`,
+    `test/time`, `test/device/*`, each batch)."""
+
+    def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
+        if trainer.state.stage == RunningStage.TRAINING:
+            super()._compute(trainer, iter_num)
+
+
+class TestAnnouncement(L.Callback):
+    """Says, as the test pass after training begins, which weights it tests on how many
+    batches: it runs over the whole test split and shows its results only at the end."""
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        averaged = any(isinstance(c, WeightAveraging) for c in trainer.callbacks)  # type: ignore[attr-defined]
+        weights = "final EMA weights" if averaged else "final weights"
+        batches = sum(trainer.num_test_batches)
+        each = " per process" if trainer.world_size > 1 else ""
+        print(f"testing the {weights} on {batches:,} batches{each} of the test split…", flush=True)

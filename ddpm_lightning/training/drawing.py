@@ -94,12 +94,13 @@ def samples_metadata(
 ) -> dict[str, Any]:
     """What made a set of samples: the model's dataset (so evaluate scores them against the
     right test set), `source` (`{"pretrained": …}` or `{"ckpt_path": …}`), the seed and the
-    sampler's settings as applied."""
+    sampler's settings as applied, with its network calls per sample."""
     return {
         "dataset": module.hparams.get("dataset"),
         **source,
         "seed": seed,
         "sampler": applied_settings(settings, sampler),
+        "network_evaluations": sampler.network_evaluations(),
     }
 
 

@@ -1,16 +1,20 @@
-"""Experiment loggers: wandb that never prompts, a logging interval that fits short runs, and
-clean shutdown of every logger."""
+"""Experiment loggers: a CSV log and a wandb run that a resumed run continues, wandb that never
+prompts, a logging interval that fits short runs, and clean shutdown of every logger."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 def has_wandb_credentials() -> bool:
@@ -32,17 +36,29 @@ def run_name(base: str) -> str:
     return f"{base}:{overrides}" if overrides else base
 
 
+def recorded_run_id(save_dir: Path) -> str | None:
+    """The id of the wandb run logged from `save_dir` before (wandb names the folder of its
+    newest run there `wandb/latest-run` -> `[offline-]run-<date>_<time>-<id>`), or None."""
+    latest = save_dir / "wandb" / "latest-run"
+    if not latest.is_symlink():
+        return None
+    return Path(os.readlink(latest)).name.rsplit("-", 1)[-1] or None
+
+
 def wandb_logger(
     project: str = "ddpm-lightning",
     name: str = "train",
     group: str | None = None,
     tags: Sequence[str] = (),
     save_dir: str | Path = ".",
-    log_model: bool = False,
+    log_model: bool | Literal["all"] = False,
 ) -> WandbLogger:
-    """A WandbLogger that runs offline without credentials, so it never asks for a login.
+    """A WandbLogger that runs offline without credentials, so it never asks for a login, and
+    continues the wandb run logged from `save_dir` before (a run resumed in its folder: the
+    same id, which Lightning passes with `resume="allow"`).
 
-    WANDB_MODE, when set, wins (e.g. `WANDB_MODE=disabled`).
+    WANDB_MODE, when set, wins (e.g. `WANDB_MODE=disabled`). `log_model`: true uploads the
+    checkpoints of `ModelCheckpoint` as artifacts when training ends, `all` as each is saved.
     """
     mode = None
     if not os.environ.get("WANDB_MODE"):
@@ -56,7 +72,31 @@ def wandb_logger(
         save_dir=str(save_dir),
         log_model=log_model,
         mode=mode,
+        id=recorded_run_id(Path(save_dir)),
     )
+
+
+class ContinuedMetrics(ExperimentWriter):
+    """Lightning's CSV writer, which deletes the metrics.csv it finds, made to continue it: its
+    rows and header are kept and new rows appended (under a wider header when new metrics
+    come), so a run resumed in its folder keeps one metrics.csv."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's CSVLogger writing through `ContinuedMetrics`."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if not isinstance(self._experiment, ContinuedMetrics):
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = ContinuedMetrics(log_dir=self.log_dir)
+        return self._experiment
 
 
 class FitLogInterval(L.Callback):

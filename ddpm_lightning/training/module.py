@@ -89,6 +89,9 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_config = optimizer
         self.lr_schedule = {"warmup_steps": 0, "cosine_decay": False, **(lr_schedule or {})}
         self.data_shape = tuple(data_shape)
+        # The schedule first: a bad schedule.num_timesteps is named as the user wrote it, not
+        # as the model's copy of it.
+        noise_schedule = build("schedule", schedule)
         model, self.fast_paths = split_fast_paths(model)
         self.hparams["model"] = model
         self.model = build("model", model)
@@ -102,7 +105,7 @@ class DiffusionModule(L.LightningModule):
         self.p_uncond = float(diffusion.pop("p_uncond", 0.1))
         if not 0 <= self.p_uncond < 1:
             raise ConfigError(f"diffusion.p_uncond={self.p_uncond} must lie in [0, 1)")
-        self.diffusion = GaussianDiffusion(build("schedule", schedule), **diffusion)
+        self.diffusion = GaussianDiffusion(noise_schedule, **diffusion)
         # The objective is recorded even when left to its default: files never make it a guess.
         self.hparams["diffusion"] = {
             **dict(self.hparams["diffusion"] or {}),

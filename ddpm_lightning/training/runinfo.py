@@ -1,13 +1,26 @@
-"""What reproduces a run: the command line, package versions and the git commit."""
+"""A run's records and where it continues: `run_info.json` (the command line, package versions
+and git commit of the start and of each resume), the checkpoint `ckpt_path` names, and the run
+folder a resumed run continues in."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import platform
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.safety import check_resume_checkpoint, find_last_checkpoint
 
 PACKAGES = (
     "ddpm_lightning",
@@ -19,6 +32,8 @@ PACKAGES = (
     "torchmetrics",
     "numpy",
 )
+# `paths.output_dir` as conf/paths/default.yaml sets it: the run's outputs go to Hydra's folder.
+HYDRA_FOLDER = "${hydra:runtime.output_dir}"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -45,14 +60,115 @@ def git_commit(directory: Path) -> dict[str, str | bool] | None:
         return None
 
 
-def write_run_info(output_dir: Path, project_root: Path) -> Path:
-    """Write `run_info.json` (command, versions, git) into the run folder."""
+def earlier_record(path: Path) -> dict[str, Any] | None:
+    """The record `path` holds, or None when there is none or it is unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_run_info(output_dir: Path, project_root: Path, resumed: bool = False) -> Path:
+    """Write `run_info.json` (command, versions, git) into the run folder; a `resumed` run adds
+    its own under `resumes`, after the record of the run's start."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    info = {
+    info: dict[str, Any] = {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "versions": package_versions(),
         "git": git_commit(project_root),
     }
     path = output_dir / "run_info.json"
+    earlier = earlier_record(path) if resumed else None
+    if earlier is not None:
+        info = {**earlier, "resumes": [*earlier.get("resumes", []), info]}
     path.write_text(json.dumps(info, indent=2) + "\n")
     return path
+
+
+def module_arguments(cfg: DictConfig, data_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The DiffusionModule arguments of `cfg`, every sub-config as a plain, resolved dict."""
+
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    return {
+        "model": plain(cfg.model),
+        "schedule": plain(cfg.schedule),
+        "diffusion": plain(cfg.get("diffusion")),
+        "optimizer": plain(cfg.optimizer),
+        "lr_schedule": plain(cfg.get("lr_schedule")),
+        "data_shape": data_shape,
+        "dataset": cfg.data.get("name"),
+    }
+
+
+def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
+    """The LightningModule with every sub-config as a plain, resolved dict."""
+    return DiffusionModule(**module_arguments(cfg, data_shape))
+
+
+def sweep_job() -> list[str] | None:
+    """This sweep job's command-line overrides, None outside a multirun."""
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is None or hydra.mode != RunMode.MULTIRUN:
+        return None
+    return list(hydra.overrides.task)
+
+
+def resume_checkpoint(cfg: DictConfig, hparams: dict[str, Any]) -> Path | None:
+    """The checkpoint `ckpt_path` names, checked to match `hparams`: `last` = the newest
+    last.ckpt of this task_name that is no smoke test and whose model and schedule match, and
+    in a sweep the one its own job wrote (see `find_last_checkpoint`)."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        runs = Path(cfg.paths.log_dir) / cfg.task_name
+        path = find_last_checkpoint(runs, cfg.task_name, hparams, sweep_job())
+    else:
+        path = Path(ckpt_path)
+    check_resume_checkpoint(path, hparams)
+    return path
+
+
+def run_folder_of(checkpoint: Path) -> Path | None:
+    """The run folder whose `checkpoints/last.ckpt` `checkpoint` is, None for any other file:
+    a run continues in place from its newest state only, never from an older checkpoint."""
+    checkpoint = checkpoint.resolve()
+    if checkpoint.name != "last.ckpt" or checkpoint.parent.name != "checkpoints":
+        return None
+    return checkpoint.parent.parent
+
+
+def continues_in_place(cfg: DictConfig) -> bool:
+    """Whether a train command may continue a run in its folder: a single run (not a sweep job,
+    not a fast_dev_run smoke test) that writes into Hydra's run folder."""
+    paths = OmegaConf.to_container(cfg.paths, resolve=False)
+    return (
+        isinstance(paths, dict)
+        and paths.get("output_dir") == HYDRA_FOLDER
+        and cfg.hydra.mode == RunMode.RUN
+        and cfg.hydra.job.config_name == "train"
+        and cfg.get("ckpt_path") is not None
+        and not OmegaConf.select(cfg, "trainer.fast_dev_run", default=False)
+    )
+
+
+def resumed_run_folder(cfg: DictConfig) -> Path | None:
+    """The folder of the run a train command resumes, for `hydra.run.dir`: that of the
+    `checkpoints/last.ckpt` which `resume_checkpoint` picks, None when the command starts a new
+    run or resumes elsewhere (`continues_in_place`).
+
+    Any problem with the checkpoint also gives None: the command then checks it again and
+    reports it in one line. Its choice is printed then too, so it is not printed here.
+    """
+    try:
+        if not continues_in_place(cfg):
+            return None
+        hparams = dict(build_module(cfg, instantiate(cfg.data).data_shape).hparams)
+        with contextlib.redirect_stdout(io.StringIO()):
+            checkpoint = resume_checkpoint(cfg, hparams)
+    except Exception:
+        return None
+    return None if checkpoint is None else run_folder_of(checkpoint)

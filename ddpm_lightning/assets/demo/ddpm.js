@@ -11,6 +11,10 @@
 
 const ORT_MODULE = './ort/ort.wasm.bundle.min.mjs';
 const NUM_SAMPLES = 8;
+// The first look the page generates on load: DDIM with at most this many steps.
+const PREVIEW_STEPS = 10;
+// Tiles a row holds before the samples take two or more rows: one of each of 10 classes fits.
+const MAX_COLUMNS = 10;
 // Karras et al. 2022 (EDM), Table 1: σ_max of the ρ-spaced grid and its exponent ρ.
 const KARRAS_SIGMA_MAX = 80;
 const KARRAS_RHO = 7;
@@ -305,28 +309,52 @@ function workerMain() {
 
 const $ = (id) => document.getElementById(id);
 
-/** Draw n images (flat, [-1, 1]) into `canvas`, side by side with a 2-pixel gap. */
-function draw(canvas, images, shape, n) {
+/** Draw image `index` of `images` (flat, [-1, 1]) into `canvas`. */
+function paint(canvas, images, shape, index = 0) {
   const [channels, height, width] = shape;
-  const gap = 2;
-  canvas.width = n * width + (n - 1) * gap;
+  canvas.width = width;
   canvas.height = height;
   const context = canvas.getContext('2d');
-  const picture = context.createImageData(canvas.width, canvas.height);
+  const picture = context.createImageData(width, height);
   picture.data.fill(255);
-  const size = channels * height * width;
-  for (let s = 0; s < n; s++) {
-    for (let r = 0; r < height; r++) {
-      for (let c = 0; c < width; c++) {
-        const p = 4 * (r * canvas.width + s * (width + gap) + c);
-        for (let ch = 0; ch < 3; ch++) {
-          const value = images[s * size + (channels === 3 ? ch : 0) * height * width + r * width + c];
-          picture.data[p + ch] = Math.round((Math.min(1, Math.max(-1, value)) + 1) * 127.5);
-        }
-      }
+  const offset = index * channels * height * width;
+  for (let p = 0; p < height * width; p++) {
+    for (let ch = 0; ch < 3; ch++) {
+      const value = images[offset + (channels === 3 ? ch : 0) * height * width + p];
+      picture.data[4 * p + ch] = Math.round((Math.min(1, Math.max(-1, value)) + 1) * 127.5);
     }
   }
   context.putImageData(picture, 0, 0);
+}
+
+/** Columns of the samples' grid: one row up to MAX_COLUMNS, then rows as even as can be. */
+function gridColumns(n) {
+  return Math.ceil(n / Math.ceil(n / MAX_COLUMNS));
+}
+
+/** The class a tile shows: its name (the digit for MNIST), or its number without names. */
+function className(info, label) {
+  return info.class_names?.[label] ?? String(label);
+}
+
+/** Replace the samples' grid by n empty tiles, captioned by `captions` (null: none); their
+ * canvases. */
+function layTiles(n, captions) {
+  const figures = Array.from({ length: n }, (_, s) => {
+    const figure = document.createElement('figure');
+    figure.className = 'tile';
+    figure.append(document.createElement('canvas'));
+    if (captions !== null) {
+      const caption = document.createElement('figcaption');
+      caption.textContent = captions[s];
+      figure.append(caption);
+    }
+    return figure;
+  });
+  $('grid').style.setProperty('--columns', gridColumns(n));
+  $('grid').replaceChildren(...figures);
+  $('samples-caption').textContent = `${n} samples`;
+  return figures.map((figure) => figure.firstChild);
 }
 
 /** A Float32Array from a Float32Array, a plain array, or the URL of a .bin (float32,
@@ -389,6 +417,8 @@ async function pageMain() {
     const info = await record(model);
     const shape = info.data_shape;
     const n = noise.length / shape.reduce((a, b) => a * b, 1);
+    const tiles = layTiles(n, labels === null ? null : labels.map((label) => className(info, label)));
+    const paintAll = (x) => tiles.forEach((canvas, s) => paint(canvas, x, shape, s));
     const started = performance.now();
     $('generate').disabled = true;
     document.body.dataset.state = 'running';
@@ -399,15 +429,15 @@ async function pageMain() {
           $('progress').max = total;
           $('progress').value = i + 1;
           $('status').textContent = `step ${i + 1} of ${total} (t = ${t})`;
-          draw($('xt'), x, shape, 1);
-          draw($('x0'), x0, shape, 1);
-          draw($('grid'), x, shape, n);
+          paint($('xt'), x, shape);
+          paint($('x0'), x0, shape);
+          paintAll(x);
         };
         pending.set(id, { resolve, reject, onStep });
         worker.postMessage({ id, path: model.path, record: info, noise, labels, settings, seed, stepNoise });
       });
-      draw($('xt'), images, shape, 1);
-      draw($('grid'), images, shape, n);
+      paint($('xt'), images, shape);
+      paintAll(images);
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
       $('status').textContent = `${n} samples in ${seconds} s`;
       document.body.dataset.state = 'done';
@@ -421,17 +451,23 @@ async function pageMain() {
     }
   }
 
+  /** The classes the controls ask for: each class once for 'one of each', else NUM_SAMPLES of
+   * the chosen one; null for an unconditional model. */
+  function chosenLabels(info) {
+    if (info.num_classes === null) return null;
+    const choice = $('label').value;
+    if (choice === 'mixed') return Array.from({ length: info.num_classes }, (_, i) => i);
+    return new Array(NUM_SAMPLES).fill(Number(choice));
+  }
+
   /** The request the controls describe: seeded noise, the class choice, the settings. */
   async function fromControls() {
     const model = modelById($('model').value);
     const info = await record(model);
     const seed = Number($('seed').value) >>> 0;
     const size = info.data_shape.reduce((a, b) => a * b, 1);
-    let labels = null;
-    if (info.num_classes !== null) {
-      const choice = $('label').value;
-      labels = choice === 'mixed' ? balancedLabels(NUM_SAMPLES, info.num_classes) : new Array(NUM_SAMPLES).fill(Number(choice));
-    }
+    const labels = chosenLabels(info);
+    const n = labels === null ? NUM_SAMPLES : labels.length;
     const settings = {
       ...info.sampler,
       name: $('sampler').value,
@@ -439,7 +475,24 @@ async function pageMain() {
       eta: Number($('eta').value),
       guidance_scale: info.num_classes !== null ? Number($('gamma').value) : null,
     };
-    return { model, noise: normals(seed)(NUM_SAMPLES * size), labels, settings, seed };
+    return { model, noise: normals(seed)(n * size), labels, settings, seed };
+  }
+
+  /** The controls' request with DDIM of at most PREVIEW_STEPS steps: quick, to show samples on
+   * load before anyone presses Generate. */
+  async function preview() {
+    const request = await fromControls();
+    const { settings, model } = request;
+    const steps = settings.name === 'ddim' ? settings.num_steps : (await record(model)).num_timesteps;
+    const quick = { name: 'ddim', num_steps: Math.min(PREVIEW_STEPS, steps), spacing: settings.spacing ?? 'uniform' };
+    return { ...request, settings: { ...settings, ...quick } };
+  }
+
+  /** Generate the preview and say in the status line that Generate runs the full settings. */
+  async function firstLook() {
+    const request = await preview();
+    await run(request);
+    $('status').textContent += `: a first look with DDIM-${request.settings.num_steps}, press Generate for the settings above`;
   }
 
   $('model').replaceChildren(...models.map((m) => new Option(m.title, m.id)));
@@ -470,6 +523,7 @@ async function pageMain() {
       return Array.from(await run({ model, noise, labels, settings, seed: 0, stepNoise }));
     },
   };
+  await firstLook();
 }
 
 if (typeof document !== 'undefined') {

@@ -1,0 +1,80 @@
+"""The LightningModule of a progressive-distillation round: a DiffusionModule whose network,
+the student, learns two teacher steps per step."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ddpm_lightning.distill.progressive import ProgressiveDiffusion
+from ddpm_lightning.distill.settings import distill_settings
+from ddpm_lightning.distill.teacher import FrozenTeacher, check_teacher
+from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.training.module import DiffusionModule
+
+
+class ProgressiveDistillation(DiffusionModule):
+    """One round of progressive distillation (Salimans & Ho 2022, Algorithm 2) as a Lightning
+    fit: the student, this module's network started from `teacher`'s weights, learns in each
+    step of the `teacher_steps`/2-step DDIM grid what the teacher does in two steps of the
+    `teacher_steps` grid (`ProgressiveDiffusion`). Training, validation (`val/loss` is the
+    distillation loss), the EMA callback, checkpoints and resuming are DiffusionModule's.
+
+    The other arguments are the student's DiffusionModule settings, which must match the
+    teacher's (`check_teacher`). `distill` (settings.py) records the round; checkpoints keep it
+    beside the hyperparameters, as `checkpoint["distill"]`, so that `sample`, `evaluate` and
+    `export` read a round's checkpoint as the DiffusionModule it is. Conditional models: the
+    teacher sees the student's labels, the null label where DiffusionModule drops them, so the
+    student learns both maps; guidance stays a sampling setting.
+    """
+
+    def __init__(
+        self,
+        teacher: DiffusionModule,
+        distill: dict[str, Any],
+        model: dict[str, Any],
+        schedule: dict[str, Any],
+        diffusion: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        lr_schedule: dict[str, Any] | None = None,
+        data_shape: tuple[int, ...] = (1, 32, 32),
+        dataset: str | None = None,
+    ):
+        super().__init__(model, schedule, diffusion, optimizer, lr_schedule, data_shape, dataset)
+        self.distill = distill_settings(distill)
+        self.hparams["distill"] = self.distill
+        check_teacher(teacher, self, self.distill["teacher"])
+        self.model.load_state_dict(teacher.model.state_dict())
+        self.diffusion = ProgressiveDiffusion(
+            self.diffusion.schedule,
+            FrozenTeacher(teacher.model),
+            self.distill["teacher_steps"],
+            spacing=self.distill["spacing"],
+            weighting=self.distill["weighting"],
+            objective=self.diffusion.objective.value,
+            loss=self.diffusion.loss_type.value,
+        )
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """DiffusionModule's record of its arguments, less the teacher: a network whose weights
+        are not this module's (`distill.teacher` names where it came from)."""
+        caller = inspect.currentframe()
+        kwargs.setdefault("frame", caller.f_back if caller else None)
+        super().save_hyperparameters(*args, ignore="teacher", **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """DiffusionModule's checkpoint, the round's `distill` record moved out of the
+        hyperparameters to `checkpoint["distill"]`."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["distill"] = checkpoint["hyper_parameters"].pop("distill")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume only a checkpoint of the same round (equal `distill` records)."""
+        saved = checkpoint.get("distill")
+        if saved != self.distill:
+            found = "no distillation round" if saved is None else f"the round {saved}"
+            raise ConfigError(
+                f"the checkpoint to resume holds {found}, not distill={self.distill}: resume "
+                "with its distill settings, or name it in distill.teacher to distill from it"
+            )
+        super().on_load_checkpoint(checkpoint)
