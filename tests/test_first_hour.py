@@ -367,7 +367,7 @@ def test_lightning_notices_and_the_model_table_only_with_verbose(
         code, lines, stderr = run_command(
             train_command.main,
             run_into(
-                tmp_path / "run", data_root, *SHORT_RUN, *(["+verbose=true"] if verbose else [])
+                tmp_path / "run", data_root, *SHORT_RUN, *(["verbose=true"] if verbose else [])
             ),
             monkeypatch,
             capsys,

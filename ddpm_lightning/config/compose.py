@@ -254,7 +254,7 @@ def printed_to(path: Path) -> Iterator[None]:
 
 
 # Lightning's notices that say nothing about this run: hardware it does not use, a product tip,
-# bookkeeping. `+verbose=true` shows them (and the train command's model summary table).
+# bookkeeping. `verbose=true` shows them (and the train command's model summary table).
 QUIET_NOTICES = re.compile(
     r"GPU available: |TPU available: |💡 Tip: |Loading `train_dataloader` to estimate"
 )

@@ -236,6 +236,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     },
     "sample": {
         "task_name": NAME,
+        "verbose": BOOLEAN,
         **MODEL_SOURCE,
         "num_samples": integer(1),
         "force": BOOLEAN,
@@ -250,6 +251,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     },
     "evaluate": {
         "task_name": NAME,
+        "verbose": BOOLEAN,
         **MODEL_SOURCE,
         "samples": optional(PATH),
         "dataset": typed(Annotated[str, OneOf(DATASETS)] | None),
@@ -263,6 +265,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     },
     "export": {
         "task_name": NAME,
+        "verbose": BOOLEAN,
         "ckpt_path": optional(PATH),
         "pretrained": optional(TEXT),
         "format": choice("folder", "diffusers", "onnx"),
@@ -278,6 +281,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     },
     "demo": {
         "task_name": NAME,
+        "verbose": BOOLEAN,
         "models": optional(list_of(TEXT, "model names, folders or Hub repo ids")),
         "out_dir": PATH,
         "serve": BOOLEAN,
@@ -286,6 +290,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     },
     "classifier": {
         "task_name": NAME,
+        "verbose": BOOLEAN,
         "seed": SEED,
         "lr": POSITIVE,
         "augment.max_shift": integer(0),
