@@ -1,4 +1,5 @@
 import csv
+import json
 import subprocess
 from pathlib import Path
 
@@ -258,3 +259,26 @@ def test_an_unwritable_markdown_path_is_one_line(tmp_path, capsys):
         f"error: cannot write {markdown} (No such file or directory): "
         "pass --markdown a writable path\n"
     )
+
+
+def test_an_evaluate_sweep_is_ranked_by_fld_with_its_network_calls(tmp_path, capsys):
+    """`python -m ddpm_lightning.evaluate -m sampler.num_steps=2,4,8`: each job has a
+    metrics.json and no CSV logger; the table is FLD against network calls, lowest FLD first."""
+    sweep = tmp_path / "multirun"
+    for num, (steps, fld) in enumerate([(2, 845.9), (4, 110.3), (8, 19.9)]):
+        hydra_dir = sweep / str(num) / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "overrides.yaml").write_text(
+            yaml.safe_dump(["pretrained=mnist", f"sampler.num_steps={steps}"])
+        )
+        (hydra_dir / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
+        record = {"seed": 0, "sampler": {"num_steps": steps}, "network_evaluations": steps}
+        (sweep / str(num) / "metrics.json").write_text(json.dumps({**record, "fld": fld}))
+    summarize_path = main([str(sweep)])
+    printed = capsys.readouterr().out
+    assert "3 jobs ranked by fld (lowest first)" in printed
+    rows = read_summary(sweep)
+    assert [row["sampler.num_steps"] for row in rows] == ["8", "4", "2"]
+    assert [float(row["network_evaluations"]) for row in rows] == [8.0, 4.0, 2.0]
+    assert [float(row["fld"]) for row in rows] == [19.9, 110.3, 845.9]
+    assert "seed" not in rows[0] and summarize_path == sweep / "summary.csv"

@@ -89,11 +89,13 @@ def test_a_sweep_names_its_folder_first_and_last(tmp_path):
 
 
 def test_a_sweep_without_metrics_is_not_sent_to_summarize(tmp_path):
-    """sample and evaluate sweeps log no csv/metrics.csv for summarize to read."""
+    """sample sweeps log nothing summarize reads; evaluate sweeps' metrics.json it reads."""
     for num in range(3):
         (tmp_path / str(num) / ".hydra").mkdir(parents=True)
     (tmp_path / "multirun.yaml").touch()
     assert end_line(tmp_path) == f"sweep folder: {tmp_path} (3 jobs)"
+    (tmp_path / "1" / "metrics.json").write_text("{}")
+    assert end_line(tmp_path) == summarize_line(tmp_path, 3)
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "evaluate"])

@@ -11,7 +11,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 SUMMARIZE = "python -m ddpm_lightning.tools.summarize"
-METRICS_CSV = Path("csv") / "metrics.csv"
+# What summarize reads: training's CSV log, evaluate's scores.
+METRICS_FILES = (Path("csv") / "metrics.csv", Path("metrics.json"))
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -25,7 +26,7 @@ def end_line(sweep_dir: Path) -> str:
     """`sweep folder: DIR (N jobs; ...)`, naming summarize when a job logged metrics it reads."""
     jobs = job_folders(sweep_dir)
     count = f"{len(jobs)} job" + ("" if len(jobs) == 1 else "s")
-    if not any((job / METRICS_CSV).is_file() for job in jobs):
+    if not any((job / name).is_file() for job in jobs for name in METRICS_FILES):
         return f"sweep folder: {sweep_dir} ({count})"
     return f"sweep folder: {sweep_dir} ({count}; summarize with: {SUMMARIZE} {sweep_dir})"
 

@@ -1,10 +1,12 @@
 """`python -m ddpm_lightning.tools.summarize DIR`: a multirun's jobs in one table, best first.
 
 DIR is a Hydra sweep folder (`hydra.sweep.dir`, e.g. logs/train/multiruns/<date>): numbered job
-folders 0/, 1/, ... each with `.hydra/` and the CSV logger's `csv/metrics.csv`. Jobs are ranked
-by the sweep's `optimized_metric` in its sweeper's direction. The terminal shows the overrides
-that vary and that metric, fitted to its width; every metric goes to DIR/summary.csv, and on
-request to a Markdown (`--markdown FILE`) or another CSV file (`--csv FILE`).
+folders 0/, 1/, ... each with `.hydra/` and the CSV logger's `csv/metrics.csv` (training) or
+evaluate's `metrics.json` (its FLD and network calls per sample). Jobs are ranked by the sweep's
+`optimized_metric` in its sweeper's direction; an evaluate sweep by FLD, lowest first. The
+terminal shows the overrides that vary and that metric, fitted to its width; every metric goes
+to DIR/summary.csv, and on request to a Markdown (`--markdown FILE`) or another CSV file
+(`--csv FILE`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +28,9 @@ from rich.text import Text
 from ddpm_lightning.errors import ConfigError, report_errors
 
 DEFAULT_METRIC = "val/loss"
+EVALUATE_METRIC = "fld"
 METRICS_CSV = Path("csv") / "metrics.csv"
+METRICS_JSON = Path("metrics.json")
 NOT_METRICS = ("epoch", "step")
 DIRECTIONS = ("minimize", "maximize")
 # Overrides that change what a training loss measures, so that losses do not compare across them.
@@ -103,19 +108,35 @@ def last_metrics(path: Path) -> dict[str, float]:
     return metrics
 
 
+def evaluation_metrics(path: Path) -> dict[str, float]:
+    """The numbers at the top of evaluate's metrics.json (fld, network_evaluations, …)."""
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UnreadableJob(f"{path} is no JSON ({exc})") from None
+    return {
+        key: float(value)
+        for key, value in record.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and key != "seed"
+    }
+
+
 def load_job(folder: Path) -> Job:
     """A job folder's overrides and metrics; a job whose records cannot be read counts as
     failed (no metrics), with a warning naming the file."""
     try:
         overrides = read_yaml(folder / ".hydra" / "overrides.yaml", list) or []
         config = read_yaml(folder / ".hydra" / "config.yaml", dict) or {}
+        evaluated = evaluation_metrics(folder / METRICS_JSON)
     except UnreadableJob as exc:
         print(f"warning: job {folder.name} counted as failed: {exc}")
         return Job(num=int(folder.name), overrides={}, metrics={})
     return Job(
         num=int(folder.name),
         overrides=dict(str(item).partition("=")[::2] for item in overrides),
-        metrics=last_metrics(folder / METRICS_CSV),
+        metrics={**last_metrics(folder / METRICS_CSV), **evaluated},
         optimized_metric=config.get("optimized_metric"),
     )
 
@@ -131,10 +152,13 @@ def sweep_record(sweep_dir: Path) -> dict:
 
 def sweep_ranking(sweep_dir: Path, jobs: list[Job]) -> Ranking:
     """multirun.yaml's `optimized_metric` and `hydra.sweeper.direction` (Optuna's); else the
-    first job's `optimized_metric`, else val/loss; lowest first unless the sweeper maximizes."""
+    first job's `optimized_metric`, else val/loss (fld for an evaluate sweep); lowest first
+    unless the sweeper maximizes."""
     record = sweep_record(sweep_dir)
     from_jobs = next((job.optimized_metric for job in jobs if job.optimized_metric), None)
-    metric = record.get("optimized_metric") or from_jobs or DEFAULT_METRIC
+    evaluated = any(EVALUATE_METRIC in job.metrics for job in jobs)
+    fallback = EVALUATE_METRIC if evaluated else DEFAULT_METRIC
+    metric = record.get("optimized_metric") or from_jobs or fallback
     sweeper = (record.get("hydra") or {}).get("sweeper") or {}
     direction = str(sweeper.get("direction") or "minimize").lower()
     if direction not in DIRECTIONS:
