@@ -1,4 +1,5 @@
-"""Denoising diffusion models on MNIST and Fashion-MNIST with PyTorch Lightning and Hydra."""
+"""Denoising diffusion models on small grey or colour images (MNIST, Fashion-MNIST, your own) with
+PyTorch Lightning and Hydra."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""`python -m ddpm_lightning.classifier data=mnist`: train the LeNet-5 that FLD measures with.
+"""`python -m ddpm_lightning.classifier data=NAME`: train the LeNet-5 that FLD measures with.
 
-Trains on the same padded, [-1, 1]-scaled data as the diffusion model, with light
-augmentation, then exports the weights, their SHA-256 and test accuracy, and the test set's
-feature statistics to the run's folder (or `export_dir`). Only `replace_shipped=true` writes
-them to `ddpm_lightning/assets/`, replacing the LeNet every FLD is measured with (see `fld.py`).
+Trains on the same [-1, 1]-scaled images as the diffusion model (any labelled image dataset,
+grey or colour, 16 px and up), with light augmentation, then exports the weights, their
+SHA-256 and test accuracy, and the test set's feature statistics to the run's folder (or
+`export_dir`), which `evaluate classifier=FOLDER` and `callbacks.fld.classifier=FOLDER` read.
+Only `replace_shipped=true` writes them to `ddpm_lightning/assets/`, replacing the LeNet every
+FLD of that dataset is measured with (see `fld.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ddpm_lightning.config import hydra_command
-from ddpm_lightning.data.registry import dataset_record
+from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import (
     ASSETS_DIR,
@@ -31,15 +33,18 @@ from ddpm_lightning.evaluation.fld import (
     fld_metric,
     lenet_features,
     sha256,
+    to_model_input,
 )
-from ddpm_lightning.models.lenet import LeNet5
+from ddpm_lightning.evaluation.inception import InceptionFID
+from ddpm_lightning.evaluation.reference import features_path, write_test_features
+from ddpm_lightning.models.lenet import INPUT_SHAPE, LeNet5
 from ddpm_lightning.training.preflight import writable_folder
 
 
 def augment(x: Tensor, max_shift: int, max_rotation: float, hflip: bool) -> Tensor:
     """Random rotation (± degrees), translation (± pixels) and optional horizontal flips.
 
-    x: (B, 1, H, W) in [-1, 1]; the background stays black (-1).
+    x: (B, C, H, W) in [-1, 1]; the background stays black (-1).
     """
     b, _, h, w = x.shape
     angle = (torch.rand(b, device=x.device) * 2 - 1) * math.radians(max_rotation)
@@ -61,12 +66,20 @@ def augment(x: Tensor, max_shift: int, max_rotation: float, hflip: bool) -> Tens
 
 
 class ClassifierModule(L.LightningModule):
-    """LeNet-5 trained with cross-entropy, Adam and a cosine learning-rate decay."""
+    """LeNet-5 for images `input_shape` (C, H, W) of `num_classes` classes, trained with
+    cross-entropy, Adam and a cosine learning-rate decay."""
 
-    def __init__(self, lr: float = 1e-3, augment: dict | None = None):
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        augment: dict | None = None,
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = LeNet5()
+        channels, height, _ = input_shape
+        self.model = LeNet5(num_classes, channels, height)
         self.augment = augment
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -106,10 +119,10 @@ def reference_rows(model: LeNet5, datamodule, test_stats: dict[str, Tensor]) -> 
     The halves are a seeded random split: MNIST's first and last 5,000 test digits come from
     different writers (NIST SD-3 and SD-1), so contiguous halves differ in distribution.
     """
-    test = datamodule.splits["test"].inputs
+    test = to_model_input(datamodule.splits["test"].inputs)
     test = test[torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(0))]
     half = test.shape[0] // 2
-    train = datamodule.splits["train"].inputs[:10_000]
+    train = to_model_input(datamodule.splits["train"].inputs[:10_000])
     noise = torch.randn(train.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
 
     def fld(images: Tensor, reference: Tensor | None = None) -> float:
@@ -154,24 +167,43 @@ def released_sha256(dataset: str) -> str | None:
     return shipped.get("released_sha256", shipped["sha256"])
 
 
+def inception_files(inception: InceptionFID, images: Tensor, name: str, folder: Path) -> dict:
+    """Write `inception_<name>_test_stats.pt`, the Inception-v3 feature statistics of the test
+    images, so FID needs no data either; return its record entries."""
+    inception.update(images, real=True)
+    path = folder / f"inception_{name}_test_stats.pt"
+    torch.save(inception.statistics(), path)
+    return {"inception_stats": path.name, "inception_stats_sha256": sha256(path)}
+
+
 def export(
-    module: ClassifierModule, datamodule, test_accuracy: float, export_dir: Path, cfg
+    module: ClassifierModule,
+    datamodule,
+    test_accuracy: float,
+    export_dir: Path,
+    cfg,
+    inception: InceptionFID | None = None,
 ) -> dict:
-    """Write weights, test-set statistics and a JSON record (SHA-256, accuracy) for `data.name`.
+    """Write weights, test-set statistics and a JSON record (SHA-256, accuracy) for `data.name`,
+    and with `inception` the test set's Inception statistics too.
 
     The statistics hold the test features' mean and covariance, the class counts and the
-    class-mean images, so evaluation needs no real data.
+    class-mean images, and the test features themselves are written beside them (KID, precision
+    and recall), so evaluation needs no real data.
     """
-    paths = asset_paths(datamodule.name, export_dir)
+    name = dataset_name(datamodule)
+    paths = asset_paths(name, export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     model = module.model.eval().cpu()
     weights = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     torch.save(weights, paths["weights"])
     test = datamodule.splits["test"]
-    mean, cov = feature_statistics(lenet_features(model, test.inputs))
+    images = to_model_input(test.inputs).cpu()
+    features = lenet_features(model, images)
+    mean, cov = feature_statistics(features)
     labels = test.labels.cpu()
-    num_classes = dataset_record(datamodule.name).num_classes
-    class_means = torch.stack([test.inputs[labels == c].mean(0) for c in range(num_classes)])
+    num_classes = module.model.head.out_features
+    class_means = torch.stack([images[labels == c].mean(0) for c in range(num_classes)])
     stats = {
         "mean": mean,
         "cov": cov,
@@ -180,13 +212,19 @@ def export(
         "class_means": class_means.cpu(),
     }
     torch.save(stats, paths["stats"])
+    features_file = write_test_features(
+        features_path(name, export_dir), features, labels, sha256(paths["weights"])
+    )
     record = {
-        "dataset": datamodule.name,
+        "dataset": name,
+        "input_shape": list(module.model.input_shape),
+        "num_classes": num_classes,
         "weights": paths["weights"].name,
         "sha256": sha256(paths["weights"]),
-        "released_sha256": released_sha256(datamodule.name),
+        "released_sha256": released_sha256(name),
         "stats": paths["stats"].name,
         "stats_sha256": sha256(paths["stats"]),
+        "test_features": features_file.name,
         "test_accuracy": test_accuracy,
         "epochs": int(cfg.trainer.max_epochs),
         "seed": int(cfg.seed),
@@ -194,8 +232,51 @@ def export(
         "reference_fld": reference_rows(model, datamodule, stats),
         "command": "python -m ddpm_lightning.classifier " + " ".join(sys.argv[1:]),
     }
+    if inception is not None:
+        record.update(inception_files(inception, images, name, export_dir))
     paths["record"].write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def dataset_name(datamodule) -> str:
+    """The name the LeNet's files carry: the data module's `name`."""
+    name = getattr(datamodule, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"data={type(datamodule).__name__} has no name for the LeNet's files; set data.name"
+        )
+    return name
+
+
+def labelled_images(datamodule) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) of the data module's images and the number of classes its labels hold (the
+    registry's for a registered dataset, else the largest label + 1); one line otherwise."""
+    shape = tuple(datamodule.data_shape)
+    if len(shape) != 3 or shape[1] != shape[2] or shape[1] < 16:
+        raise ConfigError(
+            f"data={dataset_name(datamodule)} gives shape {shape}; the LeNet classifies square "
+            "images (C, H, H) of at least 16 px"
+        )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    splits = datamodule.splits
+    labels = torch.cat([splits[key].labels for key in ("train", "val", "test")])
+    if labels.dtype.is_floating_point or labels.numel() == 0 or int(labels.min()) < 0:
+        raise ConfigError(
+            f"data={dataset_name(datamodule)} has no class labels 0, 1, …; the classifier "
+            "needs a labelled dataset"
+        )
+    record = DATASETS.get(dataset_name(datamodule))
+    num_classes = record.num_classes if record else int(labels.max()) + 1
+    return (int(shape[0]), int(shape[1]), int(shape[2])), num_classes
+
+
+def augmentation(cfg: DictConfig, name: str) -> dict | None:
+    """`augment`, else the registered dataset's, else none."""
+    if cfg.get("augment"):
+        return dict(cfg.augment)
+    record = DATASETS.get(name)
+    return dict(record.augment) if record and record.augment else None
 
 
 def train_classifier(cfg: DictConfig) -> dict:
@@ -205,12 +286,19 @@ def train_classifier(cfg: DictConfig) -> dict:
     writable_folder(export_dir, "export_dir")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    augment_cfg = cfg.get("augment") or dict(dataset_record(cfg.data.name).augment)
-    module = ClassifierModule(lr=cfg.lr, augment=dict(augment_cfg) or None)
+    input_shape, num_classes = labelled_images(datamodule)
+    module = ClassifierModule(
+        lr=cfg.lr,
+        augment=augmentation(cfg, dataset_name(datamodule)),
+        num_classes=num_classes,
+        input_shape=input_shape,
+    )
+    # Its weights are fetched (or their absence reported) before training, not after.
+    inception = InceptionFID() if cfg.get("inception") else None
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=datamodule)
     (result,) = trainer.test(module, datamodule=datamodule)
-    record = export(module, datamodule, float(result["test/acc"]), export_dir, cfg)
+    record = export(module, datamodule, float(result["test/acc"]), export_dir, cfg, inception)
     print(json.dumps(record, indent=2))
     print(f"wrote {record['weights']}, {record['stats']} and their record to {export_dir}")
     return record

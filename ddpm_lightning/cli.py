@@ -26,8 +26,9 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-COMMANDS = ("train", "sample", "evaluate", "export", "demo", "classifier")
-PACKAGE_DIR = Path(__file__).resolve().parent
+from ddpm_lightning.config.location import PACKAGE_DIR, config_dir
+
+COMMANDS = ("train", "sample", "evaluate", "export", "demo", "classifier", "edit")
 SCHEMA_GROUP = "schema"
 
 
@@ -86,15 +87,6 @@ def hydra_for(command: str) -> Iterator[Hydra]:
         hydra = GlobalHydra.instance().hydra
         assert hydra is not None
         yield hydra
-
-
-def config_dir() -> Path:
-    """`conf/` shipped inside the wheel, else the checkout's top-level `conf/` (the folder
-    `ddpm_lightning.config.config_dir` gives, found without importing torch)."""
-    for candidate in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"no conf/train.yaml next to {PACKAGE_DIR}; reinstall ddpm_lightning")
 
 
 def store_schemas() -> None:

@@ -1,11 +1,18 @@
 """`python -m ddpm_lightning.evaluate ckpt_path=PATH | pretrained=NAME | samples=PATH.npz`: FLD.
 
-Scores generated images against the test set with the shipped LeNet-5 (no real data needed):
-FLD, the LeNet's predicted-label histogram and mean confidence, and the mean minimum
-distance to the class-mean images, each FLD printed beside its number of samples (and a shipped
-model's beside the FLD its folder records). Writes metrics.json and label_histogram.png, as one set
-that replaces the pair of an earlier run in `out_dir` whole. Images are drawn on the devices of
+Scores generated images against the test set with the shipped LeNet-5, or the one
+`classifier=FOLDER` names for any other labelled dataset (no real data needed):
+FLD with its bootstrap interval, KID with its standard error, precision, recall, density and
+coverage, the LeNet's predicted-label histogram (against uniform) and mean confidence, and the
+mean minimum distance to the class-mean images, each FLD printed beside its number of samples
+(and a shipped model's beside the FLD its folder records, each score beside its real-data floor
+when one is shipped). Writes metrics.json, label_histogram.png, report.md and report.png, as one
+set that replaces that of an earlier run in `out_dir` whole. Images are drawn on the devices of
 `trainer` (one by default) and the files written once.
+
+`metric=memorisation` adds the memorisation check (the nearest training image of each sample,
+memorisation.png; reads the real training and test sets); `metric=bpd` scores no samples but
+the model's likelihood bound, in bits/dim, on `num_images` real test images (metrics.json only).
 """
 
 from __future__ import annotations
@@ -25,11 +32,16 @@ from rich.table import Table
 from torch import Tensor
 
 from ddpm_lightning.config import hydra_command
-from ddpm_lightning.data.registry import DATASETS, dataset_record
+from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.errors import ConfigError, DataError
-from ddpm_lightning.evaluation.fld import FLD, load_record, to_model_input
-from ddpm_lightning.models.lenet import INPUT_SHAPE as IMAGE_SHAPE
+from ddpm_lightning.evaluation.fld import FLD, load_lenet, load_record, to_model_input
+from ddpm_lightning.evaluation.floors import floor_for, real_images
+from ddpm_lightning.evaluation.likelihood import bits_per_dim
+from ddpm_lightning.evaluation.memorisation import memorisation
+from ddpm_lightning.evaluation.report import write_report
+from ddpm_lightning.evaluation.scores import class_view, feature_scores
+from ddpm_lightning.evaluation.settings import metric_settings
 from ddpm_lightning.sharing.folder import read_config
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
 from ddpm_lightning.training.drawing import (
@@ -41,7 +53,13 @@ from ddpm_lightning.training.drawing import (
 from ddpm_lightning.training.outputs import claimed, replacing
 from ddpm_lightning.training.preflight import check_sampling_request
 
-EVALUATE_FILES = ("metrics.json", "label_histogram.png")
+EVALUATE_FILES = (
+    "metrics.json",
+    "label_histogram.png",
+    "report.md",
+    "report.png",
+    "memorisation.png",
+)
 # The number of samples of the FLDs the docs and the shipped models report.
 COMPARABLE_SAMPLES = 10_000
 # How many images each reference FLD of a LeNet's record scores (`classifier.reference_rows`).
@@ -100,9 +118,8 @@ def check_labels(labels: np.ndarray, count: int, path: Path) -> None:
         )
 
 
-def check_classes(labels: Tensor, dataset: str, source: str) -> None:
-    """Every label a class of `dataset`."""
-    classes = dataset_record(dataset, "dataset").num_classes
+def check_classes(labels: Tensor, dataset: str, source: str, classes: int) -> None:
+    """Every label one of the `classes` classes of `dataset`."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
         raise DataError(
             f"{source}: labels lie in [{int(labels.min())}, {int(labels.max())}]; {dataset} "
@@ -115,16 +132,17 @@ PROVENANCE = ("dataset", "ckpt_path", "pretrained", "seed", "sampler", "network_
 
 
 def check_images(images: np.ndarray, path: Path) -> None:
-    """Refuse anything but uint8 images (N ≥ 2, 1, 32, 32), naming what the file holds."""
+    """Refuse anything but uint8 images (N ≥ 2, C, H, W), C = 1 or 3, naming what the file
+    holds."""
     what = f"{images.dtype} array of shape {images.shape}"
     if images.size and np.issubdtype(images.dtype, np.number):
         if np.issubdtype(images.dtype, np.floating) and np.isnan(images).any():
             raise DataError(f"samples={path}: images contain NaN ({what})")
         what += f" with values in [{images.min():.4g}, {images.max():.4g}]"
-    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         raise DataError(
             f"samples={path}: images are a {what}; need uint8 images in [0, 255] of shape "
-            f"(N, {', '.join(map(str, IMAGE_SHAPE))}) as the sample command writes"
+            "(N, C, H, W), C = 1 or 3, as the sample command writes"
         )
     if images.shape[0] < 2:
         raise DataError(
@@ -134,7 +152,7 @@ def check_images(images: np.ndarray, path: Path) -> None:
 
 
 def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None, dict]:
-    """Images (N, 1, 32, 32) in [-1, 1], the requested labels (N,) of conditional models (or
+    """Images (N, C, H, W) in [-1, 1], the requested labels (N,) of conditional models (or
     None) and the metadata the sample command stored (dataset, model, seed, sampler; {} for
     files without it) from a `samples.npz`; one-line errors for anything else."""
     path = Path(path)
@@ -159,11 +177,11 @@ def generate(cfg: DictConfig) -> tuple[Tensor, Tensor | None, dict, L.Trainer]:
     make_sampler = drawing.make_sampler()
     num_samples = int(cfg.num_samples)
     module = load_model(drawing.ckpt_path, drawing.pretrained)
-    if tuple(module.data_shape) != IMAGE_SHAPE:
+    if len(module.data_shape) != 3:
         name = " ".join(f"{key}={value}" for key, value in drawing.source.items())
         raise ConfigError(
-            f"{name} models data of shape {tuple(module.data_shape)}, not images "
-            f"{IMAGE_SHAPE}: FLD scores MNIST-like images; use the sample command for it"
+            f"{name} models data of shape {tuple(module.data_shape)}, not images (C, H, W): "
+            "FLD scores images; use the sample command for it"
         )
     sampler = module.make_sampler(make_sampler)
     check_sampling_request(module, sampler, num_samples, bool(cfg.force))
@@ -213,20 +231,32 @@ def requested_label_accuracy(predicted: Tensor, labels: Tensor, num_classes: int
     return {"requested_label_accuracy": hits.mean().item(), "per_class_accuracy": per_class}
 
 
+def check_scored_shape(images: Tensor, fld: FLD) -> None:
+    """The images are of the shape the LeNet takes; else one line saying how to get one."""
+    shape = tuple(images.shape[1:])
+    if shape != fld.input_shape:
+        raise ConfigError(
+            f"the images are {shape} but the {fld.dataset} LeNet ({fld.lenet}) takes "
+            f"{fld.input_shape}: train one on their data (python -m ddpm_lightning.classifier "
+            "data=...) and pass classifier=<its run folder>"
+        )
+
+
 def score(
     images: Tensor,
-    dataset: str,
-    device: torch.device,
+    fld: FLD,
     labels: Tensor | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
-    """Every metric for images (N, 1, 32, 32) in [-1, 1]; labels (N,): the requested classes.
+    """Every metric for images (N, C, H, W) in [-1, 1] by `fld` (its LeNet and test
+    statistics); labels (N,): the requested classes.
 
     Under DDP every process calls it with all the images: each adds its shard to the FLD, and
     torchmetrics adds up the processes' sums.
     """
-    fld = FLD(dataset, device, holds_test_set=rank == 0)
+    check_scored_shape(images, fld)
+    device = fld.model.head.weight.device
     fld.update(images[shard(images.shape[0], rank, world_size)])
     fld_value = fld.compute()
     features = fld.features(images, progress=rank == 0)
@@ -235,19 +265,17 @@ def score(
     stats = fld.test_stats
     predicted = probabilities.argmax(1)
     metrics = {
-        "dataset": dataset,
+        "dataset": fld.dataset,
         "num_samples": images.shape[0],
         "fld": fld_value,
         "lenet": fld.lenet,
-        "label_counts": torch.bincount(predicted, minlength=10).tolist(),
+        "label_counts": torch.bincount(predicted, minlength=fld.num_classes).tolist(),
         "test_label_counts": stats["label_counts"].tolist(),
         "mean_confidence": probabilities.max(dim=1).values.mean().item(),
         "mean_min_distance_to_class_means": min_class_mean_distance(images, stats["class_means"]),
     }
     if labels is not None:
-        metrics.update(
-            requested_label_accuracy(predicted, labels.cpu(), dataset_record(dataset).num_classes)
-        )
+        metrics.update(requested_label_accuracy(predicted, labels.cpu(), fld.num_classes))
     return metrics
 
 
@@ -265,7 +293,7 @@ def save_histograms(metrics: dict, path: Path, width: int = 640, height: int = 2
         left, panel_width = p * width // 2 + 20, width // 2 - 40
         total, top, bottom = max(sum(counts), 1), 30, height - 25
         draw.text((left, 8), title, fill="black")
-        bar = panel_width / 10
+        bar = panel_width / max(len(counts), 1)
         for c, count in enumerate(counts):
             x0 = left + c * bar
             y0 = bottom - (bottom - top) * (count / total) / tallest
@@ -293,23 +321,86 @@ def shipped_label(name: str, record: dict) -> str:
     return f"FLD of shipped {name} ({sampler['name']}{steps})"
 
 
-def print_table(metrics: dict, reference: dict, shipped_record: dict | None = None) -> None:
-    """The metrics, each FLD beside its number of samples, with the LeNet's reference FLDs and,
-    for a shipped model, the FLD its model folder records; a note when the FLD is of fewer
-    samples than the docs' figures."""
+def floor_row(floor: dict | None, metric: str) -> list[tuple[str, ...]]:
+    """The row under a score with the real-data floor of `metric` (fld or kid): `mean ± sd` of
+    that many real training images; none without a floor."""
+    if floor is None:
+        return []
+    value = f"{floor[f'{metric}_mean']:.3g}±{floor[f'{metric}_sd']:.2g}"
+    return [("  floor: real training images", value, "", f"{floor['n']:,}")]
+
+
+def feature_rows(metrics: dict, floor: dict | None) -> list[tuple[str, ...]]:
+    """(metric, value, interval or error, samples) of KID (± its standard error) with its
+    floor, and of precision, recall, density and coverage, those `metrics` holds."""
+    rows: list[tuple[str, ...]] = []
+    if "kid" in metrics:
+        error = f"± {metrics['kid_se']:.3g} se"
+        rows.append(
+            (
+                "KID (LeNet-5 features)",
+                f"{metrics['kid']:.4g}",
+                error,
+                f"{metrics['num_samples']:,}",
+            )
+        )
+        rows += floor_row(floor, "kid")
+    for key in ("precision", "recall", "density", "coverage"):
+        if key in metrics:
+            rows.append((f"{key} (k={metrics['nearest_k']})", f"{metrics[key]:.4f}"))
+    return rows
+
+
+def fld_spread(metrics: dict) -> str:
+    """FLD's interval as the table shows it, e.g. `[2.104, 2.612]`, or ''."""
+    if "fld_interval" not in metrics:
+        return ""
+    low, high = metrics["fld_interval"]
+    return f"[{low:.4g}, {high:.4g}]"
+
+
+def print_table(
+    metrics: dict,
+    reference: dict,
+    shipped_record: dict | None = None,
+    floor: dict | None = None,
+) -> None:
+    """The metrics, each FLD beside its number of samples and its interval, each score beside
+    its real-data `floor` (`floor_for`), with the LeNet's reference FLDs and, for a shipped
+    model, the FLD its model folder records; a note when the FLD is of fewer samples than the
+    docs' figures."""
     num_samples = metrics["num_samples"]
     table = Table(
         title=f"Evaluation against the {metrics['dataset']} test set (LeNet-5 {metrics['lenet']})"
     )
     table.add_column("metric", no_wrap=True)
     table.add_column("value", justify="right")
+    level = f"{metrics.get('confidence', 0.95):.0%}"
+    table.add_column(f"{level} interval", justify="right", no_wrap=True)
     table.add_column("samples", justify="right", no_wrap=True)
-    table.add_row(f"FLD (LeNet-5 {metrics['lenet']})", f"{metrics['fld']:.4f}", f"{num_samples:,}")
+    table.add_row(
+        f"FLD (LeNet-5 {metrics['lenet']})",
+        f"{metrics['fld']:.4f}",
+        fld_spread(metrics),
+        f"{num_samples:,}",
+    )
+    for row in floor_row(floor, "fld"):
+        table.add_row(*row)
+    for row in feature_rows(metrics, floor):
+        table.add_row(*row)
     table.add_row("mean LeNet confidence", f"{metrics['mean_confidence']:.4f}")
     table.add_row(
         "mean min distance to class means", f"{metrics['mean_min_distance_to_class_means']:.4f}"
     )
-    table.add_row("predicted labels 0-9", " ".join(map(str, metrics["label_counts"])))
+    last = len(metrics["label_counts"]) - 1
+    table.add_row(f"predicted labels 0-{last}", " ".join(map(str, metrics["label_counts"])))
+    if "class_balance" in metrics:
+        balance = metrics["class_balance"]
+        table.add_row(
+            "predicted labels: TV from uniform",
+            f"{balance['tv_uniform']:.4f}",
+            f"χ² p = {balance['chi2_p_value']:.2g}",
+        )
     if "requested_label_accuracy" in metrics:
         table.add_row(
             "samples classified as requested", f"{metrics['requested_label_accuracy']:.4f}"
@@ -318,6 +409,7 @@ def print_table(metrics: dict, reference: dict, shipped_record: dict | None = No
         table.add_row(
             shipped_label(metrics["pretrained"], shipped_record),
             f"{shipped_record['fld']:.4f}",
+            "",
             f"{shipped_record['num_samples']:,}",
         )
     for name, value in reference.items():
@@ -325,6 +417,7 @@ def print_table(metrics: dict, reference: dict, shipped_record: dict | None = No
         table.add_row(
             f"reference FLD: {name.replace('_', ' ')}",
             f"{value:.4f}",
+            "",
             f"{count:,}" if count else "",
         )
     Console().print(table)
@@ -336,12 +429,55 @@ def print_table(metrics: dict, reference: dict, shipped_record: dict | None = No
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path`; a second
-    command into `cfg.out_dir` is refused while this one runs."""
+    """Score samples from `cfg.samples` or freshly generated from `cfg.ckpt_path` (or, with
+    `metric=bpd`, the model's likelihood bound); a second command into `cfg.out_dir` is refused
+    while this one runs."""
     if getattr(rank_zero_only, "rank", 0) == 0:
         print(f"out_dir: {Path(cfg.out_dir).resolve()}", flush=True)
     with claimed(cfg.out_dir, "evaluate") as out_dir:
+        if cfg.metric == "bpd":
+            return likelihood_into(cfg, out_dir)
         return evaluate_into(cfg, out_dir)
+
+
+def likelihood_into(cfg: DictConfig, out_dir: Path) -> dict:
+    """`metric=bpd`: the bound of Ho et al. 2020, eq. 5, in bits/dim, of the model of
+    `ckpt_path` or `pretrained` on the first `num_images` test images of its dataset."""
+    if cfg.get("samples") or not (cfg.get("ckpt_path") or cfg.get("pretrained")):
+        raise ConfigError(
+            "metric=bpd scores a model on real test images: pass ckpt_path= or pretrained=, "
+            "not samples="
+        )
+    drawing = Drawing.from_config(cfg)
+    device = default_device()
+    module = load_model(drawing.ckpt_path, drawing.pretrained).to(device).eval()
+    dataset = scored_dataset(cfg, module.hparams.get("dataset"))
+    images = real_images(dataset, train=False)[: int(cfg.num_images)].to(device)
+    schedule, objective = module.diffusion.schedule, module.diffusion.objective.value
+    result = bits_per_dim(module, schedule, objective, images, seed=int(cfg.seed), **cfg.bpd)
+    metrics = {"dataset": dataset, **drawing.source, **result}
+    with replacing(out_dir, EVALUATE_FILES) as folder:
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    kind = "exact sum" if result["exact"] else f"{result['timesteps_per_image']} timesteps/image"
+    print(
+        f"bits/dim {result['bpd']:.4f} ± {result['stderr']:.4f} (se) on {result['n']:,} "
+        f"{dataset} test images ({kind}); wrote {out_dir / 'metrics.json'}"
+    )
+    return metrics
+
+
+def memorisation_scores(images: Tensor, dataset: str, folder: Path, settings: dict) -> dict:
+    """`metric=memorisation`: the memorisation check of images (N, 1, 32, 32) against the real
+    training set, thresholds from the test set; writes memorisation.png into `folder`."""
+    found = memorisation(
+        images.cpu(),
+        real_images(dataset, train=True),
+        real_images(dataset, train=False),
+        load_lenet(dataset),
+        picture=folder / "memorisation.png",
+        **settings,
+    )
+    return {"memorisation": found}
 
 
 def evaluate_into(cfg: DictConfig, out_dir: Path) -> dict:
@@ -365,26 +501,36 @@ def evaluate_into(cfg: DictConfig, out_dir: Path) -> dict:
         )
     recorded = made_by.pop("dataset", None)
     dataset = scored_dataset(cfg, recorded)
+    classifier = cfg.get("classifier")
+    fld = FLD(dataset, device, holds_test_set=rank == 0, classifier=classifier)
     if labels is not None and cfg.get("samples"):
-        check_classes(labels, dataset, f"samples={cfg.samples}")
+        check_classes(labels, dataset, f"samples={cfg.samples}", fld.num_classes)
     if images.shape[0] <= 84 and rank == 0:
         print(
             f"warning: {images.shape[0]} samples give a rank-deficient 84×84 covariance; "
             "FLD needs more samples (10,000 by default) to be meaningful"
         )
     source = {"samples": str(cfg.samples)} if cfg.get("samples") else {}
-    metrics = {**made_by, **source, **score(images, dataset, device, labels, rank, world_size)}
+    metrics = {**made_by, **source, **score(images, fld, labels, rank, world_size)}
     if rank != 0:
         return metrics
+    settings = metric_settings(**cfg.metrics)
+    metrics.update(feature_scores(images, labels, dataset, settings, int(cfg.seed), classifier))
+    metrics.update(class_view(metrics))
+    floor = floor_for(dataset, metrics["num_samples"])
     with replacing(out_dir, EVALUATE_FILES) as folder:
+        if cfg.metric == "memorisation":
+            metrics.update(memorisation_scores(images, dataset, folder, dict(cfg.memorisation)))
         save_histograms(metrics, folder / "label_histogram.png")
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_report(folder, metrics, images, floor)
     print_table(
         metrics,
-        load_record(dataset).get("reference_fld", {}),
+        load_record(dataset, classifier).get("reference_fld", {}),
         shipped_evaluation(metrics.get("pretrained")),
+        floor,
     )
-    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'label_histogram.png'}")
+    print(f"wrote {', '.join(str(out_dir / name) for name in EVALUATE_FILES)}")
     return metrics
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from ddpm_lightning.evaluation.pictures import (
 from ddpm_lightning.sharing.pretrained import load_model
 from ddpm_lightning.training.drawing import Drawing, draw_samples, samples_metadata
 from ddpm_lightning.training.module import DiffusionModule
-from ddpm_lightning.training.outputs import claimed, replacing
+from ddpm_lightning.training.outputs import Writer, claimed, write_outputs
 from ddpm_lightning.training.preflight import check_sampling_request
 
 # Lightning 2.6 calls torch APIs that torch 2.14 deprecates (a pytree check and the all-gather
@@ -74,7 +73,6 @@ SAMPLE_FILES = (
     "points.png",
 )
 # Writes one file of the samples to the path it is given.
-Writer = Callable[[Path], None]
 
 
 def same_noise_images(module: DiffusionModule, sampler: Sampler, columns: int, seed: int) -> Tensor:
@@ -168,15 +166,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         print(f"out_dir: {Path(cfg.out_dir).resolve()}", flush=True)
     with claimed(cfg.out_dir, "sample") as out_dir:
         outputs = draw_outputs(cfg)
-        if outputs is None:
-            return {}
-        with replacing(out_dir, SAMPLE_FILES) as folder:
-            for name, write in outputs.items():
-                write(folder / name)
-    files = {name: out_dir / name for name in outputs}
-    for path in files.values():
-        print(f"wrote {path}")
-    return files
+        return {} if outputs is None else write_outputs(out_dir, SAMPLE_FILES, outputs)
 
 
 main = hydra_command("sample", sample)

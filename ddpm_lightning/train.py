@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm_lightning.config.compose import (
     checked_command_line,
@@ -39,6 +39,7 @@ from ddpm_lightning.config.compose import (
     is_verbose,
 )
 from ddpm_lightning.config.schema import validate_config
+from ddpm_lightning.data.registry import DatasetRecord
 from ddpm_lightning.distill import ProgressiveDistillation
 from ddpm_lightning.errors import ConfigError, find_user_error, report_errors
 from ddpm_lightning.sharing.pretrained import load_model
@@ -175,14 +176,44 @@ def load_teacher(source: str) -> DiffusionModule:
         raise ConfigError(f"distill.teacher: {exc}") from None
 
 
-def build_fit_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
+def set_on_the_command_line(key: str) -> bool:
+    """Whether this run's command line overrides `key` (outside a Hydra run: no)."""
+    if not HydraConfig.initialized():
+        return False
+    return any(
+        override.lstrip("+~").split("=", 1)[0] == key
+        for override in HydraConfig.get().overrides.task
+    )
+
+
+def follow_data_classes(cfg: DictConfig, datamodule: Any) -> None:
+    """A conditional model (model.num_classes set) gets as many classes as the data has
+    (data=shapes: 12, a folder with data.labels=folders: its class folders), unless the command
+    line sets model.num_classes (then labels beyond it stop training in one line); data
+    without labels refuses it in one line."""
+    if cfg.model.get("num_classes") is None or set_on_the_command_line("model.num_classes"):
+        return
+    classes = datamodule.num_classes
+    if classes is None:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} needs labelled data, but this data has "
+            "none; set data.labels=folders (image_folder) or data.label_column (hf), or use "
+            "an unconditional model (model=unet)"
+        )
+    with open_dict(cfg):
+        cfg.model.num_classes = int(classes)
+
+
+def build_fit_module(
+    cfg: DictConfig, data_shape: tuple[int, ...], record: DatasetRecord | None = None
+) -> DiffusionModule:
     """The module to fit: a DiffusionModule, or with a `distill:` block (experiment=distill)
     one round of ProgressiveDistillation from the teacher it names."""
     if cfg.get("distill") is None:
-        return build_module(cfg, data_shape)
+        return build_module(cfg, data_shape, record)
     distill = cast(dict, OmegaConf.to_container(cfg.distill, resolve=True))
     teacher = load_teacher(str(distill["teacher"]))
-    return ProgressiveDistillation(teacher, distill, **module_arguments(cfg, data_shape))
+    return ProgressiveDistillation(teacher, distill, **module_arguments(cfg, data_shape, record))
 
 
 def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict[str, float]:
@@ -192,7 +223,8 @@ def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict
     output_dir = Path(cfg.paths.output_dir)
     write_run_info(output_dir, Path(cfg.paths.root_dir), resumed=cfg.get("ckpt_path") is not None)
     datamodule = instantiate(cfg.data)
-    module = build_fit_module(cfg, datamodule.data_shape)
+    follow_data_classes(cfg, datamodule)
+    module = build_fit_module(cfg, datamodule.data_shape, datamodule.record)
     ckpt_path = resolve_ckpt_path(cfg, module)
     callbacks = order_callbacks(
         shown_callbacks(cfg, instantiate_named(cfg.get("callbacks"))) + list(extra_callbacks or [])

@@ -33,15 +33,17 @@ def tiny_model_folder(
     num_classes: int | None = None,
     dataset: str = "mnist",
     seed: int = 0,
+    shape: tuple[int, int, int] = (1, 32, 32),
 ) -> Path:
     """A model folder (config.json, model.safetensors) of a randomly initialised tiny UNet
-    (d=8, two levels, cosine schedule with T=20) on 1x32x32 images."""
+    (d=8, two levels, cosine schedule with T=20) on images of `shape` (C, H, W)."""
     from ddpm_lightning.sharing.folder import write_folder
     from ddpm_lightning.training.module import DiffusionModule
 
     torch.manual_seed(seed)
     model = {
         "_target_": "ddpm_lightning.models.UNet",
+        "in_channels": shape[0],
         "model_channels": 8,
         "channel_multipliers": [1, 2],
         "block_groups": 4,
@@ -55,7 +57,7 @@ def tiny_model_folder(
         "num_timesteps": 20,
     }
     module = DiffusionModule(
-        model, schedule, {"objective": objective}, data_shape=(1, 32, 32), dataset=dataset
+        model, schedule, {"objective": objective}, data_shape=shape, dataset=dataset
     )
     write_folder(folder, dict(module.hparams), module.state_dict(), {})
     return folder

@@ -77,15 +77,17 @@ def test_training_drops_labels_at_the_configured_rate(tmp_path):
 def test_make_sampler_guidance_defaults_and_refusals(conditional, tmp_path):
     module = load_module(conditional)
     factory = lambda **kw: DDIMSampler(num_steps=2, progress=False, **kw)  # noqa: E731
-    assert module.make_sampler(factory).guidance_scale == 1.25, "default γ for conditional"
-    assert module.make_sampler(factory, guidance_scale=0.0).guidance_scale == 0.0
-    assert module.make_sampler(factory, guidance_interval=[0.3, 5]).guidance_interval is not None
+    assert module.make_sampler(factory).denoiser.guidance_scale == 1.25, "default γ"
+    assert module.make_sampler(factory, guidance_scale=0.0).denoiser.guidance_scale == 0.0
+    guided = module.make_sampler(factory, guidance_interval=[0.3, 5])
+    assert guided.denoiser.guidance_interval is not None
     cfg = tiny_config(tmp_path / "data", tmp_path, *SHORT)
     write_fake_dataset(tmp_path / "data", "MNIST")
     train(cfg)
     unconditional = load_module(tmp_path / "checkpoints" / "last.ckpt")
-    assert unconditional.make_sampler(factory).guidance_scale is None
-    interval = unconditional.make_sampler(factory, guidance_interval=[0.3, 5]).guidance_interval
+    assert unconditional.make_sampler(factory).denoiser.guidance_scale is None
+    unguided = unconditional.make_sampler(factory, guidance_interval=[0.3, 5])
+    interval = unguided.denoiser.guidance_interval
     assert interval is None, "an unconditional sampler keeps no guidance interval"
     with pytest.raises(ConfigError, match="sampler.guidance_scale=3.0"):
         unconditional.make_sampler(factory, guidance_scale=3.0)

@@ -241,3 +241,25 @@ def test_every_layer_reads_a_dataset_from_its_one_record(monkeypatch):
     assert dataset_record("kmnist").num_classes == 10
     with pytest.raises(ConfigError, match=r"^data.name='emnist' is unknown; choose one of"):
         dataset_record("emnist")
+
+
+def test_a_record_made_at_run_time_travels_as_plain_values(tmp_path):
+    """A folder's record (known only when the data is listed) survives `as_dict` (what a
+    checkpoint holds) and is found by `known_record` beside the registry's records."""
+    from ddpm_lightning.data.image_folder import ImageFolderDataModule
+    from ddpm_lightning.data.registry import known_record
+
+    for label in ("ants", "bees"):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "pics" / label / f"{i}.bmp").write_bytes(b"BM" + bytes(60))
+    datamodule = ImageFolderDataModule(root=str(tmp_path / "pics"), labels="folders")
+    record = datamodule.record
+    assert (record.name, record.shape) == ("pics", (3, 32, 32))
+    assert record.class_names == ("ants", "bees")
+    saved = record.as_dict()
+    assert saved == {**saved, "shape": [3, 32, 32], "class_names": ["ants", "bees"]}
+    assert known_record(None, saved) == record and datamodule.num_classes == 2
+    assert known_record("mnist", saved) is DATASETS["mnist"]
+    assert known_record("pics") is None
+    assert MNISTDataModule(batch_size=4).num_classes == 10

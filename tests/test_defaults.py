@@ -17,6 +17,7 @@ from ddpm_lightning.components.registry import OPTIMIZER_SETTINGS
 from ddpm_lightning.config import compose_config, config_dir
 from ddpm_lightning.config.defaults import KINDS, class_defaults, components
 from ddpm_lightning.diffusion import DDIMSampler, NoiseSchedule
+from ddpm_lightning.diffusion.denoiser import Denoiser, denoiser_options
 from ddpm_lightning.errors import ConfigError
 
 COMMAND = {"sampler": "sample"}
@@ -110,12 +111,16 @@ def test_the_python_defaults_are_the_command_lines():
     """`DDIMSampler(schedule)` in Python samples as `sampler=ddim` does."""
     schedule = NoiseSchedule()
     from_python = DDIMSampler(schedule, progress=False)
+    denoiser = Denoiser(ConditionalNetwork(), schedule, "eps")
     sampler = compose_config("sample", ["sampler=ddim"]).sampler
     from_config = build("sampler", component_settings("sampler", sampler))
-    built = from_config(schedule=schedule, progress=False)
-    for attribute in ("eta", "timesteps", "guidance_interval", "clip_x0", "batch_size"):
+    factory, options, denoising = denoiser_options(from_config, {"progress": False})
+    built = factory(schedule=schedule, **options)
+    built_denoiser = Denoiser(ConditionalNetwork(), schedule, "eps", **denoising)
+    for attribute in ("eta", "timesteps", "batch_size"):
         assert getattr(from_python, attribute) == getattr(built, attribute), attribute
-    assert from_python.eta == 1.0 and from_python.guidance_interval == (0.3, 4.0)
+    assert denoiser.settings() == built_denoiser.settings()
+    assert from_python.eta == 1.0 and denoiser.guidance_interval == (0.3, 4.0)
 
 
 @pytest.mark.parametrize("kind", [kind for kind in KINDS if kind != "optimizer"])
@@ -143,6 +148,17 @@ def test_list_settings_from_a_config_pass_the_same_checks_as_python_lists():
     """Hydra hands constructors ListConfigs: their bounds are checked item by item, as lists'."""
     schedule = NoiseSchedule(num_timesteps=20)
     interval = OmegaConf.create({"i": [0.3, 4]}).i
-    assert DDIMSampler(schedule, guidance_interval=interval).guidance_interval == (0.3, 4.0)
+    network = ConditionalNetwork()
+    guided = Denoiser(network, schedule, "eps", guidance_interval=interval)
+    assert guided.guidance_interval == (0.3, 4.0)
     with pytest.raises(ConfigError, match=r"sampler.guidance_interval=\[-1.0, 4\]"):
-        DDIMSampler(schedule, guidance_interval=OmegaConf.create({"i": [-1.0, 4]}).i)
+        Denoiser(network, schedule, "eps", guidance_interval=OmegaConf.create({"i": [-1.0, 4]}).i)
+
+
+class ConditionalNetwork:
+    """A stand-in conditional network (10 classes): its denoiser keeps a guidance interval."""
+
+    num_classes = 10
+
+    def __call__(self, x, t, y):
+        return x

@@ -13,15 +13,22 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
+from unittest.mock import patch
 
+import numpy as np
 import pytest
 import torch
 
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
+from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.samplers import SPACINGS, timestep_sequence
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
+from ddpm_lightning.editing import inpaint, known_mask, sdedit
+from ddpm_lightning.editing.inpaint import repaint_plan, updates_in
+from ddpm_lightning.editing.sdedit import start_index
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.sharing import load_folder, npm, pretrained, site
 from ddpm_lightning.sharing.onnx import onnx_record
@@ -48,6 +55,25 @@ const normal = (n) => Float32Array.from(job.stepNoise.slice(used, (used += n)));
 const images = await sample({ ...job, noise: Float32Array.from(job.noise), denoise, normal });
 console.log(JSON.stringify(Array.from(images)));
 """.replace("__PAGE__", PAGE_SCRIPT)
+# The page's pixels: (shape, RGBA bytes) of each job's image, or the error it throws.
+NODE_PIXELS = """
+import { readFileSync } from 'node:fs';
+import { imageShape, rgba } from '__PAGE__';
+const jobs = JSON.parse(readFileSync(0, 'utf8'));
+console.log(JSON.stringify(jobs.map(({ record, images, index }) => {
+  try {
+    const shape = imageShape(record);
+    return [shape, Array.from(rgba(Float32Array.from(images), shape, index))];
+  } catch (error) {
+    return error.message;
+  }
+})));
+""".replace("__PAGE__", PAGE_SCRIPT)
+NODE_ZOOMS = """
+import { readFileSync } from 'node:fs';
+import { zoomedWidth } from '__PAGE__';
+console.log(JSON.stringify(JSON.parse(readFileSync(0, 'utf8')).map(([w, t]) => zoomedWidth(w, t))));
+""".replace("__PAGE__", PAGE_SCRIPT)
 NODE_TIMESTEPS = """
 import { readFileSync } from 'node:fs';
 import { timestepSequence } from '__PAGE__';
@@ -55,8 +81,51 @@ const cases = JSON.parse(readFileSync(0, 'utf8'));
 console.log(JSON.stringify(cases.map(([a, n, spacing]) => timestepSequence(a, n, spacing))));
 """.replace("__PAGE__", PAGE_SCRIPT)
 
+# An edit of the page (inpaint or sdedit) with the closed-form denoiser and fed draws.
+NODE_EDIT = """
+import { readFileSync } from 'node:fs';
+import { editDraws, inpaint, sdedit } from '__PAGE__';
+const job = JSON.parse(readFileSync(0, 'utf8'));
+const denoise = async (x, t) => x.map((v) => 0.8 * v + 0.001 * t[0]);
+let used = 0;
+const normal = (n) => Float32Array.from(job.stepNoise.slice(used, (used += n)));
+const steps = [];
+const images = await (job.method === 'sdedit' ? sdedit : inpaint)({
+  ...job,
+  denoise,
+  image: Float32Array.from(job.image),
+  known: Float32Array.from(job.known),
+  initial: Float32Array.from(job.initial),
+  draws: editDraws(normal, job.initial.length),
+  onStep: (i, total, t) => steps.push([i, total, t]),
+});
+console.log(JSON.stringify([Array.from(images), steps]));
+""".replace("__PAGE__", PAGE_SCRIPT)
+# The page's masks, compositing, brush, RePaint plan and SDEdit start for the Python side.
+NODE_EDIT_HELPERS = """
+import { readFileSync } from 'node:fs';
+import { brushStroke, composite, knownMask, repaintPlan, startIndex } from '__PAGE__';
+const job = JSON.parse(readFileSync(0, 'utf8'));
+const masks = job.masks.map(([name, h, w]) => Array.from(knownMask(name, h, w)));
+const mixed = Array.from(composite(Float32Array.from(job.known), Float32Array.from(job.kept),
+                                   Float32Array.from(job.filled)));
+const strokes = job.strokes.map(([h, w, from, to, radius]) => {
+  const pixels = new Float32Array(h * w).fill(-1);
+  brushStroke(pixels, h, w, from, to, radius, 1);
+  return Array.from(pixels);
+});
+const plans = job.plans.map(([n, jumps, length]) => repaintPlan(n, jumps, length));
+const starts = job.starts.map(([steps, T, strength]) => startIndex(steps, T, strength));
+let refused = null;
+try { knownMask('middle', 4, 4); } catch (error) { refused = error.message; }
+console.log(JSON.stringify({ masks, mixed, strokes, plans, starts, refused }));
+""".replace("__PAGE__", PAGE_SCRIPT)
+
 
 STEP_COUNTS = (1, 2, 3, 4, 5, 7, 10, 19, 20, 50, 333, 999, 1000)
+# The page's fill regions (masks.py's names but random:P) and SDEdit strengths to check.
+FILL_NAMES = ("bottom", "top", "left", "right", "center")
+STRENGTHS = (0.0, 0.9, 0.7, 0.5, 0.1, 1.0)
 
 
 def run_node(script: str, job) -> list:
@@ -131,32 +200,29 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
         tiny_model_folder(tmp_path / "model", case["objective"], case.get("classes"))
     )
     schedule = module.diffusion.schedule
-    common = dict(
-        objective=case["objective"],
+    denoising = dict(
         clip_x0=case.get("clip", True),
         guidance_scale=case.get("gamma"),
         guidance_interval=case.get("interval"),
-        progress=False,
     )
+    denoiser = Denoiser(ClosedForm(case.get("classes")), schedule, case["objective"], **denoising)
     if case["name"] == "ddim":
         eta, spacing = case.get("eta", 0.0), case["spacing"]
         settings = dict(name="ddim", num_steps=case["steps"], eta=eta, spacing=spacing)
-        sampler = DDIMSampler(schedule, case["steps"], eta, spacing, **common)
+        sampler = DDIMSampler(schedule, case["steps"], eta, spacing, progress=False)
     else:
         settings = dict(name="ddpm", variance=case.get("variance", "fixed_small"))
-        sampler = DDPMSampler(schedule, settings["variance"], **common)
-    settings |= {key: common[key] for key in ("clip_x0", "guidance_scale", "guidance_interval")}
+        sampler = DDPMSampler(schedule, settings["variance"], progress=False)
+    settings |= denoising
     if "interval" in case:
-        scales = {sampler.guidance_scale_at(t) for t in sampler.steps()}
+        scales = {denoiser.guidance_scale_at(t) for t in sampler.steps()}
         assert scales == {None, case["gamma"]}
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(3, 1, 32, 32, generator=generator)
     draws = torch.randn(len(sampler.steps()), 3, 1, 32, 32, generator=generator)
     labels = None if "classes" not in case else torch.tensor([0, 4, 9])
     with fed_step_noise(draws):
-        expected = sampler.sample(
-            ClosedForm(case.get("classes")), tuple(noise.shape), y=labels, noise=noise
-        )
+        expected = sampler.sample(denoiser, tuple(noise.shape), y=labels, noise=noise)
     record = onnx_record(
         module,
         {
@@ -178,6 +244,161 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
     images = torch.tensor(images).reshape(expected.shape)
     assert (images - expected).abs().max() <= 1e-4
     assert expected.std() > 0.05
+
+
+def brushed(height: int, width: int, start, end, radius: float) -> np.ndarray:
+    """(H·W,) of -1 with 1 at the pixels whose centres lie within `radius` of the segment."""
+    centres = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing="ij"), -1)
+    points = centres[..., ::-1] + 0.5
+    a, b = np.array(start, dtype=float), np.array(end, dtype=float)
+    span = b - a
+    along = np.zeros((height, width)) if not span.any() else ((points - a) @ span) / (span @ span)
+    nearest = a + np.clip(along, 0, 1)[..., None] * span
+    inside = ((points - nearest) ** 2).sum(-1) <= radius**2
+    return np.where(inside, 1.0, -1.0).flatten()
+
+
+@needs_node
+def test_the_pages_masks_compositing_and_brush_are_pythons():
+    masks = [(name, h, w) for name in FILL_NAMES for h, w in ((32, 32), (28, 28), (5, 3))]
+    rng = np.random.default_rng(0)
+    known = (rng.uniform(size=(4, 3)) < 0.5).astype(np.float32)
+    kept, filled = rng.normal(size=(2, 2, 3, 4, 3)).astype(np.float32)
+    strokes = [(32, 32, [3.2, 4.7], [20.1, 9.4], 1.5), (8, 12, [5.0, 5.0], [5.0, 5.0], 2.0)]
+    plans = [(50, 1, 10), (50, 3, 10), (7, 2, 3), (20, 10, 10)]
+    starts = [(timestep_sequence(NoiseSchedule("cosine", 20), 5), 20, s) for s in STRENGTHS]
+    job = {
+        "masks": masks,
+        "known": known.flatten().tolist(),
+        "kept": kept.flatten().tolist(),
+        "filled": filled.flatten().tolist(),
+        "strokes": strokes,
+        "plans": plans,
+        "starts": starts,
+    }
+    result = run_node(NODE_EDIT_HELPERS, job)
+    for (name, h, w), mask in zip(masks, result["masks"], strict=True):
+        assert mask == known_mask(name, h, w).flatten().tolist(), (name, h, w)
+    assert sum(result["masks"][0]) == 32 * 16
+    expected = known[None, None] * kept + (1 - known[None, None]) * filled
+    np.testing.assert_allclose(np.array(result["mixed"]), expected.flatten(), atol=1e-6)
+    for (h, w, start, end, radius), pixels in zip(strokes, result["strokes"], strict=True):
+        assert pixels == brushed(h, w, start, end, radius).tolist()
+    assert (np.array(result["strokes"][1]) == 1).sum() == 12
+    for (n, jumps, length), plan in zip(plans, result["plans"], strict=True):
+        assert [tuple(move) for move in plan] == repaint_plan(n, jumps, length)
+    assert result["starts"] == [start_index(*case) for case in starts]
+    assert result["starts"] == [None, 0, 1, 2, 4, 0]
+    assert result["refused"] == "no fill region middle: choose one of " + ", ".join(FILL_NAMES)
+
+
+EDIT_CASES = {
+    "inpaint ddim eta 1 bottom": dict(method="inpaint", name="ddim", steps=6, eta=1.0),
+    "inpaint ddim eta 0 repaint": dict(
+        method="inpaint", name="ddim", steps=7, eta=0.0, jumps=3, length=3, mask="center"
+    ),
+    "inpaint ddpm": dict(method="inpaint", name="ddpm", mask="left"),
+    "sdedit ddim strength 0.6": dict(method="sdedit", name="ddim", steps=6, eta=1.0, strength=0.6),
+    "sdedit ddim strength 1": dict(method="sdedit", name="ddim", steps=5, eta=0.5, strength=1.0),
+    "sdedit ddpm strength 0.3": dict(method="sdedit", name="ddpm", strength=0.3),
+}
+
+
+@needs_node
+@pytest.mark.parametrize("case", EDIT_CASES.values(), ids=EDIT_CASES.keys())
+def test_the_pages_edits_are_pythons_for_the_same_noise(case, tmp_path):
+    module = load_folder(tiny_model_folder(tmp_path / "model", "v"))
+    schedule = module.diffusion.schedule
+    denoiser = Denoiser(ClosedForm(None), schedule, "v", clip_x0=True)
+    if case["name"] == "ddim":
+        settings = dict(name="ddim", num_steps=case["steps"], eta=case["eta"], spacing="uniform")
+        sampler = DDIMSampler(schedule, case["steps"], case["eta"], "uniform", progress=False)
+    else:
+        settings = dict(name="ddpm", variance="fixed_small")
+        sampler = DDPMSampler(schedule, "fixed_small", progress=False)
+    settings |= dict(clip_x0=True, guidance_scale=None, guidance_interval=None)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 1, 32, 32, generator=generator) * 2 - 1
+    noise = torch.randn(3, 1, 32, 32, generator=generator)
+    draws = torch.randn(200, 3, 1, 32, 32, generator=generator)
+    known = known_mask(case.get("mask", "bottom"), 32, 32)
+    jumps, length = case.get("jumps", 1), case.get("length", 10)
+    with fed_step_noise(draws), patch.object(SampleNoise, "initial", lambda self: noise):
+        if case["method"] == "inpaint":
+            expected = inpaint(
+                denoiser, image, known, sampler, resample_jumps=jumps, jump_length=length
+            )
+        else:
+            expected = sdedit(denoiser, image, sampler, strength=case["strength"])
+    record = onnx_record(
+        module,
+        {
+            "_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler",
+            "_partial_": True,
+            "num_steps": 4,
+        },
+    )
+    images, steps = run_node(
+        NODE_EDIT,
+        {
+            "method": case["method"],
+            "record": record,
+            "settings": settings,
+            "labels": None,
+            "image": image.flatten().tolist(),
+            "known": known.flatten().tolist(),
+            "initial": noise.flatten().tolist(),
+            "stepNoise": draws.flatten().tolist(),
+            "strength": case.get("strength"),
+            "resampleJumps": jumps,
+            "jumpLength": length,
+        },
+    )
+    images = torch.tensor(images).reshape(expected.shape)
+    assert (images - expected).abs().max() <= 1e-4
+    assert expected.std() > 0.05
+    visited = list(sampler.steps())
+    if case["method"] == "inpaint":
+        assert (images * known == image * known).all()
+        updates = updates_in(repaint_plan(len(visited), jumps, length))
+        assert [i for i, _, _ in steps] == list(range(updates))
+        assert {total for _, total, _ in steps} == {updates}
+    else:
+        first = start_index(visited, 20, case["strength"])
+        assert [t for _, _, t in steps] == visited[first:]
+
+
+def expected_rgba(images: np.ndarray, index: int) -> list[int]:
+    """Image `index` of `images` (N, C, H, W) in [-1, 1] as RGBA bytes: round((v + 1) · 127.5)
+    per channel, grey (C = 1) in all three, alpha 255."""
+    image = np.clip(images[index].astype(np.float64), -1, 1).transpose(1, 2, 0)
+    rgb = np.floor((image + 1) * 127.5 + 0.5).astype(np.uint8)
+    rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb
+    alpha = np.full((*rgb.shape[:2], 1), 255, dtype=np.uint8)
+    return np.concatenate([rgb, alpha], axis=2).flatten().tolist()
+
+
+@needs_node
+def test_the_page_draws_grey_and_colour_images_of_any_size():
+    generator = np.random.default_rng(0)
+    colour = generator.uniform(-1.5, 1.5, (2, 3, 2, 5)).astype(np.float32)
+    colour[1, :, 0, :3] = [[-1, 0, 1], [0, 1, -1], [1, -1, 0]]
+    grey = generator.uniform(-1, 1, (1, 1, 64, 48)).astype(np.float32)
+    old = generator.uniform(-1, 1, (1, 1, 32, 32)).astype(np.float32)
+    jobs = [
+        {"record": {"data_shape": [3, 2, 5]}, "images": colour.flatten().tolist(), "index": 1},
+        {"record": {"data_shape": [1, 64, 48]}, "images": grey.flatten().tolist(), "index": 0},
+        {"record": {}, "images": old.flatten().tolist(), "index": 0},
+        {"record": {"data_shape": [2, 8, 8]}, "images": [0.0] * 128, "index": 0},
+    ]
+    pixels = run_node(NODE_PIXELS, jobs)
+    assert pixels[0] == [[3, 2, 5], expected_rgba(colour, 1)]
+    assert pixels[0][1][:12] == [0, 128, 255, 255, 128, 255, 0, 255, 255, 0, 128, 255]
+    assert pixels[1] == [[1, 64, 48], expected_rgba(grey, 0)]
+    assert pixels[2] == [[1, 32, 32], expected_rgba(old, 0)]
+    assert pixels[3] == "the page draws images of 1 (grey) or 3 (RGB) channels, not of shape 2×8×8"
+    zooms = [(32, 192), (64, 192), (28, 96), (64, 96), (48, 192), (300, 96)]
+    assert run_node(NODE_ZOOMS, zooms) == [192, 192, 84, 128, 192, 300]
 
 
 @pytest.fixture

@@ -1,12 +1,14 @@
 """The demo page in headless Chromium (Debian's chromium and chromium-driver, driven by
 selenium): on the exported ONNX models its sampler gives the Python sampler's images for the
 same noise, the console shows no error, it shows samples on load, labels them by class, keeps
-its controls on one row, and the controls change the pictures. The page's screenshot goes to
+its controls on one row, the controls change the pictures, and colour (3-channel) and 64×64
+models are drawn pixel for pixel, zoomed by whole numbers. The page's screenshot goes to
 logs/test-artifacts/demo_page.png (docs/images/demo_page.png is a copy)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import threading
 import time
@@ -65,13 +67,17 @@ TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """(URL, folder) of the demo built with the shipped MNIST model and two tiny random-init
+    """(URL, folder) of the demo built with the shipped MNIST model and four tiny random-init
     UNets (T=20): `tiny_v` (v objective) and `tiny_cond` (x0 objective, Fashion-MNIST's 10
-    classes), served on a free port."""
+    classes) on 1×32×32 images, `tiny_rgb` on 3×32×32 (Shapes) and `tiny_64` on 1×64×64
+    (v objective), served on a free port."""
     root = tmp_path_factory.mktemp("demo")
     tiny_model_folder(root / "tiny_v", "v")
     tiny_model_folder(root / "tiny_cond", "x0", num_classes=10, dataset="fashion_mnist")
-    models = f"models=[mnist,{root / 'tiny_v'},{root / 'tiny_cond'}]"
+    tiny_model_folder(root / "tiny_rgb", "v", dataset="shapes", shape=(3, 32, 32))
+    tiny_model_folder(root / "tiny_64", "v", shape=(1, 64, 64))
+    names = ["tiny_v", "tiny_cond", "tiny_rgb", "tiny_64"]
+    models = f"models=[mnist,{','.join(str(root / name) for name in names)}]"
     folder = root / "site"
     demo(
         compose_config(
@@ -150,7 +156,15 @@ CASES = {
     ),
     "tiny v, DDPM (all 20 steps)": ("tiny_v", dict(sampler="ddpm", variance="fixed_small"), 1e-4),
     "shipped mnist, DDIM-5, eta 0": ("mnist", dict(sampler="ddim", steps=5, eta=0.0), 1e-2),
+    "tiny colour 3x32x32, DDIM-5": ("tiny_rgb", dict(sampler="ddim", steps=5, eta=1.0), 1e-4),
+    "tiny grey 1x64x64, DDIM-4": ("tiny_64", dict(sampler="ddim", steps=4, eta=0.0), 1e-4),
 }
+
+
+def image_shape(folder: Path, model: str) -> tuple[int, ...]:
+    """The (C, H, W) of `model`'s images, as its model.json in the site says."""
+    record = json.loads((folder / "models" / model / "model.json").read_text())
+    return tuple(record["data_shape"])
 
 
 def python_samples(folder: Path | str, options: dict, noise, draws) -> torch.Tensor:
@@ -177,8 +191,9 @@ def python_samples(folder: Path | str, options: dict, noise, draws) -> torch.Ten
 def test_the_page_samples_what_python_samples(site, page, model, options, tolerance):
     _, folder = site
     generator = torch.Generator().manual_seed(1)
-    noise = torch.randn(8, 1, 32, 32, generator=generator)
-    draws = torch.randn(20, 8, 1, 32, 32, generator=generator)
+    shape = image_shape(folder, model)
+    noise = torch.randn(8, *shape, generator=generator)
+    draws = torch.randn(20, 8, *shape, generator=generator)
     hook = {
         "model": model,
         "noise": write_floats(folder / f"noise-{model}.bin", noise),
@@ -203,6 +218,78 @@ def tiles(driver) -> np.ndarray:
         "return [data, [canvases.length, canvases[0].height, canvases[0].width, 4]];"
     )
     return np.array(pixels, dtype=np.uint8).reshape(shape)
+
+
+def drawn(driver, canvas_id: str) -> np.ndarray:
+    """The pixels (H, W, 4) of the canvas `canvas_id`."""
+    pixels, shape = driver.execute_script(
+        "const c = document.getElementById(arguments[0]);"
+        "return [Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data),"
+        "        [c.height, c.width, 4]];",
+        canvas_id,
+    )
+    return np.array(pixels, dtype=np.uint8).reshape(shape)
+
+
+def rgba(images: np.ndarray) -> np.ndarray:
+    """Images (N, C, H, W) in [-1, 1] as the page's RGBA bytes (N, H, W, 4): round((v + 1) ·
+    127.5) per channel, one channel as grey, alpha 255."""
+    rgb = np.floor((np.clip(images.astype(np.float64), -1, 1) + 1) * 127.5 + 0.5)
+    rgb = np.broadcast_to(rgb, (len(images), 3, *images.shape[2:])).transpose(0, 2, 3, 1)
+    alpha = np.full((*rgb.shape[:3], 1), 255.0)
+    return np.concatenate([rgb, alpha], axis=3).astype(np.uint8)
+
+
+def assert_channels(pixels: np.ndarray, channels: int) -> None:
+    """Colour images (3 channels) differ between red, green and blue at most pixels; grey ones
+    (1 channel) nowhere."""
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    if channels == 3:
+        assert (red != green).mean() > 0.5 and (green != blue).mean() > 0.5
+    else:
+        assert (red == green).all() and (green == blue).all()
+
+
+# CSS size of the first tile's canvas and of x_t's, and the canvases' image-rendering.
+VIEW_SIZES = """
+const size = (c) => [c.clientWidth, c.clientHeight];
+const tile = document.querySelector('#grid .tile canvas');
+return [size(tile), size(document.getElementById('xt')), getComputedStyle(tile).imageRendering];
+"""
+
+
+@pytest.mark.parametrize("model", ["tiny_rgb", "tiny_64"])
+def test_colour_and_larger_images_are_drawn_pixel_for_pixel(site, page, model):
+    _, folder = site
+    channels, height, width = image_shape(folder, model)
+    noise = torch.randn(8, channels, height, width, generator=torch.Generator().manual_seed(2))
+    hook = {
+        "model": model,
+        "noise": write_floats(folder / f"noise-drawn-{model}.bin", noise),
+        "sampler": "ddim",
+        "steps": 3,
+    }
+    images = page.execute_script("return window.ddpmTest.generate(arguments[0])", hook)
+    expected = rgba(np.array(images, dtype=np.float32).reshape(noise.shape))
+    shown = tiles(page)
+    assert shown.shape == (8, height, width, 4)
+    assert (shown == expected).all()
+    assert (drawn(page, "xt") == expected[0]).all()
+    assert drawn(page, "x0").shape == (height, width, 4)
+    assert_channels(shown, channels)
+    (tile_width, tile_height), process, rendering = page.execute_script(VIEW_SIZES)
+    assert process == [192, 192] and rendering == "pixelated"
+    assert tile_width >= width and abs(tile_height - tile_width * height / width) <= 1
+
+    from selenium.webdriver.support.select import Select
+
+    Select(page.find_element("id", "model")).select_by_value(model)
+    set_number(page, "steps", 2)
+    pressed = generate(page)
+    assert pressed.shape == (8, height, width, 4)
+    assert (pressed != shown).any()
+    assert_channels(pressed, channels)
+    assert console_errors(page) == []
 
 
 def captions(driver) -> list[str]:

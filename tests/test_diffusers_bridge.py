@@ -1,5 +1,6 @@
-"""sampler=diffusers: diffusers' schedulers built from our schedule and objective, against our
-DDIM and the exact denoisers of Gaussian and mixture data, and through every command."""
+"""sampler=diffusers: diffusers' schedulers built from our schedule and driven through our
+Denoiser, against our DDIM and the exact denoisers of Gaussian and mixture data, and through
+every command."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from test_samplers import MU, S, exact_denoiser
 from ddpm_lightning import load_pretrained
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.config.schema import validate_config
+from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.diffusers_bridge import TESTED_SCHEDULERS, DiffusersSampler
 from ddpm_lightning.diffusion.guidance import balanced_labels
 from ddpm_lightning.diffusion.samplers import DDIMSampler, timestep_sequence
@@ -29,7 +31,7 @@ needs_diffusers = pytest.mark.skipif(
     importlib.util.find_spec("diffusers") is None,
     reason="diffusers is not installed (the hf extra: pip install 'ddpm_lightning[hf]')",
 )
-OPTIONS = dict(clip_x0=False, batch_size=4096, progress=False)
+OPTIONS = dict(batch_size=4096, progress=False)
 # Std of the samples of N(0.3, 0.2²) per scheduler at 50 steps (T=1000, cosine, trailing
 # spacing), measured over seeds 0 and 1: DDIM and Euler (the same ODE step) 0.1872-0.1874, DDPM
 # 0.1745-0.1775 (large ancestral steps), DPM-Solver++(2M) 0.1989-0.1991, UniPC 0.1984-0.1985.
@@ -60,14 +62,12 @@ def test_missing_diffusers_names_the_extra(monkeypatch):
 
 
 @needs_diffusers
-@pytest.mark.parametrize(
-    ("objective", "prediction_type"), [("eps", "epsilon"), ("x0", "sample"), ("v", "v_prediction")]
-)
-def test_the_scheduler_follows_our_schedule_and_objective(objective, prediction_type):
+def test_the_scheduler_follows_our_schedule_and_takes_v():
+    """Whatever the network predicts, the scheduler is handed v of the denoiser's (x̂₀, ε̂)."""
     schedule = NoiseSchedule("sigmoid", 100)
-    sampler = DiffusersSampler(schedule, scheduler="DDIMScheduler", objective=objective)
+    sampler = DiffusersSampler(schedule, scheduler="DDIMScheduler")
     config = sampler.scheduler.config
-    assert config.prediction_type == prediction_type
+    assert config.prediction_type == "v_prediction"
     assert config.num_train_timesteps == 100
     assert torch.equal(torch.tensor(config.trained_betas, dtype=torch.float32), schedule.betas)
     # diffusers multiplies ᾱ up in float32, we in float64: measured 1.3e-5 apart at most.
@@ -124,8 +124,8 @@ def test_ddim_scheduler_equals_our_ddim_on_gaussian_data(objective, eta):
     """Same spacing (trailing: 999, 979, …, 19 for T=1000, n=50), same start noise, and with
     η=1 the same per-step noise (the samples' own, handed to the scheduler as variance_noise)."""
     schedule = NoiseSchedule("cosine", 1000)
-    ours = DDIMSampler(schedule, 50, eta, "trailing", objective=objective, **OPTIONS)
-    theirs = DiffusersSampler(schedule, "DDIMScheduler", 50, eta, objective=objective, **OPTIONS)
+    ours = DDIMSampler(schedule, 50, eta, "trailing", **OPTIONS)
+    theirs = DiffusersSampler(schedule, "DDIMScheduler", 50, eta, **OPTIONS)
     assert theirs.steps() == ours.steps()
     model = exact_denoiser(schedule, objective)
     a = ours.sample(model, (64, 1, 2, 2), seed=3)
@@ -137,10 +137,11 @@ def test_ddim_scheduler_equals_our_ddim_on_gaussian_data(objective, eta):
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_scheduler_equals_our_ddim_with_guidance_on_mixture_data(eta):
     schedule = NoiseSchedule("cosine", 200)
-    options = dict(OPTIONS, objective="v", guidance_scale=2.0)
-    ours = DDIMSampler(schedule, num_steps=50, eta=eta, spacing="trailing", **options)
-    theirs = DiffusersSampler(schedule, "DDIMScheduler", num_steps=50, eta=eta, **options)
-    model, y = class_conditional_denoiser(schedule, "v"), balanced_labels(300, 3)
+    ours = DDIMSampler(schedule, num_steps=50, eta=eta, spacing="trailing", **OPTIONS)
+    theirs = DiffusersSampler(schedule, "DDIMScheduler", num_steps=50, eta=eta, **OPTIONS)
+    network = class_conditional_denoiser(schedule, "v")
+    model = Denoiser(network, schedule, "v", clip_x0=False, guidance_scale=2.0)
+    y = balanced_labels(300, 3)
     a = ours.sample(model, (300, 1, 2, 2), seed=3, y=y)
     b = theirs.sample(model, (300, 1, 2, 2), seed=3, y=y)
     torch.testing.assert_close(b, a, rtol=0, atol=1e-4)  # measured ≤ 1.6e-5
@@ -151,7 +152,7 @@ def test_ddim_scheduler_equals_our_ddim_with_guidance_on_mixture_data(eta):
 @pytest.mark.parametrize("name", TESTED_SCHEDULERS)
 def test_each_scheduler_reproduces_gaussian_data(name, objective):
     schedule = NoiseSchedule("cosine", 1000)
-    sampler = DiffusersSampler(schedule, name, num_steps=50, objective=objective, **OPTIONS)
+    sampler = DiffusersSampler(schedule, name, num_steps=50, **OPTIONS)
     x = sampler.sample(
         exact_denoiser(schedule, objective),
         (4000, 1, 2, 2),
@@ -165,10 +166,11 @@ def test_each_scheduler_reproduces_gaussian_data(name, objective):
 @pytest.mark.parametrize("name", TESTED_SCHEDULERS)
 def test_each_scheduler_reproduces_each_class_of_mixture_data(name):
     schedule = NoiseSchedule("cosine", 200)
-    sampler = DiffusersSampler(schedule, name, num_steps=50, guidance_scale=1.0, **OPTIONS)
+    sampler = DiffusersSampler(schedule, name, num_steps=50, **OPTIONS)
+    network = class_conditional_denoiser(schedule, "eps")
     y = balanced_labels(3000, 3)
     x = sampler.sample(
-        class_conditional_denoiser(schedule, "eps"),
+        Denoiser(network, schedule, "eps", clip_x0=False, guidance_scale=1.0),
         (3000, 1, 2, 2),
         seed=0,
         y=y,
@@ -186,8 +188,7 @@ def test_multistep_history_is_cleared_between_chunks():
     model = exact_denoiser(schedule, "eps")
     noise = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     whole, chunked = (
-        DiffusersSampler(schedule, num_steps=10, clip_x0=False, batch_size=size, progress=False)
-        for size in (8, 3)
+        DiffusersSampler(schedule, num_steps=10, batch_size=size, progress=False) for size in (8, 3)
     )
     calls = []
     a = whole.sample(model, noise.shape, noise=noise)

@@ -5,6 +5,7 @@ a student cannot start from are refused in one line."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -13,8 +14,9 @@ from torch import Tensor
 
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.data.images import InMemoryDataModule, TensorBatches
-from ddpm_lightning.diffusion.gaussian import Denoiser
-from ddpm_lightning.diffusion.samplers import DDIMSampler
+from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.diffusion.gaussian import Network
+from ddpm_lightning.diffusion.samplers import DDIMSampler, Step
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.distill import ProgressiveDiffusion, ProgressiveDistillation, distill_round
 from ddpm_lightning.distill.grids import halving_grids
@@ -30,9 +32,11 @@ COV = torch.tensor([[0.04, 0.015], [0.015, 0.02]], dtype=torch.float64)
 T = 1000
 MLP_SETTINGS = {"name": "mlp", "in_dim": 2, "hidden_dim": 64, "num_layers": 3, "num_timesteps": T}
 SCHEDULE = {"name": "cosine", "num_timesteps": T}
+# The step noise of deterministic DDIM (η = 0), which draws none.
+NO_NOISE: Any = None
 
 
-def exact_gaussian(schedule: NoiseSchedule, objective: str) -> Denoiser:
+def exact_gaussian(schedule: NoiseSchedule, objective: str) -> Network:
     """The optimal predictor for x₀ ~ N(MEAN, COV) in the objective's terms, in float64:
     E[x₀ | z_t] = μ + α_t Σ (α_t² Σ + σ_t² I)⁻¹ (z_t − α_t μ), ε̂ = (z_t − α_t x̂)/σ_t."""
 
@@ -85,21 +89,24 @@ def teacher_module(objective: str) -> DiffusionModule:
     return teacher
 
 
-def deterministic_ddim(schedule: NoiseSchedule, num_steps: int, objective: str) -> DDIMSampler:
-    """DDIM η = 0 on the trailing grid without clipping: the sampler of the rounds."""
+def deterministic_ddim(schedule: NoiseSchedule, num_steps: int) -> DDIMSampler:
+    """DDIM η = 0 on the trailing grid: the sampler of the rounds."""
     return DDIMSampler(
         schedule,
         num_steps=num_steps,
         eta=0.0,
         spacing="trailing",
-        objective=objective,
-        clip_x0=False,
         progress=False,
         batch_size=100_000,
     )
 
 
-def answering(output: Tensor) -> Denoiser:
+def unclipped(network: Network, schedule: NoiseSchedule, objective: str) -> Denoiser:
+    """`network` as the rounds' sampler sees it: x̂₀ not clipped."""
+    return Denoiser(network, schedule, objective, clip_x0=False)
+
+
+def answering(output: Tensor) -> Network:
     """A network whose output is `output` whatever it is asked."""
     return lambda x, t, y=None: output
 
@@ -118,8 +125,9 @@ def test_one_student_step_with_the_target_is_two_teacher_steps(objective, schedu
     schedule = NoiseSchedule(schedule_name, T)
     teacher = exact_gaussian(schedule, objective)
     diffusion = ProgressiveDiffusion(schedule, teacher, 8, objective=objective)
-    full = deterministic_ddim(schedule, 8, objective)
-    half = deterministic_ddim(schedule, 4, objective)
+    full = deterministic_ddim(schedule, 8)
+    half = deterministic_ddim(schedule, 4)
+    exact = unclipped(teacher, schedule, objective)
     assert diffusion.student_times.tolist() == [*half.steps(), -1]
     generator = torch.Generator().manual_seed(0)
     for i, t in enumerate(half.steps()):
@@ -127,10 +135,10 @@ def test_one_student_step_with_the_target_is_two_teacher_steps(objective, schedu
         target = diffusion.distillation_target(z, torch.full((500,), t))
         two_steps = z
         for j in (2 * i, 2 * i + 1):
-            x0, eps = full.predict(teacher, two_steps, full.steps()[j], None)
-            two_steps = full.step(j, two_steps, x0, eps, None)
-        x0, eps = half.predict(answering(target), z, t, None)
-        torch.testing.assert_close(half.step(i, z, x0, eps, None), two_steps, rtol=0, atol=1e-5)
+            two_steps = full.advance(exact, Step(j, full.steps()[j], two_steps, None, NO_NOISE))
+        student = unclipped(answering(target), schedule, objective)
+        one_step = half.advance(student, Step(i, t, z, None, NO_NOISE))
+        torch.testing.assert_close(one_step, two_steps, rtol=0, atol=1e-5)
 
 
 def test_mixed_timesteps_in_a_batch_get_their_own_targets():
@@ -217,18 +225,17 @@ def test_a_round_learns_two_teacher_steps_in_one(objective, tmp_path):
         ema_decay=0.999,
     )
     schedule = teacher.diffusion.schedule
-    two, one = (
-        deterministic_ddim(schedule, 2, objective),
-        deterministic_ddim(schedule, 1, objective),
-    )
+    two, one = deterministic_ddim(schedule, 2), deterministic_ddim(schedule, 1)
+    teacher_net = unclipped(teacher.model, schedule, objective)
+    student_net = unclipped(student.model.eval(), schedule, objective)
     held_out = torch.randn(4000, 2, generator=torch.Generator().manual_seed(123))
-    teacher_map = two.sample(teacher.model, (4000, 2), noise=held_out)
-    student_map = one.sample(student.model.eval(), (4000, 2), noise=held_out)
+    teacher_map = two.sample(teacher_net, (4000, 2), noise=held_out)
+    student_map = one.sample(student_net, (4000, 2), noise=held_out)
     assert (student_map - teacher_map).abs().mean().item() < 0.005
     corners = torch.cat([torch.zeros(1, 2), torch.eye(2)])
-    images = two.sample(teacher.model, (3, 2), noise=corners).double()
+    images = two.sample(teacher_net, (3, 2), noise=corners).double()
     b, A = images[0], (images[1:] - images[0]).T
-    samples = one.sample(student.model, (20_000, 2), seed=1).double()
+    samples = one.sample(student_net, (20_000, 2), seed=1).double()
     assert (samples.mean(0) - b).abs().max().item() < 0.002
     covariance_error = (samples.T.cov() - A @ A.T).norm() / (A @ A.T).norm()
     assert covariance_error.item() < 0.05
@@ -281,7 +288,7 @@ def test_a_teacher_the_student_cannot_start_from_is_refused(changes, message):
         ),
         ({"spacing": "linear"}, "distill.spacing='linear' is unknown; choose one of uniform"),
         ({"weighting": "snr"}, "distill.weighting='snr' is unknown"),
-        ({"method": "consistency"}, "distill.method=consistency is unknown"),
+        ({"method": "rectified"}, "distill.method=rectified is unknown"),
         ({"student_steps": 1}, "distill.student_steps is not a distillation setting"),
         ({"teacher": None}, "distill.teacher is required"),
     ],

@@ -34,7 +34,7 @@ from ddpm_lightning.config import compose_config
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CONF = ROOT / "conf"
-HYDRA_COMMANDS = {"train", "sample", "evaluate", "classifier", "export", "demo"}
+HYDRA_COMMANDS = {"train", "sample", "evaluate", "classifier", "export", "demo", "edit"}
 CONSOLE_SCRIPTS = {f"ddpm-{name}": name for name in HYDRA_COMMANDS}
 # Hydra flags: those followed by a value, and those that stand alone.
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir"}
@@ -44,7 +44,8 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 PROJECT_COMMAND = re.compile(
-    r"-m\s+ddpm_lightning|\bddpm-(train|sample|evaluate|classifier|export|demo)\b|make\s+train"
+    r"-m\s+ddpm_lightning|\bddpm-(train|sample|evaluate|classifier|export|demo|edit)\b"
+    r"|make\s+train"
 )
 
 
@@ -408,6 +409,8 @@ PAGE_COMMANDS = {
     "evaluation.md": "evaluate",
     "sharing.md": "export",
     "demo.md": "demo",
+    "data.md": "train",
+    "editing.md": "edit",
 }
 COMMAND_WORD = re.compile(rf"\b({'|'.join(sorted(HYDRA_COMMANDS))})\b", re.IGNORECASE)
 GROUP_CHOICE = re.compile(r"`([a-z_]+)=([a-z0-9_]+)`")

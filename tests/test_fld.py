@@ -239,6 +239,7 @@ def test_fld_callback_logs_val_fld(data_root, tmp_path):
     cfg.callbacks.fld.test_num_samples = 12
     metrics = train(cfg)
     assert np.isfinite(metrics["val/fld"]) and metrics["val/fld"] > 0
+    assert np.isfinite(metrics["val/kid"]), "KID of the 16 samples, unbiased, may be below 0"
     written = json.loads((tmp_path / "test_metrics.json").read_text())
     assert set(written) == {"test/loss", "test/fld"}
     assert np.isfinite(written["test/fld"]) and written["test/fld"] != metrics["val/fld"]
@@ -410,7 +411,7 @@ def test_samples_without_a_dataset_need_dataset(tmp_path):
         evaluate(evaluate_config(tmp_path, f"samples={tmp_path / 'old.npz'}"))
     assert str(error.value) == (
         f"samples={tmp_path / 'old.npz'} records no dataset: "
-        "pass dataset=NAME, one of mnist, fashion_mnist"
+        "pass dataset=NAME, one of mnist, fashion_mnist, shapes"
     )
 
 
@@ -423,7 +424,7 @@ BAD_SAMPLES = [
     (
         lambda p: write_npz(p, np.full((4, 1, 32, 32), 0.5, np.float32)),
         ": images are a float32 array of shape (4, 1, 32, 32) with values in [0.5, 0.5]; need "
-        "uint8 images in [0, 255] of shape (N, 1, 32, 32) as the sample command writes",
+        "uint8 images in [0, 255] of shape (N, C, H, W), C = 1 or 3, as the sample command writes",
     ),
     (
         lambda p: write_npz(p, np.arange(4 * 32 * 32).reshape(4, 1, 32, 32)),
@@ -473,6 +474,6 @@ def test_a_checkpoint_of_2d_points_is_refused_by_the_evaluator(tmp_path):
     with pytest.raises(ConfigError) as info:
         evaluate(evaluate_config(tmp_path, f"ckpt_path={path}", "dataset=mnist"))
     assert str(info.value) == (
-        f"ckpt_path={path} models data of shape (2,), not images (1, 32, 32): FLD scores "
-        "MNIST-like images; use the sample command for it"
+        f"ckpt_path={path} models data of shape (2,), not images (C, H, W): FLD scores "
+        "images; use the sample command for it"
     )

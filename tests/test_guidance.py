@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
+from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.guidance import (
+    DEFAULT_GUIDANCE_SCALE,
     balanced_labels,
     check_labels,
     drop_labels,
@@ -92,10 +94,10 @@ def test_balanced_labels_and_checks():
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 def test_samplers_never_request_the_null_label(scale):
     model = ToyConditional()
-    sampler = DDIMSampler(NoiseSchedule("cosine", 20), num_steps=5, guidance_scale=scale)
-    sampler.progress = False
+    schedule = NoiseSchedule("cosine", 20)
+    sampler = DDIMSampler(schedule, num_steps=5, progress=False)
     y = torch.tensor([0, 1, 2, 0])
-    sampler.sample(model, (4, 1, 2, 2), y=y)
+    sampler.sample(Denoiser(model, schedule, "eps", guidance_scale=scale), (4, 1, 2, 2), y=y)
     assert len(model.batches) == 5
     for labels in model.batches:
         assert torch.equal(labels[:4], y), "the requested labels, never the null one"
@@ -141,14 +143,14 @@ def class_conditional_denoiser(schedule: NoiseSchedule, objective: str) -> nn.Mo
 @pytest.mark.parametrize("sampler_name", ["ddpm", "ddim"])
 def test_guidance_scale_one_reproduces_each_class_mean(objective, sampler_name):
     schedule = NoiseSchedule("cosine", 200)
-    options = dict(objective=objective, clip_x0=False, progress=False, guidance_scale=1.0)
     if sampler_name == "ddpm":
-        sampler = DDPMSampler(schedule, **options)
+        sampler = DDPMSampler(schedule, progress=False)
     else:
-        sampler = DDIMSampler(schedule, num_steps=50, eta=0.0, **options)
+        sampler = DDIMSampler(schedule, num_steps=50, eta=0.0, progress=False)
+    network = class_conditional_denoiser(schedule, objective)
     y = balanced_labels(3000, 3)
     x = sampler.sample(
-        class_conditional_denoiser(schedule, objective),
+        Denoiser(network, schedule, objective, clip_x0=False, guidance_scale=1.0),
         (3000, 1, 2, 2),
         seed=0,
         y=y,
@@ -162,18 +164,14 @@ def test_guidance_scale_one_reproduces_each_class_mean(objective, sampler_name):
 
 def test_guidance_scale_zero_ignores_the_label():
     schedule = NoiseSchedule("cosine", 200)
-    sampler = DDIMSampler(
-        schedule,
-        num_steps=50,
-        eta=0.0,
-        clip_x0=False,
-        progress=False,
-        guidance_scale=0,
-        guidance_interval=None,
+    sampler = DDIMSampler(schedule, num_steps=50, eta=0.0, progress=False)
+    network = class_conditional_denoiser(schedule, "eps")
+    denoiser = Denoiser(
+        network, schedule, "eps", clip_x0=False, guidance_scale=0, guidance_interval=None
     )
     y = balanced_labels(3000, 3)
     x = sampler.sample(
-        class_conditional_denoiser(schedule, "eps"),
+        denoiser,
         (3000, 1, 2, 2),
         seed=0,
         y=y,
@@ -190,12 +188,12 @@ def test_guidance_interval_guides_only_inside_it():
     schedule = NoiseSchedule("cosine", 20)
     sigmas = schedule.sigmas()
     low, high = float(sigmas[5]), float(sigmas[12])
-    sampler = DDIMSampler(schedule, num_steps=20, guidance_scale=2.0, guidance_interval=[low, high])
-    scales = [sampler.guidance_scale_at(t) for t in range(20)]
-    assert scales == [None] * 6 + [2.0] * 7 + [None] * 7, "(σ_5, σ_12]: timesteps 6 … 12"
     model = ToyConditional()
-    sampler.progress = False
-    sampler.sample(model, (4, 1, 2, 2), y=torch.tensor([0, 1, 2, 0]))
+    denoiser = Denoiser(model, schedule, "eps", guidance_scale=2.0, guidance_interval=[low, high])
+    scales = [denoiser.guidance_scale_at(t) for t in range(20)]
+    assert scales == [None] * 6 + [2.0] * 7 + [None] * 7, "(σ_5, σ_12]: timesteps 6 … 12"
+    sampler = DDIMSampler(schedule, num_steps=20, progress=False)
+    sampler.sample(denoiser, (4, 1, 2, 2), y=torch.tensor([0, 1, 2, 0]))
     assert [len(b) for b in model.batches] == [4] * 7 + [8] * 7 + [4] * 6, "t = 19 … 0"
 
 
@@ -205,8 +203,9 @@ def test_guidance_interval_over_all_or_no_steps_is_plain_guidance_or_none(interv
     y = torch.tensor([0, 1, 2, 2, 1])
 
     def draw(**options):
-        sampler = DDIMSampler(schedule, num_steps=10, eta=1.0, progress=False, **options)
-        return sampler.sample(ToyConditional(), (5, 1, 3, 3), seed=3, y=y)
+        sampler = DDIMSampler(schedule, num_steps=10, eta=1.0, progress=False)
+        denoiser = Denoiser(ToyConditional(), schedule, "eps", **options)
+        return sampler.sample(denoiser, (5, 1, 3, 3), seed=3, y=y)
 
     within = interval[0] < schedule.sigmas().min()
     expected = draw(guidance_scale=2.5 if within else 1.0, guidance_interval=None)
@@ -219,4 +218,25 @@ def test_guidance_interval_over_all_or_no_steps_is_plain_guidance_or_none(interv
 @pytest.mark.parametrize("interval", [[1.0], [2.0, 1.0], [-1.0, 3.0], [1.0, 1.0]])
 def test_bad_guidance_interval_is_a_config_error(interval):
     with pytest.raises(ConfigError, match=r"sampler\.guidance_interval"):
-        DDIMSampler(NoiseSchedule("cosine", 20), guidance_scale=2.0, guidance_interval=interval)
+        Denoiser(
+            ToyConditional(),
+            NoiseSchedule("cosine", 20),
+            "eps",
+            guidance_scale=2.0,
+            guidance_interval=interval,
+        )
+
+
+def test_the_denoiser_guides_conditional_networks_only():
+    """γ defaults to DEFAULT_GUIDANCE_SCALE for a conditional network; an unconditional one
+    refuses γ ≠ 1 in one line naming the key and keeps no interval."""
+    schedule = NoiseSchedule("cosine", 20)
+    conditional = Denoiser(ToyConditional(), schedule, "eps")
+    assert conditional.guidance_scale == DEFAULT_GUIDANCE_SCALE
+    assert conditional.guidance_interval == (0.3, 4.0)
+    assert Denoiser(ToyConditional(), schedule, "eps", guidance_scale=0).guidance_scale == 0.0
+    unconditional = Denoiser(lambda x, t, y: x, schedule, "eps", guidance_interval=[0.3, 5])
+    assert unconditional.guidance_scale is None and unconditional.guidance_interval is None
+    assert Denoiser(lambda x, t, y: x, schedule, "eps", guidance_scale=1.0).guidance_scale == 1
+    with pytest.raises(ConfigError, match="sampler.guidance_scale=3.0 needs a conditional"):
+        Denoiser(lambda x, t, y: x, schedule, "eps", guidance_scale=3.0)

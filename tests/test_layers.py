@@ -29,6 +29,7 @@ LAYERS = {
     "components": 3,
     "evaluation": 3,
     "training": 4,
+    "editing": 4,
     "sharing": 5,
     "distill": 5,
     "config": 6,

@@ -9,9 +9,11 @@ import pytest
 
 from ddpm_lightning.config.__main__ import main
 from ddpm_lightning.config.defaults import KINDS, kind_settings
+from ddpm_lightning.config.location import config_dir
 from ddpm_lightning.config.reference import (
     BEGIN,
     END,
+    command_keys,
     comments,
     component,
     composed,
@@ -20,11 +22,13 @@ from ddpm_lightning.config.reference import (
     meanings,
     options,
     write_reference,
+    yaml_comments,
 )
+from ddpm_lightning.config.schema import SCHEMAS, spec_for
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-# DiffusersSampler (diffusion/diffusers_bridge.py) has no comment above these two yet.
-UNEXPLAINED = {("sampler", "diffusers", "kwargs"), ("sampler", "diffusers", "scheduler")}
+# Keys whose value is a section switched off by null (its keys have their own schema entries).
+SECTIONS = {("classifier", "augment")}
 
 
 def test_the_docs_embed_the_generated_reference():
@@ -69,7 +73,7 @@ def unexplained() -> set[tuple[str, str, str]]:
 
 
 def test_every_setting_says_what_it_means_and_allows():
-    assert unexplained() == UNEXPLAINED
+    assert unexplained() == set()
     for group in KINDS:
         for option in options(group):
             assert set(composed(group, option)) <= set(kind_settings(group)), (group, option)
@@ -94,4 +98,29 @@ def test_a_meaning_is_the_comment_right_above_its_argument():
     assert comments(sample_signature) == {
         "width": "The first line of a meaning and its second line.",
         "depth": "The last argument's meaning.",
+    }
+
+
+@pytest.mark.parametrize("command", sorted(SCHEMAS))
+def test_every_command_key_says_what_it_means_and_allows(command):
+    meaning = yaml_comments(config_dir() / f"{command}.yaml")
+    keys = command_keys(command)
+    assert "task_name" in keys and "verbose" in keys
+    assert [key for key in keys if not meaning.get(key)] == []
+    assert [
+        key for key in keys if spec_for(command, key) is None and (command, key) not in SECTIONS
+    ] == []
+
+
+def test_a_yaml_meaning_is_the_comment_above_its_key_or_after_it(tmp_path):
+    path = tmp_path / "command.yaml"
+    path.write_text(
+        "# A header.\ndefaults:\n  - _self_\n\n# First line\n# and second.\nalpha: 1\n"
+        "beta: 2\nsection:\n  # Nested.\n  gamma: 3\n  delta: 4  # Inline.\nepsilon: 5\n"
+    )
+    assert yaml_comments(path) == {
+        "defaults": "A header.",
+        "alpha": "First line and second.",
+        "section.gamma": "Nested.",
+        "section.delta": "Inline.",
     }

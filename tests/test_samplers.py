@@ -4,11 +4,14 @@ import pytest
 import torch
 
 from ddpm_lightning import load_pretrained
+from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
     DPMSolverSampler,
     HeunSampler,
+    Step,
     timestep_sequence,
 )
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
@@ -17,7 +20,7 @@ from ddpm_lightning.errors import ConfigError
 MU, S = 0.3, 0.2
 
 
-def exact_denoiser(schedule: NoiseSchedule, objective: str):
+def exact_network(schedule: NoiseSchedule, objective: str):
     """The optimal predictor for data ~ N(MU, S²) per pixel, in the objective's terms.
 
     E[ε | x_t] = √(1−ᾱ)(x_t − √ᾱ μ)/(ᾱ s² + 1 − ᾱ),
@@ -36,8 +39,15 @@ def exact_denoiser(schedule: NoiseSchedule, objective: str):
     return model
 
 
-def make_sampler(name: str, schedule: NoiseSchedule, objective: str, **kwargs):
-    options = dict(objective=objective, clip_x0=False, batch_size=4096, progress=False)
+def exact_denoiser(schedule: NoiseSchedule, objective: str = "eps", **settings) -> Denoiser:
+    """`exact_network` as samplers see it, x̂₀ unclipped unless `settings` say otherwise."""
+    return Denoiser(
+        exact_network(schedule, objective), schedule, objective, clip_x0=False, **settings
+    )
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, **kwargs):
+    options = dict(batch_size=4096, progress=False)
     if name == "ddpm":
         return DDPMSampler(schedule, **options, **kwargs)
     if name.startswith("ddim"):
@@ -65,7 +75,7 @@ STD_TOLERANCE = {
 @pytest.mark.parametrize("name", ["ddpm", "ddim_eta0", "ddim_eta1", "dpm_solver", "heun"])
 def test_samples_from_the_exact_denoiser_match_the_data(name, objective):
     schedule = NoiseSchedule("cosine", 1000)
-    sampler = make_sampler(name, schedule, objective)
+    sampler = make_sampler(name, schedule)
     x = sampler.sample(
         exact_denoiser(schedule, objective),
         (4000, 1, 2, 2),
@@ -78,10 +88,10 @@ def test_samples_from_the_exact_denoiser_match_the_data(name, objective):
 def test_deterministic_ddim_converges_with_more_steps():
     """DDIM-50's under-dispersion is discretisation error: with all 1000 steps it is gone."""
     schedule = NoiseSchedule("cosine", 1000)
-    model = exact_denoiser(schedule, "eps")
-    x = DDIMSampler(
-        schedule, num_steps=1000, clip_x0=False, batch_size=4096, progress=False
-    ).sample(model, (4000, 1, 2, 2), seed=0)
+    model = exact_denoiser(schedule)
+    x = DDIMSampler(schedule, num_steps=1000, batch_size=4096, progress=False).sample(
+        model, (4000, 1, 2, 2), seed=0
+    )
     assert x.std().item() == pytest.approx(S, abs=0.004)
 
 
@@ -89,10 +99,8 @@ def test_deterministic_ddim_converges_with_more_steps():
 def test_heun_converges_with_more_steps(num_steps, tolerance):
     """Heun's error shrinks with the step count (measured std 0.252, 0.214, 0.203)."""
     schedule = NoiseSchedule("cosine", 1000)
-    sampler = HeunSampler(
-        schedule, num_steps=num_steps, clip_x0=False, batch_size=4096, progress=False
-    )
-    x = sampler.sample(exact_denoiser(schedule, "eps"), (4000, 1, 2, 2), seed=0)
+    sampler = HeunSampler(schedule, num_steps=num_steps, batch_size=4096, progress=False)
+    x = sampler.sample(exact_denoiser(schedule), (4000, 1, 2, 2), seed=0)
     assert abs(x.std().item() - S) <= tolerance
     # The first step starts above σ_max = 80 (σ_999 ≈ 2·10⁴) and the last ends at σ = 0: Euler.
     assert sampler.network_evaluations() == 2 * num_steps - 2
@@ -100,10 +108,8 @@ def test_heun_converges_with_more_steps(num_steps, tolerance):
 
 def test_heun_churn_adds_noise_at_trained_levels_and_keeps_the_target():
     schedule = NoiseSchedule("cosine", 1000)
-    plain = HeunSampler(schedule, num_steps=18, clip_x0=False, progress=False, batch_size=4096)
-    churned = HeunSampler(
-        schedule, num_steps=18, churn=40, clip_x0=False, progress=False, batch_size=4096
-    )
+    plain = HeunSampler(schedule, num_steps=18, progress=False, batch_size=4096)
+    churned = HeunSampler(schedule, num_steps=18, churn=40, progress=False, batch_size=4096)
     steps = plain.steps()
     raised = [churned.churned(t) for t in steps]
     assert [plain.churned(t) for t in steps] == steps
@@ -113,8 +119,7 @@ def test_heun_churn_adds_noise_at_trained_levels_and_keeps_the_target():
     sigma = schedule.sigmas()
     for up, t in zip(raised[5:], steps[5:], strict=True):
         assert sigma[up] / sigma[t] == pytest.approx(1 + gamma, rel=0.1)
-    model = exact_denoiser(schedule, "eps")
-    x = churned.sample(model, (4000, 1, 2, 2), seed=0)
+    x = churned.sample(exact_denoiser(schedule), (4000, 1, 2, 2), seed=0)
     assert x.mean().item() == pytest.approx(MU, abs=0.008)
     assert x.std().item() == pytest.approx(S, abs=0.04)
     with pytest.raises(ConfigError, match="sampler.churn"):
@@ -134,9 +139,9 @@ def test_network_evaluations_per_sample():
 def test_ddim_with_eta_one_over_all_steps_is_ddpm():
     """σ_t of DDIM with η=1 and s=t−1 equals β̃_t, and both draw noise in the same order."""
     schedule = NoiseSchedule("linear", 100)
-    model = exact_denoiser(schedule, "eps")
-    ddpm = DDPMSampler(schedule, clip_x0=False, progress=False)
-    ddim = DDIMSampler(schedule, num_steps=100, eta=1.0, clip_x0=False, progress=False)
+    model = exact_denoiser(schedule)
+    ddpm = DDPMSampler(schedule, progress=False)
+    ddim = DDIMSampler(schedule, num_steps=100, eta=1.0, progress=False)
     a = ddpm.sample(model, (64, 1, 2, 2), seed=5)
     b = ddim.sample(model, (64, 1, 2, 2), seed=5)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
@@ -220,9 +225,9 @@ def test_bad_spacing_and_variance():
 def test_same_seed_same_samples(name):
     schedule = NoiseSchedule("cosine", 50)
     sampler = make_sampler(
-        name, schedule, "eps", **({"variance": "fixed_large"} if name == "ddpm" else {})
+        name, schedule, **({"variance": "fixed_large"} if name == "ddpm" else {})
     )
-    model = exact_denoiser(schedule, "eps")
+    model = exact_denoiser(schedule)
 
     def draw(seed):
         return sampler.sample(model, (8, 1, 4, 4), seed=seed)
@@ -236,7 +241,7 @@ def test_chunks_clipping_and_callback():
     calls = []
     sampler = DDIMSampler(schedule, num_steps=10, batch_size=3, progress=False)
     out = sampler.sample(
-        lambda x, t, y: torch.full_like(x, 5.0),
+        Denoiser(lambda x, t, y: torch.full_like(x, 5.0), schedule, "eps"),
         (7, 1, 2, 2),
         callback=lambda i, t, x, x0: calls.append((i, t, x0.abs().max().item())),
     )
@@ -270,8 +275,8 @@ def test_any_split_of_the_samples_gives_the_same_images(name):
     chunks of 3) equal all ten drawn at once, bit for bit."""
     schedule = NoiseSchedule("cosine", 50)
     options = {"churn": 40} if name == "heun_churn" else {}
-    sampler = make_sampler(name.removesuffix("_churn"), schedule, "eps", **options)
-    model = exact_denoiser(schedule, "eps")
+    sampler = make_sampler(name.removesuffix("_churn"), schedule, **options)
+    model = exact_denoiser(schedule)
     whole = sampler.sample(model, (10, 1, 4, 4), seed=7)
     sampler.batch_size = 3
     first = sampler.sample(model, (4, 1, 4, 4), seed=7)
@@ -280,3 +285,54 @@ def test_any_split_of_the_samples_gives_the_same_images(name):
     shuffled = sampler.sample(model, (10, 1, 4, 4), seed=7, indices=[9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
     assert torch.equal(shuffled, whole.flip(0))
     assert not torch.equal(sampler.sample(model, (10, 1, 4, 4), seed=8), whole)
+
+
+def test_a_raw_network_is_refused():
+    """A sampler takes a Denoiser, which knows the objective; a bare network does not."""
+    schedule = NoiseSchedule("cosine", 20)
+    with pytest.raises(TypeError, match="takes a Denoiser"):
+        DDIMSampler(schedule, num_steps=4).sample(exact_network(schedule, "v"), (2, 1, 2, 2))
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim_eta1", "dpm_solver", "heun"])
+def test_starting_at_a_timestep_continues_the_full_run(name):
+    """Stopping a run at the visited timestep t0 and starting `sample(noise=x_t0, start=t0)`
+    gives the full run's images; only the steps from t0 are taken and counted."""
+    schedule = NoiseSchedule("cosine", 50)
+    sampler = make_sampler(name, schedule)
+    model = exact_denoiser(schedule)
+    kept = {}
+    whole = sampler.sample(
+        model, (6, 1, 2, 2), seed=3, callback=lambda i, t, x, x0: kept.setdefault(t, x)
+    )
+    visited = [t for _, t in sampler.visited()]
+    t0 = visited[len(visited) // 2]
+    calls = []
+    counting = Denoiser(
+        lambda x, t, y: calls.append(1) or exact_network(schedule, "eps")(x, t, y),
+        schedule,
+        "eps",
+        clip_x0=False,
+    )
+    resumed = sampler.sample(counting, (6, 1, 2, 2), seed=3, noise=kept[t0], start=t0)
+    torch.testing.assert_close(resumed, whole, rtol=0, atol=1e-5)
+    later = [i for i, t in enumerate(visited) if t <= t0]
+    expected = len(later)
+    if name == "heun":
+        expected = sum(1 if sampler.euler_only(i) else 2 for i in later)
+    assert len(calls) == sampler.network_evaluations(start=t0) == expected
+    assert expected < sampler.network_evaluations()
+
+
+def test_one_step_from_a_step_context():
+    """`advance` of a `Step` is one update: DDIM η = 0 from x_t to x_s is √ᾱ_s x̂₀ + √(1−ᾱ_s) ε̂."""
+    schedule = NoiseSchedule("cosine", 100)
+    sampler = DDIMSampler(schedule, num_steps=10, eta=0.0)
+    model = exact_denoiser(schedule)
+    x = torch.randn(3, 1, 2, 2)
+    i, t = 2, sampler.steps()[2]
+    noise = SampleNoise(0, range(3), (1, 2, 2), len(sampler.steps()))
+    x0, eps = model.predict(x, t, None)
+    a_s = schedule.alphas_cumprod[sampler.steps()[3]]
+    expected = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+    torch.testing.assert_close(sampler.advance(model, Step(i, t, x, None, noise)), expected)

@@ -22,6 +22,7 @@ from ddpm_lightning.config.schema import (
     validate_config,
 )
 from ddpm_lightning.diffusion import NoiseSchedule
+from ddpm_lightning.diffusion.denoiser import Denoiser, denoiser_options
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.settings import Range, Setting, setting_of, unified
 from tests.conftest import PYTHON, cli_env
@@ -124,7 +125,7 @@ BAD_VALUES = [
     (
         "train",
         "diffusion.objective=score",
-        "diffusion.objective=score: must be one of eps, x0, v",
+        "diffusion.objective=score: must be one of eps, x0, v, flow",
     ),
     (
         "train",
@@ -139,7 +140,7 @@ BAD_VALUES = [
         "schedule.beta_start=0",
         "schedule.beta_start=0: must be a finite number in (0, 1)",
     ),
-    ("train", "data.name=cifar", "data.name=cifar: must be one of mnist, fashion_mnist"),
+    ("train", "data.name=cifar", "data.name=cifar: must be one of mnist, fashion_mnist, shapes"),
     (
         "train",
         "optimizer=adamw",
@@ -203,7 +204,11 @@ BAD_VALUES = [
     ),
     ("sample", "force=maybe", "force=maybe: must be true or false"),
     ("evaluate", "num_samples=1", "num_samples=1: must be an integer ≥ 2"),
-    ("evaluate", "dataset=cifar", "dataset=cifar: must be one of mnist, fashion_mnist or null"),
+    (
+        "evaluate",
+        "dataset=cifar",
+        "dataset=cifar: must be one of mnist, fashion_mnist, shapes or null",
+    ),
     (
         "evaluate",
         "sampler=heun",
@@ -240,8 +245,9 @@ def test_an_unknown_key_outside_the_open_sections_is_refused(tmp_path):
         validate_config(cfg, "train")
     assert str(info.value) == (
         "data.colour=red: data.colour is not a setting of the train command; data takes "
-        "batch_size, name, noise, num_points, num_test_points, pad, root, split_seed, "
-        "val_fraction"
+        "augment, batch_size, channels, fit, image_column, image_size, label_column, labels, "
+        "name, noise, num_images, num_points, num_test_images, num_test_points, num_workers, "
+        "on_bad_file, pad, path, root, split, split_seed, test_split, val_fraction"
     )
 
 
@@ -277,13 +283,17 @@ def declared_bounds() -> list[tuple[str, str, str, Any]]:
 
 def construct(kind: str, name: str, key: str, value: Any) -> None:
     """Build `kind`/`name` with `key=value` and its other settings at their defaults (for an
-    optimizer, the partial that `build` checks)."""
+    optimizer, the partial that `build` checks; for a sampler, with the denoiser it draws
+    through)."""
     if kind == "optimizer":
         build(kind, {"name": name, key: value})
     elif kind == "schedule":
         NoiseSchedule(**{"name": name, "num_timesteps": 10, key: value})
     elif kind == "sampler":
-        components(kind)[name](NoiseSchedule("cosine", 10), **{key: value})
+        schedule = NoiseSchedule("cosine", 10)
+        factory, options, denoising = denoiser_options(components(kind)[name], {key: value})
+        Denoiser(lambda x, t, y: x, schedule, "eps", **denoising)
+        factory(schedule, **options)
     else:
         components(kind)[name](**{key: value})
 

@@ -74,7 +74,7 @@ def test_spiral_is_learned_end_to_end(tmp_path):
         DDPMSampler(schedule, progress=False),
         DDIMSampler(schedule, num_steps=50, progress=False),
     ):
-        points = sampler.sample(module.model, (2000, 2), seed=0)
+        points = sampler.sample(module.denoiser(), (2000, 2), seed=0)
         distance = distance_to_spiral(points).mean().item()
         assert distance < 0.05, f"{sampler.name}: mean distance {distance:.3f}"
         assert distance < noise_distance / 5

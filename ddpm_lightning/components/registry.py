@@ -9,7 +9,10 @@ from typing import Annotated, Any, TypedDict
 
 import torch
 
+from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.diffusion.diffusers_bridge import DiffusersSampler
+from ddpm_lightning.diffusion.euler_ancestral import EulerAncestralSampler
+from ddpm_lightning.diffusion.flow_samplers import FlowEulerSampler, FlowHeunSampler
 from ddpm_lightning.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -18,22 +21,32 @@ from ddpm_lightning.diffusion.samplers import (
 )
 from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES, NoiseSchedule
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.models import MLP, DiffusersUNet, LucidrainsUNet, UNet
+from ddpm_lightning.models import MLP, DiffusersUNet, LucidrainsUNet, UNet, UNetMP
 from ddpm_lightning.settings import Range
 
+# The samplers, each by its `name`; conf/ selects each by its class's own path (`TARGETS`).
+SAMPLERS = (
+    DDPMSampler,
+    DDIMSampler,
+    DPMSolverSampler,
+    HeunSampler,
+    EulerAncestralSampler,
+    ConsistencySampler,
+    DiffusersSampler,
+    FlowEulerSampler,
+    FlowHeunSampler,
+)
 # A schedule's name is the β schedule NoiseSchedule computes; it takes the name itself.
 REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
     "model": {
         "unet": UNet,
+        "unet_mp": UNetMP,
         "mlp": MLP,
         "diffusers_unet": DiffusersUNet,
         "lucidrains_unet": LucidrainsUNet,
     },
     "schedule": dict.fromkeys(BETA_SCHEDULES, NoiseSchedule),
-    "sampler": {
-        sampler.name: sampler
-        for sampler in (DDPMSampler, DDIMSampler, DPMSolverSampler, HeunSampler, DiffusersSampler)
-    },
+    "sampler": {sampler.name: sampler for sampler in SAMPLERS},
     "optimizer": {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW},
 }
 KINDS = tuple(REGISTRY)
@@ -58,8 +71,8 @@ class AdamWSettings(AdamSettings):
 # The arguments conf/optimizer gives each optimizer; the others keep torch's defaults.
 OPTIMIZER_SETTINGS: dict[str, type] = {"adam": AdamSettings, "adamw": AdamWSettings}
 
-# Built as functools.partial and completed later: samplers with the schedule and objective,
-# optimizers with the parameters.
+# Built as functools.partial and completed later: samplers with the schedule (and their
+# denoiser's settings split off, `DiffusionModule.make_sampler`), optimizers with the parameters.
 PARTIAL_KINDS = frozenset({"sampler", "optimizer"})
 
 # The `_target_` strings of conf/ and of checkpoints and model folders written by release 0.1.0
@@ -68,6 +81,7 @@ PARTIAL_KINDS = frozenset({"sampler", "optimizer"})
 # component is the one conf/ selects it by (`conf_target`); the others are earlier releases'.
 TARGETS: dict[str, tuple[str, str | None]] = {
     "ddpm_lightning.models.UNet": ("model", "unet"),
+    "ddpm_lightning.models.UNetMP": ("model", "unet_mp"),
     "ddpm_lightning.models.MLP": ("model", "mlp"),
     "ddpm_lightning.models.DiffusersUNet": ("model", "diffusers_unet"),
     "ddpm_lightning.models.LucidrainsUNet": ("model", "lucidrains_unet"),
@@ -78,6 +92,7 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "ddpm_lightning.diffusion.samplers.DPMSolverSampler": ("sampler", "dpm_solver"),
     "ddpm_lightning.diffusion.samplers.HeunSampler": ("sampler", "heun"),
     "ddpm_lightning.diffusion.diffusers_bridge.DiffusersSampler": ("sampler", "diffusers"),
+    **{f"{s.__module__}.{s.__qualname__}": ("sampler", s.name) for s in SAMPLERS},
     "ddpm_lightning.samplers.DDPMSampler": ("sampler", "ddpm"),
     "ddpm_lightning.samplers.DDIMSampler": ("sampler", "ddim"),
     "ddpm_lightning.samplers.DPMSolverSampler": ("sampler", "dpm_solver"),

@@ -23,25 +23,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config.defaults import store_defaults
+from ddpm_lightning.config.location import config_dir, project_root
 from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.training.runinfo import resumed_run_folder
-
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-
-
-def config_dir() -> Path:
-    """`conf/` shipped inside the wheel, else the checkout's top-level `conf/`."""
-    for candidate in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"no conf/train.yaml next to {PACKAGE_DIR}; reinstall ddpm_lightning")
-
-
-def project_root() -> str:
-    """The checkout's root when running from source, else the current directory."""
-    root = PACKAGE_DIR.parent
-    return str(root if (root / "pyproject.toml").is_file() else Path.cwd())
 
 
 def best_precision(accelerator: str = "auto") -> str:

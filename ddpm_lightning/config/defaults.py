@@ -23,6 +23,7 @@ from ddpm_lightning.components.registry import (
     conf_target,
 )
 from ddpm_lightning.data import DATA_MODULES
+from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES
 from ddpm_lightning.settings import Setting, declared, unified
 
@@ -40,8 +41,9 @@ def components(kind: str) -> Mapping[str, Callable[..., Any]]:
 def declaring(kind: str, name: str) -> list[Callable[..., Any]]:
     """The functions whose signatures declare the settings of `kind`/`name`, the first to give
     a setting a default declaring it: the `__init__` of its class, then of its bases in this
-    package (or the function itself), then a schedule's β function; of a class from elsewhere
-    (torch's optimizers, one registered by a user) its own `__init__`."""
+    package (or the function itself), then a schedule's β function or the `Denoiser` a
+    sampler draws through; of a class from elsewhere (torch's optimizers, one registered by a
+    user) its own `__init__`."""
     component = components(kind)[name]
     if not inspect.isclass(component):
         return [component]
@@ -52,6 +54,8 @@ def declaring(kind: str, name: str) -> list[Callable[..., Any]]:
     ]
     if kind == "schedule":
         return found + [BETA_SCHEDULES[name]]
+    if kind == "sampler":
+        return (found or [component.__init__]) + [Denoiser.__init__]
     return found or [component.__init__]
 
 

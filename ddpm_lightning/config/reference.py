@@ -1,8 +1,9 @@
-"""The configuration reference: for every option of the component groups (conf/data, model,
-schedule, optimizer, sampler), each key's default as conf/ composes it, what it allows and what
-it means, the comment right above the argument where the class's signature declares it.
-`python -m ddpm_lightning.config --markdown` prints it; docs/configuration.md embeds it between
-`BEGIN` and `END`, and a test keeps the two equal."""
+"""The configuration reference: every key of each command's own config (conf/<command>.yaml:
+its default there, what the schema allows, the YAML comment above it), and for every option of
+the component groups (conf/data, model, schedule, optimizer, sampler) each key's default as conf/
+composes it, what it allows and what it means, the comment right above the argument where the
+class's signature declares it. `python -m ddpm_lightning.config --markdown` prints it;
+docs/configuration.md embeds it between `BEGIN` and `END`, and a test keeps the two equal."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from ddpm_lightning.config.compose import compose_config, config_dir
+from ddpm_lightning.config.compose import compose_config
 from ddpm_lightning.config.defaults import KINDS, components, declarations, kind_settings
+from ddpm_lightning.config.location import config_dir
+from ddpm_lightning.config.schema import SCHEMAS, spec_for
 
 BEGIN = "<!-- generated: python -m ddpm_lightning.config --markdown -->"
 END = "<!-- end generated -->"
@@ -26,6 +29,8 @@ END = "<!-- end generated -->"
 COMMANDS = {"sampler": "sample"}
 # A signature's argument (or a TypedDict's key): `name: …`, `name=…`, `name,` or `name)`.
 ARGUMENT = re.compile(r"\s*(\w+)\s*[:=,)]")
+# A YAML mapping key: its indentation, name and the rest of the line.
+YAML_KEY = re.compile(r"(\s*)([\w-]+):(.*)")
 
 
 def options(group: str) -> list[str]:
@@ -130,9 +135,76 @@ def option_section(group: str, option: str) -> list[str]:
     return [f"#### `{group}={option}`", "", intro, "", *table(group, option, keys)]
 
 
+@functools.cache
+def yaml_comments(path: Path) -> dict[str, str]:
+    """The comment lines right above each key of a YAML file (or after it on its line),
+    joined, by dotted key: its meaning."""
+    found: dict[str, str] = {}
+    block: list[str] = []
+    parents: list[tuple[int, str]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip().startswith("#"):
+            block.append(line.strip().lstrip("#").strip())
+            continue
+        key = YAML_KEY.match(line)
+        if key is None:
+            block = []
+            continue
+        indent, name, rest = len(key.group(1)), key.group(2), key.group(3)
+        parents = [(depth, parent) for depth, parent in parents if depth < indent]
+        dotted = ".".join([parent for _, parent in parents] + [name])
+        inline = rest.split(" #", 1)[1].strip() if " #" in rest else ""
+        if block or inline:
+            found[dotted] = " ".join(block) or inline
+        if not rest.split(" #", 1)[0].strip():
+            parents.append((indent, name))
+        block = []
+    return found
+
+
+def command_keys(command: str) -> dict[str, Any]:
+    """The keys `conf/<command>.yaml` sets itself (not those of its config groups), with their
+    composed defaults, interpolations as written."""
+    groups = {path.name for path in config_dir().iterdir() if path.is_dir()}
+    cfg = OmegaConf.to_container(compose_config(command, []), resolve=False)
+    assert isinstance(cfg, dict)
+
+    def flat(node: dict, prefix: str = "") -> dict[str, Any]:
+        keys: dict[str, Any] = {}
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                keys |= flat(value, f"{prefix}{key}.")
+            else:
+                keys[f"{prefix}{key}"] = value
+        return keys
+
+    return flat({key: value for key, value in cfg.items() if key not in groups})
+
+
+def command_section(command: str) -> list[str]:
+    """A command's heading and the table of its own keys: key, default, allowed, meaning."""
+    meaning = yaml_comments(config_dir() / f"{command}.yaml")
+    rows = []
+    for key, value in command_keys(command).items():
+        spec = spec_for(command, key)
+        allowed = "" if spec is None else spec.allowed
+        text = meaning.get(key, "").replace("|", "/")
+        rows.append(f"| `{key}` | `{rendered(value)}` | {allowed} | {text} |")
+    return [
+        f"#### `python -m ddpm_lightning.{command}`",
+        "",
+        "| key | default | allowed | meaning |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
 def markdown() -> str:
-    """The whole reference, one section per group and one table per option."""
-    lines: list[str] = []
+    """The whole reference: a table per command, then a section per group and a table per
+    option."""
+    lines: list[str] = ["### Commands", ""]
+    for command in SCHEMAS:
+        lines += [*command_section(command), ""]
     for group in KINDS:
         lines += [f"### `{group}=`", ""]
         for option in options(group):

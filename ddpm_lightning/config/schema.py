@@ -21,9 +21,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ddpm_lightning.config.defaults import kind_settings
 from ddpm_lightning.data.registry import DATASETS
-from ddpm_lightning.diffusion.gaussian import LossType, NoiseLevels, Objective, Weighting
-from ddpm_lightning.distill.settings import METHODS, progressive
+from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
+from ddpm_lightning.distill.settings import METHODS
+from ddpm_lightning.editing import METHOD_SETTINGS
+from ddpm_lightning.editing.measure import measurement
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.evaluation.likelihood import bits_per_dim
+from ddpm_lightning.evaluation.memorisation import memorisation
+from ddpm_lightning.evaluation.settings import metric_settings
 from ddpm_lightning.settings import (
     OneOf,
     Range,
@@ -33,7 +38,9 @@ from ddpm_lightning.settings import (
     is_number,
     setting_of,
 )
-from ddpm_lightning.training.ema import MAX_SIGMA_REL
+from ddpm_lightning.training.ema import EMA
+from ddpm_lightning.training.module import label_dropout
+from ddpm_lightning.training.posthoc_ema import PostHocEMA
 
 OPEN_PREFIXES = ("trainer.", "optimizer.", "logger.", "callbacks.", "sampler.kwargs.")
 # A section set to null is switched off (`callbacks.fld=null`, `~logger`, `augment=null`).
@@ -160,6 +167,7 @@ CALLBACKS = {
     "fld.every_n_epochs": integer(1),
     "fld.num_samples": integer(2),
     "fld.seed": SEED,
+    "fld.classifier": optional(PATH),
     "fld.test_num_samples": Spec(
         "0 (off) or an integer ≥ 2", lambda v: is_number(v, int) and (v == 0 or v >= 2)
     ),
@@ -168,10 +176,11 @@ CALLBACKS = {
     "sample_grid.every_n_epochs": integer(1),
     "sample_grid.num_samples": integer(1),
     "sample_grid.seed": SEED,
-    "ema.decay": number(gt=0, lt=1),
-    "ema.warmup": BOOLEAN,
-    "ema.update_every_n_steps": integer(1),
-    "ema.sigma_rel": optional(number(gt=0, le=MAX_SIGMA_REL)),
+    **{f"ema.{key}": declared_spec(setting) for key, setting in declared(EMA.__init__).items()},
+    **{
+        f"posthoc_ema.{key}": declared_spec(setting)
+        for key, setting in declared(PostHocEMA.__init__).items()
+    },
     "model_summary.max_depth": integer(-1),
     "time_budget.every_n_steps": integer(1),
     "throughput.batch_size_fn.path": TARGET,
@@ -204,10 +213,44 @@ def mount(prefix: str, table: dict[str, Spec]) -> dict[str, Spec]:
     return {f"{prefix}.{key}": spec for key, spec in table.items()}
 
 
-# conf/distill/: the method and what its signature declares (ddpm_lightning/distill/settings.py).
+def declared_table(function: Callable[..., Any], *names: str) -> dict[str, Spec]:
+    """The specs of `names`, as `function`'s signature declares them."""
+    settings = declared(function)
+    return {name: declared_spec(settings[name]) for name in names}
+
+
+# train.yaml's `diffusion:` (the schedule aside, what GaussianDiffusion's signature declares)
+# and p_uncond, the conditional models' label dropout.
+DIFFUSION = {
+    key: declared_spec(setting)
+    for source in (GaussianDiffusion.__init__, label_dropout)
+    for key, setting in declared(source).items()
+    if key != "schedule"
+}
+
+
+# conf/distill/: the method and what the methods' signatures declare
+# (ddpm_lightning/distill/settings.py); keys the methods share are declared alike.
 DISTILL = {
     "method": choice(*METHODS),
-    **{key: declared_spec(setting) for key, setting in declared(progressive).items()},
+    **{
+        key: declared_spec(setting)
+        for method in METHODS.values()
+        for key, setting in declared(method).items()
+    },
+}
+# conf/evaluate.yaml's `metrics:`: what its signature declares (evaluation/settings.py).
+METRICS = {key: declared_spec(setting) for key, setting in declared(metric_settings).items()}
+# conf/edit/: the method and the settings its signature declares (ddpm_lightning/editing/);
+# inpaint and measurement declare resample_jumps and jump_length alike.
+EDIT = {
+    "method": choice(*METHOD_SETTINGS, "measure"),
+    **{
+        key: declared_spec(declared(function)[key])
+        for function, keys in METHOD_SETTINGS.values()
+        for key in keys
+    },
+    **{key: declared_spec(setting) for key, setting in declared(measurement).items()},
 }
 SCHEMAS: dict[str, dict[str, Spec]] = {
     "train": {
@@ -217,13 +260,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "optimized_metric": optional(TEXT),
         "verbose": BOOLEAN,
         "test": BOOLEAN,
-        "diffusion.objective": typed(Objective),
-        "diffusion.loss": typed(LossType),
-        "diffusion.weighting": typed(Weighting),
-        "diffusion.min_snr_gamma": POSITIVE,
-        "diffusion.noise_levels": typed(NoiseLevels),
-        "diffusion.p_mean": number(),
-        "diffusion.p_std": POSITIVE,
+        **mount("diffusion", DIFFUSION),
         "diffusion.p_uncond": number(ge=0, lt=1),
         "lr_schedule.warmup_steps": integer(0),
         "lr_schedule.cosine_decay": BOOLEAN,
@@ -256,10 +293,16 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "samples": optional(PATH),
         "dataset": typed(Annotated[str, OneOf(DATASETS)] | None),
         "allow_dataset_mismatch": BOOLEAN,
+        "classifier": optional(PATH),
         "num_samples": integer(2),
         "force": BOOLEAN,
         "seed": SEED,
         "out_dir": PATH,
+        "metric": choice("fld", "memorisation", "bpd"),
+        "num_images": integer(2),
+        **mount("bpd", declared_table(bits_per_dim, "num_timesteps_sampled", "batch_size")),
+        **mount("memorisation", declared_table(memorisation, "quantile", "max_shift")),
+        **mount("metrics", METRICS),
         **mount("trainer", TRAINER),
         **mount("paths", PATHS),
     },
@@ -288,6 +331,22 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "port": integer(1, 65535),
         **mount("paths", PATHS),
     },
+    "edit": {
+        "task_name": NAME,
+        "verbose": BOOLEAN,
+        **MODEL_SOURCE,
+        "image": TEXT,
+        "mask": TEXT,
+        "a": TEXT,
+        "b": TEXT,
+        "labels": optional(list_of(integer(0), "class indices ≥ 0")),
+        "seed": SEED,
+        "out_dir": PATH,
+        "gif_images": integer(1),
+        "gif_frames": integer(1),
+        **mount("edit", EDIT),
+        **mount("paths", PATHS),
+    },
     "classifier": {
         "task_name": NAME,
         "verbose": BOOLEAN,
@@ -298,6 +357,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "augment.hflip": BOOLEAN,
         "export_dir": optional(PATH),
         "replace_shipped": BOOLEAN,
+        "inception": BOOLEAN,
         **mount("trainer", TRAINER),
         **mount("paths", PATHS),
     },
@@ -316,6 +376,7 @@ COMPONENTS: dict[str, dict[str, str]] = {
     "evaluate": {"sampler": "sampler"},
     "export": {"sampler": "sampler"},
     "demo": {"sampler": "sampler"},
+    "edit": {"sampler": "sampler"},
     "classifier": {"data": "data"},
 }
 

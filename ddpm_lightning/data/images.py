@@ -16,7 +16,7 @@ from lightning.pytorch.loops.progress import _ProcessedTracker
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ddpm_lightning.data.registry import DATASETS, dataset_record
+from ddpm_lightning.data.registry import DATASETS, DatasetRecord, dataset_record
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.settings import OneOf, Range, Seed, checked
 
@@ -118,6 +118,10 @@ class TensorBatches(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.inputs[index], self.labels[index]
 
+    def subset(self, index: Tensor) -> TensorBatches:
+        """The examples at `index` (K,), as batches of the same kind."""
+        return TensorBatches(self.inputs[index], self.labels[index])
+
     def batch(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         """`x: (B, …)`, `y: (B,)` for B indices."""
         index = torch.as_tensor(indices, device=self.inputs.device)
@@ -175,7 +179,9 @@ class InMemoryDataModule(L.LightningDataModule):
     """A seeded train/val split of a training set plus a test set, all held as tensors.
 
     Subclasses implement `load()` and `data_shape`. Batches are `(x, y)` cut from memory
-    (no worker processes); on a GPU (any accelerator) the splits live on the device. The
+    (no worker processes); on a GPU (any accelerator) the splits live on the device.
+    Datasets that decode files instead (`data/decoded.py`) return splits of another kind with
+    the same `subset`, `batch` and `to`, and their worker processes in `loader_options`. The
     loaders have their own generators, so starting an iterator leaves the global RNG (t and ε
     in training) alone: a resumed run draws the same numbers as an uninterrupted one.
     """
@@ -187,7 +193,7 @@ class InMemoryDataModule(L.LightningDataModule):
         batch_size: BatchSize,
         # Share of the training set held out for validation.
         val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1,
-        # Seed of the training/validation split (and the spiral's points).
+        # Seed of the training/validation split (and of the spiral's points, the drawn shapes).
         split_seed: Seed = 42,
     ):
         super().__init__()
@@ -203,9 +209,25 @@ class InMemoryDataModule(L.LightningDataModule):
         """Shape of one model input, e.g. (C, H, W)."""
         raise NotImplementedError
 
-    def load(self) -> tuple[TensorBatches, TensorBatches]:
-        """The whole training set and the test set, in the model's range."""
+    def load(self) -> tuple[TensorBatches, TensorBatches | None]:
+        """The whole training set and the test set (None: the validation split serves as the
+        test set), in the model's range."""
         raise NotImplementedError
+
+    @property
+    def record(self) -> DatasetRecord | None:
+        """The registry's record of this data (name, shape, class names), None for points."""
+        return DATASETS.get(str(getattr(self, "name", None)))
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes a conditional model of this data needs; None for unlabelled data."""
+        record = self.record
+        return record.num_classes if record is not None and record.class_names else None
+
+    def loader_options(self) -> dict[str, Any]:
+        """Extra DataLoader arguments (worker processes); none for data held in memory."""
+        return {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -218,10 +240,10 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_fraction={self.val_fraction} leaves no training data")
         val_idx, train_idx = order[:num_val], order[num_val:]
         self.splits = {
-            "train": TensorBatches(full.inputs[train_idx], full.labels[train_idx]),
-            "val": TensorBatches(full.inputs[val_idx], full.labels[val_idx]),
-            "test": test,
+            "train": full.subset(train_idx),
+            "val": full.subset(val_idx),
         }
+        self.splits["test"] = self.splits["val"] if test is None else test
         trainer = self.trainer
         if trainer is not None and trainer.strategy.root_device.type != "cpu":
             device = trainer.strategy.root_device
@@ -264,16 +286,18 @@ class InMemoryDataModule(L.LightningDataModule):
             sampler=EpochShuffle(dataset, self.shuffle_seed, resume["epoch"]),
             collate_fn=whole_batch,
             generator=torch.Generator(),
+            **self.loader_options(),
         )
 
     def in_order(self, split: str) -> DataLoader:
-        """Whole batches of `split` ("val", "test") in order, from memory, no worker processes."""
+        """Whole batches of `split` ("val", "test") in order."""
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
             # torch types collate_fn for lists of items; `__getitems__` hands it a whole batch.
             collate_fn=cast(Callable[[list[Any]], Any], whole_batch),
             generator=torch.Generator(),
+            **self.loader_options(),
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -2,22 +2,22 @@
 
 The scheduler (any class of the diffusers library that takes `trained_betas` and
 `prediction_type`) is built from the model's NoiseSchedule: its β_t as `trained_betas`, T as
-`num_train_timesteps` and the objective as `prediction_type`; it then drives the network as in
-diffusers' own pipelines, with our classifier-free guidance and x̂₀ clipping applied to each
-network output. diffusers is the optional `hf` extra, imported only when such a sampler is built.
+`num_train_timesteps`; it then drives the denoiser as in diffusers' own pipelines. It is handed
+v = √ᾱ_t ε̂ − √(1−ᾱ_t) x̂₀ of the denoiser's (x̂₀, ε̂), already guided and clipped, whatever the
+network predicts: v gives both back without a division. diffusers is the optional `hf` extra,
+imported only when such a sampler is built.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
-import torch
 from torch import Tensor
 
-from ddpm_lightning.diffusion.gaussian import Denoiser
+from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.noise import SampleNoise
-from ddpm_lightning.diffusion.samplers import Sampler, StepCallback, step_count
+from ddpm_lightning.diffusion.samplers import NumSteps, Sampler, Step, StepCallback, step_count
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError, import_optional
 
@@ -33,7 +33,7 @@ TESTED_SCHEDULERS = (
 SCHEDULE_OPTIONS = ("num_train_timesteps", "trained_betas", "prediction_type")
 # Defaults where a scheduler takes them: steps that start at T−1 (Lin et al. 2024, "Common
 # diffusion noise schedules and sample steps are flawed") and no clipping of its own (the
-# sampler's clip_x0 clips x̂₀ for every scheduler alike).
+# denoiser's clip_x0 clips x̂₀ for every scheduler alike).
 DEFAULT_OPTIONS = {"timestep_spacing": "trailing", "clip_sample": False}
 LIST_SCHEDULERS = (
     "python -c \"import diffusers; print([n for n in dir(diffusers) if n.endswith('Scheduler')])\""
@@ -80,8 +80,8 @@ def build_scheduler(
     fixed = sorted(set(kwargs) & set(SCHEDULE_OPTIONS))
     if fixed:
         raise ConfigError(
-            f"sampler.kwargs.{fixed[0]} is set by the model (schedule and diffusion.objective); "
-            "drop it"
+            f"sampler.kwargs.{fixed[0]} is set by the model (its noise schedule; the "
+            "prediction is handed over as v); drop it"
         )
     accepted = inspect.signature(cls).parameters
     missing = [key for key in SCHEDULE_OPTIONS if key not in accepted]
@@ -105,8 +105,8 @@ class DiffusersSampler(Sampler):
     The loop is diffusers' pipelines' own: x starts as noise × `init_noise_sigma`; each step
     scales it for the network (`scale_model_input`, which gives x_t for every scheduler of the
     DDPM forward process), calls the network at the step's timestep (rounded to the nearest
-    trained one), and hands the guided, clipped output to `step`. `eta` is the η of schedulers
-    whose `step` takes one (DDIMScheduler), `kwargs` the scheduler's own options.
+    trained one), and hands the guided, clipped prediction, as v, to `step`. `eta` is the η of
+    schedulers whose `step` takes one (DDIMScheduler), `kwargs` the scheduler's own options.
     """
 
     name = "diffusers"
@@ -114,16 +114,18 @@ class DiffusersSampler(Sampler):
     def __init__(
         self,
         schedule: NoiseSchedule,
+        # A scheduler class of diffusers that takes trained_betas, e.g. DDIMScheduler.
         scheduler: str = "DPMSolverMultistepScheduler",
-        num_steps: int = 20,
+        num_steps: NumSteps = 20,
         eta: float = 0.0,
+        # The scheduler's own options (e.g. algorithm_type); the model sets its schedule.
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ):
         super().__init__(schedule, **options)
         self.num_steps = step_count(schedule, num_steps)
         self.scheduler = build_scheduler(
-            scheduler_class(scheduler), schedule, self.diffusion.objective.value, dict(kwargs or {})
+            scheduler_class(scheduler), schedule, "v", dict(kwargs or {})
         )
         step_parameters = inspect.signature(self.scheduler.step).parameters
         if float(eta) != 0 and "eta" not in step_parameters:
@@ -149,31 +151,32 @@ class DiffusersSampler(Sampler):
     def steps(self) -> list[int]:
         return [round(float(t)) for t in self.scheduler.timesteps]
 
+    def visited(self, start: int | None = None) -> list[tuple[int, int]]:
+        """All the scheduler's timesteps: its samples are its own (scaled by
+        `init_noise_sigma`), so it starts from pure noise only."""
+        if start is not None:
+            raise ValueError("sampler=diffusers starts from pure noise only (start=None)")
+        return super().visited()
+
     def advance(
-        self,
-        model: Denoiser,
-        i: int,
-        t: int,
-        x: Tensor,
-        y: Tensor | None,
-        noise: SampleNoise,
-        callback: StepCallback | None,
+        self, denoiser: Denoiser, step: Step, callback: StepCallback | None = None
     ) -> Tensor:
-        """The scheduler's sample x at its i-th timestep → its sample at the next one; a
-        stochastic step takes `noise.at_step(i)` where the scheduler accepts it (as our DDIM does),
-        else draws from the samples' own generators, so samples stay independent of the split."""
+        """The scheduler's sample `step.x` at its i-th timestep → its sample at the next one; a
+        stochastic step takes `step.noise.at_step(i)` where the scheduler accepts it (as our DDIM
+        does), else draws from the samples' own generators (`SampleNoise.generators`), so
+        samples stay independent of the split."""
+        i, t, x = step.i, step.t, step.x
         timestep = self.scheduler.timesteps[i]
         if i == 0:
             x = x * self.scheduler.init_noise_sigma
         x_t = self.scheduler.scale_model_input(x, timestep)
-        x0, eps = self.predict(model, x_t, t, y)
+        x0, eps = denoiser.predict(x_t, t, step.y)
         if callback is not None:
             callback(i, t, x_t, x0)
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = self.diffusion.target(x0, t_batch, eps)
+        v = self.alpha_bar(t).sqrt() * eps - (1 - self.alpha_bar(t)).sqrt() * x0
         extra: dict[str, Any] = {}
         if self.takes_variance_noise:
-            extra["variance_noise"] = noise.at_step(i).to(x.dtype)
+            extra["variance_noise"] = step.noise.at_step(i).to(x.dtype)
         elif self.takes_generator:
-            extra["generator"] = noise.generators
-        return self.scheduler.step(output, timestep, x, **self.step_options, **extra).prev_sample
+            extra["generator"] = cast(SampleNoise, step.noise).generators
+        return self.scheduler.step(v, timestep, x, **self.step_options, **extra).prev_sample

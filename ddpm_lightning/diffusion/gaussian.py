@@ -1,28 +1,43 @@
 """The Gaussian diffusion process and its training loss, independent of Lightning.
 
 Objectives follow lucidrains' vocabulary: predict the noise ε (Ho et al. 2020), the clean
-image x₀, or the velocity v = √ᾱ_t ε − √(1−ᾱ_t) x₀ (Salimans & Ho 2022).
+image x₀, the velocity v = √ᾱ_t ε − √(1−ᾱ_t) x₀ (Salimans & Ho 2022), or, on the straight
+path x_s = (1 − s) x₀ + s ε instead of the ᾱ path, the flow velocity ε − x₀ (rectified flow,
+Liu et al. 2023; `flow.py`).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddpm_lightning.diffusion.coupling import NOISE_COUPLINGS, assign_noise
+from ddpm_lightning.diffusion.flow import (
+    flow_loss_weights,
+    flow_sample,
+    flow_target,
+    flow_times,
+    flow_timesteps,
+    x0_eps_from_velocity,
+)
 from ddpm_lightning.diffusion.schedules import NoiseSchedule, extract
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.settings import OneOf, Range, checked
 
-Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+# The raw network: model(x_t: (B, …), t: (B,), y: (B,) or None) → its objective's prediction.
+Network = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 class Objective(str, enum.Enum):
     EPS = "eps"
     X0 = "x0"
     V = "v"
+    FLOW = "flow"
 
 
 class LossType(str, enum.Enum):
@@ -48,6 +63,11 @@ def log_sigma_edges(schedule: NoiseSchedule) -> Tensor:
     return (log_sigma[1:] + log_sigma[:-1]) / 2
 
 
+def values(enum_type: type[enum.Enum]) -> tuple[str, ...]:
+    """The values of a string enum, the choices a setting of it allows."""
+    return tuple(member.value for member in enum_type)
+
+
 def parse_choice(enum_type: type[enum.Enum], value: str, key: str) -> enum.Enum:
     """`enum_type(value)`, or a ConfigError naming `key` and the allowed values."""
     try:
@@ -62,29 +82,30 @@ class GaussianDiffusion(nn.Module):
 
     log_sigma_edges: Tensor
 
+    @checked("diffusion")
     def __init__(
         self,
         schedule: NoiseSchedule,
-        objective: str = "eps",
-        loss: str = "l2",
-        weighting: str = "none",
-        min_snr_gamma: float = 5.0,
-        noise_levels: str = "uniform",
+        objective: Annotated[str, OneOf(values(Objective))] = "eps",
+        loss: Annotated[str, OneOf(values(LossType))] = "l2",
+        weighting: Annotated[str, OneOf(values(Weighting))] = "none",
+        min_snr_gamma: Annotated[float, Range(gt=0)] = 5.0,
+        noise_levels: Annotated[str, OneOf(values(NoiseLevels))] = "uniform",
         p_mean: float = -1.2,
-        p_std: float = 1.2,
+        p_std: Annotated[float, Range(gt=0)] = 1.2,
+        # Which drawn noise goes with which image: none (as drawn) | immiscible (the batch's
+        # assignment of least total squared distance, Li et al. 2024).
+        noise_coupling: Annotated[str, OneOf(NOISE_COUPLINGS)] = "none",
     ):
         super().__init__()
         self.schedule = schedule
-        self.objective = parse_choice(Objective, objective, "diffusion.objective")
-        self.loss_type = parse_choice(LossType, loss, "diffusion.loss")
-        self.weighting = parse_choice(Weighting, weighting, "diffusion.weighting")
-        if not float(min_snr_gamma) > 0:
-            raise ConfigError(f"diffusion.min_snr_gamma={min_snr_gamma} must be positive")
+        self.objective = Objective(objective)
+        self.loss_type = LossType(loss)
+        self.weighting = Weighting(weighting)
         self.min_snr_gamma = float(min_snr_gamma)
-        self.noise_levels = parse_choice(NoiseLevels, noise_levels, "diffusion.noise_levels")
-        if not float(p_std) > 0:
-            raise ConfigError(f"diffusion.p_std={p_std} must be positive")
+        self.noise_levels = NoiseLevels(noise_levels)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.noise_coupling = noise_coupling
         self.register_buffer("log_sigma_edges", log_sigma_edges(schedule), persistent=False)
 
     @property
@@ -92,7 +113,10 @@ class GaussianDiffusion(nn.Module):
         return self.schedule.num_timesteps
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Ho et al. eq. 4). x0, noise: (B, …); t: (B,)."""
+        """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Ho et al. eq. 4), or x_s = (1 − s_t) x₀ + s_t ε for
+        `objective=flow`. x0, noise: (B, …); t: (B,)."""
+        if self.objective is Objective.FLOW:
+            return flow_sample(x0, flow_times(t, self.num_timesteps, x0.shape), noise)
         s = self.schedule
         return (
             extract(s.sqrt_alphas_cumprod, t, x0.shape) * x0
@@ -105,6 +129,8 @@ class GaussianDiffusion(nn.Module):
             return noise
         if self.objective is Objective.X0:
             return x0
+        if self.objective is Objective.FLOW:
+            return flow_target(x0, noise)
         s = self.schedule
         return (
             extract(s.sqrt_alphas_cumprod, t, x0.shape) * noise
@@ -113,6 +139,8 @@ class GaussianDiffusion(nn.Module):
 
     def predict_x0_eps(self, x_t: Tensor, t: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
         """(x̂_0, ε̂) from the network `output` at x_t, whatever the objective."""
+        if self.objective is Objective.FLOW:
+            return x0_eps_from_velocity(x_t, flow_times(t, self.num_timesteps, x_t.shape), output)
         s = self.schedule
         a = extract(s.sqrt_alphas_cumprod, t, x_t.shape)
         b = extract(s.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
@@ -125,12 +153,15 @@ class GaussianDiffusion(nn.Module):
     def sample_timesteps(self, batch_size: int, device: torch.device, generator=None) -> Tensor:
         """Training timesteps (B,) int64: t ~ U{0, …, T−1} (`noise_levels=uniform`), or the
         timestep nearest in log σ to ln σ ~ N(p_mean, p_std²) (`lognormal`, the noise levels of
-        Karras et al. 2022, §5), which trains most where σ ≈ e^p_mean."""
+        Karras et al. 2022, §5), which trains most where σ ≈ e^p_mean. For `objective=flow`,
+        σ = s/(1 − s): lognormal is the logit-normal s of Esser et al. 2024 (`flow_timesteps`)."""
         if self.noise_levels is NoiseLevels.UNIFORM:
             return torch.randint(
                 0, self.num_timesteps, (batch_size,), device=device, generator=generator
             )
         normal = torch.randn(batch_size, device=device, generator=generator, dtype=torch.float64)
+        if self.objective is Objective.FLOW:
+            return flow_timesteps(self.p_mean + self.p_std * normal, self.num_timesteps)
         edges = self.log_sigma_edges.to(device)
         return torch.bucketize(self.p_mean + self.p_std * normal, edges)
 
@@ -140,9 +171,12 @@ class GaussianDiffusion(nn.Module):
         Min-SNR-γ (Hang et al. 2023, eq. 9 and its ε / v forms): with SNR_t = ᾱ_t / (1 − ᾱ_t),
         w = min(SNR, γ) for x₀, min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v: every
         objective then weighs the x₀ error by min(SNR, γ), so low-noise steps stop dominating.
+        For `objective=flow`, SNR = ((1 − s)/s)² and w = s² min(SNR, γ) (`flow_loss_weights`).
         """
         if self.weighting is Weighting.NONE:
             return torch.ones(t.shape, device=t.device)
+        if self.objective is Objective.FLOW:
+            return flow_loss_weights(flow_times(t, self.num_timesteps), self.min_snr_gamma)
         alpha_bar = self.schedule.alphas_cumprod.double()[t]
         snr = alpha_bar / (1 - alpha_bar)
         clipped = snr.clamp(max=self.min_snr_gamma)
@@ -168,7 +202,7 @@ class GaussianDiffusion(nn.Module):
 
     def training_loss(
         self,
-        model: Denoiser,
+        model: Network,
         x0: Tensor,
         y: Tensor | None = None,
         t: Tensor | None = None,
@@ -180,6 +214,7 @@ class GaussianDiffusion(nn.Module):
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+            noise = assign_noise(x0, noise, self.noise_coupling)
         prediction = model(self.q_sample(x0, t, noise), t, y)
         weights = None if self.weighting is Weighting.NONE else self.loss_weights(t)
         return self.loss(prediction, self.target(x0, t, noise), weights)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ddpm_lightning.diffusion.gaussian import Denoiser
+from ddpm_lightning.diffusion.gaussian import Network
 from ddpm_lightning.errors import ConfigError
 
 # The default recipe's 2-hour conditional model, default sampler, 2,000 samples: γ = 1.25 gave
@@ -34,7 +34,7 @@ def drop_labels(
 
 
 def guided_output(
-    model: Denoiser, x: Tensor, t: Tensor, y: Tensor | None, guidance_scale: float | None
+    model: Network, x: Tensor, t: Tensor, y: Tensor | None, guidance_scale: float | None
 ) -> Tensor:
     """The guided network output for x: (B, …) at t: (B,) with labels y: (B,).
 
@@ -53,14 +53,15 @@ def guided_output(
 
 def checked_interval(interval: Sequence[float] | None) -> tuple[float, float] | None:
     """The noise levels (σ_lo, σ_hi] where guidance applies (Kynkäänniemi et al. 2024, "Applying
-    Guidance in a Limited Interval"), or a ConfigError naming `sampler.guidance_interval`."""
+    Guidance in a Limited Interval"), or a ConfigError naming `sampler.guidance_interval`. Each
+    σ ≥ 0 is declared where the interval is taken (`Denoiser`); here, two in increasing order."""
     if interval is None:
         return None
     values = tuple(float(v) for v in interval)
-    if len(values) != 2 or not 0 <= values[0] < values[1]:
+    if len(values) != 2 or not values[0] < values[1]:
         raise ConfigError(
             f"sampler.guidance_interval={list(interval)} must be [sigma_low, sigma_high] with "
-            "0 <= sigma_low < sigma_high (noise levels σ = √((1−ᾱ)/ᾱ)), or null for every step"
+            "sigma_low < sigma_high (noise levels σ = √((1−ᾱ)/ᾱ)), or null for every step"
         )
     return values
 

@@ -1,22 +1,23 @@
 """Reverse-process samplers: DDPM (ancestral), DDIM, DPM-Solver++(2M) and Heun (EDM).
 
-Each sampler works with any `model(x_t, t, y) -> prediction` callable and any training
-objective (eps / x0 / v): predictions are converted to (x̂₀, ε̂) first, optionally with x̂₀
-clipped to [-1, 1]. Timesteps are 0-based (index t is step t+1 of the papers).
+Each sampler draws through a `Denoiser`, which gives (x̂₀, ε̂) at (x_t, t, y) whatever the
+network was trained to predict, clipped and guided as its settings say; a sampler only turns
+(x̂₀, ε̂) into the next x. Timesteps are 0-based (index t is step t+1 of the papers).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Literal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Literal, Protocol
 
 import torch
 from rich.progress import Progress
 from torch import Tensor
 
-from ddpm_lightning.diffusion.gaussian import Denoiser, GaussianDiffusion
-from ddpm_lightning.diffusion.guidance import checked_interval, guided_output
+from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.diffusion.flow import check_pairing
 from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.settings import OneOf, Range, checked
@@ -27,6 +28,24 @@ Spacing = Annotated[str, OneOf(SPACINGS)]
 NumSteps = Annotated[int, Range(ge=1)]
 # Karras et al. 2022 (EDM), Table 1: σ_max of the ρ-spaced grid and its exponent ρ.
 KARRAS_SIGMA_MAX, KARRAS_RHO = 80.0, 7.0
+
+
+class StepNoise(Protocol):
+    """Where a stochastic step takes its noise z: (B, …) (`SampleNoise`, or noise drawn already)."""
+
+    def at_step(self, i: int) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """One update's context: the i-th visited timestep t (of `Sampler.steps()`), the sample
+    x_t: (B, …) there, labels y: (B,) or None, and the noise z of stochastic steps."""
+
+    i: int
+    t: int
+    x: Tensor
+    y: Tensor | None
+    noise: StepNoise
 
 
 def nearest_timesteps(schedule: NoiseSchedule, values: Tensor) -> list[int]:
@@ -99,82 +118,51 @@ def strictly_decreasing(ascending: list[int], num_timesteps: int) -> list[int]:
 
 
 class Sampler:
-    """Shared machinery: chunked sampling, per-sample noise, guidance, clipping, progress and
-    callbacks.
+    """Shared machinery: chunked sampling, per-sample noise, progress and callbacks.
 
-    Subclasses define `steps()` (the timesteps visited) and `step()` (one update). Guidance γ
-    (`guidance_scale`, for conditional models) applies at the noise levels σ in
-    `guidance_interval` (σ_lo, σ_hi], (0.3, 4] by default (None: every step); the defaults are
-    the ones measured best (docs/results.md).
+    Subclasses define `steps()` (the timesteps visited) and `step()` (one update from the
+    denoiser's (x̂₀, ε̂)), or `advance()` where an update asks the denoiser more than once.
+    `DiffusionModule.make_sampler` sets `denoiser`, the module's network with the sampler
+    config's clip_x0 and guidance settings, which `DiffusionModule.generate` samples through.
     """
 
     name = "sampler"
+    denoiser: Denoiser | None = None
+    # Whether it integrates the flow path of `diffusion.objective=flow` (`flow_samplers.py`).
+    flow = False
 
     @checked("sampler")
     def __init__(
         self,
         schedule: NoiseSchedule,
-        objective: str = "eps",
-        # Clip the network's x̂₀ to [-1, 1] at every step.
-        clip_x0: bool = True,
         # Samples per network call; more are drawn in chunks of this size.
         batch_size: Annotated[int, Range(ge=1)] = 256,
         progress: bool = True,
-        # Classifier-free guidance γ for conditional models; null: 1.25.
-        guidance_scale: Annotated[float, Range(ge=0)] | None = None,
-        # Noise levels (σ_lo, σ_hi] where guidance applies; null: every step.
-        guidance_interval: Annotated[Sequence[float], Range(ge=0)] | None = (0.3, 4),
     ):
-        self.diffusion = GaussianDiffusion(schedule, objective=objective)
         self.schedule = schedule
-        self.clip_x0 = clip_x0
         self.batch_size = int(batch_size)
         self.progress = progress
-        self.guidance_scale = None if guidance_scale is None else float(guidance_scale)
-        self.guidance_interval = checked_interval(guidance_interval)
         self.sigmas = schedule.sigmas()
-        self.sigma_values = self.sigmas.tolist()
 
     def steps(self) -> list[int]:
         raise NotImplementedError
 
-    def network_evaluations(self) -> int:
-        """Network calls per sample (a guided call, one doubled batch, counts once)."""
-        return len(self.steps())
+    def visited(self, start: int | None = None) -> list[tuple[int, int]]:
+        """(i, t) of each visited timestep t ≤ `start` (all for None), i its index in `steps()`."""
+        return [(i, t) for i, t in enumerate(self.steps()) if start is None or t <= start]
+
+    def network_evaluations(self, start: int | None = None) -> int:
+        """Network calls per sample from timestep `start` (a guided call, one doubled batch,
+        counts once)."""
+        return len(self.visited(start))
 
     def reset(self) -> None:
         """Forget multistep history before a new chunk."""
 
-    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, noise: SampleNoise) -> Tensor:
-        """x_t: (B, …) at the i-th visited timestep → the next, from (x̂₀, ε̂) and `noise.at_step(i)`
-        where the update is stochastic."""
+    def step(self, step: Step, x0: Tensor, eps: Tensor) -> Tensor:
+        """`step.x` at the visited timestep `step.t` → the sample at the next, from (x̂₀, ε̂) and
+        `step.noise.at_step(step.i)` where the update is stochastic."""
         raise NotImplementedError
-
-    def predict(
-        self, model: Denoiser, x: Tensor, t: int, y: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """(x̂₀, ε̂) at x: (B, …), timestep t, guided by `guidance_scale` when labels y: (B,)."""
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = guided_output(model, x, t_batch, y, self.guidance_scale_at(t))
-        x0, eps = self.diffusion.predict_x0_eps(x, t_batch, output.float())
-        if self.clip_x0:
-            x0 = x0.clamp(-1, 1)
-            eps = self.eps_from_x0(x, t, x0)
-        return x0, eps
-
-    def guidance_scale_at(self, t: int) -> float | None:
-        """γ at timestep t: `guidance_scale` where σ_t lies in `guidance_interval` (lo, hi],
-        plain conditional sampling (None) elsewhere. σ_t is read from a host copy: no device sync
-        per step."""
-        if self.guidance_interval is None:
-            return self.guidance_scale
-        low, high = self.guidance_interval
-        return self.guidance_scale if low < self.sigma_values[t] <= high else None
-
-    def eps_from_x0(self, x: Tensor, t: int, x0: Tensor) -> Tensor:
-        """ε = (x_t − √ᾱ_t x₀) / √(1−ᾱ_t)."""
-        s = self.schedule
-        return (x - s.sqrt_alphas_cumprod[t] * x0) / s.sqrt_one_minus_alphas_cumprod[t]
 
     def alpha_bar(self, t: int) -> Tensor:
         """ᾱ_t, with t = −1 meaning the clean image (ᾱ = 1)."""
@@ -182,62 +170,76 @@ class Sampler:
             self.schedule.alphas_cumprod[t] if t >= 0 else self.schedule.alphas_cumprod.new_ones(())
         )
 
+    def next_timestep(self, i: int) -> int:
+        """The timestep visited after the i-th, −1 (the clean image) after the last."""
+        steps = self.steps()
+        return steps[i + 1] if i + 1 < len(steps) else -1
+
     @torch.no_grad()
     def sample(
         self,
-        model: Denoiser,
+        denoiser: Denoiser,
         shape: tuple[int, ...],
         seed: int = 0,
         indices: Iterable[int] | None = None,
         y: Tensor | None = None,
         callback: StepCallback | None = None,
         noise: Tensor | None = None,
+        start: int | None = None,
     ) -> Tensor:
         """Samples of `shape` (N, C, H, W) in [-1, 1], drawn `batch_size` at a time.
 
         seed, indices: which samples of the run seeded `seed` these are (default 0 … N−1);
         sample i's noise depends on (seed, i) alone (`SampleNoise`), so samples [0, 4) and
         [4, 10) drawn apart equal samples [0, 10) drawn at once. y: (N,) labels for conditional
-        models. noise: (N, C, H, W) starting x_T instead of the samples' own.
-        `callback(i, t, x_t, x̂₀)` is called after every step's prediction.
+        models. noise: (N, C, H, W) starting x_T instead of the samples' own; with `start`, the
+        x_t at timestep `start`, from which only the visited timesteps ≤ `start` are taken
+        (`network_evaluations(start)` calls) with the run's own step noise, so a run stopped at
+        `start` and started again from its x_t gives the same images. `callback(i, t, x_t, x̂₀)`
+        is called after every step's prediction.
         """
+        if not isinstance(denoiser, Denoiser):
+            raise TypeError(
+                f"{type(self).__name__}.sample takes a Denoiser (the network with its objective), "
+                f"not {type(denoiser).__name__}: wrap it as Denoiser(network, schedule, objective)"
+            )
+        check_pairing(self.name, self.flow, denoiser.objective.value)
+        if start is not None and noise is None:
+            raise ValueError("start needs noise: the x_t to start from")
         device = self.schedule.betas.device
         order = list(range(shape[0]) if indices is None else map(int, indices))
         if len(order) != shape[0]:
             raise ValueError(f"{len(order)} sample indices for {shape[0]} samples")
         chunks = []
-        steps = self.steps()
+        visited, total = self.visited(start), len(self.steps())
         with Progress(disable=not self.progress, transient=True) as progress:
             task = progress.add_task(
-                f"{self.name} sampling", total=len(steps) * math.ceil(shape[0] / self.batch_size)
+                f"{self.name} sampling",
+                total=len(visited) * math.ceil(shape[0] / self.batch_size),
             )
-            for start in range(0, shape[0], self.batch_size):
-                n = min(self.batch_size, shape[0] - start)
-                labels = None if y is None else y[start : start + n].to(device)
-                draws = SampleNoise(seed, order[start : start + n], shape[1:], len(steps), device)
-                x = draws.initial() if noise is None else noise[start : start + n].to(device)
+            for first in range(0, shape[0], self.batch_size):
+                n = min(self.batch_size, shape[0] - first)
+                labels = None if y is None else y[first : first + n].to(device)
+                draws = SampleNoise(seed, order[first : first + n], shape[1:], total, device)
+                x = draws.initial() if noise is None else noise[first : first + n].to(device)
+                if start is not None:
+                    draws.initial()  # x_T set aside: the steps draw the run's own noise
                 self.reset()
-                for i, t in enumerate(steps):
-                    x = self.advance(model, i, t, x, labels, draws, callback)
+                for i, t in visited:
+                    x = self.advance(denoiser, Step(i, t, x, labels, draws), callback)
                     progress.advance(task)
                 chunks.append(x.clamp(-1, 1))
         return torch.cat(chunks)
 
     def advance(
-        self,
-        model: Denoiser,
-        i: int,
-        t: int,
-        x: Tensor,
-        y: Tensor | None,
-        noise: SampleNoise,
-        callback: StepCallback | None,
+        self, denoiser: Denoiser, step: Step, callback: StepCallback | None = None
     ) -> Tensor:
-        """x_t: (B, …) at the i-th visited timestep t → the sample at the next one."""
-        x0, eps = self.predict(model, x, t, y)
+        """`step.x` at the visited timestep `step.t` → the sample at the next one (the clean
+        image after the last): one `denoiser.predict`, then `step`."""
+        x0, eps = denoiser.predict(step.x, step.t, step.y)
         if callback is not None:
-            callback(i, t, x, x0)
-        return self.step(i, x, x0, eps, noise)
+            callback(step.i, step.t, step.x, x0)
+        return self.step(step, x0, eps)
 
 
 class DDPMSampler(Sampler):
@@ -262,14 +264,13 @@ class DDPMSampler(Sampler):
     def steps(self) -> list[int]:
         return list(range(self.schedule.num_timesteps - 1, -1, -1))
 
-    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, noise: SampleNoise) -> Tensor:
-        s = self.schedule
-        t = self.schedule.num_timesteps - 1 - i
+    def step(self, step: Step, x0: Tensor, eps: Tensor) -> Tensor:
+        s, t, x = self.schedule, step.t, step.x
         mean = s.posterior_mean_coef1[t] * x0 + s.posterior_mean_coef2[t] * x
         if t == 0:
             return mean
         variance = s.posterior_variance[t] if self.variance == "fixed_small" else s.betas[t]
-        return mean + variance.sqrt() * noise.at_step(i).to(x.dtype)
+        return mean + variance.sqrt() * step.noise.at_step(step.i).to(x.dtype)
 
 
 class DDIMSampler(Sampler):
@@ -303,14 +304,13 @@ class DDIMSampler(Sampler):
     def steps(self) -> list[int]:
         return self.timesteps
 
-    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, noise: SampleNoise) -> Tensor:
-        t = self.timesteps[i]
-        s = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
-        a_t, a_s = self.alpha_bar(t), self.alpha_bar(s)
+    def step(self, step: Step, x0: Tensor, eps: Tensor) -> Tensor:
+        s = self.next_timestep(step.i)
+        a_t, a_s = self.alpha_bar(step.t), self.alpha_bar(s)
         sigma = self.eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).clamp(min=0).sqrt()
         x = a_s.sqrt() * x0 + (1 - a_s - sigma**2).clamp(min=0).sqrt() * eps
         if self.eta > 0 and s >= 0:
-            x = x + sigma * noise.at_step(i).to(x.dtype)
+            x = x + sigma * step.noise.at_step(step.i).to(x.dtype)
         return x
 
 
@@ -348,21 +348,20 @@ class DPMSolverSampler(Sampler):
         a = self.alpha_bar(t)
         return 0.5 * (torch.log(a) - torch.log1p(-a))
 
-    def step(self, i: int, x: Tensor, x0: Tensor, eps: Tensor, noise: SampleNoise) -> Tensor:
-        t = self.timesteps[i]
-        if i + 1 == len(self.timesteps):
+    def step(self, step: Step, x0: Tensor, eps: Tensor) -> Tensor:
+        s = self.next_timestep(step.i)
+        if s < 0:
             return x0
-        s = self.timesteps[i + 1]
-        h = self.lambda_(s) - self.lambda_(t)
+        h = self.lambda_(s) - self.lambda_(step.t)
         d = x0
         if self.previous is not None:
             x0_prev, h_prev = self.previous
             r = h_prev / h
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         self.previous = (x0, h)
-        a_s, a_t = self.alpha_bar(s), self.alpha_bar(t)
+        a_s, a_t = self.alpha_bar(s), self.alpha_bar(step.t)
         sigma_ratio = ((1 - a_s) / (1 - a_t)).sqrt()
-        return sigma_ratio * x - a_s.sqrt() * torch.expm1(-h) * d
+        return sigma_ratio * step.x - a_s.sqrt() * torch.expm1(-h) * d
 
 
 class HeunSampler(Sampler):
@@ -406,8 +405,8 @@ class HeunSampler(Sampler):
     def steps(self) -> list[int]:
         return self.timesteps
 
-    def network_evaluations(self) -> int:
-        return sum(1 if self.euler_only(i) else 2 for i in range(len(self.timesteps)))
+    def network_evaluations(self, start: int | None = None) -> int:
+        return sum(1 if self.euler_only(i) else 2 for i, _ in self.visited(start))
 
     def euler_only(self, i: int) -> bool:
         """Whether step i skips the correction: the last step, or σ̂ above σ_max."""
@@ -423,38 +422,32 @@ class HeunSampler(Sampler):
         gamma = min(self.churn / len(self.timesteps), math.sqrt(2) - 1)
         return max(t, nearest_timesteps(self.schedule, (sigma * (1 + gamma)).reshape(1))[0])
 
-    def denoised(self, model: Denoiser, x_tilde: Tensor, t: int, y: Tensor | None) -> Tensor:
-        """D(x̃; σ_t) = x̂₀ of the network at x_t = √ᾱ_t x̃."""
-        return self.predict(model, self.alpha_bar(t).sqrt() * x_tilde, t, y)[0]
+    def denoised(self, denoiser: Denoiser, x_tilde: Tensor, t: int, y: Tensor | None) -> Tensor:
+        """D(x̃; σ_t) = x̂₀ of the denoiser at x_t = √ᾱ_t x̃."""
+        return denoiser.predict(self.alpha_bar(t).sqrt() * x_tilde, t, y)[0]
 
     def advance(
-        self,
-        model: Denoiser,
-        i: int,
-        t: int,
-        x: Tensor,
-        y: Tensor | None,
-        noise: SampleNoise,
-        callback: StepCallback | None,
+        self, denoiser: Denoiser, step: Step, callback: StepCallback | None = None
     ) -> Tensor:
-        """One Heun step from the i-th timestep t to the next (σ = 0 after the last)."""
+        """One Heun step from the visited timestep `step.t` to the next (σ = 0 after the last)."""
+        i, t, x, y = step.i, step.t, step.x, step.y
         x_tilde = x / self.alpha_bar(t).sqrt()
         t_hat = self.churned(t)
         sigma_hat = self.sigmas[t_hat].to(x.dtype)
         if t_hat != t:
             extra = (sigma_hat**2 - self.sigmas[t] ** 2).sqrt().to(x.dtype)
-            x_tilde = x_tilde + extra * self.noise_scale * noise.at_step(i).to(x.dtype)
-        x0 = self.denoised(model, x_tilde, t_hat, y)
+            x_tilde = x_tilde + extra * self.noise_scale * step.noise.at_step(i).to(x.dtype)
+        x0 = self.denoised(denoiser, x_tilde, t_hat, y)
         if callback is not None:
             callback(i, t, x, x0)
-        if i + 1 == len(self.timesteps):
+        s = self.next_timestep(i)
+        if s < 0:
             return x0
-        s = self.timesteps[i + 1]
         sigma_next = self.sigmas[s].to(x.dtype)
         slope = (x_tilde - x0) / sigma_hat
         x_next = x_tilde + (sigma_next - sigma_hat) * slope
         if self.euler_only(i):
             return self.alpha_bar(s).sqrt() * x_next
-        slope_next = (x_next - self.denoised(model, x_next, s, y)) / sigma_next
+        slope_next = (x_next - self.denoised(denoiser, x_next, s, y)) / sigma_next
         x_next = x_tilde + (sigma_next - sigma_hat) * (slope + slope_next) / 2
         return self.alpha_bar(s).sqrt() * x_next

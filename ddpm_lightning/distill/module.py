@@ -6,6 +6,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.distill.consistency import ConsistencyDiffusion
 from ddpm_lightning.distill.progressive import ProgressiveDiffusion
 from ddpm_lightning.distill.settings import distill_settings
 from ddpm_lightning.distill.teacher import FrozenTeacher, check_teacher
@@ -17,7 +19,9 @@ class ProgressiveDistillation(DiffusionModule):
     """One round of progressive distillation (Salimans & Ho 2022, Algorithm 2) as a Lightning
     fit: the student, this module's network started from `teacher`'s weights, learns in each
     step of the `teacher_steps`/2-step DDIM grid what the teacher does in two steps of the
-    `teacher_steps` grid (`ProgressiveDiffusion`). Training, validation (`val/loss` is the
+    `teacher_steps` grid (`ProgressiveDiffusion`); with `distill.method=consistency`, it
+    learns the consistency function on the `teacher_steps` grid (`ConsistencyDiffusion`,
+    sampled by `sampler=consistency`). Training, validation (`val/loss` is the
     distillation loss), the EMA callback, checkpoints and resuming are DiffusionModule's.
 
     The other arguments are the student's DiffusionModule settings, which must match the
@@ -39,20 +43,35 @@ class ProgressiveDistillation(DiffusionModule):
         lr_schedule: dict[str, Any] | None = None,
         data_shape: tuple[int, ...] = (1, 32, 32),
         dataset: str | None = None,
+        dataset_record: dict[str, Any] | None = None,
     ):
-        super().__init__(model, schedule, diffusion, optimizer, lr_schedule, data_shape, dataset)
+        super().__init__(
+            model, schedule, diffusion, optimizer, lr_schedule, data_shape, dataset, dataset_record
+        )
         self.distill = distill_settings(distill)
         self.hparams["distill"] = self.distill
         check_teacher(teacher, self, self.distill["teacher"])
         self.model.load_state_dict(teacher.model.state_dict())
+        schedule_module, objective = self.diffusion.schedule, self.diffusion.objective.value
+        frozen, loss = FrozenTeacher(teacher.model), self.diffusion.loss_type.value
+        if self.distill["method"] == "consistency":
+            self.diffusion = ConsistencyDiffusion(
+                schedule_module,
+                Denoiser(frozen, schedule_module, objective, clip_x0=False),
+                self.distill["teacher_steps"],
+                spacing=self.distill["spacing"],
+                objective=objective,
+                loss=loss,
+            )
+            return
         self.diffusion = ProgressiveDiffusion(
-            self.diffusion.schedule,
-            FrozenTeacher(teacher.model),
+            schedule_module,
+            frozen,
             self.distill["teacher_steps"],
             spacing=self.distill["spacing"],
             weighting=self.distill["weighting"],
-            objective=self.diffusion.objective.value,
-            loss=self.diffusion.loss_type.value,
+            objective=objective,
+            loss=loss,
         )
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:

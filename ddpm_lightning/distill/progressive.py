@@ -12,7 +12,7 @@ import enum
 import torch
 from torch import Tensor
 
-from ddpm_lightning.diffusion.gaussian import Denoiser, GaussianDiffusion, parse_choice
+from ddpm_lightning.diffusion.gaussian import GaussianDiffusion, Network, parse_choice
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.distill.grids import halving_grids
 
@@ -46,7 +46,7 @@ class ProgressiveDiffusion(GaussianDiffusion):
     def __init__(
         self,
         schedule: NoiseSchedule,
-        teacher: Denoiser,
+        teacher: Network,
         teacher_steps: int,
         spacing: str = "trailing",
         weighting: str = "snr_plus_one",
@@ -120,7 +120,7 @@ class ProgressiveDiffusion(GaussianDiffusion):
 
     def training_loss(
         self,
-        model: Denoiser,
+        model: Network,
         x0: Tensor,
         y: Tensor | None = None,
         t: Tensor | None = None,

@@ -33,10 +33,29 @@ def progressive(
     }
 
 
-METHODS = {"progressive": progressive}
+@checked("distill")
+def consistency(
+    # A shipped model (mnist), a model folder, a Hub repo id, or a .ckpt of training or a round.
+    teacher: str,
+    # N: the teacher's DDIM (eta 0) grid; the student maps neighbouring times on it alike.
+    teacher_steps: Annotated[int, Range(ge=2)],
+    # The grid's spacing, as sampler.spacing.
+    spacing: Spacing = "trailing",
+) -> dict[str, Any]:
+    """Consistency distillation (Song et al. 2023, Algorithm 2): the settings with defaults
+    filled in."""
+    return {
+        "method": "consistency",
+        "teacher": str(teacher),
+        "teacher_steps": teacher_steps,
+        "spacing": spacing,
+    }
+
+
+METHODS = {"progressive": progressive, "consistency": consistency}
 REQUIRED = {
     "teacher": "a shipped model (mnist), a model folder or a .ckpt",
-    "teacher_steps": "the teacher's DDIM steps, e.g. 50 for a 25-step student",
+    "teacher_steps": "the teacher's DDIM steps, e.g. 50 (progressive: a 25-step student)",
 }
 
 

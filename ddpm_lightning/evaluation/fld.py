@@ -1,5 +1,6 @@
 """Fréchet LeNet Distance (Lior Sinai's MNIST post, eq. 4.7) with the LeNet-5 weights
-shipped in `assets/`.
+shipped in `assets/` (MNIST, Fashion-MNIST) or those the classifier command wrote for any other
+labelled dataset, grey or colour (`classifier=FOLDER`).
 
 FLD = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between Gaussian fits of the 84-wide LeNet
 features of two image sets, in float64, computed by torchmetrics' `FrechetInceptionDistance`
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ddpm_lightning.errors import DataError
-from ddpm_lightning.models.lenet import LeNet5
+from ddpm_lightning.models.lenet import INPUT_SHAPE, LeNet5
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 
@@ -55,45 +56,79 @@ def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
     return features.mean(0), torch.cov(features.T)
 
 
-def load_record(dataset: str) -> dict:
-    paths = asset_paths(dataset)
-    if not paths["record"].is_file():
+def record_path(dataset: str, classifier: str | Path | None = None) -> Path:
+    """The JSON record of the LeNet that scores `dataset`: the package's, or the one in the
+    folder `classifier` (a `classifier` run folder or `export_dir`), or the record file
+    `classifier` itself."""
+    if classifier is None:
+        return asset_paths(dataset)["record"]
+    path = Path(classifier)
+    if path.is_dir():
+        return asset_paths(dataset, path)["record"]
+    return path
+
+
+def load_record(dataset: str, classifier: str | Path | None = None) -> dict:
+    """The LeNet's JSON record (weights and statistics file names, SHA-256s, input shape)."""
+    path = record_path(dataset, classifier)
+    if not path.is_file():
+        where = ASSETS_DIR if classifier is None else f"classifier={classifier}"
         raise DataError(
-            f"no LeNet weights for data={dataset} in {ASSETS_DIR}; "
-            f"train them with: python -m ddpm_lightning.classifier data={dataset}"
+            f"no LeNet weights for data={dataset} in {where}; train them with: "
+            f"python -m ddpm_lightning.classifier data={dataset}, then pass "
+            "classifier=<its run folder>"
         )
-    return json.loads(paths["record"].read_text())
+    return json.loads(path.read_text())
 
 
-def load_lenet(dataset: str, device: torch.device | str = "cpu") -> LeNet5:
-    """The shipped LeNet-5 for `dataset`, its SHA-256 checked, in eval mode."""
-    record, path = load_record(dataset), asset_paths(dataset)["weights"]
+def record_files(dataset: str, classifier: str | Path | None = None) -> dict[str, Path]:
+    """Weights and statistics files that the record of `record_path` names, beside it."""
+    path = record_path(dataset, classifier)
+    record = load_record(dataset, classifier)
+    return {"weights": path.parent / record["weights"], "stats": path.parent / record["stats"]}
+
+
+def classifier_input_shape(record: dict) -> tuple[int, int, int]:
+    """(C, H, W) the LeNet of `record` takes; records of the shipped LeNets predate the key."""
+    channels, height, width = record.get("input_shape", INPUT_SHAPE)
+    return int(channels), int(height), int(width)
+
+
+def load_lenet(
+    dataset: str, device: torch.device | str = "cpu", classifier: str | Path | None = None
+) -> LeNet5:
+    """The LeNet-5 for `dataset` (the package's, or `classifier`'s), its SHA-256 checked, in
+    eval mode."""
+    record, path = load_record(dataset, classifier), record_files(dataset, classifier)["weights"]
     check_sha256(path, record["sha256"])
-    model = LeNet5()
+    channels, height, _ = classifier_input_shape(record)
+    model = LeNet5(record.get("num_classes", 10), channels, height)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval().to(device)
 
 
-def lenet_identity(dataset: str) -> str:
+def lenet_identity(dataset: str, classifier: str | Path | None = None) -> str:
     """Which LeNet scores FLD for `dataset`: the first 12 hex characters of its SHA-256, and
     `shipped` only when that is the released LeNet (`released_sha256` of its JSON record, kept
     when `classifier replace_shipped=true` replaces the weights), else `retrained`."""
-    record, path = load_record(dataset), asset_paths(dataset)["weights"]
-    digest = sha256(path)
-    released = record.get("released_sha256", record["sha256"])
-    return f"{digest[:12]} ({'shipped' if digest == released else 'retrained'})"
+    record = load_record(dataset, classifier)
+    digest = sha256(record_files(dataset, classifier)["weights"])
+    released = record.get("released_sha256") or record["sha256"]
+    shipped = classifier is None and digest == released
+    return f"{digest[:12]} ({'shipped' if shipped else 'retrained'})"
 
 
-def load_test_statistics(dataset: str) -> dict[str, Tensor]:
-    """The test set's feature `mean` (84,) and `cov` (84, 84), `label_counts` (10,) and
-    `class_means` (10, 1, 32, 32), as exported with the shipped LeNet."""
-    record, path = load_record(dataset), asset_paths(dataset)["stats"]
+def load_test_statistics(dataset: str, classifier: str | Path | None = None) -> dict[str, Tensor]:
+    """The test set's feature `mean` (84,) and `cov` (84, 84), `label_counts` (K,) and
+    `class_means` (K, C, H, W), as exported with the LeNet."""
+    record = load_record(dataset, classifier)
+    path = record_files(dataset, classifier)["stats"]
     check_sha256(path, record["stats_sha256"])
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def to_model_input(images: Tensor | np.ndarray) -> Tensor:
-    """uint8 images in [0, 255] or floats in [-1, 1], (N, 1, 32, 32) or (N, 32, 32) → float."""
+    """uint8 images in [0, 255] or floats in [-1, 1], (N, C, H, W) or (N, H, W) → float."""
     images = torch.as_tensor(images)
     if images.dim() == 3:
         images = images[:, None]
@@ -118,7 +153,7 @@ def lenet_features(
 
 
 class LeNetFeatures(nn.Module):
-    """torchmetrics' feature extractor for FLD: images (B, 1, 32, 32), uint8 or in [-1, 1]
+    """torchmetrics' feature extractor for FLD: images (B, C, H, W), uint8 or in [-1, 1]
     (see `to_model_input`) → the LeNet's (B, 84) features in float64."""
 
     num_features = 84
@@ -160,15 +195,16 @@ def add_images(
     real: bool = False,
     batch_size: int = 1000,
 ) -> None:
-    """Add images (N, 1, 32, 32), uint8 or in [-1, 1], to `metric`, `batch_size` at a time."""
+    """Add images (N, C, H, W), uint8 or in [-1, 1], to `metric`, `batch_size` at a time."""
     images = to_model_input(images)
     for start in range(0, images.shape[0], batch_size):
         metric.update(images[start : start + batch_size], real=real)
 
 
 class FLD:
-    """FLD of image sets against the test set of `dataset`, with the shipped LeNet, computed by
-    torchmetrics (`fld_metric`).
+    """FLD of image sets against the test set of `dataset`, with its LeNet (the package's, or
+    the one `classifier` names: a folder the classifier command wrote, or its JSON record),
+    computed by torchmetrics (`fld_metric`).
 
     Under DDP every process adds its own images (`update`) and `compute` gathers the sums of
     all of them; only the process with `holds_test_set` (the first) holds the test set's.
@@ -179,11 +215,14 @@ class FLD:
         dataset: str = "mnist",
         device: torch.device | str = "cpu",
         holds_test_set: bool = True,
+        classifier: str | Path | None = None,
     ):
         self.dataset = dataset
-        self.model = load_lenet(dataset, device)
-        self.lenet = lenet_identity(dataset)
-        self.test_stats = load_test_statistics(dataset)
+        self.model = load_lenet(dataset, device, classifier)
+        self.input_shape = self.model.input_shape
+        self.num_classes = self.model.head.out_features
+        self.lenet = lenet_identity(dataset, classifier)
+        self.test_stats = load_test_statistics(dataset, classifier)
         self.metric = fld_metric(self.model, self.test_stats if holds_test_set else None)
         self.metric.to(device)
 
@@ -195,7 +234,7 @@ class FLD:
         return lenet_features(self.model, images, progress=progress)
 
     def update(self, images: Tensor | np.ndarray) -> None:
-        """Add generated images (N, 1, 32, 32), uint8 or in [-1, 1]."""
+        """Add generated images (N, C, H, W), uint8 or in [-1, 1]."""
         add_images(self.metric, images)
 
     def compute(self) -> float:

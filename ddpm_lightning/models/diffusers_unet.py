@@ -28,7 +28,8 @@ class DiffusersUNet(nn.Module):
     def __init__(
         self,
         in_channels: InChannels = 1,
-        # Image side; the data must have it (diffusers' pipelines draw images of this size).
+        # Image side (diffusers' pipelines draw images of this size); a training run sets it to
+        # its data's.
         sample_size: Annotated[int, Range(ge=1)] = 32,
         # Width of each level.
         block_out_channels: Annotated[Sequence[int], Range(ge=1)] = (16, 32, 48),

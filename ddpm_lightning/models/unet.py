@@ -47,7 +47,7 @@ class UNet(nn.Module):
     @checked("model")
     def __init__(
         self,
-        # Image channels, in and out.
+        # Image channels, in and out; a training run sets them to its data's (1 grey, 3 colour).
         in_channels: InChannels = 1,
         # Width d of the first level; the time (and label) embedding is 4d wide.
         model_channels: Annotated[int, Range(ge=1)] = 16,

@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ddpm_lightning import diffusion
 from ddpm_lightning.components import REGISTRY, component_settings
-from ddpm_lightning.data.registry import DATASETS
+from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.training.module import MODULE_KEYS
 
 SAMPLER_KEYS = (
@@ -57,7 +57,7 @@ def sampler_text(sampler: dict[str, Any] | None, conditional: bool) -> str:
 
 def dataset_title(config: dict[str, Any], otherwise: str) -> str:
     """The title of the folder's dataset, or `otherwise` for one that is not registered."""
-    record = DATASETS.get(str(config.get("dataset")))
+    record = known_record(config.get("dataset"), config.get("dataset_record"))
     return record.title if record else otherwise
 
 
@@ -69,7 +69,7 @@ def is_conditional(config: dict[str, Any]) -> bool:
 def card_data(config: dict[str, Any], title: str, library: str = "ddpm_lightning") -> ModelCardData:
     """The front matter: Hub metadata and, when evaluated, the FLD as an EvalResult; `library`
     is the Hub's library_name (diffusers for pipeline folders, tagged ddpm_lightning)."""
-    dataset = DATASETS.get(str(config.get("dataset")))
+    dataset = known_record(config.get("dataset"), config.get("dataset_record"))
     evaluation = config.get("evaluation") or {}
     conditional = is_conditional(config)
     task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
@@ -220,9 +220,18 @@ def evaluation_section(config: dict[str, Any], name: str | None) -> str:
         f"{evaluation.get('num_samples', '')} | {evaluation.get('seed', '')} | "
         f"{sampler_text(evaluation.get('sampler'), is_conditional(config))} |{command}\n\n"
         "FLD is the Fréchet distance between LeNet-5 features of generated images and of the "
-        "test set, with the LeNet shipped in ddpm_lightning (lower is better). It compares only "
+        f"test set, with {scoring_lenet(evaluation)} (lower is better). It compares only "
         "with FLDs from the same LeNet and number of samples; fewer samples give higher values.\n"
     )
+
+
+def scoring_lenet(evaluation: dict[str, Any]) -> str:
+    """Which LeNet scored the FLD: the shipped one, or one the classifier command trained
+    (`evaluate classifier=`), named by its SHA-256's first characters."""
+    lenet = str(evaluation.get("lenet") or "")
+    if not lenet or lenet.endswith("(shipped)"):
+        return "the LeNet shipped in ddpm_lightning"
+    return f"a LeNet trained by `python -m ddpm_lightning.classifier` (SHA-256 {lenet.split()[0]}…)"
 
 
 def use_section(config: dict[str, Any]) -> str:

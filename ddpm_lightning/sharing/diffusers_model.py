@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from os import PathLike
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -32,6 +32,7 @@ from ddpm_lightning.diffusion.guidance import (
 )
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models.unet import UNet
+from ddpm_lightning.settings import Range, checked
 
 # What ModelMixin.from_pretrained and SchedulerMixin.from_pretrained both take: where the files are.
 HUB_OPTIONS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
@@ -197,12 +198,13 @@ class DDPMLightningPipeline(DiffusionPipeline):
         return scale if interval[0] < sigma <= interval[1] else None
 
     @torch.no_grad()
+    @checked("sampler")
     def __call__(
         self,
         batch_size: int = 1,
         class_labels: Tensor | Sequence[int] | int | None = None,
         guidance_scale: float | None = DEFAULT_GUIDANCE_SCALE,
-        guidance_interval: Sequence[float] | None = (0.3, 4.0),
+        guidance_interval: Annotated[Sequence[float], Range(ge=0)] | None = (0.3, 4.0),
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int | None = None,
         eta: float = 0.0,

@@ -14,13 +14,14 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ddpm_lightning import __version__
 from ddpm_lightning.components import build
 from ddpm_lightning.data.registry import DATASETS
+from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
@@ -88,12 +89,7 @@ def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dic
     """The settings of a ddim or ddpm sampler config as the page runs them; guidance γ as
     `make_sampler` sets it (1.25 for conditional models when null) and its σ interval."""
     built = module.make_sampler(build("sampler", sampler), progress=False)
-    interval = built.guidance_interval
-    common = {
-        "clip_x0": built.clip_x0,
-        "guidance_scale": built.guidance_scale,
-        "guidance_interval": None if interval is None else list(interval),
-    }
+    common = cast(Denoiser, built.denoiser).settings()
     if isinstance(built, DDIMSampler):
         settings = {"num_steps": len(built.timesteps), "eta": built.eta, "spacing": built.spacing}
         return {"name": "ddim", **settings, **common}

@@ -37,7 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.data.images import InMemoryDataModule, TensorBatches
-from ddpm_lightning.diffusion.gaussian import Denoiser, GaussianDiffusion
+from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.diffusion.gaussian import GaussianDiffusion, Network
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, Sampler
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError, report_errors
@@ -128,11 +129,12 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def time_sampler(sampler: Sampler, model: TimedModel, batch_size: int) -> dict[str, float]:
-    """One timed run: images/s and the share of time outside the model."""
+    """One timed run of an ε-prediction `model`: images/s and the share of time outside it."""
+    denoiser = Denoiser(model, sampler.schedule, "eps")
     model.seconds = 0.0
     model.sync()
     start = time.perf_counter()
-    sampler.sample(model, (batch_size, 1, 32, 32))
+    sampler.sample(denoiser, (batch_size, 1, 32, 32))
     model.sync()
     total = time.perf_counter() - start
     return {"images_per_s": batch_size / total, "overhead": (total - model.seconds) / total}
@@ -286,7 +288,7 @@ def batches(data: TensorBatches, batch_size: int) -> Iterator[tuple[torch.Tensor
 
 
 def bare_run(
-    model: Denoiser,
+    model: Network,
     parameters: list[torch.nn.Parameter],
     diffusion: GaussianDiffusion,
     data: TensorBatches,

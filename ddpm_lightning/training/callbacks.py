@@ -20,8 +20,10 @@ from torch import Tensor
 from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.diffusion.samplers import Sampler
 from ddpm_lightning.errors import ConfigError, DDPMError
-from ddpm_lightning.evaluation.fld import FLD
+from ddpm_lightning.evaluation.fld import FLD, record_files
+from ddpm_lightning.evaluation.kid import kid_of_images
 from ddpm_lightning.evaluation.pictures import grid, to_pil
+from ddpm_lightning.evaluation.reference import test_features
 from ddpm_lightning.training.time_budget import budget_timer, fitted_steps
 
 if TYPE_CHECKING:
@@ -43,14 +45,17 @@ def log_image(loggers: list[Logger], key: str, image: Tensor, step: int) -> None
 
 
 class FLDCallback(L.Callback):
-    """Every `every_n_epochs`, sample `num_samples` images and log their FLD as `val/fld`;
-    after `trainer.test`, `test_num_samples` (0: none) as `test/fld`.
+    """Every `every_n_epochs`, sample `num_samples` images and log their FLD as `val/fld` and
+    their KID as `val/kid`; after `trainer.test`, `test_num_samples` (0: none) as `test/fld`.
 
     The same seed every time, so epochs are comparable. Under DDP each process draws its
     shard of the samples (per-sample noise: the same images as one process) and torchmetrics
-    adds up the processes' LeNet feature sums. Needs the shipped LeNet of the run's dataset;
-    without one it warns once and does nothing (data=spiral has no dataset name, so it is
-    simply off). Skipped under `fast_dev_run`, which only checks that code runs.
+    adds up the processes' LeNet feature sums; each process's KID of its shard is unbiased, so
+    their mean is too. Needs the shipped LeNet of the run's dataset,
+    or `classifier` (a folder the classifier command wrote) for any other; without one, or
+    with one for images of another shape, it warns once and does nothing (data=spiral has no
+    dataset name, so it is simply off). Skipped under `fast_dev_run`, which only checks that
+    code runs.
     """
 
     def __init__(
@@ -60,24 +65,40 @@ class FLDCallback(L.Callback):
         num_samples: int = 1000,
         seed: int = 0,
         test_num_samples: int = 0,
+        classifier: str | None = None,
     ):
         self.make_sampler = sampler
         self.every_n_epochs = int(every_n_epochs)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.test_num_samples = int(test_num_samples)
+        self.classifier = classifier
         self.fld: FLD | None = None
+        self.test_features: Tensor | None = None
+        self.kid = float("nan")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dataset = pl_module.hparams.get("dataset")
         try:
             self.fld = (
-                FLD(dataset, pl_module.device, holds_test_set=trainer.is_global_zero)
+                FLD(dataset, pl_module.device, trainer.is_global_zero, self.classifier)
                 if dataset
                 else None
             )
+            if self.fld is not None:
+                weights = record_files(self.fld.dataset, self.classifier)["weights"]
+                self.test_features = test_features(
+                    self.fld.model, self.fld.dataset, weights, weights.parent
+                )[0]
         except DDPMError as exc:
             rank_zero_warn(f"FLD callback off: {exc}")
+            self.fld = None
+        shape = tuple(cast("DiffusionModule", pl_module).data_shape)
+        if self.fld is not None and self.fld.input_shape != shape:
+            rank_zero_warn(
+                f"FLD callback off: the {dataset} LeNet takes images {self.fld.input_shape}, "
+                f"the data are {shape}; pass callbacks.fld.classifier=<a classifier run folder>"
+            )
             self.fld = None
         if self.fld is not None:
             rank_zero_info(f"val/fld is measured with the LeNet-5 {self.fld.lenet}")
@@ -89,6 +110,7 @@ class FLDCallback(L.Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         pl_module.log("val/fld", self.measure(trainer, pl_module, self.num_samples), prog_bar=True)
+        pl_module.log("val/kid", self.kid, sync_dist=True)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.fld is None or self.test_num_samples == 0 or trainer.fast_dev_run:  # type: ignore[attr-defined]
@@ -112,6 +134,8 @@ class FLDCallback(L.Callback):
                 indices=indices,
             )
             self.fld.update(images)
+            assert self.test_features is not None, "loaded with the LeNet"
+            self.kid = kid_of_images(self.fld.model, images, self.test_features, seed=self.seed)
         return self.fld.compute()
 
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ddpm_lightning.components import build, component_settings
+from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.training.module import DiffusionModule
@@ -75,14 +76,10 @@ class Drawing:
 
 
 def applied_settings(settings: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
-    """The sampler's named `settings` with the guidance `make_sampler` applied: the default γ
-    where they left it null, no interval for unconditional models."""
-    interval = sampler.guidance_interval
-    return {
-        **settings,
-        "guidance_scale": sampler.guidance_scale,
-        "guidance_interval": None if interval is None else list(interval),
-    }
+    """The sampler's named `settings` with the guidance its denoiser applies (`make_sampler`):
+    the default γ where they left it null, no interval for unconditional models."""
+    applied = cast(Denoiser, sampler.denoiser).settings()
+    return {**settings, **{key: applied[key] for key in ("guidance_scale", "guidance_interval")}}
 
 
 def samples_metadata(

@@ -8,13 +8,14 @@ raw weights beside it for resuming.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
-from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.settings import Range, checked
 
 
 def warmup_decay(decay: float, num_averaged: int) -> float:
@@ -52,24 +53,15 @@ class EMA(WeightAveraging):
     (noise schedule, position table).
     """
 
+    @checked("callbacks.ema")
     def __init__(
         self,
-        decay: float = 0.9999,
+        decay: Annotated[float, Range(gt=0, lt=1)] = 0.9999,
         warmup: bool = True,
-        update_every_n_steps: int = 1,
-        sigma_rel: float | None = None,
+        update_every_n_steps: Annotated[int, Range(ge=1)] = 1,
+        # Width of the power-function profile (e.g. 0.05 or 0.1); null: the fixed decay.
+        sigma_rel: Annotated[float, Range(gt=0, le=MAX_SIGMA_REL)] | None = None,
     ):
-        if not 0 < decay < 1:
-            raise ConfigError(f"callbacks.ema.decay={decay} must lie in (0, 1)")
-        if update_every_n_steps < 1:
-            raise ConfigError(
-                f"callbacks.ema.update_every_n_steps={update_every_n_steps} must be at least 1"
-            )
-        if sigma_rel is not None and not 0 < sigma_rel <= MAX_SIGMA_REL:
-            raise ConfigError(
-                f"callbacks.ema.sigma_rel={sigma_rel} must lie in (0, {MAX_SIGMA_REL:.4f}] "
-                "(e.g. 0.05 or 0.1), or null for the fixed decay"
-            )
         super().__init__(use_buffers=False, multi_avg_fn=self.update)
         self.decay = float(decay)
         self.warmup = bool(warmup)

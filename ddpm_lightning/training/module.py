@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import lightning as L
 import torch
@@ -14,16 +14,13 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm_lightning.components import build, component_settings
+from ddpm_lightning.components.build import check_optimizer
+from ddpm_lightning.diffusion.denoiser import Denoiser, denoiser_options
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
-from ddpm_lightning.diffusion.guidance import (
-    DEFAULT_GUIDANCE_SCALE,
-    balanced_labels,
-    check_labels,
-    drop_labels,
-    require_conditional,
-)
+from ddpm_lightning.diffusion.guidance import balanced_labels, check_labels, drop_labels
 from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
 from ddpm_lightning.errors import ConfigError, DDPMError
+from ddpm_lightning.settings import Range, checked
 
 
 class NonFiniteLossError(DDPMError, FloatingPointError):
@@ -56,6 +53,16 @@ def split_fast_paths(model: Any) -> tuple[dict[str, Any], dict[str, bool]]:
     return model, flags
 
 
+@checked("diffusion")
+def label_dropout(
+    # Conditional models: share of labels swapped for the null label, so one network also
+    # learns the unconditional model that classifier-free guidance needs.
+    p_uncond: Annotated[float, Range(ge=0, lt=1)] = 0.1,
+) -> float:
+    """The label dropout p_uncond of conditional training (Ho & Salimans 2022)."""
+    return float(p_uncond)
+
+
 class DiffusionModule(L.LightningModule):
     """Trains `model(x_t, t, y)` to denoise under `schedule` with `diffusion.objective`.
 
@@ -75,6 +82,7 @@ class DiffusionModule(L.LightningModule):
         lr_schedule: dict[str, Any] | None = None,
         data_shape: tuple[int, ...] = (1, 32, 32),
         dataset: str | None = None,
+        dataset_record: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -82,10 +90,9 @@ class DiffusionModule(L.LightningModule):
         self.hparams["schedule"] = schedule
         if optimizer is not None:
             optimizer = component_settings("optimizer", optimizer)
+            check_optimizer(optimizer["name"], optimizer, "optimizer")
             self.hparams["optimizer"] = optimizer
         optimizer = optimizer or {"name": "adam", "lr": 2e-4}
-        if float(optimizer.get("lr", 1.0)) <= 0:
-            raise ConfigError(f"optimizer.lr={optimizer['lr']} must be positive")
         self.optimizer_config = optimizer
         self.lr_schedule = {"warmup_steps": 0, "cosine_decay": False, **(lr_schedule or {})}
         self.data_shape = tuple(data_shape)
@@ -102,9 +109,8 @@ class DiffusionModule(L.LightningModule):
             # compile an extra graph for batch size 1).
             self.example_input_array = self.example_input()
         diffusion = dict(diffusion or {})
-        self.p_uncond = float(diffusion.pop("p_uncond", 0.1))
-        if not 0 <= self.p_uncond < 1:
-            raise ConfigError(f"diffusion.p_uncond={self.p_uncond} must lie in [0, 1)")
+        dropout = {"p_uncond": diffusion.pop("p_uncond")} if "p_uncond" in diffusion else {}
+        self.p_uncond = label_dropout(**dropout)
         self.diffusion = GaussianDiffusion(noise_schedule, **diffusion)
         # The objective is recorded even when left to its default: files never make it a guess.
         self.hparams["diffusion"] = {
@@ -147,17 +153,24 @@ class DiffusionModule(L.LightningModule):
         """The network's prediction for x_t: (B, C, H, W) at t: (B,)."""
         return self.model(x_t, t, y)
 
+    def denoiser(self, **settings: Any) -> Denoiser:
+        """This network as samplers see it: its schedule and objective, with the sampler
+        settings clip_x0, guidance_scale and guidance_interval (`Denoiser`)."""
+        diffusion = self.diffusion
+        return Denoiser(self.model, diffusion.schedule, diffusion.objective.value, **settings)
+
     def make_sampler(self, factory: Callable[..., Sampler], **kwargs: Any) -> Sampler:
-        """A sampler from `factory` (e.g. a `_partial_` config) for this schedule and objective.
+        """A sampler from `factory` (e.g. a `_partial_` config) and `kwargs` for this schedule,
+        with `denoiser` this network wrapped with the settings that are the denoiser's
+        (clip_x0, guidance_scale, guidance_interval; `denoiser_options`).
 
         Guidance defaults to DEFAULT_GUIDANCE_SCALE for conditional models and is refused for
-        unconditional ones, whose samplers keep no guidance interval.
+        unconditional ones, which keep no guidance interval.
         """
-        diffusion = self.diffusion
+        factory, options, denoising = denoiser_options(factory, kwargs)
+        denoiser = self.denoiser(**denoising)
         try:
-            sampler = factory(
-                schedule=diffusion.schedule, objective=diffusion.objective.value, **kwargs
-            )
+            sampler = factory(schedule=self.diffusion.schedule, **options)
         except TypeError as exc:
             name = getattr(getattr(factory, "func", factory), "__name__", "the sampler")
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -165,13 +178,7 @@ class DiffusionModule(L.LightningModule):
                 f"sampler: {name} does not take that setting ({reason}); drop it or pick a "
                 "sampler that takes it"
             ) from None
-        scale = sampler.guidance_scale
-        if scale not in (None, 1.0):
-            require_conditional(self.num_classes, f"sampler.guidance_scale={scale}")
-        if self.num_classes is None:
-            sampler.guidance_interval = None
-        elif scale is None:
-            sampler.guidance_scale = DEFAULT_GUIDANCE_SCALE
+        sampler.denoiser = denoiser
         return sampler
 
     def sample_labels(self, num_samples: int, labels: Tensor | None = None) -> Tensor | None:
@@ -204,8 +211,10 @@ class DiffusionModule(L.LightningModule):
         y = self.sample_labels(num_samples, labels)
         if y is not None and len(y) != shape[0]:
             raise ConfigError(f"{len(y)} labels given for {shape[0]} samples")
+        if sampler.denoiser is None:
+            raise ValueError("generate needs a sampler from make_sampler (it sets its denoiser)")
         return sampler.sample(
-            self.model,
+            sampler.denoiser,
             shape,
             seed=int(seed),
             indices=indices,

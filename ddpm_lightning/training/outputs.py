@@ -23,7 +23,7 @@ import secrets
 import shutil
 import signal
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,6 +170,24 @@ def swap_in(folder: Path, names: Collection[str], new: Path, token: str) -> None
             recover(folder)
             raise
         shutil.rmtree(sibling(folder, OLD, token), ignore_errors=True)
+
+
+# Writes one output file at the path it is given.
+Writer = Callable[[Path], None]
+
+
+def write_outputs(
+    out_dir: Path, names: Collection[str], outputs: dict[str, Writer]
+) -> dict[str, Path]:
+    """Write `outputs` (file name → writer) into `out_dir` as one set in place of the entries
+    `names` of an earlier run (`replacing`), print each path and return them."""
+    with replacing(out_dir, names) as folder:
+        for name, write in outputs.items():
+            write(folder / name)
+    files = {name: out_dir / name for name in outputs}
+    for path in files.values():
+        print(f"wrote {path}")
+    return files
 
 
 @contextmanager

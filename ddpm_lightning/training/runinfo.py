@@ -19,6 +19,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_lightning.data.registry import DATASETS, DatasetRecord
+from ddpm_lightning.models.data_fit import fitted_to_data
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import check_resume_checkpoint, find_last_checkpoint
 
@@ -86,26 +88,36 @@ def write_run_info(output_dir: Path, project_root: Path, resumed: bool = False) 
     return path
 
 
-def module_arguments(cfg: DictConfig, data_shape: tuple[int, ...]) -> dict[str, Any]:
-    """The DiffusionModule arguments of `cfg`, every sub-config as a plain, resolved dict."""
+def module_arguments(
+    cfg: DictConfig, data_shape: tuple[int, ...], record: DatasetRecord | None = None
+) -> dict[str, Any]:
+    """The DiffusionModule arguments of `cfg`, every sub-config as a plain, resolved dict; the
+    network's channels (and a diffusers UNet's image side) follow `data_shape`
+    (`fitted_to_data`), and the data's record is kept when the registry does not know it (a
+    folder, a Hub dataset)."""
 
     def plain(node: Any) -> Any:
         return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
     return {
-        "model": plain(cfg.model),
+        "model": fitted_to_data(plain(cfg.model), data_shape),
         "schedule": plain(cfg.schedule),
         "diffusion": plain(cfg.get("diffusion")),
         "optimizer": plain(cfg.optimizer),
         "lr_schedule": plain(cfg.get("lr_schedule")),
         "data_shape": data_shape,
         "dataset": cfg.data.get("name"),
+        "dataset_record": (
+            record.as_dict() if record is not None and record.name not in DATASETS else None
+        ),
     }
 
 
-def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
+def build_module(
+    cfg: DictConfig, data_shape: tuple[int, ...], record: DatasetRecord | None = None
+) -> DiffusionModule:
     """The LightningModule with every sub-config as a plain, resolved dict."""
-    return DiffusionModule(**module_arguments(cfg, data_shape))
+    return DiffusionModule(**module_arguments(cfg, data_shape, record))
 
 
 def sweep_job() -> list[str] | None:

@@ -60,6 +60,7 @@ TRAINING_ONLY = frozenset(
         "diffusion.noise_levels",
         "diffusion.p_mean",
         "diffusion.p_std",
+        "diffusion.noise_coupling",
     }
 )
 

@@ -1,12 +1,14 @@
 // The demo page of ddpm_lightning: DDIM and DDPM sampling of an exported denoiser
-// (model.onnx + model.json) with onnxruntime-web, in a Web Worker, and the page around it.
+// (model.onnx + model.json) with onnxruntime-web, in a Web Worker, and the page around it, with
+// a drawing pad whose drawing the model completes, cleans up or refills.
 //
 // The sampler is a port of ddpm_lightning/diffusion/samplers.py (timestep_sequence,
 // Sampler.predict, Sampler.guidance_scale_at, DDIMSampler.step, DDPMSampler.step) and guidance.py
-// (guided_output); for the same starting noise (and per-step noise) it gives the Python sampler's
-// images, checked by
-// tests/test_demo.py (in Node, with a closed-form denoiser) and tests/test_demo_browser.py (in
-// Chromium, with the ONNX models). This one file is the page's script, the worker's script (the
+// (guided_output), the edits of ddpm_lightning/editing (masks.py, inpaint.py, sdedit.py, the
+// draws of sampling.py); for the same starting noise (and per-step noise) they give the Python
+// images, checked by tests/test_demo.py (in Node, with a closed-form denoiser) and
+// tests/test_demo_browser.py and tests/test_demo_edit_browser.py (in Chromium, with the ONNX
+// models). This one file is the page's script, the worker's script (the
 // page starts it as a module worker) and, in Node, a plain module of the sampler's functions.
 
 const ORT_MODULE = './ort/ort.wasm.bundle.min.mjs';
@@ -18,6 +20,54 @@ const MAX_COLUMNS = 10;
 // Karras et al. 2022 (EDM), Table 1: σ_max of the ρ-spaced grid and its exponent ρ.
 const KARRAS_SIGMA_MAX = 80;
 const KARRAS_RHO = 7;
+// The image shape (C, H, W) of records that do not name theirs: MNIST's.
+const DEFAULT_SHAPE = [1, 32, 32];
+// CSS widths that the x_t and x̂₀ canvases and the samples' tiles approach by whole-number zooms.
+const PROCESS_WIDTH = 192;
+const TILE_WIDTH = 96;
+// Brush radii of the drawing pad, in pixels of a 32-pixel-wide image (scaled with the width).
+const BRUSH_RADII = { pen: 1.5, eraser: 2.5, region: 3 };
+// Updates per RePaint stretch (edit.jump_length's default in inpaint.py).
+const JUMP_LENGTH = 10;
+
+// ---- Images: shape and pixels -------------------------------------------------------------
+
+/** The model's image shape [C, H, W] from its record (model.json's data_shape, 1×32×32 when it
+ * has none): 1 channel (grey) or 3 (RGB), any H×W. */
+export function imageShape(record) {
+  const shape = record.data_shape ?? DEFAULT_SHAPE;
+  if (shape.length !== 3 || (shape[0] !== 1 && shape[0] !== 3)) {
+    throw new Error(`the page draws images of 1 (grey) or 3 (RGB) channels, not of shape ${shape.join('×')}`);
+  }
+  return shape;
+}
+
+/** Numbers in one image of `shape`. */
+function imageSize(shape) {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** RGBA bytes (H·W·4, row by row) of image `index` of `images` (flat N×C×H×W in [-1, 1],
+ * mapped to [0, 255]): channels 0, 1, 2 as red, green, blue, or the one channel as grey. */
+export function rgba(images, shape, index = 0) {
+  const [channels, height, width] = shape;
+  const area = height * width;
+  const offset = index * channels * area;
+  const bytes = new Uint8ClampedArray(4 * area).fill(255);
+  for (let p = 0; p < area; p++) {
+    for (let ch = 0; ch < 3; ch++) {
+      const value = images[offset + (channels === 3 ? ch * area : 0) + p];
+      bytes[4 * p + ch] = Math.round((Math.min(1, Math.max(-1, value)) + 1) * 127.5);
+    }
+  }
+  return bytes;
+}
+
+/** The CSS width, in px, of `width` image pixels zoomed by the whole number (at least 1) that
+ * comes nearest to `target`: pixelated zooms keep every pixel the same size. */
+export function zoomedWidth(width, target) {
+  return width * Math.max(1, Math.round(target / width));
+}
 
 // ---- Timesteps: timestep_sequence of samplers.py ------------------------------------------
 
@@ -192,6 +242,34 @@ export function balancedLabels(n, numClasses) {
   return Array.from({ length: n }, (_, i) => Math.floor((i * numClasses) / n));
 }
 
+/** The timesteps the sampler of `settings` visits: T−1 … 0 for DDPM, DDIM's sequence else. */
+export function visitedTimesteps(record, settings) {
+  const T = record.num_timesteps;
+  return settings.name === 'ddpm'
+    ? Array.from({ length: T }, (_, i) => T - 1 - i)
+    : timestepSequence(record.schedule.alphas_cumprod, settings.num_steps, settings.spacing);
+}
+
+/** (x̂₀, ε̂) of the network at x (n samples), timestep t, guided as `settings` say. */
+async function predictAt(record, denoise, settings, x, t, labels, n) {
+  const gamma = labels === null ? null : settings.guidance_scale;
+  const scale = guidanceScaleAt(record.schedule.alphas_cumprod, t, gamma, settings.guidance_interval);
+  const output = await guidedOutput(record, denoise, x, t, labels, scale, n);
+  return predictX0Eps(record, t, x, output, settings.clip_x0);
+}
+
+/** The sampler's update of x from timesteps[i] to the next one; noise() gives its z. */
+function updated(record, settings, timesteps, i, x, x0, eps, noise) {
+  return settings.name === 'ddpm'
+    ? ddpmStep(record, timesteps[i], settings.variance, x, x0, noise)
+    : ddimStep(record, timesteps, i, settings.eta, x, x0, eps, noise);
+}
+
+/** Values clipped to [-1, 1]. */
+function clipped(x) {
+  return x.map((v) => Math.min(1, Math.max(-1, v)));
+}
+
 /**
  * Samples in [-1, 1] from `noise` (x_T of n samples, flat Float32Array), as Sampler.sample.
  * denoise(x, t[], y[] | null, batch) → Float32Array: the network; settings: name (ddim or
@@ -201,28 +279,174 @@ export function balancedLabels(n, numClasses) {
  * onStep(i, total, t, x_t, x̂₀) after each step's prediction.
  */
 export async function sample({ record, denoise, noise, labels, settings, normal, onStep }) {
-  const size = record.data_shape.reduce((a, b) => a * b, 1);
-  const n = noise.length / size;
-  const T = record.num_timesteps;
-  const timesteps =
-    settings.name === 'ddpm'
-      ? Array.from({ length: T }, (_, i) => T - 1 - i)
-      : timestepSequence(record.schedule.alphas_cumprod, settings.num_steps, settings.spacing);
-  const gamma = labels === null ? null : settings.guidance_scale;
+  const n = noise.length / imageSize(imageShape(record));
+  const timesteps = visitedTimesteps(record, settings);
   const draw = () => normal(noise.length);
   let x = Float32Array.from(noise);
   for (let i = 0; i < timesteps.length; i++) {
-    const t = timesteps[i];
-    const scale = guidanceScaleAt(record.schedule.alphas_cumprod, t, gamma, settings.guidance_interval);
-    const output = await guidedOutput(record, denoise, x, t, labels, scale, n);
-    const { x0, eps } = predictX0Eps(record, t, x, output, settings.clip_x0);
-    if (onStep) onStep(i, timesteps.length, t, x, x0);
-    x =
-      settings.name === 'ddpm'
-        ? ddpmStep(record, t, settings.variance, x, x0, draw)
-        : ddimStep(record, timesteps, i, settings.eta, x, x0, eps, draw);
+    const { x0, eps } = await predictAt(record, denoise, settings, x, timesteps[i], labels, n);
+    if (onStep) onStep(i, timesteps.length, timesteps[i], x, x0);
+    x = updated(record, settings, timesteps, i, x, x0, eps, draw);
   }
-  return x.map((v) => Math.min(1, Math.max(-1, v)));
+  return clipped(x);
+}
+
+// ---- Editing: ports of ddpm_lightning/editing (masks.py, inpaint.py, sdedit.py) -----------
+
+// The regions a completion can fill (masks.py's filled_region), as the page's menu offers them.
+export const FILL_REGIONS = ['bottom', 'top', 'left', 'right', 'center'];
+
+/** known (H·W, row by row): 1 to keep, 0 to fill the region `name` of FILL_REGIONS (a half, or
+ * the central square of half the side), as masks.py's known_mask(name, H, W). */
+export function knownMask(name, height, width) {
+  const h = Math.floor(height / 2);
+  const w = Math.floor(width / 2);
+  const regions = {
+    top: [0, h, 0, width],
+    bottom: [h, height, 0, width],
+    left: [0, height, 0, w],
+    right: [0, height, w, width],
+    center: [Math.floor(height / 4), Math.floor(height / 4) + h, Math.floor(width / 4), Math.floor(width / 4) + w],
+  };
+  if (!(name in regions)) throw new Error(`no fill region ${name}: choose one of ${FILL_REGIONS.join(', ')}`);
+  const [top, bottom, left, right] = regions[name];
+  const known = new Float32Array(height * width).fill(1);
+  for (let r = top; r < bottom; r++) known.fill(0, r * width + left, r * width + right);
+  return known;
+}
+
+/** m ⊙ kept + (1 − m) ⊙ filled for flat N×C×H×W images, m = known (H·W) in every image and
+ * channel. */
+export function composite(known, kept, filled) {
+  const area = known.length;
+  return filled.map((v, k) => {
+    const m = known[k % area];
+    return m * kept[k] + (1 - m) * v;
+  });
+}
+
+/** Set the pixels of `pixels` (H·W, row by row) whose centres lie within `radius` of the segment
+ * from (x0, y0) to (x1, y1) (in pixels, from the top left corner) to `value`: a round brush. */
+export function brushStroke(pixels, height, width, [x0, y0], [x1, y1], radius, value) {
+  const dx = x1 - x0;
+  const dy = y1 - y0;
+  const length2 = dx * dx + dy * dy;
+  const left = Math.max(0, Math.floor(Math.min(x0, x1) - radius));
+  const right = Math.min(width - 1, Math.ceil(Math.max(x0, x1) + radius));
+  const top = Math.max(0, Math.floor(Math.min(y0, y1) - radius));
+  const bottom = Math.min(height - 1, Math.ceil(Math.max(y0, y1) + radius));
+  for (let r = top; r <= bottom; r++) {
+    for (let c = left; c <= right; c++) {
+      const px = c + 0.5;
+      const py = r + 0.5;
+      const along = length2 === 0 ? 0 : Math.min(1, Math.max(0, ((px - x0) * dx + (py - y0) * dy) / length2));
+      const ex = px - (x0 + along * dx);
+      const ey = py - (y0 + along * dy);
+      if (ex * ex + ey * ey <= radius * radius) pixels[r * width + c] = value;
+    }
+  }
+}
+
+/** n copies of a grey drawing (H·W in [-1, 1]) as flat N×C×H×W images, the same in every
+ * channel. */
+export function drawnImages(drawing, shape, n) {
+  const [channels] = shape;
+  const images = new Float32Array(n * channels * drawing.length);
+  for (let k = 0; k < n * channels; k++) images.set(drawing, k * drawing.length);
+  return images;
+}
+
+/** An edit's draws after x_T, as editing/sampling.py's Draws: `next()` takes draw 0, 1, 2, … in
+ * turn, `at(i)` is draw i itself; normal(size) makes them in order. */
+export function editDraws(normal, size) {
+  const made = [];
+  let taken = 0;
+  const at = (i) => {
+    while (made.length <= i) made.push(normal(size));
+    return made[i];
+  };
+  return { at, next: () => at(taken++) };
+}
+
+/** RePaint's moves over `numSteps` visited timesteps (inpaint.py's repaint_plan): stretches of
+ * `jumpLength` updates, each done `resampleJumps` times, ['up', start, end] between passes. */
+export function repaintPlan(numSteps, resampleJumps, jumpLength) {
+  const moves = [];
+  for (let start = 0; start < numSteps; start += jumpLength) {
+    const end = Math.min(start + jumpLength, numSteps);
+    for (let rep = 0; rep < resampleJumps; rep++) {
+      for (let i = start; i < end; i++) moves.push(['down', i, i + 1]);
+      if (rep + 1 < resampleJumps) moves.push(['up', start, end]);
+    }
+  }
+  return moves;
+}
+
+/** √a · image + √(1 − a) · ε, elementwise (q(x_t | x₀) for a = ᾱ_t). */
+function noised(image, a, eps) {
+  return image.map((v, k) => Math.sqrt(a) * v + Math.sqrt(1 - a) * eps[k]);
+}
+
+/**
+ * Inpainting by replacement (inpaint.py; Song et al. 2021, App. I) with RePaint's resampling
+ * (Lugmayr et al. 2022): after every update to s the pixels where known = 1 become
+ * √ᾱ_s image + √(1−ᾱ_s) ε; between passes over a stretch x_t = √(ᾱ_t/ᾱ_s) x_s + √(1−ᾱ_t/ᾱ_s) z.
+ * image: flat N×C×H×W in [-1, 1]; known: H·W; initial: x_T; draws: editDraws (per update the
+ * step's z, then the known pixels' ε; one per jump up); the rest as `sample`.
+ */
+export async function inpaint({ record, denoise, image, known, labels, settings, initial, draws, onStep, resampleJumps = 1, jumpLength = 10 }) {
+  const n = image.length / imageSize(imageShape(record));
+  const timesteps = visitedTimesteps(record, settings);
+  const alphaBar = (i) => (i < timesteps.length ? record.schedule.alphas_cumprod[timesteps[i]] : 1);
+  const plan = repaintPlan(timesteps.length, resampleJumps, jumpLength);
+  const total = plan.filter(([kind]) => kind === 'down').length;
+  let x = Float32Array.from(initial);
+  let updates = 0;
+  for (const [kind, i, below] of plan) {
+    if (kind === 'up') {
+      x = noised(x, alphaBar(i) / alphaBar(below), draws.next());
+      continue;
+    }
+    const { x0, eps } = await predictAt(record, denoise, settings, x, timesteps[i], labels, n);
+    if (onStep) onStep(updates, total, timesteps[i], x, x0);
+    updates += 1;
+    const z = draws.next();
+    x = updated(record, settings, timesteps, i, x, x0, eps, () => z);
+    x = composite(known, noised(image, alphaBar(i + 1), draws.next()), x);
+  }
+  return clipped(x);
+}
+
+/** The index of the visited timestep nearest strength·T (sdedit.py's start_index; the first on
+ * ties), null for strength 0. */
+export function startIndex(timesteps, T, strength) {
+  if (strength === 0) return null;
+  const target = strength * T;
+  let best = 0;
+  for (let i = 1; i < timesteps.length; i++) {
+    if (Math.abs(timesteps[i] + 1 - target) < Math.abs(timesteps[best] + 1 - target)) best = i;
+  }
+  return best;
+}
+
+/**
+ * SDEdit (sdedit.py; Meng et al. 2022): x_t = √ᾱ_t image + √(1−ᾱ_t) ε at the visited timestep
+ * nearest strength·T, then the sampler's remaining updates. initial: ε (the x_T draw, itself x_T
+ * at strength 1); draws.at(i): step i's noise, as plain sampling draws it.
+ */
+export async function sdedit({ record, denoise, image, labels, settings, initial, draws, onStep, strength }) {
+  const n = image.length / imageSize(imageShape(record));
+  const timesteps = visitedTimesteps(record, settings);
+  const first = startIndex(timesteps, record.num_timesteps, strength);
+  if (first === null) return Float32Array.from(image);
+  const a = record.schedule.alphas_cumprod[timesteps[first]];
+  let x = first === 0 ? Float32Array.from(initial) : noised(image, a, initial);
+  for (let i = first; i < timesteps.length; i++) {
+    const { x0, eps } = await predictAt(record, denoise, settings, x, timesteps[i], labels, n);
+    if (onStep) onStep(i - first, timesteps.length - first, timesteps[i], x, x0);
+    x = updated(record, settings, timesteps, i, x, x0, eps, () => draws.at(i));
+  }
+  return clipped(x);
 }
 
 // ---- Random numbers for the page (not torch's: the same seed gives other images) ----------
@@ -278,11 +502,11 @@ function workerMain() {
     return networks.get(path);
   };
   self.onmessage = async ({ data }) => {
-    const { id, path, record, noise, labels, settings, seed, stepNoise } = data;
+    const { id, path, record, noise, labels, settings, seed, stepNoise, edit } = data;
     try {
       const ort = await runtime;
       const network = await load(ort, `${path}/model.onnx`);
-      const [channels, height, width] = record.data_shape;
+      const [channels, height, width] = imageShape(record);
       const denoise = async (x, t, y, batch) => {
         const feeds = {
           x: new ort.Tensor('float32', x, [batch, channels, height, width]),
@@ -297,7 +521,15 @@ function workerMain() {
       };
       const onStep = (i, total, t, x, x0) => self.postMessage({ id, type: 'step', i, total, t, x, x0 });
       const normal = stepNoise ? givenNormals(stepNoise) : normals(seed + 1);
-      const images = await sample({ record, denoise, noise, labels, settings, normal, onStep });
+      const job = { record, denoise, labels, settings, onStep };
+      const images = !edit
+        ? await sample({ ...job, noise, normal })
+        : await (edit.method === 'sdedit' ? sdedit : inpaint)({
+            ...job,
+            ...edit,
+            initial: noise,
+            draws: editDraws(normal, noise.length),
+          });
       self.postMessage({ id, type: 'done', images }, [images.buffer]);
     } catch (error) {
       self.postMessage({ id, type: 'error', message: String(error?.message ?? error) });
@@ -309,22 +541,21 @@ function workerMain() {
 
 const $ = (id) => document.getElementById(id);
 
-/** Draw image `index` of `images` (flat, [-1, 1]) into `canvas`. */
+/** Draw image `index` of `images` (flat N×C×H×W, [-1, 1]) into `canvas`, one canvas pixel per
+ * image pixel (CSS zooms it). */
 function paint(canvas, images, shape, index = 0) {
-  const [channels, height, width] = shape;
+  const [, height, width] = shape;
   canvas.width = width;
   canvas.height = height;
-  const context = canvas.getContext('2d');
-  const picture = context.createImageData(width, height);
-  picture.data.fill(255);
-  const offset = index * channels * height * width;
-  for (let p = 0; p < height * width; p++) {
-    for (let ch = 0; ch < 3; ch++) {
-      const value = images[offset + (channels === 3 ? ch : 0) * height * width + p];
-      picture.data[4 * p + ch] = Math.round((Math.min(1, Math.max(-1, value)) + 1) * 127.5);
-    }
-  }
-  context.putImageData(picture, 0, 0);
+  canvas.getContext('2d').putImageData(new ImageData(rgba(images, shape, index), width, height), 0, 0);
+}
+
+/** Zoom the x_t and x̂₀ canvases and the samples' tiles for images of `shape` (the heights
+ * follow, style.css). */
+function fitViews(shape) {
+  const width = shape[2];
+  for (const id of ['xt', 'x0']) $(id).style.width = `${zoomedWidth(width, PROCESS_WIDTH)}px`;
+  $('grid').style.setProperty('--tile', `${zoomedWidth(width, TILE_WIDTH)}px`);
 }
 
 /** Columns of the samples' grid: one row up to MAX_COLUMNS, then rows as even as can be. */
@@ -337,9 +568,9 @@ function className(info, label) {
   return info.class_names?.[label] ?? String(label);
 }
 
-/** Replace the samples' grid by n empty tiles, captioned by `captions` (null: none); their
- * canvases. */
-function layTiles(n, captions) {
+/** Replace the samples' grid by n empty tiles, captioned by `captions` (null: none), the grid
+ * by "n `noun`"; their canvases. */
+function layTiles(n, captions, noun = 'samples') {
   const figures = Array.from({ length: n }, (_, s) => {
     const figure = document.createElement('figure');
     figure.className = 'tile';
@@ -353,7 +584,7 @@ function layTiles(n, captions) {
   });
   $('grid').style.setProperty('--columns', gridColumns(n));
   $('grid').replaceChildren(...figures);
-  $('samples-caption').textContent = `${n} samples`;
+  $('samples-caption').textContent = `${n} ${noun}`;
   return figures.map((figure) => figure.firstChild);
 }
 
@@ -412,15 +643,23 @@ async function pageMain() {
     $('eta').disabled = ddpm;
   }
 
-  /** Run the worker on one request and animate it; resolves to the final images. */
-  async function run({ model, noise, labels, settings, seed, stepNoise }) {
+  /** Enable or disable every button that starts a run. */
+  function setIdle(idle) {
+    for (const button of document.querySelectorAll('button.action')) button.disabled = !idle;
+  }
+
+  /** Run the worker on one request (a sampling run, or an `edit` of the drawing) and animate it;
+   * resolves to the final images, named `noun` in the status line. */
+  async function run({ model, noise, labels, settings, seed, stepNoise, edit = null, noun = 'samples' }) {
     const info = await record(model);
-    const shape = info.data_shape;
-    const n = noise.length / shape.reduce((a, b) => a * b, 1);
-    const tiles = layTiles(n, labels === null ? null : labels.map((label) => className(info, label)));
+    const shape = imageShape(info);
+    const n = noise.length / imageSize(shape);
+    fitViews(shape);
+    const captions = labels === null ? null : labels.map((label) => className(info, label));
+    const tiles = layTiles(n, captions, noun);
     const paintAll = (x) => tiles.forEach((canvas, s) => paint(canvas, x, shape, s));
     const started = performance.now();
-    $('generate').disabled = true;
+    setIdle(false);
     document.body.dataset.state = 'running';
     try {
       const images = await new Promise((resolve, reject) => {
@@ -434,12 +673,12 @@ async function pageMain() {
           paintAll(x);
         };
         pending.set(id, { resolve, reject, onStep });
-        worker.postMessage({ id, path: model.path, record: info, noise, labels, settings, seed, stepNoise });
+        worker.postMessage({ id, path: model.path, record: info, noise, labels, settings, seed, stepNoise, edit });
       });
       paint($('xt'), images, shape);
       paintAll(images);
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
-      $('status').textContent = `${n} samples in ${seconds} s`;
+      $('status').textContent = `${n} ${noun} in ${seconds} s`;
       document.body.dataset.state = 'done';
       return images;
     } catch (error) {
@@ -447,7 +686,7 @@ async function pageMain() {
       document.body.dataset.state = 'error';
       throw error;
     } finally {
-      $('generate').disabled = false;
+      setIdle(true);
     }
   }
 
@@ -465,7 +704,7 @@ async function pageMain() {
     const model = modelById($('model').value);
     const info = await record(model);
     const seed = Number($('seed').value) >>> 0;
-    const size = info.data_shape.reduce((a, b) => a * b, 1);
+    const size = imageSize(imageShape(info));
     const labels = chosenLabels(info);
     const n = labels === null ? NUM_SAMPLES : labels.length;
     const settings = {
@@ -495,21 +734,151 @@ async function pageMain() {
     $('status').textContent += `: a first look with DDIM-${request.settings.num_steps}, press Generate for the settings above`;
   }
 
+  // ---- The drawing pad and its edits ----
+
+  /** The visitor's drawing (H·W grey in [-1, 1], white on black) and the region marked for
+   * refilling (H·W, 1 where marked), at the model's image size. */
+  const pad = { drawing: new Float32Array(0), region: new Float32Array(0), height: 0, width: 0 };
+  let stroking = null;
+  let fed = null;
+
+  /** Show the drawing, the marked region tinted red, zoomed as x_t. */
+  function showPad() {
+    const bytes = rgba(pad.drawing, [1, pad.height, pad.width]);
+    pad.region.forEach((marked, p) => {
+      if (marked) bytes.set([128 + bytes[4 * p] / 2, bytes[4 * p] / 4, bytes[4 * p] / 4], 4 * p);
+    });
+    $('drawing').getContext('2d').putImageData(new ImageData(bytes, pad.width, pad.height), 0, 0);
+  }
+
+  /** An empty pad (black, nothing marked) of the image size of `shape`. */
+  function clearPad(shape) {
+    const [, height, width] = shape;
+    Object.assign(pad, { drawing: new Float32Array(height * width).fill(-1), region: new Float32Array(height * width), height, width });
+    $('drawing').width = width;
+    $('drawing').height = height;
+    $('drawing').style.width = `${zoomedWidth(width, PROCESS_WIDTH)}px`;
+    showPad();
+  }
+
+  /** The pointer's place on the pad, in image pixels from the top left corner. */
+  function padPoint(event) {
+    const canvas = $('drawing');
+    const box = canvas.getBoundingClientRect();
+    return [
+      ((event.clientX - box.left - canvas.clientLeft) * pad.width) / canvas.clientWidth,
+      ((event.clientY - box.top - canvas.clientTop) * pad.height) / canvas.clientHeight,
+    ];
+  }
+
+  /** Paint from `from` to `to` with the chosen brush: the pen (white), the eraser (black) or
+   * the region brush (marks the part to refill). */
+  function stroke(from, to) {
+    const tool = document.querySelector('input[name="tool"]:checked').value;
+    const radius = (BRUSH_RADII[tool] * pad.width) / 32;
+    const [target, value] = tool === 'region' ? [pad.region, 1] : [pad.drawing, tool === 'pen' ? 1 : -1];
+    brushStroke(target, pad.height, pad.width, from, to, radius, value);
+    showPad();
+  }
+
+  $('drawing').addEventListener('pointerdown', (event) => {
+    event.preventDefault();
+    $('drawing').setPointerCapture(event.pointerId);
+    stroking = padPoint(event);
+    stroke(stroking, stroking);
+  });
+  $('drawing').addEventListener('pointermove', (event) => {
+    if (stroking === null) return;
+    const point = padPoint(event);
+    stroke(stroking, point);
+    stroking = point;
+  });
+  for (const type of ['pointerup', 'pointercancel']) {
+    $('drawing').addEventListener(type, () => {
+      stroking = null;
+    });
+  }
+  $('clear').onclick = () => clearPad([1, pad.height, pad.width]);
+  $('strength').oninput = () => {
+    $('strength-value').textContent = Number($('strength').value).toFixed(2);
+  };
+
+  /** The edit a button asks for: NUM_SAMPLES copies of the drawing, the controls' sampler, the
+   * chosen class (conditional models; none for 'one of each'), seeded noise or the test hook's
+   * fed noise; `edit` names the method and its mask or strength. */
+  async function editRequest(drawing, edit, noun) {
+    const model = modelById($('model').value);
+    const info = await record(model);
+    const shape = imageShape(info);
+    const { settings, seed } = await fromControls();
+    const choice = $('label').value;
+    const labels = info.num_classes === null || choice === 'mixed' ? null : new Array(NUM_SAMPLES).fill(Number(choice));
+    const image = drawnImages(drawing, shape, NUM_SAMPLES);
+    const noise = fed?.noise ?? normals(seed)(image.length);
+    const stepNoise = fed?.stepNoise ?? null;
+    fed = null;
+    return { model, noise, labels, settings, seed, stepNoise, noun, edit: { ...edit, image } };
+  }
+
+  /** Run an edit of the drawing as it is now (errors go to the status line); its inputs and
+   * images stay for the test hook. */
+  async function runEdit(edit, noun) {
+    window.ddpmTest.lastEdit = null;
+    const drawing = Float32Array.from(pad.drawing);
+    try {
+      const request = await editRequest(drawing, edit, noun);
+      $('process').scrollIntoView({ block: 'nearest' });
+      const images = await run(request);
+      window.ddpmTest.lastEdit = { drawing: Array.from(drawing), known: edit.known ? Array.from(edit.known) : null, images: Array.from(images) };
+    } catch (error) {
+      $('status').textContent = `error: ${error.message}`;
+    }
+  }
+
+  const passes = () => Math.max(1, Math.round(Number($('jumps').value)));
+  $('complete').onclick = () => {
+    const known = knownMask($('fill').value, pad.height, pad.width);
+    runEdit({ method: 'inpaint', known, resampleJumps: passes(), jumpLength: JUMP_LENGTH }, 'completions');
+  };
+  $('refill').onclick = () => {
+    if (!pad.region.some((marked) => marked)) {
+      $('status').textContent = 'mark the part to refill with the region brush first';
+      return;
+    }
+    const known = pad.region.map((marked) => 1 - marked);
+    runEdit({ method: 'inpaint', known, resampleJumps: passes(), jumpLength: JUMP_LENGTH }, 'refills');
+  };
+  $('cleanup').onclick = () => {
+    runEdit({ method: 'sdedit', strength: Number($('strength').value) }, 'clean-ups');
+  };
+
   $('model').replaceChildren(...models.map((m) => new Option(m.title, m.id)));
-  $('model').onchange = () => showModel(modelById($('model').value));
+  $('model').onchange = async () => {
+    const model = modelById($('model').value);
+    await showModel(model);
+    const [, height, width] = imageShape(await record(model));
+    if (height !== pad.height || width !== pad.width) clearPad([1, height, width]);
+  };
   $('sampler').onchange = showSampler;
   $('generate').onclick = async () => run(await fromControls()).catch(() => {});
   await showModel(models[0]);
-  $('generate').disabled = false;
+  clearPad(imageShape(await record(models[0])));
+  setIdle(true);
   $('status').textContent = 'ready';
 
   // The test hook (tests/test_demo_browser.py): the page's sampler on given noise.
   window.ddpmTest = {
+    /** Feed the next edit button its noise: x_T (`noise`) and the draws after it (`stepNoise`),
+     * URLs or arrays as for generate; the edit's inputs and images then appear as `lastEdit`. */
+    async feed(options) {
+      fed = { noise: await floats(options.noise), stepNoise: await floats(options.stepNoise) };
+    },
+    lastEdit: null,
     async generate(options) {
       const model = modelById(options.model);
       const info = await record(model);
       const noise = await floats(options.noise);
-      const n = noise.length / info.data_shape.reduce((a, b) => a * b, 1);
+      const n = noise.length / imageSize(imageShape(info));
       let labels = null;
       if (info.num_classes !== null) {
         const label = options.label ?? null;
