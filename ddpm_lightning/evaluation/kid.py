@@ -27,13 +27,17 @@ def kid_metric(
     lenet: LeNet5 | None, real_features: Tensor | None, subset_size: int, subsets: int = 100
 ) -> KernelInceptionDistance:
     """torchmetrics' KID over the LeNet's features (`lenet` None: updates are features (B, 84)
-    already), holding real_features (M, 84) (None on all but one process of a distributed run)
-    across resets."""
+    already), holding real_features (M, 84) across resets. It computes on the features its
+    process holds (no gathering), so one process of a distributed run can score alone."""
     extractor = nn.Identity() if lenet is None else LeNetFeatures(lenet)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance` will save")
         metric = KernelInceptionDistance(
-            feature=extractor, subsets=subsets, subset_size=subset_size, reset_real_features=False
+            feature=extractor,
+            subsets=subsets,
+            subset_size=subset_size,
+            reset_real_features=False,
+            sync_on_compute=False,
         )
     if real_features is not None:
         metric.real_features.append(real_features.double())

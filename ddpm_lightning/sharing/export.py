@@ -45,6 +45,7 @@ METRIC_KEYS = (
     "num_samples",
     "seed",
     "sampler",
+    "lenet",
 )
 Source = tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]
 
@@ -126,6 +127,7 @@ METRIC_CHECKS: dict[str, Check] = {
     "num_samples": (is_count, "an integer"),
     "seed": (is_count, "an integer"),
     "sampler": (is_sampler, "the settings of a registered sampler"),
+    "lenet": (lambda value: isinstance(value, str), "text"),
 }
 RECORD_CHECKS: dict[str, Check] = {
     "ema": (lambda value: isinstance(value, bool), "true or false"),
