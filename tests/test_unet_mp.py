@@ -159,7 +159,7 @@ def test_gradients_reach_every_parameter_by_the_third_step():
 def test_shape_errors_name_the_setting():
     with pytest.raises(ConfigError, match="model.num_attention_heads"):
         UNetMP(model_channels=10, num_attention_heads=4)
-    with pytest.raises(ConfigError, match="not divisible by 4"):
+    with pytest.raises(ConfigError, match="not divisible by 2\\^2=4"):
         UNetMP().check_input_shape((1, 30, 30))
     with pytest.raises(ConfigError, match="model=unet_mp takes images"):
         UNetMP().check_input_shape((2,))

@@ -17,6 +17,7 @@ from ddpm_lightning.models.blocks import (
     downsample,
     upsample,
 )
+from ddpm_lightning.models.image_input import ImageInput
 from ddpm_lightning.settings import (
     InChannels,
     NumClasses,
@@ -34,7 +35,7 @@ def level_keys(prefix: str, level: int, num_blocks: int) -> list[str]:
     return [f"{prefix}_{level}_{i}" for i in range(1, num_blocks + 1)]
 
 
-class UNet(nn.Module):
+class UNet(ImageInput, nn.Module):
     """Noise-prediction UNet: x (B, C, H, W), t (B,), y (B,) or None → (B, C, H, W).
 
     Levels i = 1..L (L = len(channel_multipliers)) each hold `num_blocks_per_level` blocks
@@ -43,6 +44,8 @@ class UNet(nn.Module):
     + conv doubles it. The middle is conv → block → self-attention → block. Registration
     order follows the post's printout (time_embedding, init, down_1, downsample_1, …, final).
     """
+
+    name = "unet"
 
     @checked("model")
     def __init__(
@@ -105,24 +108,6 @@ class UNet(nn.Module):
             if level > 1:
                 self.add_module(f"upsample_{level}", upsample(c_out, c_in))
         self.final = conv3x3(model_channels, in_channels)
-
-    def check_input_shape(self, shape: tuple[int, ...]) -> None:
-        """ConfigError unless shape is (C, H, W) with H and W divisible by 2^(down-samplings)."""
-        if len(shape) != 3 or shape[0] != self.in_channels:
-            raise ConfigError(
-                f"model=unet takes images (C={self.in_channels}, H, W) but the data gives "
-                f"shape {tuple(shape)}; use an image dataset or model=mlp"
-            )
-        self.check_image_size(shape[1], shape[2])
-
-    def check_image_size(self, height: int, width: int) -> None:
-        """Raise a ConfigError unless H and W are divisible by 2^(number of down-samplings)."""
-        if height % self.size_divisor or width % self.size_divisor:
-            raise ConfigError(
-                f"image size {height}x{width} is not divisible by 2^{self.num_levels - 1}="
-                f"{self.size_divisor}, as {self.num_levels - 1} down-samplings need "
-                "(model.channel_multipliers); change data.pad or model.channel_multipliers"
-            )
 
     def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
         """Time embedding (B, 4d), plus the label embedding for conditional models."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.models.image_input import ImageInput
 from ddpm_lightning.models.mp_layers import (
     MPConv,
     MPFourier,
@@ -92,7 +93,7 @@ class MPBlock(nn.Module):
         return self.attn_proj(y.transpose(2, 3).reshape(b, c, h, w))
 
 
-class UNetMP(nn.Module):
+class UNetMP(ImageInput, nn.Module):
     """Magnitude-preserving noise-prediction UNet: x (B, C, H, W), t (B,), y (B,) or None →
     (B, C, H, W), the same call as `UNet`.
 
@@ -103,6 +104,8 @@ class UNetMP(nn.Module):
     features of t scaled to (−1, 1); labels: one-hot over the classes and the null label. The
     output gain starts at 0 (EDM2), so the untrained network predicts 0.
     """
+
+    name = "unet_mp"
 
     @checked("model")
     def __init__(
@@ -134,7 +137,8 @@ class UNetMP(nn.Module):
             num_classes,
             num_timesteps,
         )
-        self.size_divisor = 2 ** (len(widths) - 1)
+        self.num_levels = len(widths)
+        self.size_divisor = 2 ** (self.num_levels - 1)
         emb = max(widths)
         self.out_gain = nn.Parameter(torch.zeros([]))
         self.emb_fourier = MPFourier(model_channels)
@@ -175,23 +179,6 @@ class UNetMP(nn.Module):
             for i in range(num_blocks + 1):
                 self.dec[f"level{level}_block{i}"] = MPBlock(c_out + skips.pop(), width, emb, "dec")
                 c_out = width
-
-    def check_input_shape(self, shape: tuple[int, ...]) -> None:
-        """ConfigError unless shape is (C, H, W) with H and W divisible by 2^(down-samplings)."""
-        if len(shape) != 3 or shape[0] != self.in_channels:
-            raise ConfigError(
-                f"model=unet_mp takes images (C={self.in_channels}, H, W) but the data gives "
-                f"shape {tuple(shape)}; use an image dataset or model=mlp"
-            )
-        self.check_image_size(shape[1], shape[2])
-
-    def check_image_size(self, height: int, width: int) -> None:
-        if height % self.size_divisor or width % self.size_divisor:
-            raise ConfigError(
-                f"image size {height}x{width} is not divisible by {self.size_divisor}, as "
-                f"model=unet_mp's down-samplings need; change data.pad or "
-                "model.channel_multipliers"
-            )
 
     def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
         """(B, E) embedding: MP-SiLU of the noise features, MP-summed with the label's."""
