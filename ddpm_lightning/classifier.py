@@ -33,7 +33,6 @@ from ddpm_lightning.evaluation.fld import (
     fld_metric,
     lenet_features,
     sha256,
-    to_model_input,
 )
 from ddpm_lightning.evaluation.inception import InceptionFID
 from ddpm_lightning.evaluation.reference import features_path, write_test_features
@@ -113,16 +112,31 @@ class ClassifierModule(L.LightningModule):
         }
 
 
-def reference_rows(model: LeNet5, datamodule, test_stats: dict[str, Tensor]) -> dict:
-    """FLD reference points: test half vs half, 10k training images and clamped noise vs test.
+def split_images(split, limit: int | None = None, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+    """The first `limit` (default: all) images of a data split as the models see them, (N, C,
+    H, W) float in [-1, 1] on the CPU, and their labels (N,): read through the split's `batch`,
+    so bytes are scaled and files decoded (an unreadable file is left out with its label)."""
+    count = len(split) if limit is None else min(limit, len(split))
+    batches = [
+        split.batch(list(range(start, min(start + batch_size, count))))
+        for start in range(0, count, batch_size)
+    ]
+    return (
+        torch.cat([x.float().cpu() for x, _ in batches]),
+        torch.cat([y.cpu() for _, y in batches]),
+    )
+
+
+def reference_rows(model: LeNet5, datamodule, test_stats: dict[str, Tensor], test: Tensor) -> dict:
+    """FLD reference points: test half vs half, 10k training images and clamped noise vs test;
+    `test` (N, C, H, W): the test images in [-1, 1].
 
     The halves are a seeded random split: MNIST's first and last 5,000 test digits come from
     different writers (NIST SD-3 and SD-1), so contiguous halves differ in distribution.
     """
-    test = to_model_input(datamodule.splits["test"].inputs)
     test = test[torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(0))]
     half = test.shape[0] // 2
-    train = to_model_input(datamodule.splits["train"].inputs[:10_000])
+    train, _ = split_images(datamodule.splits["train"], limit=10_000)
     noise = torch.randn(train.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
 
     def fld(images: Tensor, reference: Tensor | None = None) -> float:
@@ -197,11 +211,9 @@ def export(
     model = module.model.eval().cpu()
     weights = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     torch.save(weights, paths["weights"])
-    test = datamodule.splits["test"]
-    images = to_model_input(test.inputs).cpu()
+    images, labels = split_images(datamodule.splits["test"])
     features = lenet_features(model, images)
     mean, cov = feature_statistics(features)
-    labels = test.labels.cpu()
     num_classes = module.model.head.out_features
     class_means = torch.stack([images[labels == c].mean(0) for c in range(num_classes)])
     stats = {
@@ -229,7 +241,7 @@ def export(
         "epochs": int(cfg.trainer.max_epochs),
         "seed": int(cfg.seed),
         "augment": module.augment,
-        "reference_fld": reference_rows(model, datamodule, stats),
+        "reference_fld": reference_rows(model, datamodule, stats, images),
         "command": "python -m ddpm_lightning.classifier " + " ".join(sys.argv[1:]),
     }
     if inception is not None:
@@ -239,8 +251,10 @@ def export(
 
 
 def dataset_name(datamodule) -> str:
-    """The name the LeNet's files carry: the data module's `name`."""
-    name = getattr(datamodule, "name", None)
+    """The name the LeNet's files carry: the data module's `name`, else its record's (a
+    folder's own name, a Hub dataset's)."""
+    record = getattr(datamodule, "record", None)
+    name = getattr(datamodule, "name", None) or (record.name if record is not None else None)
     if not isinstance(name, str) or not name:
         raise ConfigError(
             f"data={type(datamodule).__name__} has no name for the LeNet's files; set data.name"

@@ -10,15 +10,18 @@ when one is shipped). Writes metrics.json, label_histogram.png, report.md and re
 set that replaces that of an earlier run in `out_dir` whole. Images are drawn on the devices of
 `trainer` (one by default) and the files written once.
 
-`metric=memorisation` adds the memorisation check (the nearest training image of each sample,
-memorisation.png; reads the real training and test sets); `metric=bpd` scores no samples but
-the model's likelihood bound, in bits/dim, on `num_images` real test images (metrics.json only).
+`metrics.num_seeds=k` draws k sample sets (seeds seed … seed + k − 1) and adds the spread of
+their FLDs; every other score is of the first. `metric=memorisation` adds the memorisation
+check (the nearest training image of each sample, memorisation.png; reads the real training and
+test sets); `metric=bpd` scores no samples but the model's likelihood bound, in bits/dim, on
+`num_images` real test images, given their labels for conditional models (metrics.json only).
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -35,8 +38,10 @@ from ddpm_lightning.config import hydra_command
 from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.diffusion.noise import shard
 from ddpm_lightning.errors import ConfigError, DataError
+from ddpm_lightning.evaluation.confidence import confidence_scores
 from ddpm_lightning.evaluation.fld import FLD, load_lenet, load_record, to_model_input
-from ddpm_lightning.evaluation.floors import floor_for, real_images
+from ddpm_lightning.evaluation.floors import floor_for, labelled_images, real_images
+from ddpm_lightning.evaluation.intervals import across_seeds
 from ddpm_lightning.evaluation.likelihood import bits_per_dim
 from ddpm_lightning.evaluation.memorisation import memorisation
 from ddpm_lightning.evaluation.report import write_report
@@ -168,12 +173,16 @@ def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None, dict]:
     return to_model_input(images), labels_tensor, provenance(metadata, path)
 
 
-def generate(cfg: DictConfig) -> tuple[Tensor, Tensor | None, dict, L.Trainer]:
+def generate(
+    cfg: DictConfig, seed: int | None = None
+) -> tuple[Tensor, Tensor | None, dict, L.Trainer]:
     """`cfg.num_samples` images from `cfg.ckpt_path` or `cfg.pretrained` with `cfg.sampler` on
-    the devices of `cfg.trainer`, their labels (an equal share of each class for conditional
-    models, else None), what made them (`samples_metadata`: the model's dataset, the model,
-    seed and sampler) and the trainer that drew them."""
+    the devices of `cfg.trainer` and `seed` (default `cfg.seed`), their labels (an equal share
+    of each class for conditional models, else None), what made them (`samples_metadata`: the
+    model's dataset, the model, seed and sampler) and the trainer that drew them."""
     drawing = Drawing.from_config(cfg)
+    if seed is not None:
+        drawing = replace(drawing, seed=seed)
     make_sampler = drawing.make_sampler()
     num_samples = int(cfg.num_samples)
     module = load_model(drawing.ckpt_path, drawing.pretrained)
@@ -245,12 +254,14 @@ def check_scored_shape(images: Tensor, fld: FLD) -> None:
 def score(
     images: Tensor,
     fld: FLD,
+    confident_threshold: float,
     labels: Tensor | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
     """Every metric for images (N, C, H, W) in [-1, 1] by `fld` (its LeNet and test
-    statistics); labels (N,): the requested classes.
+    statistics), with the share of samples whose top class probability is at least
+    `confident_threshold`; labels (N,): the requested classes.
 
     Under DDP every process calls it with all the images: each adds its shard to the FLD, and
     torchmetrics adds up the processes' sums.
@@ -271,7 +282,7 @@ def score(
         "lenet": fld.lenet,
         "label_counts": torch.bincount(predicted, minlength=fld.num_classes).tolist(),
         "test_label_counts": stats["label_counts"].tolist(),
-        "mean_confidence": probabilities.max(dim=1).values.mean().item(),
+        **confidence_scores(probabilities, confident_threshold),
         "mean_min_distance_to_class_means": min_class_mean_distance(images, stats["class_means"]),
     }
     if labels is not None:
@@ -386,9 +397,22 @@ def print_table(
     )
     for row in floor_row(floor, "fld"):
         table.add_row(*row)
+    if "fld_seeds" in metrics:
+        low, high = metrics["fld_seed_interval"]
+        table.add_row(
+            f"FLD across {len(metrics['fld_seeds'])} seeds: mean (sd {metrics['fld_seed_sd']:.3g})",
+            f"{metrics['fld_seed_mean']:.4f}",
+            f"[{low:.4g}, {high:.4g}]",
+            f"{len(metrics['fld_seeds'])} × {num_samples:,}",
+        )
     for row in feature_rows(metrics, floor):
         table.add_row(*row)
     table.add_row("mean LeNet confidence", f"{metrics['mean_confidence']:.4f}")
+    if "confident_share" in metrics:
+        table.add_row(
+            f"share with LeNet confidence ≥ {metrics['confident_threshold']:g}",
+            f"{metrics['confident_share']:.4f}",
+        )
     table.add_row(
         "mean min distance to class means", f"{metrics['mean_min_distance_to_class_means']:.4f}"
     )
@@ -440,9 +464,23 @@ def evaluate(cfg: DictConfig) -> dict:
         return evaluate_into(cfg, out_dir)
 
 
+def bound_labels(labels: Tensor, num_classes: int | None, dataset: str) -> Tensor | None:
+    """The test images' labels (N,) a conditional model's bound is conditioned on; None for an
+    unconditional model (num_classes None)."""
+    if num_classes is None:
+        return None
+    if labels.numel() and int(labels.max()) >= num_classes:
+        raise ConfigError(
+            f"metric=bpd: the {dataset} test labels reach {int(labels.max())} but the model has "
+            f"{num_classes} classes: drop dataset= to score it on its own dataset"
+        )
+    return labels
+
+
 def likelihood_into(cfg: DictConfig, out_dir: Path) -> dict:
     """`metric=bpd`: the bound of Ho et al. 2020, eq. 5, in bits/dim, of the model of
-    `ckpt_path` or `pretrained` on the first `num_images` test images of its dataset."""
+    `ckpt_path` or `pretrained` on the first `num_images` test images of its dataset, of
+    p(x | y) at their true labels y for a conditional model (`"conditional": true`)."""
     if cfg.get("samples") or not (cfg.get("ckpt_path") or cfg.get("pretrained")):
         raise ConfigError(
             "metric=bpd scores a model on real test images: pass ckpt_path= or pretrained=, "
@@ -452,16 +490,27 @@ def likelihood_into(cfg: DictConfig, out_dir: Path) -> dict:
     device = default_device()
     module = load_model(drawing.ckpt_path, drawing.pretrained).to(device).eval()
     dataset = scored_dataset(cfg, module.hparams.get("dataset"))
-    images = real_images(dataset, train=False)[: int(cfg.num_images)].to(device)
+    count = int(cfg.num_images)
+    images, labels = labelled_images(dataset, train=False)
+    images, labels = images[:count], bound_labels(labels[:count], module.num_classes, dataset)
     schedule, objective = module.diffusion.schedule, module.diffusion.objective.value
-    result = bits_per_dim(module, schedule, objective, images, seed=int(cfg.seed), **cfg.bpd)
-    metrics = {"dataset": dataset, **drawing.source, **result}
+    result = bits_per_dim(
+        module,
+        schedule,
+        objective,
+        images.to(device),
+        None if labels is None else labels.to(device),
+        seed=int(cfg.seed),
+        **cfg.bpd,
+    )
+    metrics = {"dataset": dataset, **drawing.source, "conditional": labels is not None, **result}
     with replacing(out_dir, EVALUATE_FILES) as folder:
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     kind = "exact sum" if result["exact"] else f"{result['timesteps_per_image']} timesteps/image"
+    given = ", given their labels" if labels is not None else ""
     print(
         f"bits/dim {result['bpd']:.4f} ± {result['stderr']:.4f} (se) on {result['n']:,} "
-        f"{dataset} test images ({kind}); wrote {out_dir / 'metrics.json'}"
+        f"{dataset} test images{given} ({kind}); wrote {out_dir / 'metrics.json'}"
     )
     return metrics
 
@@ -480,15 +529,45 @@ def memorisation_scores(images: Tensor, dataset: str, folder: Path, settings: di
     return {"memorisation": found}
 
 
-def evaluate_into(cfg: DictConfig, out_dir: Path) -> dict:
-    """`evaluate` with `out_dir` checked and held."""
-    rank, world_size, device = 0, 1, default_device()
+def fld_across_seeds(
+    cfg: DictConfig, fld: FLD, first: float, settings: dict, rank: int, world_size: int
+) -> dict:
+    """`across_seeds` of the FLD `first` of the samples of `cfg.seed` and those of
+    `settings["num_seeds"]` − 1 more sample sets, drawn as `generate` draws with the seeds
+    after it; {} for one seed. Every process takes part under DDP, as in `score`."""
+    num_seeds, seed = settings["num_seeds"], int(cfg.seed)
+    if num_seeds == 1:
+        return {}
+    flds = [first]
+    for other in range(seed + 1, seed + num_seeds):
+        images = generate(cfg, other)[0]
+        fld.update(images[shard(images.shape[0], rank, world_size)])
+        flds.append(fld.compute())
+        if rank == 0:
+            print(f"seed {other}: FLD {flds[-1]:.4f} of {images.shape[0]:,} samples", flush=True)
+    return across_seeds(flds, settings["confidence"])
+
+
+def check_source(cfg: DictConfig, settings: dict) -> None:
+    """samples= or a model, not both; several seeds only from a model."""
     model = [f"{key}={cfg.get(key)}" for key in ("ckpt_path", "pretrained") if cfg.get(key)]
     if cfg.get("samples") and model:
         raise ConfigError(
             f"pass samples= or {model[0].split('=')[0]}=, not both (got samples={cfg.samples} "
             f"and {model[0]}): scores are of the samples in the file or of fresh ones"
         )
+    if cfg.get("samples") and settings["num_seeds"] > 1:
+        raise ConfigError(
+            f"metrics.num_seeds={settings['num_seeds']} draws fresh sample sets: pass "
+            "ckpt_path= or pretrained= instead of samples=, or metrics.num_seeds=1"
+        )
+
+
+def evaluate_into(cfg: DictConfig, out_dir: Path) -> dict:
+    """`evaluate` with `out_dir` checked and held."""
+    rank, world_size, device = 0, 1, default_device()
+    settings = metric_settings(**cfg.metrics)
+    check_source(cfg, settings)
     if cfg.get("samples"):
         images, labels, made_by = load_samples(cfg.samples)
     elif cfg.get("ckpt_path") or cfg.get("pretrained"):
@@ -511,10 +590,11 @@ def evaluate_into(cfg: DictConfig, out_dir: Path) -> dict:
             "FLD needs more samples (10,000 by default) to be meaningful"
         )
     source = {"samples": str(cfg.samples)} if cfg.get("samples") else {}
-    metrics = {**made_by, **source, **score(images, fld, labels, rank, world_size)}
+    threshold = settings["confident_threshold"]
+    metrics = {**made_by, **source, **score(images, fld, threshold, labels, rank, world_size)}
+    metrics.update(fld_across_seeds(cfg, fld, metrics["fld"], settings, rank, world_size))
     if rank != 0:
         return metrics
-    settings = metric_settings(**cfg.metrics)
     metrics.update(feature_scores(images, labels, dataset, settings, int(cfg.seed), classifier))
     metrics.update(class_view(metrics))
     floor = floor_for(dataset, metrics["num_samples"])

@@ -2,11 +2,14 @@ import json
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from ddpm_lightning.config import compose_config
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.tools.bench import (
     SECTIONS,
     TRAINING_MODELS,
+    TRAINING_SHAPES,
     RandomImages,
     Settings,
     bare_run,
@@ -56,6 +59,10 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert parameters["unet"] == 403_409, "the default UNet"
     assert parameters["unet_cond"] - parameters["unet"] == 11 * 64, "10 classes + null, width 64"
     assert parameters["unet_large"] > 3 * parameters["unet"], "unet_large: d=32"
+    shapes = {row["model"]: row["data_shape"] for row in rows}
+    assert shapes == {name: list(shape) for name, shape in TRAINING_SHAPES.items()}
+    colour_unet = instantiate(compose_config("train", ["model=unet_64"]).model, in_channels=3)
+    assert parameters["unet_64"] == sum(p.numel() for p in colour_unet.parameters()) == 2_784_099
     for row in rows:
         check_speed(row["lightning"]["images_per_s"])
         check_speed(row["bare"]["images_per_s"])
@@ -72,6 +79,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert table.startswith(results["header"])
     for name in [*TRAINING_MODELS, *(peer["model"] for peer in results["peers"])]:
         assert f"\n| {name} |" in table
+    assert "\n| unet_64 | 3×64×64 | 2,784,099 |" in table
     for column in ("framework overhead", "data wait", "MFU", "peak memory", "sampler overhead"):
         assert column in table
 

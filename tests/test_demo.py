@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.data.image_folder import ImageFolderDataModule
 from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
 from ddpm_lightning.diffusion.denoiser import Denoiser
@@ -498,6 +499,28 @@ def test_the_build_says_it_fetches_onnxruntime_web_and_fails_before_exporting(
         f"out_dir: {folder}",
         f"fetching onnxruntime-web@1.30.0 with npm pack into {npm.cache_folder()}",
     ]
+
+
+def test_a_folder_models_title_and_class_names_come_from_its_saved_record(tmp_path):
+    """A model of a folder of images the registry does not know: the menu names the folder
+    and model.json holds its class folders, both from the record saved with the model."""
+    pytest.importorskip(
+        "onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
+    )
+    for label in ("ants", "bees"):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        (tmp_path / "pics" / label / "0.bmp").write_bytes(b"BM" + bytes(60))
+    record = ImageFolderDataModule(root=str(tmp_path / "pics"), labels="folders").record
+    folder = tiny_model_folder(tmp_path / "model", num_classes=2, dataset=None)
+    config = json.loads((folder / "config.json").read_text())
+    config["dataset_record"] = record.as_dict()
+    (folder / "config.json").write_text(json.dumps(config))
+    ddim = {"_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler", "_partial_": True}
+    entry = site.add_model(tmp_path / "site", str(folder), {**ddim, "num_steps": 4})
+    assert entry["title"] == "pics, class-conditional (model)"
+    written = json.loads((tmp_path / "site" / "models" / "model" / "model.json").read_text())
+    assert (written["num_classes"], written["class_names"]) == (2, ["ants", "bees"])
+    assert site.model_title(None, 2, "model") == "unknown data, class-conditional (model)"
 
 
 def test_a_model_list_the_page_cannot_show_is_one_line(tmp_path, runtime_cache):

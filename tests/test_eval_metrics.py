@@ -25,7 +25,14 @@ from ddpm_lightning.evaluation.precision_recall import precision_recall_density_
 from ddpm_lightning.evaluation.reference import features_path, read_test_features
 from ddpm_lightning.evaluation.settings import metric_settings
 
-SETTINGS = {"bootstrap": 50, "confidence": 0.95, "kid_subsets": 10, "kid_subset_size": 1000}
+SETTINGS = {
+    "bootstrap": 50,
+    "confidence": 0.95,
+    "kid_subsets": 10,
+    "kid_subset_size": 1000,
+    "confident_threshold": 0.9,
+    "num_seeds": 1,
+}
 
 
 def gaussian(n, d, seed, shift=0.0):
@@ -205,6 +212,10 @@ def test_settings_refuse_values_outside_their_declarations():
         metric_settings(nearest_k=0, **SETTINGS)
     with pytest.raises(ConfigError, match=r"metrics.confidence=1"):
         metric_settings(nearest_k=3, **{**SETTINGS, "confidence": 1.0})
+    with pytest.raises(ConfigError, match=r"metrics.confident_threshold=0"):
+        metric_settings(nearest_k=3, **{**SETTINGS, "confident_threshold": 0.0})
+    with pytest.raises(ConfigError, match=r"metrics.num_seeds=0"):
+        metric_settings(nearest_k=3, **{**SETTINGS, "num_seeds": 0})
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])

@@ -11,10 +11,11 @@ import torch
 from conftest import write_fake_dataset
 
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.evaluation.fld import lenet_identity
+from ddpm_lightning.evaluation.fld import ASSETS_DIR, lenet_identity
 from ddpm_lightning.evaluation.floors import (
     floor_for,
     floors_path,
+    labelled_images,
     measure_floors,
     write_floors,
 )
@@ -93,7 +94,17 @@ def test_floor_for_reads_the_nearest_size(tmp_path):
 
 
 def test_the_shipped_floors_cover_the_shipped_sizes():
-    for dataset in ("mnist", "fashion_mnist"):
+    for dataset in ("mnist", "fashion_mnist", "shapes"):
         floor = floor_for(dataset, 10_000)
         assert floor is not None and floor["n"] == 10_000 and floor["draws"] == 5
         assert floor["lenet"] == lenet_identity(dataset)
+
+
+def test_the_shapes_floors_score_the_test_set_the_shipped_lenet_was_measured_on():
+    """Drawn, not read: the test split equals the one the shapes LeNet's statistics hold."""
+    images, labels = labelled_images("shapes", train=False)
+    stats = torch.load(ASSETS_DIR / "lenet_shapes_test_stats.pt", weights_only=True)
+    assert images.shape == (10_000, 3, 32, 32) and images.min() == -1 and images.max() <= 1
+    assert torch.bincount(labels, minlength=12).tolist() == stats["label_counts"].tolist()
+    means = torch.stack([images[labels == c].mean(0) for c in range(12)])
+    assert torch.allclose(means, stats["class_means"], atol=1e-6)

@@ -1,6 +1,7 @@
 """The likelihood bound against closed forms on Gaussian data x₀ ~ N(μ, s²I), whose exact
 denoiser E[x₀ | x_t] is known: the KL terms, L_T, the discretised decoder, and the Monte-Carlo
-estimate against the exact sum."""
+estimate against the exact sum; and the evaluate command's bound of a conditional model, given
+the test images' labels."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ import torch
 from scipy.stats import norm
 from torch.distributions import Normal, kl_divergence
 
+from ddpm_lightning.data.images import load_split
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.evaluate import evaluate
 from ddpm_lightning.evaluation.likelihood import (
     bits_per_dim,
     discretized_gaussian_log_likelihood,
     prior_kl,
     timestep_terms,
 )
+from ddpm_lightning.training.module import DiffusionModule
+from tests.conftest import tiny_model_folder, writing_config
 
 MU, S = 0.1, 0.2
 
@@ -163,3 +168,30 @@ def test_zero_timesteps_per_image_is_refused(schedule):
         bits_per_dim(
             gaussian_denoiser(schedule), schedule, "x0", gaussian_images(2), num_timesteps_sampled=0
         )
+
+
+@pytest.mark.parametrize("num_classes", [10, None])
+def test_a_conditional_models_bound_is_given_the_test_labels(
+    num_classes, data_root, tmp_path, monkeypatch
+):
+    """metric=bpd on 3 test images, 2 timesteps each: a conditional tiny model's network sees
+    each image's true label (y of its 2 inputs), an unconditional one none."""
+    monkeypatch.setenv("DDPM_DATA_DIR", str(data_root))
+    seen = []
+
+    def recording(self, x_t, t, y=None):
+        seen.append(y)
+        return self.model(x_t, t, y)
+
+    monkeypatch.setattr(DiffusionModule, "forward", recording)
+    folder = tiny_model_folder(tmp_path / "model", num_classes=num_classes)
+    overrides = ["metric=bpd", "num_images=3", "bpd.num_timesteps_sampled=2"]
+    metrics = evaluate(
+        writing_config("evaluate", tmp_path / "out", f"pretrained={folder}", *overrides)
+    )
+    assert metrics["conditional"] is (num_classes is not None) and metrics["n"] == 3
+    if num_classes is None:
+        assert seen == [None]
+        return
+    _, labels = load_split(data_root, "mnist", train=False)
+    assert torch.equal(torch.cat(seen), labels[:3].repeat_interleave(2))

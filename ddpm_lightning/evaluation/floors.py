@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ddpm_lightning.data.images import load_split, to_model_range
+from ddpm_lightning.data.shapes import ShapesDataModule
 from ddpm_lightning.evaluation.fld import (
     ASSETS_DIR,
     add_images,
@@ -42,12 +43,23 @@ def floors_path(dataset: str, directory: Path | None = None) -> Path:
     return (directory or ASSETS_DIR) / f"floors_{dataset}.json"
 
 
-def real_images(dataset: str, train: bool, root: str | Path | None = None) -> Tensor:
-    """A split of `dataset` as the models see it: (N, 1, 32, 32) float32 in [-1, 1], read from
-    `root` (default: $DDPM_DATA_DIR, else data/)."""
+def labelled_images(
+    dataset: str, train: bool, root: str | Path | None = None
+) -> tuple[Tensor, Tensor]:
+    """A split of `dataset` as the models see it, (N, C, 32, 32) float32 in [-1, 1], and its
+    labels (N,) int64, read from `root` (default: $DDPM_DATA_DIR, else data/); the shapes are
+    drawn as `data=shapes` draws them by default (its 60,000 training and 10,000 test images)."""
+    if dataset == "shapes":
+        split = ShapesDataModule().load()[0 if train else 1]
+        return split.inputs.float() / 127.5 - 1, split.labels
     root = root or os.environ.get("DDPM_DATA_DIR") or "data"
-    images, _ = load_split(root, dataset, train)
-    return to_model_range(images, PAD)
+    images, labels = load_split(root, dataset, train)
+    return to_model_range(images, PAD), labels
+
+
+def real_images(dataset: str, train: bool, root: str | Path | None = None) -> Tensor:
+    """The images of `labelled_images`: (N, 1, 32, 32) float32 in [-1, 1]."""
+    return labelled_images(dataset, train, root)[0]
 
 
 def test_reference(test_features: Tensor) -> dict[str, Tensor]:

@@ -8,11 +8,18 @@ replicates sit above FLD and quantile intervals would lie off it; their spread i
 matches the spread of FLD over independent draws on Gaussian features
 (tests/test_eval_metrics.py) and is wider than it on MNIST features near the real-data floor
 (docs/results.md, FLD's bootstrap interval): an interval that errs wide.
+
+`across_seeds` gives the other spread: that of FLD over k independent sample sets of one model,
+with Student's t interval for their mean.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
+from scipy.stats import t as student_t
 from torch import Tensor
 from torch.distributions import Normal
 
@@ -75,5 +82,23 @@ def bootstrap_fld(
         "fld_interval": normal_interval(estimate, sd, confidence),
         "fld_sd": sd,
         "bootstrap_draws": draws,
+        "confidence": confidence,
+    }
+
+
+def across_seeds(flds: Sequence[float], confidence: float) -> dict[str, object]:
+    """FLDs of k ≥ 2 independent sample sets, their mean, standard deviation (k − 1 degrees of
+    freedom) and the interval mean ± t·sd/√k of their mean, t Student's (1 + confidence)/2
+    quantile with k − 1 degrees of freedom: {"fld_seeds", "fld_seed_mean", "fld_seed_sd",
+    "fld_seed_interval", "confidence"}."""
+    values = torch.tensor(flds, dtype=torch.float64)
+    k = len(flds)
+    mean, sd = float(values.mean()), float(values.std())
+    half = float(student_t.ppf((1 + confidence) / 2, k - 1)) * sd / math.sqrt(k)
+    return {
+        "fld_seeds": [float(value) for value in flds],
+        "fld_seed_mean": mean,
+        "fld_seed_sd": sd,
+        "fld_seed_interval": [mean - half, mean + half],
         "confidence": confidence,
     }

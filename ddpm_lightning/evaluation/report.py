@@ -92,6 +92,18 @@ def with_floor(floor: dict | None, metric: str) -> str:
     return f"{floor[f'{metric}_mean']:.4g} ± {floor[f'{metric}_sd']:.2g} (n = {floor['n']:,})"
 
 
+def seed_rows(metrics: dict, level: str) -> list[tuple[str, str, str, str]]:
+    """The row of FLD's mean over independent sample sets (`metrics.num_seeds` > 1) with its t
+    interval at `level`; none for one set."""
+    if "fld_seeds" not in metrics:
+        return []
+    flds = metrics["fld_seeds"]
+    low, high = metrics["fld_seed_interval"]
+    seeds = ", ".join(f"{value:.4f}" for value in flds)
+    spread = f"{level} (t): [{low:.4f}, {high:.4f}] (sd {metrics['fld_seed_sd']:.3g}; {seeds})"
+    return [(f"FLD, mean over {len(flds)} seeds", f"{metrics['fld_seed_mean']:.4f}", spread, "")]
+
+
 def score_rows(metrics: dict, floor: dict | None) -> list[tuple[str, str, str, str]]:
     """(metric, value, interval or error, real-data floor) of each score in `metrics`."""
     level = f"{metrics.get('confidence', 0.95):.0%}"
@@ -100,6 +112,7 @@ def score_rows(metrics: dict, floor: dict | None) -> list[tuple[str, str, str, s
         low, high = metrics["fld_interval"]
         spread = f"{level}: [{low:.4f}, {high:.4f}] (bootstrap sd {metrics['fld_sd']:.3g})"
         rows[0] = (rows[0][0], rows[0][1], spread, rows[0][3])
+    rows += seed_rows(metrics, level)
     if "kid" in metrics:
         subsets = f"{metrics['kid_subsets']} subsets of {metrics['kid_subset_size']:,}"
         error = f"± {metrics['kid_se']:.3g} (standard error; {subsets})"
@@ -108,6 +121,9 @@ def score_rows(metrics: dict, floor: dict | None) -> list[tuple[str, str, str, s
         if key in metrics:
             rows.append((f"{key} (k = {metrics['nearest_k']})", f"{metrics[key]:.4f}", "", ""))
     rows.append(("mean LeNet confidence", f"{metrics['mean_confidence']:.4f}", "", ""))
+    if "confident_share" in metrics:
+        name = f"share with LeNet confidence ≥ {metrics['confident_threshold']:g}"
+        rows.append((name, f"{metrics['confident_share']:.4f}", "", ""))
     if "class_balance" in metrics:
         balance = metrics["class_balance"]
         rows.append(

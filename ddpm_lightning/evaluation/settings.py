@@ -24,6 +24,11 @@ def metric_settings(
     kid_subsets: Annotated[int, Range(ge=1)],
     # Images per KID subset, capped at the number of samples (torchmetrics' `subset_size`).
     kid_subset_size: Annotated[int, Range(ge=2)],
+    # Top LeNet class probability at or above which a sample counts as confidently classified.
+    confident_threshold: Annotated[float, Range(gt=0, le=1)],
+    # Independent sample sets (seeds seed, seed + 1, …) whose FLDs give its spread across
+    # seeds; 1: one set. Needs ckpt_path= or pretrained=.
+    num_seeds: Annotated[int, Range(ge=1)],
 ) -> dict[str, Any]:
     """The settings, checked against their declarations."""
     return {
@@ -32,4 +37,6 @@ def metric_settings(
         "confidence": float(confidence),
         "kid_subsets": int(kid_subsets),
         "kid_subset_size": int(kid_subset_size),
+        "confident_threshold": float(confident_threshold),
+        "num_seeds": int(num_seeds),
     }

@@ -20,7 +20,7 @@ import torch
 
 from ddpm_lightning import __version__
 from ddpm_lightning.components import build
-from ddpm_lightning.data.registry import DATASETS
+from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
@@ -101,9 +101,12 @@ def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dic
     )
 
 
-def class_names(dataset: str | None, num_classes: int | None) -> list[str] | None:
-    """The dataset's class names, unless the model has another number of classes."""
-    record = DATASETS.get(str(dataset))
+def class_names(
+    dataset: str | None, num_classes: int | None, saved: dict[str, Any] | None = None
+) -> list[str] | None:
+    """The dataset's class names, unless the model has another number of classes: the
+    registry's, or those of the record `saved` with the model (a folder, a Hub dataset)."""
+    record = known_record(dataset, saved)
     if record is None or num_classes not in (None, record.num_classes):
         return None
     return list(record.class_names)
@@ -122,7 +125,9 @@ def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, A
         "objective": module.diffusion.objective.value,
         "num_timesteps": schedule.num_timesteps,
         "num_classes": module.num_classes,
-        "class_names": class_names(dataset, module.num_classes),
+        "class_names": class_names(
+            dataset, module.num_classes, module.hparams.get("dataset_record")
+        ),
         "inputs": list(INPUT_NAMES[:num_inputs]),
         "output": OUTPUT_NAME,
         "opset": OPSET,

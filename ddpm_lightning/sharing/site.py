@@ -12,7 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ddpm_lightning.data.registry import DATASETS
+from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import ASSETS_DIR
 from ddpm_lightning.sharing.folder import load_folder
@@ -37,10 +37,16 @@ def model_id(pretrained: str) -> str:
     return re.sub(r"[^\w.-]", "--", text)
 
 
-def model_title(dataset: str | None, num_classes: int | None, identifier: str) -> str:
+def model_title(
+    dataset: str | None,
+    num_classes: int | None,
+    identifier: str,
+    saved: dict[str, Any] | None = None,
+) -> str:
     """What the model menu shows: 'MNIST', 'Fashion-MNIST, class-conditional', and the id
-    for models that are not shipped."""
-    record = DATASETS.get(str(dataset))
+    for models that are not shipped; data the registry does not know is named by the record
+    `saved` with the model (a folder, a Hub dataset)."""
+    record = known_record(dataset, saved)
     title = record.title if record else "unknown data"
     if num_classes is not None:
         title += ", class-conditional"
@@ -60,7 +66,12 @@ def add_model(site: Path, pretrained: str, sampler: dict[str, Any]) -> dict[str,
     write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
     return {
         "id": identifier,
-        "title": model_title(module.hparams.get("dataset"), module.num_classes, identifier),
+        "title": model_title(
+            module.hparams.get("dataset"),
+            module.num_classes,
+            identifier,
+            module.hparams.get("dataset_record"),
+        ),
         "path": f"{MODELS_DIR}/{identifier}",
     }
 

@@ -1,2 +1,3 @@
 """Tools around the commands: throughput benchmarks (bench.py), learning curves of runs
-(curves.py) and sweep tables (summarize.py), each run as `python -m ddpm_lightning.tools.NAME`."""
+(curves.py), sweep tables (summarize.py) and rounds of progressive distillation
+(distill_rounds.py), each run as `python -m ddpm_lightning.tools.NAME`."""

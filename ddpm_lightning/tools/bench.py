@@ -1,15 +1,15 @@
 """`python -m ddpm_lightning.tools.bench`: training and sampling throughput of the UNets.
 
 Training: for `model=unet` (d=16), `model=unet_cond` (the same with class labels) and
-`model=unet_large` (d=32) on random in-memory images (N, 1, 32, 32), our Lightning loop and a
-bare PyTorch loop (same model, data tensors, optimizer and loss) alternate `--repeats` times; the
-table gives median and min-max images/s, the framework overhead 1 − Lightning/bare, the share of
-Lightning's step time spent between steps (data wait), FLOPs per image, the model FLOP
-utilisation (MFU) against this machine's dense matmul rate measured in the same run, and peak
-memory. `--precision` applies to every loop, `--channels-last` and `--compile` to our models.
-Optional peers (diffusers, lucidrains) run in the bare loop when installed. Sampling: each
-sampler with the default UNet; the sampler's overhead is the share of sampling time spent outside
-the model's forward pass.
+`model=unet_large` (d=32) on random in-memory images (N, 1, 32, 32), and `model=unet_64` on colour
+ones (N, 3, 64, 64), our Lightning loop and a bare PyTorch loop (same model, data tensors,
+optimizer and loss) alternate `--repeats` times; the table gives median and min-max images/s, the
+framework overhead 1 − Lightning/bare, the share of Lightning's step time spent between steps (data
+wait), FLOPs per image, the model FLOP utilisation (MFU) against this machine's dense matmul rate
+measured in the same run, and peak memory. `--precision` applies to every loop, `--channels-last`
+and `--compile` to our models. Optional peers (diffusers, lucidrains) run in the bare loop when
+installed. Sampling: each sampler with the default UNet; the sampler's overhead is the share of
+sampling time spent outside the model's forward pass.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolve
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.models import UNet
+from ddpm_lightning.models.data_fit import fitted_to_data
 from ddpm_lightning.training.module import FAST_PATH_KEYS, DiffusionModule
 
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -55,6 +56,15 @@ TRAINING_MODELS = {
     "unet": "default UNet (d=16, (1,2,3))",
     "unet_cond": "default UNet with 10 class labels",
     "unet_large": "d=32, (1,2,3)",
+    "unet_64": "the UNet for 64 px colour images",
+}
+# The images (C, H, W) each training row trains on; the network's channels follow them
+# (`fitted_to_data`), as they follow `data=` in training.
+TRAINING_SHAPES = {
+    "unet": (1, 32, 32),
+    "unet_cond": (1, 32, 32),
+    "unet_large": (1, 32, 32),
+    "unet_64": (3, 64, 64),
 }
 # diffusers' UNet2DModel exactly as `model=diffusers_unet` trains it (widths 16, 32, 48, one
 # ResNet block per level and side, attention with 4 heads of 12 only in the middle, GroupNorm(8)):
@@ -195,17 +205,24 @@ def markdown(rows: list[dict], header: str) -> str:
 
 
 class RandomImages(InMemoryDataModule):
-    """Random images (N, 1, 32, 32) in [-1, 1] with labels (N,), served like MNIST's batches;
+    """Random images (N, *shape) in [-1, 1] with labels (N,), served like MNIST's batches;
     N is set so the training split holds at least `num_train` images."""
 
-    def __init__(self, num_train: int, batch_size: int, seed: int = 0):
+    def __init__(
+        self,
+        num_train: int,
+        batch_size: int,
+        seed: int = 0,
+        shape: tuple[int, ...] = (1, 32, 32),
+    ):
         super().__init__(batch_size=batch_size)
         self.num_images = math.ceil(num_train / (1 - self.val_fraction)) + 1
         self.seed = seed
+        self.shape = shape
 
     @property
-    def data_shape(self) -> tuple[int, int, int]:
-        return (1, 32, 32)
+    def data_shape(self) -> tuple[int, ...]:
+        return self.shape
 
     def load(self) -> tuple[TensorBatches, TensorBatches]:
         generator = torch.Generator().manual_seed(self.seed)
@@ -241,7 +258,8 @@ class StepTimer(L.Callback):
 
 
 def build_training_module(name: str, settings: Settings) -> DiffusionModule:
-    """`model=<name>` with the training defaults (cosine schedule, Adam 2e-4, ε objective)."""
+    """`model=<name>` with the training defaults (cosine schedule, Adam 2e-4, ε objective),
+    fitted to its row's images (`TRAINING_SHAPES`)."""
     fast_paths = [f"++model.{key}=true" for key in FAST_PATH_KEYS if getattr(settings, key)]
     overrides = [f"model={name}", f"schedule.num_timesteps={settings.num_timesteps}"]
     cfg = compose_config("train", overrides + fast_paths)
@@ -249,12 +267,13 @@ def build_training_module(name: str, settings: Settings) -> DiffusionModule:
     def plain(node: Any) -> Any:
         return OmegaConf.to_container(node, resolve=True)
 
+    shape = TRAINING_SHAPES[name]
     return DiffusionModule(
-        model=plain(cfg.model),
+        model=fitted_to_data(plain(cfg.model), shape),
         schedule=plain(cfg.schedule),
         diffusion=plain(cfg.diffusion),
         optimizer=plain(cfg.optimizer),
-        data_shape=(1, 32, 32),
+        data_shape=shape,
     )
 
 
@@ -281,7 +300,7 @@ def lightning_run(
 
 
 def batches(data: TensorBatches, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled whole batches (B, 1, 32, 32), (B,) of `data`, cut as the datamodule cuts them."""
+    """Shuffled whole batches (B, C, H, W), (B,) of `data`, cut as the datamodule cuts them."""
     order = torch.randperm(len(data))
     for index in order.split(batch_size):
         yield data.batch(index.tolist())
@@ -394,7 +413,7 @@ def bench_training_model(
     """`model=<name>` trained by the Lightning loop and the bare loop, alternating: one row."""
     module = build_training_module(name, settings)
     num_train = (settings.warmup_steps + settings.steps) * settings.batch_size
-    data = RandomImages(num_train, settings.batch_size)
+    data = RandomImages(num_train, settings.batch_size, shape=module.data_shape)
     start_memory, peak_reset = current_memory_mb(device), reset_peak_memory(device)
     conditional = module.num_classes is not None
     lightning, bare = [], []
@@ -422,6 +441,7 @@ def bench_training_model(
     return {
         "model": name,
         "description": TRAINING_MODELS[name],
+        "data_shape": list(module.data_shape),
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "batch_size": settings.batch_size,
         "lightning": {
@@ -505,6 +525,7 @@ def bench_peer(label: str, settings: Settings, device: torch.device, matmul_rate
         **row,
         "parameters": parameters,
         "parameters_vs_unet": parameters / seed_parameters - 1,
+        "data_shape": list(data.data_shape),
         "batch_size": settings.batch_size,
         "bare": {"images_per_s": speed, **efficiency(speed["median"], flops, matmul_rate)},
         "gflop_per_image": flops / 1e9,
@@ -520,14 +541,14 @@ def speed_cell(speed: dict[str, float] | None) -> str:
 def training_markdown(rows: list[dict]) -> str:
     """The training table: one row per model, ours first, then the peers (bare loop only)."""
     lines = [
-        "| model | parameters | batch | Lightning images/s (median, min-max) | "
+        "| model | images | parameters | batch | Lightning images/s (median, min-max) | "
         "bare images/s (median, min-max) | framework overhead | data wait | GFLOP/image | "
         "GFLOP/s (Lightning / bare) | MFU (Lightning / bare) | peak memory (over start) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "skipped" in row:
-            lines.append(f"| {row['model']} | – | – | skipped: {row['skipped']} |" + " – |" * 7)
+            lines.append(f"| {row['model']} | – | – | – | skipped: {row['skipped']} |" + " – |" * 7)
             continue
         lightning, bare = row.get("lightning"), row["bare"]
         gflops = f"{bare['achieved_gflops']:.1f}"
@@ -545,8 +566,9 @@ def training_markdown(rows: list[dict]) -> str:
         parameters = f"{row['parameters']:,}"
         if "parameters_vs_unet" in row:
             parameters += f" ({100 * row['parameters_vs_unet']:+.1f}% vs unet)"
+        images = "×".join(str(n) for n in row["data_shape"])
         lines.append(
-            f"| {row['model']} | {parameters} | {row['batch_size']} "
+            f"| {row['model']} | {images} | {parameters} | {row['batch_size']} "
             f"| {speed_cell(lightning and lightning['images_per_s'])} "
             f"| {speed_cell(bare['images_per_s'])} | {overhead} | {wait} "
             f"| {row['gflop_per_image']:.3f} | {gflops} | {mfu} | {memory} |"
