@@ -14,6 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -216,7 +217,7 @@ def export(
     mean, cov = feature_statistics(features)
     num_classes = module.model.head.out_features
     class_means = torch.stack([images[labels == c].mean(0) for c in range(num_classes)])
-    stats = {
+    stats: dict[str, Any] = {
         "mean": mean,
         "cov": cov,
         "num_images": labels.shape[0],

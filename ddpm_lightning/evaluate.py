@@ -225,8 +225,9 @@ def scored_dataset(cfg: DictConfig, recorded: str | None) -> str:
 
 def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
     """The score of Lior Sinai's MNIST post: mean over images of the Euclidean distance to
-    the nearest class mean."""
-    distances = torch.cdist(images.flatten(1).double(), class_means.flatten(1).double())
+    the nearest class mean; classes without test images (NaN means) are left out."""
+    means = class_means.flatten(1).double()
+    distances = torch.cdist(images.flatten(1).double(), means[means.isfinite().all(1)])
     return distances.min(dim=1).values.mean().item()
 
 
@@ -491,8 +492,8 @@ def likelihood_into(cfg: DictConfig, out_dir: Path) -> dict:
     module = load_model(drawing.ckpt_path, drawing.pretrained).to(device).eval()
     dataset = scored_dataset(cfg, module.hparams.get("dataset"))
     count = int(cfg.num_images)
-    images, labels = labelled_images(dataset, train=False)
-    images, labels = images[:count], bound_labels(labels[:count], module.num_classes, dataset)
+    images, test_labels = labelled_images(dataset, train=False)
+    images, labels = images[:count], bound_labels(test_labels[:count], module.num_classes, dataset)
     schedule, objective = module.diffusion.schedule, module.diffusion.objective.value
     result = bits_per_dim(
         module,

@@ -169,6 +169,8 @@ def test_min_class_mean_distance():
     images = torch.stack([torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 3.0)])
     # Nearest means: 0 or 1 at distance √(4·0.25) = 1, and 3 exactly.
     assert min_class_mean_distance(images, means) == pytest.approx(0.5)
+    absent = torch.cat([means, torch.full_like(means[:1], float("nan"))])
+    assert min_class_mean_distance(images, absent) == pytest.approx(0.5)
 
 
 DATA_DIR = os.environ.get("DDPM_DATA_DIR")
