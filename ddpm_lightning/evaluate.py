@@ -49,6 +49,7 @@ from ddpm_lightning.evaluation.scores import class_view, feature_scores
 from ddpm_lightning.evaluation.settings import metric_settings
 from ddpm_lightning.sharing.folder import read_config
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
+from ddpm_lightning.sharing.recommended import command_overrides, with_recommended_sampler
 from ddpm_lightning.training.drawing import (
     Drawing,
     default_device,
@@ -180,7 +181,7 @@ def generate(
     the devices of `cfg.trainer` and `seed` (default `cfg.seed`), their labels (an equal share
     of each class for conditional models, else None), what made them (`samples_metadata`: the
     model's dataset, the model, seed and sampler) and the trainer that drew them."""
-    drawing = Drawing.from_config(cfg)
+    drawing = with_recommended_sampler(Drawing.from_config(cfg), command_overrides())
     if seed is not None:
         drawing = replace(drawing, seed=seed)
     make_sampler = drawing.make_sampler()

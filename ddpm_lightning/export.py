@@ -73,6 +73,7 @@ def exported(cfg: DictConfig) -> Source:
     found = run_record(
         None if cfg.record is None else Path(cfg.record),
         None if cfg.metrics is None else Path(cfg.metrics),
+        None if cfg.calls is None else Path(cfg.calls),
     )
     return hyper_parameters, state_dict, merge_records(record, found)
 

@@ -40,6 +40,7 @@ from ddpm_lightning.evaluation.pictures import (
     to_uint8,
 )
 from ddpm_lightning.sharing.pretrained import load_model
+from ddpm_lightning.sharing.recommended import command_overrides, with_recommended_sampler
 from ddpm_lightning.training.drawing import Drawing, draw_samples, samples_metadata
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.outputs import Writer, claimed, write_outputs
@@ -126,7 +127,7 @@ def image_outputs(
 def draw_outputs(cfg: DictConfig) -> dict[str, Writer] | None:
     """The files of `cfg`'s samples by name, drawn on the devices of `cfg.trainer` and ready to
     write; None on every process but the first."""
-    drawing = Drawing.from_config(cfg)
+    drawing = with_recommended_sampler(Drawing.from_config(cfg), command_overrides())
     make_sampler = drawing.make_sampler()
     module = load_model(drawing.ckpt_path, drawing.pretrained)
     sampler = module.make_sampler(make_sampler)

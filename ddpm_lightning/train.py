@@ -84,6 +84,18 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
+def check_callback_samplers(group: DictConfig | None, module: DiffusionModule) -> None:
+    """Build each callback's sampler for `module` once before training, so a setting its
+    sampler does not take stops the run in one line naming the key, not at the first
+    validation."""
+    for name, entry in (group or {}).items():
+        if isinstance(entry, DictConfig) and entry.get("sampler") is not None:
+            try:
+                module.make_sampler(instantiate(entry.sampler), progress=False)
+            except ConfigError as exc:
+                raise ConfigError(f"callbacks.{name!s}.{exc}") from None
+
+
 def order_callbacks(callbacks: list[L.Callback]) -> list[L.Callback]:
     """Weight averaging (EMA) last: Lightning calls callbacks in order, so the sample-grid and
     FLD callbacks run at validation end while the averaged weights are still swapped in."""
@@ -226,6 +238,7 @@ def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict
     follow_data_classes(cfg, datamodule)
     module = build_fit_module(cfg, datamodule.data_shape, datamodule.record)
     ckpt_path = resolve_ckpt_path(cfg, module)
+    check_callback_samplers(cfg.get("callbacks"), module)
     callbacks = order_callbacks(
         shown_callbacks(cfg, instantiate_named(cfg.get("callbacks"))) + list(extra_callbacks or [])
     )

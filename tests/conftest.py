@@ -34,9 +34,11 @@ def tiny_model_folder(
     dataset: str = "mnist",
     seed: int = 0,
     shape: tuple[int, int, int] = (1, 32, 32),
+    guidance_embedding: bool = False,
 ) -> Path:
     """A model folder (config.json, model.safetensors) of a randomly initialised tiny UNet
-    (d=8, two levels, cosine schedule with T=20) on images of `shape` (C, H, W)."""
+    (d=8, two levels, cosine schedule with T=20) on images of `shape` (C, H, W); with
+    `guidance_embedding` a student of distilled guidance, γ's embedding random too."""
     from ddpm_lightning.sharing.folder import write_folder
     from ddpm_lightning.training.module import DiffusionModule
 
@@ -50,6 +52,7 @@ def tiny_model_folder(
         "num_attention_heads": 2,
         "num_timesteps": 20,
         "num_classes": num_classes,
+        **({"guidance_embedding": True} if guidance_embedding else {}),
     }
     schedule = {
         "_target_": "ddpm_lightning.diffusion.schedules.NoiseSchedule",
@@ -59,6 +62,8 @@ def tiny_model_folder(
     module = DiffusionModule(
         model, schedule, {"objective": objective}, data_shape=shape, dataset=dataset
     )
+    if guidance_embedding:
+        torch.nn.init.normal_(module.model.guidance_embedding.output.weight)
     write_folder(folder, dict(module.hparams), module.state_dict(), {})
     return folder
 

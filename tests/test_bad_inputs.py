@@ -348,3 +348,34 @@ def test_a_lock_that_is_a_folder_is_one_line(data_root, tmp_path, monkeypatch, c
     code, stderr = run_main(train_command.main, argv, monkeypatch, capsys)
     assert code == 1
     one_line(stderr, f"{run / '.lock'} is a folder where the lock file belongs")
+
+
+def test_curves_against_a_column_reads_its_points_sorted(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    table = tmp_path / "summary.csv"
+    table.write_text("job,network_evaluations,fld\n0,4,110.3\n1,1,847.0\n2,,9.0\n3,2,845.9\n")
+    curve = curves.read_column_curve("ddim", table, "network_evaluations", "fld")
+    assert (curve.hours, curve.values) == ([1.0, 2.0, 4.0], [847.0, 845.9, 110.3])
+    out = tmp_path / "calls.png"
+    curves.main(
+        [
+            "--run",
+            "ddim",
+            str(table),
+            "--x",
+            "network_evaluations",
+            "--metric",
+            "fld",
+            "--log-x",
+            "--log-y",
+            "--out",
+            str(out),
+        ]
+    )
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        curves.main(["--run", "ddim", str(table), "0.1", "--x", "network_evaluations"])
+    one_line(capsys.readouterr().err, "--run ddim", "give LABEL PATH with --x")
+    with pytest.raises(SystemExit):
+        curves.main(["--run", "ddim", str(table), "--x", "calls", "--metric", "fld"])
+    one_line(capsys.readouterr().err, "has no column calls (--x)")

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import Tensor, nn
 
+from ddpm_lightning.config import compose_config
 from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
@@ -16,6 +18,7 @@ from ddpm_lightning.distill import distill_round
 from ddpm_lightning.distill.consistency import ConsistencyDiffusion, consistency_coefficients
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models.mlp import MLP
+from ddpm_lightning.train import check_callback_samplers
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import LastCheckpoint
@@ -229,3 +232,19 @@ def test_a_consistency_round_trains_and_samples_as_a_plain_model(tmp_path) -> No
     samples = sampler.sample(Denoiser(network, plain.diffusion.schedule, "v"), (16, 2))
     assert samples.shape == (16, 2) and torch.isfinite(samples).all()
     assert calls == [999, 499] and sampler.network_evaluations() == 2
+
+
+def test_the_consistency_experiments_callbacks_sample_with_the_consistency_sampler() -> None:
+    """`experiment=distill distill=consistency`: the sample-grid and FLD callbacks' samplers
+    build for the student (two consistency steps); a setting a callback's sampler does not take
+    stops the run before training, in one line naming the callback."""
+    student = DiffusionModule(MLP_SETTINGS, SCHEDULE, {"objective": "v"}, data_shape=(2,))
+    overrides = ["experiment=distill", "distill=consistency", "paths.output_dir=/tmp/unused"]
+    cfg = compose_config("train", overrides)
+    check_callback_samplers(cfg.callbacks, student)
+    for name in ("sample_grid", "fld"):
+        sampler = student.make_sampler(instantiate(cfg.callbacks[name].sampler), progress=False)
+        assert isinstance(sampler, ConsistencySampler) and sampler.network_evaluations() == 2
+    cfg = compose_config("train", [*overrides, "+callbacks.fld.sampler.eta=1.0"])
+    with pytest.raises(ConfigError, match=r"^callbacks\.fld\.sampler: ConsistencySampler does "):
+        check_callback_samplers(cfg.callbacks, student)

@@ -41,20 +41,27 @@ needs_node = pytest.mark.skipif(
     NODE is None, reason="node is not installed (apt-get install nodejs)"
 )
 PAGE_SCRIPT = (PAGE_DIR / "ddpm.js").as_uri()
-# The closed-form denoiser of the Node runs: 0.8 x + 0.001 t (+ 0.01 y with labels).
+# The closed-form denoiser of the Node runs: 0.8 x + 0.001 t (+ 0.01 y with labels, + 0.02 γ
+# for a network that takes γ, 1 where not given, as the page feeds it); it prints the images
+# and each call's [batch size, γ or null].
 NODE_SAMPLE = """
 import { readFileSync } from 'node:fs';
-import { sample } from '__PAGE__';
+import { sample, takesGuidance } from '__PAGE__';
 const job = JSON.parse(readFileSync(0, 'utf8'));
 const size = job.record.data_shape.reduce((a, b) => a * b, 1);
-const denoise = async (x, t, y) => x.map((v, k) => {
-  const s = Math.floor(k / size);
-  return 0.8 * v + 0.001 * t[s] + (y ? 0.01 * y[s] : 0);
-});
+const calls = [];
+const denoise = async (x, t, y, batch, g) => {
+  calls.push([batch, g ? g[0] : null]);
+  const gammas = g ?? (takesGuidance(job.record) ? new Array(batch).fill(1) : null);
+  return x.map((v, k) => {
+    const s = Math.floor(k / size);
+    return 0.8 * v + 0.001 * t[s] + (y ? 0.01 * y[s] : 0) + (gammas ? 0.02 * gammas[s] : 0);
+  });
+};
 let used = 0;
 const normal = (n) => Float32Array.from(job.stepNoise.slice(used, (used += n)));
 const images = await sample({ ...job, noise: Float32Array.from(job.noise), denoise, normal });
-console.log(JSON.stringify(Array.from(images)));
+console.log(JSON.stringify({ images: Array.from(images), calls }));
 """.replace("__PAGE__", PAGE_SCRIPT)
 # The page's pixels: (shape, RGBA bytes) of each job's image, or the error it throws.
 NODE_PIXELS = """
@@ -142,14 +149,21 @@ def run_node(script: str, job) -> list:
 
 
 class ClosedForm:
-    """The Node runs' denoiser in torch: 0.8 x + 0.001 t (+ 0.01 y for labels)."""
+    """The Node runs' denoiser in torch: 0.8 x + 0.001 t (+ 0.01 y for labels, + 0.02 γ for a
+    student of distilled guidance, γ = 1 where not given)."""
 
-    def __init__(self, num_classes: int | None):
+    def __init__(self, num_classes: int | None, takes_guidance: bool = False):
         self.num_classes = num_classes
+        self.takes_guidance = takes_guidance
 
-    def __call__(self, x, t, y=None):
+    def __call__(self, x, t, y=None, guidance=None):
         output = 0.8 * x + 0.001 * t.float().view(-1, 1, 1, 1)
-        return output if y is None else output + 0.01 * y.float().view(-1, 1, 1, 1)
+        if y is not None:
+            output = output + 0.01 * y.float().view(-1, 1, 1, 1)
+        if self.takes_guidance:
+            scales = torch.ones(len(x)) if guidance is None else guidance
+            output = output + 0.02 * scales.view(-1, 1, 1, 1)
+        return output
 
 
 @needs_node
@@ -187,6 +201,16 @@ SAMPLE_CASES = {
     "ddim v quadratic unguided labels": dict(
         objective="v", name="ddim", steps=4, spacing="quadratic", gamma=1.0, classes=10
     ),
+    "ddim v trailing guided student on an interval": dict(
+        objective="v",
+        name="ddim",
+        steps=6,
+        spacing="trailing",
+        gamma=2.0,
+        classes=10,
+        interval=[0.5, 3.0],
+        student=True,
+    ),
     "ddpm eps fixed_small": dict(objective="eps", name="ddpm"),
     "ddpm x0 fixed_large guided": dict(
         objective="x0", name="ddpm", variance="fixed_large", gamma=0.5, classes=10
@@ -197,16 +221,19 @@ SAMPLE_CASES = {
 @needs_node
 @pytest.mark.parametrize("case", SAMPLE_CASES.values(), ids=SAMPLE_CASES.keys())
 def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path):
-    module = load_folder(
-        tiny_model_folder(tmp_path / "model", case["objective"], case.get("classes"))
+    student = case.get("student", False)
+    folder = tiny_model_folder(
+        tmp_path / "model", case["objective"], case.get("classes"), guidance_embedding=student
     )
+    module = load_folder(folder)
     schedule = module.diffusion.schedule
     denoising = dict(
         clip_x0=case.get("clip", True),
         guidance_scale=case.get("gamma"),
         guidance_interval=case.get("interval"),
     )
-    denoiser = Denoiser(ClosedForm(case.get("classes")), schedule, case["objective"], **denoising)
+    network = ClosedForm(case.get("classes"), student)
+    denoiser = Denoiser(network, schedule, case["objective"], **denoising)
     if case["name"] == "ddim":
         eta, spacing = case.get("eta", 0.0), case["spacing"]
         settings = dict(name="ddim", num_steps=case["steps"], eta=eta, spacing=spacing)
@@ -232,7 +259,7 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
             "num_steps": 4,
         },
     )
-    images = run_node(
+    result = run_node(
         NODE_SAMPLE,
         {
             "record": record,
@@ -242,9 +269,13 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
             "stepNoise": draws.flatten().tolist(),
         },
     )
-    images = torch.tensor(images).reshape(expected.shape)
+    images = torch.tensor(result["images"]).reshape(expected.shape)
     assert (images - expected).abs().max() <= 1e-4
     assert expected.std() > 0.05
+    if student:
+        assert record["inputs"] == ["x", "t", "y", "guidance"]
+        scales = [denoiser.guidance_scale_at(t) for t in sampler.steps()]
+        assert result["calls"] == [[3, scale] for scale in scales]
 
 
 def brushed(height: int, width: int, start, end, radius: float) -> np.ndarray:
@@ -624,3 +655,25 @@ def test_a_busy_port_is_one_line(tmp_path):
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"^port={port} cannot be used on 127.0.0.1 \("):
             site_server(tmp_path, port)
+
+
+def test_each_model_starts_with_its_own_recommended_sampler(tmp_path):
+    """Unless the command line chooses a sampler, a folder that recommends DDIM-3 (a distilled
+    student) opens with DDIM-3; a folder that recommends none keeps the command's."""
+    pytest.importorskip(
+        "onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
+    )
+    student = tiny_model_folder(tmp_path / "student")
+    config = json.loads((student / "config.json").read_text())
+    recommended = {"name": "ddim", "num_steps": 3, "eta": 0.0, "spacing": "trailing"}
+    (student / "config.json").write_text(json.dumps({**config, "sampler": recommended}))
+    plain = tiny_model_folder(tmp_path / "plain")
+    ddim = {"_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler", "_partial_": True}
+    chosen = {**ddim, "num_steps": 7, "eta": 1.0}
+    for folder, recommends, steps in ((student, True, 3), (student, False, 7), (plain, True, 7)):
+        site.add_model(tmp_path / "site", str(folder), chosen, recommended=recommends)
+        written = json.loads(
+            (tmp_path / "site" / "models" / folder.name / "model.json").read_text()
+        )
+        assert written["sampler"]["num_steps"] == steps, (folder.name, recommends)
+    assert written["sampler"]["eta"] == 1.0

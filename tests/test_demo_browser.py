@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import threading
 import time
@@ -342,6 +343,9 @@ def test_one_of_each_shows_every_class_once_labelled(page):
         ".map((tile) => tile.getBoundingClientRect().top);"
     )
     assert len(set(tops)) == 1
+    assert re.fullmatch(
+        r"10 samples in \d+\.\d\d s \(\d+ ms per image\)", page.find_element("id", "status").text
+    )
     Select(page.find_element("id", "label")).select_by_value("7")
     assert generate(page).shape[0] == 8 and captions(page) == [names[7]] * 8
     assert console_errors(page) == []

@@ -13,10 +13,11 @@ import pytest
 from conftest import SHORT_RUN, TINY_MODEL, cli_env, tiny_config
 
 from ddpm_lightning import train
+from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.sharing.folder import write_folder
 from ddpm_lightning.tools.distill_rounds import distill_rounds, plan, round_folder
-from ddpm_lightning.training.checkpoints import read_checkpoint
+from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
 from ddpm_lightning.training.runinfo import build_module
 
 
@@ -176,19 +177,20 @@ def train_in_process(overrides: list[str]) -> int:
     return 0
 
 
-def tiny_teacher(folder: Path, data_root: Path) -> Path:
-    """A model folder of the tiny UNet (T = 20, v-prediction) as the train config builds it,
-    randomly initialised: a teacher whose settings the rounds' students share."""
-    cfg = tiny_config(data_root, folder, "seed=0")
+def tiny_teacher(folder: Path, data_root: Path, *overrides: str) -> Path:
+    """A model folder of the tiny UNet (T = 20, v-prediction) as the train config builds it
+    with `overrides`, randomly initialised: a teacher whose settings the rounds' students
+    share."""
+    cfg = tiny_config(data_root, folder, "seed=0", *overrides)
     module = build_module(cfg, (1, 32, 32))
     write_folder(folder, dict(module.hparams), module.state_dict(), {})
     return folder
 
 
-def tiny_chain(tmp_path: Path, data_root: Path) -> list[str]:
+def tiny_chain(tmp_path: Path, data_root: Path, *overrides: str) -> list[str]:
     """Arguments of rounds 4 → 2 → 1 from `tiny_teacher`, each round 3 steps of the
-    synthetic data on the CPU."""
-    teacher = tiny_teacher(tmp_path / "teacher", data_root)
+    synthetic data on the CPU, teacher and rounds with `overrides`."""
+    teacher = tiny_teacher(tmp_path / "teacher", data_root, *overrides)
     return [
         f"distill.teacher={teacher}",
         "distill.teacher_steps=4",
@@ -204,6 +206,7 @@ def tiny_chain(tmp_path: Path, data_root: Path) -> list[str]:
         "trainer.log_every_n_steps=1",
         *TINY_MODEL,
         *SHORT_RUN,
+        *overrides,
     ]
 
 
@@ -226,6 +229,42 @@ def test_a_tiny_chain_trains_two_rounds_and_a_rerun_skips_them(tmp_path, data_ro
     distill_rounds(arguments, runner=train_in_process)
     assert (chain / "rounds.json").read_text() == record
     assert sorted(str(path) for path in chain.rglob("*")) == contents
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_guided_chain_distils_guidance_in_every_round(tmp_path, data_root, monkeypatch):
+    """distill.guidance goes to each round: every student takes γ, the second round's teacher
+    (the first's student) included, its γ embedding trained; the 4 → 2 student samples guided
+    at one call of the batch per step, γ given where the sampler guides."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    arguments = [*tiny_chain(tmp_path, data_root, "model=unet_cond"), "distill.guidance=[1,2]"]
+    chain = tmp_path / "chain"
+    distill_rounds(arguments, runner=train_in_process)
+    assert json.loads((chain / "rounds.json").read_text())["guidance"] == [1.0, 2.0]
+    for folder in ("round_004_to_002", "round_002_to_001"):
+        checkpoint = read_checkpoint(chain / folder / "checkpoints" / "last.ckpt")
+        assert checkpoint["distill"]["guidance"] == [1.0, 2.0]
+        assert checkpoint["hyper_parameters"]["model"]["guidance_embedding"] is True
+        assert checkpoint["state_dict"]["model.guidance_embedding.output.weight"].abs().sum() > 0
+    module = load_module(chain / "round_004_to_002" / "checkpoints" / "last.ckpt")
+    sampler = module.make_sampler(
+        DDIMSampler, num_steps=2, eta=0.0, spacing="trailing", guidance_scale=1.5, progress=False
+    )
+    calls: list[tuple[int, float | None]] = []
+
+    def count(network, args, kwargs, output):
+        guidance = kwargs.get("guidance")
+        calls.append((len(args[0]), None if guidance is None else guidance.unique().item()))
+
+    module.model.register_forward_hook(count, with_kwargs=True)
+    module.generate(sampler, 4, seed=0)
+    denoiser = sampler.denoiser
+    assert denoiser is not None
+    expected = [(4, denoiser.guidance_scale_at(t)) for t in sampler.steps()]
+    assert calls == expected and len(calls) == sampler.network_evaluations() == 2
+    assert (4, 1.5) in calls
+    with pytest.raises(ConfigError, match=r"records rounds of distill.guidance=\[1.0, 2.0\]"):
+        distill_rounds(arguments[:-1], runner=train_in_process)
 
 
 @pytest.mark.slow

@@ -129,6 +129,33 @@ def test_model_json_holds_what_a_sampler_needs(exported):
 
 
 @needs_onnxruntime
+def test_a_student_of_distilled_guidance_takes_guidance_as_an_input(tmp_path):
+    """model.onnx of a student of distilled guidance has a fourth input, guidance (B,) float32,
+    model.json names it, and onnxruntime gives torch's outputs, which γ changes."""
+    folder = tiny_model_folder(tmp_path / "model", "v", num_classes=10, guidance_embedding=True)
+    export(onnx_config(tmp_path / "onnx", f"pretrained={folder}"))
+    record = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert record["inputs"] == ["x", "t", "y", "guidance"]
+    runtime = onnxruntime.InferenceSession(tmp_path / "onnx" / "model.onnx")
+    assert [(i.name, i.type) for i in runtime.get_inputs()][3] == ("guidance", "tensor(float)")
+    network = load_folder(folder).model
+    generator = torch.Generator().manual_seed(5)
+    inputs = {
+        "x": torch.randn(3, 1, 32, 32, generator=generator),
+        "t": torch.tensor([2, 9, 17]),
+        "y": torch.tensor([0, 4, 10]),
+        "guidance": torch.tensor([1.0, 2.5, 0.0]),
+    }
+    (output,) = runtime.run(None, {key: value.numpy() for key, value in inputs.items()})
+    with torch.no_grad():
+        expected = network(*inputs.values()).numpy()
+        unguided = network(*list(inputs.values())[:3]).numpy()
+    assert np.abs(output - expected).max() <= 1e-4
+    assert np.abs(expected - unguided)[0].max() <= 1e-6
+    assert np.abs(expected - unguided)[1:].max() > 1e-3
+
+
+@needs_onnxruntime
 def test_the_recommended_sampler_follows_the_sampler_option(tmp_path):
     folder = tiny_model_folder(tmp_path / "model")
     out_dir = tmp_path / "onnx"

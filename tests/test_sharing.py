@@ -454,3 +454,42 @@ def test_evaluate_a_shipped_model(tmp_path):
     )
     assert sum(metrics["label_counts"]) == 100 and metrics["fld"] > 0
     assert metrics["pretrained"] == "mnist" and metrics["seed"] == 0
+
+
+def test_the_card_reports_the_distillation_and_fld_by_network_calls(checkpoint, tmp_path):
+    table = tmp_path / "summary.csv"
+    table.write_text(
+        "job,status,ckpt_path,fld,network_evaluations,num_samples\n"
+        "0,ok,/here/a.ckpt,3.5,4.0,10000.0\n1,failed,/here/b.ckpt,,2.0,\n"
+        "2,ok,/here/c.ckpt,9.25,1.0,10000.0\n"
+    )
+    (tmp_path / "record.json").write_text(
+        json.dumps({"distillation": "progressive, 64 → 4 steps in 4 rounds"})
+    )
+    files = export(
+        export_config(
+            tmp_path / "fast",
+            f"ckpt_path={checkpoint}",
+            f"calls={table}",
+            f"record={tmp_path / 'record.json'}",
+            "samples=false",
+        )
+    )
+    config = json.loads(files["config.json"].read_text())
+    assert config["evaluation_by_calls"] == [
+        {"network_evaluations": 1.0, "fld": 9.25, "num_samples": 10000.0},
+        {"network_evaluations": 4.0, "fld": 3.5, "num_samples": 10000.0},
+    ]
+    card = files["README.md"].read_text()
+    assert "- Distillation: progressive, 64 → 4 steps in 4 rounds.\n" in card
+    assert "| 1 | 9.25 | 10,000 |\n| 4 | 3.50 | 10,000 |\n" in card and "/here" not in card
+    again = export(
+        export_config(tmp_path / "again", f"pretrained={tmp_path / 'fast'}", "samples=false")
+    )
+    assert (
+        json.loads(again["config.json"].read_text())["evaluation_by_calls"]
+        == config["evaluation_by_calls"]
+    )
+    table.write_text("job,status,fld\n0,ok,3.5\n")
+    with pytest.raises(DataError, match=r"^calls=.* has no network_evaluations column: pass"):
+        export(export_config(tmp_path / "bad", f"ckpt_path={checkpoint}", f"calls={table}"))

@@ -316,6 +316,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "replace_shipped": BOOLEAN,
         "metrics": optional(PATH),
         "record": optional(PATH),
+        "calls": optional(PATH),
         "name": optional(TEXT),
         "samples": BOOLEAN,
         "num_samples": integer(1),

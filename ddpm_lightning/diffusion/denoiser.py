@@ -30,7 +30,8 @@ class Denoiser:
     flow), as (x̂₀, ε̂); for flow, x_t is the flow path's x_s at s_t = (t + 1)/T (`flow.py`).
     Guidance γ applies at the noise levels σ in `guidance_interval` (σ_lo, σ_hi], for flow
     σ = s/(1 − s); a conditional network (one with `num_classes`) defaults to
-    γ = DEFAULT_GUIDANCE_SCALE, an unconditional one refuses γ ≠ 1 and keeps no interval."""
+    γ = DEFAULT_GUIDANCE_SCALE, an unconditional one refuses γ ≠ 1 and keeps no interval. A
+    student of distilled guidance (`takes_guidance`) gets each step's γ as an input, one call."""
 
     @checked("sampler")
     def __init__(
@@ -83,7 +84,8 @@ class Denoiser:
         return self.guidance_scale if low < self.sigma_values[t] <= high else None
 
     def predict(self, x: Tensor, t: int, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(x̂₀, ε̂), each (B, …), at x_t: (B, …), timestep t, guided when labels y: (B,)."""
+        """(x̂₀, ε̂), each (B, …), at x_t: (B, …), timestep t, guided when labels y: (B,) at
+        `guidance_scale_at(t)` (`guided_output`: one call, of a doubled batch or with γ)."""
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = guided_output(self.network, x, t_batch, y, self.guidance_scale_at(t))
         x0, eps = self.diffusion.predict_x0_eps(x, t_batch, output.float())

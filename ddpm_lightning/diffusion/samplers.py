@@ -152,8 +152,8 @@ class Sampler:
         return [(i, t) for i, t in enumerate(self.steps()) if start is None or t <= start]
 
     def network_evaluations(self, start: int | None = None) -> int:
-        """Network calls per sample from timestep `start` (a guided call, one doubled batch,
-        counts once)."""
+        """Network calls per sample from timestep `start` (a guided call, one doubled batch or
+        a distilled-guidance student's one with γ, counts once)."""
         return len(self.visited(start))
 
     def reset(self) -> None:

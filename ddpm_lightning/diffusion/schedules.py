@@ -76,6 +76,11 @@ def extract(values: Tensor, t: Tensor, shape: torch.Size) -> Tensor:
     return values.gather(0, t).reshape(t.shape[0], *([1] * (len(shape) - 1)))
 
 
+def shaped(values: Tensor, like: Tensor) -> Tensor:
+    """values (B,) reshaped to broadcast against `like` (B, …)."""
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
 class NoiseSchedule(nn.Module):
     """β_t and the derived ᾱ_t, √ᾱ_t, √(1−ᾱ_t), posterior q(x_{t−1}|x_t, x_0) terms.
 

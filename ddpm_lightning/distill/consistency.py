@@ -17,9 +17,8 @@ from torch import Tensor
 
 from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion, Network, Objective
-from ddpm_lightning.diffusion.schedules import NoiseSchedule
+from ddpm_lightning.diffusion.schedules import NoiseSchedule, shaped
 from ddpm_lightning.distill.grids import ddim_grid
-from ddpm_lightning.distill.progressive import shaped
 from ddpm_lightning.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.distill.consistency import ConsistencyDiffusion
 from ddpm_lightning.distill.progressive import ProgressiveDiffusion
 from ddpm_lightning.distill.settings import distill_settings
-from ddpm_lightning.distill.teacher import FrozenTeacher, check_teacher
+from ddpm_lightning.distill.teacher import FrozenTeacher, check_guided_teacher, check_teacher
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
 
@@ -29,7 +29,11 @@ class ProgressiveDistillation(DiffusionModule):
     beside the hyperparameters, as `checkpoint["distill"]`, so that `sample`, `evaluate` and
     `export` read a round's checkpoint as the DiffusionModule it is. Conditional models: the
     teacher sees the student's labels, the null label where DiffusionModule drops them, so the
-    student learns both maps; guidance stays a sampling setting.
+    student learns both maps; guidance stays a sampling setting. With `distill.guidance`
+    (distilled guidance, Meng et al. 2023) the student is built with `model.guidance_embedding`
+    on, γ's embedding starting at zero, and learns the guided teacher's steps at every γ of the
+    range in one call per step; it sees real labels only (no label dropout): its unconditional
+    output is never asked for when γ is an input.
     """
 
     def __init__(
@@ -45,13 +49,20 @@ class ProgressiveDistillation(DiffusionModule):
         dataset: str | None = None,
         dataset_record: dict[str, Any] | None = None,
     ):
+        settings = distill_settings(distill)
+        guidance = settings.get("guidance")
+        if guidance is not None:
+            check_guided_teacher(teacher, settings["teacher"])
+            model = {**model, "guidance_embedding": True}
         super().__init__(
             model, schedule, diffusion, optimizer, lr_schedule, data_shape, dataset, dataset_record
         )
-        self.distill = distill_settings(distill)
+        self.distill = settings
         self.hparams["distill"] = self.distill
         check_teacher(teacher, self, self.distill["teacher"])
-        self.model.load_state_dict(teacher.model.state_dict())
+        self.model.load_state_dict({**self.model.state_dict(), **teacher.model.state_dict()})
+        if guidance is not None:
+            self.p_uncond = 0.0
         schedule_module, objective = self.diffusion.schedule, self.diffusion.objective.value
         frozen, loss = FrozenTeacher(teacher.model), self.diffusion.loss_type.value
         if self.distill["method"] == "consistency":
@@ -72,6 +83,8 @@ class ProgressiveDistillation(DiffusionModule):
             weighting=self.distill["weighting"],
             objective=objective,
             loss=loss,
+            guidance=guidance,
+            guidance_interval=self.distill.get("guidance_interval"),
         )
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:

@@ -2,18 +2,22 @@
 Fast Sampling of Diffusion Models", Algorithm 2 and §4), independent of Lightning.
 
 With α_t = √ᾱ_t, σ_t = √(1−ᾱ_t) and SNR_t = α_t²/σ_t², a student step t → t'' replaces the
-teacher's DDIM (η = 0) steps t → t' → t''; t = −1 is the clean image (α = 1, σ = 0).
+teacher's DDIM (η = 0) steps t → t' → t''; t = −1 is the clean image (α = 1, σ = 0). With
+distilled guidance (Meng et al. 2023, "On Distillation of Guided Diffusion Models", §3) the
+teacher's steps are guided, ε̃ = ε_u + γ(ε_c − ε_u), and the student takes γ as an input.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion, Network, parse_choice
-from ddpm_lightning.diffusion.schedules import NoiseSchedule
+from ddpm_lightning.diffusion.guidance import guided_output
+from ddpm_lightning.diffusion.schedules import NoiseSchedule, shaped
 from ddpm_lightning.distill.grids import halving_grids
 
 
@@ -25,11 +29,6 @@ class SNRWeighting(str, enum.Enum):
     TRUNCATED_SNR = "truncated_snr"
 
 
-def shaped(values: Tensor, like: Tensor) -> Tensor:
-    """values (B,) reshaped to broadcast against `like` (B, …)."""
-    return values.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 class ProgressiveDiffusion(GaussianDiffusion):
     """GaussianDiffusion whose training loss is one round of progressive distillation: the
     student's output at z_t, t on its N/2-step DDIM grid, against the target that makes one
@@ -38,10 +37,17 @@ class ProgressiveDiffusion(GaussianDiffusion):
     teacher: the teacher's `model(x_t, t, y)`, of this schedule and objective, held so that it
     is no submodule (`FrozenTeacher`). `diffusion.weighting` and `noise_levels` of ordinary
     training do not apply: t is drawn from the student's grid, weighted by `weighting`.
+
+    guidance: [γ_min, γ_max] of distilled guidance (None: the teacher unguided). Each sample's γ
+    is drawn uniformly in it; where σ_t of the student's time lies in `guidance_interval`
+    (σ_lo, σ_hi] both teacher steps take the guided output at γ and the student gets γ, else
+    both are plain conditional and the student gets 1: what its sampler passes at that step
+    (`Denoiser.guidance_scale_at`), so its input holds all its target depends on.
     """
 
     student_times: Tensor
     middle_times: Tensor
+    guided_times: Tensor
 
     def __init__(
         self,
@@ -52,6 +58,8 @@ class ProgressiveDiffusion(GaussianDiffusion):
         weighting: str = "snr_plus_one",
         objective: str = "v",
         loss: str = "l2",
+        guidance: Sequence[float] | None = None,
+        guidance_interval: Sequence[float] | None = (0.3, 4),
     ):
         super().__init__(schedule, objective=objective, loss=loss)
         teacher_grid, student_grid = halving_grids(schedule, teacher_steps, spacing)
@@ -59,6 +67,10 @@ class ProgressiveDiffusion(GaussianDiffusion):
         self.snr_weighting = parse_choice(SNRWeighting, weighting, "distill.weighting")
         self.register_buffer("student_times", torch.tensor(student_grid), persistent=False)
         self.register_buffer("middle_times", torch.tensor(teacher_grid[1::2]), persistent=False)
+        self.guidance = None if guidance is None else (float(guidance[0]), float(guidance[1]))
+        sigmas = schedule.sigmas()
+        low, high = (0.0, float("inf")) if guidance_interval is None else guidance_interval
+        self.register_buffer("guided_times", (low < sigmas) & (sigmas <= high), persistent=False)
 
     def sample_timesteps(self, batch_size: int, device: torch.device, generator=None) -> Tensor:
         """Training timesteps (B,): the student's grid times, each equally likely (Algorithm 2:
@@ -85,22 +97,37 @@ class ProgressiveDiffusion(GaussianDiffusion):
         alpha_bar = torch.where(t >= 0, self.schedule.alphas_cumprod[t.clamp(min=0)], 1.0)
         return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
 
-    def teacher_step(self, z: Tensor, t: Tensor, s: Tensor, y: Tensor | None) -> Tensor:
+    def draw_guidance(self, t: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
+        """γ (B,) of a guided round at student times t: (B,), each uniform in `guidance` where
+        `guided_times` holds, 1 elsewhere; None without guidance."""
+        if self.guidance is None:
+            return None
+        low, high = self.guidance
+        draws = torch.rand(t.shape, device=t.device, generator=generator)
+        return torch.where(self.guided_times[t], low + (high - low) * draws, 1.0)
+
+    def teacher_step(
+        self, z: Tensor, t: Tensor, s: Tensor, y: Tensor | None, guidance: Tensor | None = None
+    ) -> Tensor:
         """One teacher DDIM (η = 0) step z_t → z_s = α_s x̂ + σ_s ε̂ (Song et al. 2021, eq. 12),
-        z: (B, …), t, s: (B,)."""
-        x0, eps = self.predict_x0_eps(z, t, self.teacher(z, t, y).float())
+        z: (B, …), t, s: (B,), from the teacher's output guided at γ: (B,) (`guided_output`)."""
+        output = guided_output(self.teacher, z, t, y, guidance)
+        x0, eps = self.predict_x0_eps(z, t, output.float())
         alpha, sigma = self.alpha_sigma(s)
         return shaped(alpha, z) * x0 + shaped(sigma, z) * eps
 
     @torch.no_grad()
-    def distillation_target(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def distillation_target(
+        self, z: Tensor, t: Tensor, y: Tensor | None = None, guidance: Tensor | None = None
+    ) -> Tensor:
         """The student's target (B, …) at z_t: (B, …), t: (B,) on its grid, in the objective's
-        terms: from the two teacher steps z_t → z_t' → z_t'', Algorithm 2's
-        x̃ = (z_t'' − (σ_t''/σ_t) z_t) / (α_t'' − (σ_t''/σ_t) α_t), ε̃ = (z_t − α_t x̃)/σ_t,
-        and for v-prediction ṽ = α_t ε̃ − σ_t x̃. A student DDIM step predicting it lands on
-        z_t'' exactly."""
+        terms: from the two teacher steps z_t → z_t' → z_t'', guided at γ: (B,) when given,
+        Algorithm 2's x̃ = (z_t'' − (σ_t''/σ_t) z_t) / (α_t'' − (σ_t''/σ_t) α_t),
+        ε̃ = (z_t − α_t x̃)/σ_t, and for v-prediction ṽ = α_t ε̃ − σ_t x̃. A student DDIM step
+        predicting it lands on z_t'' exactly."""
         middle, following = self.half_steps(t)
-        z_next = self.teacher_step(self.teacher_step(z, t, middle, y), middle, following, y)
+        z_middle = self.teacher_step(z, t, middle, y, guidance)
+        z_next = self.teacher_step(z_middle, middle, following, y, guidance)
         alpha, sigma = (shaped(value, z) for value in self.alpha_sigma(t))
         alpha_next, sigma_next = (shaped(value, z) for value in self.alpha_sigma(following))
         ratio = sigma_next / sigma
@@ -128,11 +155,14 @@ class ProgressiveDiffusion(GaussianDiffusion):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """mean_B w(λ_t)‖x̃ − x̂_θ(z_t)‖², computed on the objective's output, for
-        z_t = α_t x₀ + σ_t ε; t (on the student's grid) and ε drawn if not given."""
+        z_t = α_t x₀ + σ_t ε; t (on the student's grid) and ε drawn if not given, and with
+        guidance each sample's γ (`draw_guidance`), the student's input and its target's."""
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         z = self.q_sample(x0, t, noise)
-        target = self.distillation_target(z, t, y)
-        return self.loss(model(z, t, y), target, self.distillation_weights(t))
+        guidance = self.draw_guidance(t, generator)
+        target = self.distillation_target(z, t, y, guidance)
+        output = guided_output(model, z, t, y, guidance)
+        return self.loss(output, target, self.distillation_weights(t))

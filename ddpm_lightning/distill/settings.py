@@ -5,8 +5,10 @@ schema and the generated reference read the same declarations."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
+from ddpm_lightning.diffusion.guidance import checked_interval
 from ddpm_lightning.diffusion.samplers import Spacing
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.settings import Range, checked
@@ -22,14 +24,35 @@ def progressive(
     spacing: Spacing = "trailing",
     # Weight on the x-error: snr_plus_one (SNR + 1, the v-loss) | truncated_snr (max(SNR, 1)).
     weighting: Literal["snr_plus_one", "truncated_snr"] = "snr_plus_one",
+    # Distilled guidance: [γ_min, γ_max], each sample's γ uniform in it and a student input;
+    # null: the teacher unguided.
+    guidance: Annotated[Sequence[float], Range(ge=0)] | None = None,
+    # With guidance: noise levels (σ_lo, σ_hi] where it applies, as sampler.guidance_interval.
+    guidance_interval: Annotated[Sequence[float], Range(ge=0)] | None = (0.3, 4),
 ) -> dict[str, Any]:
-    """Progressive distillation (Salimans & Ho 2022): the settings with defaults filled in."""
-    return {
+    """Progressive distillation (Salimans & Ho 2022), with `guidance` of a conditional teacher
+    distilled too (Meng et al. 2023): the settings with defaults filled in; the guidance keys
+    only for a guided round, so unguided records stay as they were."""
+    settings = {
         "method": "progressive",
         "teacher": str(teacher),
         "teacher_steps": teacher_steps,
         "spacing": spacing,
         "weighting": weighting,
+    }
+    if guidance is None:
+        return settings
+    scales = [float(value) for value in guidance]
+    if len(scales) != 2 or scales[0] > scales[1]:
+        raise ConfigError(
+            f"distill.guidance={list(guidance)} must be [gamma_min, gamma_max] with gamma_min ≤ "
+            "gamma_max (one γ: [g, g]), or null to distil the unguided teacher"
+        )
+    interval = checked_interval(guidance_interval, "distill.guidance_interval")
+    return {
+        **settings,
+        "guidance": scales,
+        "guidance_interval": None if interval is None else list(interval),
     }
 
 
@@ -66,12 +89,22 @@ def distill_settings(distill: dict[str, Any]) -> dict[str, Any]:
     method = settings.pop("method", "progressive")
     if method not in METHODS:
         raise ConfigError(f"distill.method={method} is unknown; choose one of {', '.join(METHODS)}")
+    if method == "consistency" and settings.pop("guidance", None) is not None:
+        raise ConfigError(
+            "distill.guidance is progressive distillation's: consistency distillation learns "
+            "the unguided teacher; set distill.method=progressive or drop distill.guidance"
+        )
     keys = list(inspect.signature(METHODS[method]).parameters)
     unknown = sorted(set(settings) - set(keys))
     if unknown:
         raise ConfigError(
             f"distill.{unknown[0]} is not a distillation setting; distill takes "
             f"method, {', '.join(keys)}"
+        )
+    if settings.get("guidance") is None and "guidance_interval" in settings:
+        raise ConfigError(
+            "distill.guidance_interval applies to distilled guidance only: set distill.guidance, "
+            "e.g. [1, 2], or drop distill.guidance_interval"
         )
     missing = [key for key in REQUIRED if settings.get(key) is None]
     if missing:

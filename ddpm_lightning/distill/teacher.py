@@ -3,11 +3,13 @@ given settings can start from its weights and learn its steps."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
 
@@ -16,22 +18,34 @@ class FrozenTeacher:
     """The teacher's network, in eval mode and without gradients, held outside the student's
     module tree: never in its state_dict, optimizer or model summary, and shared rather than
     copied by `deepcopy` (the EMA callback deep-copies the whole LightningModule). It follows
-    its inputs to their device on the first call there."""
+    its inputs to their device on the first call there. `num_classes` and `takes_guidance` are
+    the network's, for `guided_output`."""
 
     def __init__(self, network: nn.Module):
         self.network = network.eval().requires_grad_(False)
         self.device = next(network.parameters(), torch.empty(0)).device
+        self.num_classes: int | None = getattr(network, "num_classes", None)
+        self.takes_guidance = takes_guidance(network)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FrozenTeacher:
         return self
 
     @torch.no_grad()
-    def __call__(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """The teacher's output (B, …) for x_t: (B, …) at t: (B,)."""
+    def __call__(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, guidance: Tensor | None = None
+    ) -> Tensor:
+        """The teacher's output (B, …) for x_t: (B, …) at t: (B,), given γ: (B,) when it takes
+        it."""
         if x.device != self.device:
             self.network.to(x.device)
             self.device = x.device
-        return self.network(x, t, y)
+        if guidance is None:
+            return self.network(x, t, y)
+        return self.network(x, t, y, guidance=guidance)
+
+
+# The model setting a student may gain over its teacher: γ as an input (distill.guidance).
+GUIDANCE_KEY = "guidance_embedding"
 
 
 def first_difference(teacher: dict[str, Any], student: dict[str, Any]) -> str | None:
@@ -40,11 +54,38 @@ def first_difference(teacher: dict[str, Any], student: dict[str, Any]) -> str | 
     return next((key for key in keys if teacher.get(key) != student.get(key)), None)
 
 
+def check_guided_teacher(teacher: DiffusionModule, source: str) -> None:
+    """Refuse, in one line, `distill.guidance` for a teacher without classifier-free guidance
+    (unconditional) or whose network cannot take γ (model.guidance_embedding is UNet's and
+    UNetMP's)."""
+    where = f"distill.teacher={source}"
+    if teacher.num_classes is None:
+        raise ConfigError(
+            f"distill.guidance needs a conditional teacher, but {where} is unconditional "
+            "(model.num_classes=null): drop distill.guidance or pick a conditional teacher"
+        )
+    if GUIDANCE_KEY not in inspect.signature(type(teacher.model)).parameters:
+        name = teacher.hparams["model"].get("name", type(teacher.model).__name__)
+        raise ConfigError(
+            f"distill.guidance needs a network that takes γ (model=unet or unet_mp), but "
+            f"{where} is model={name}: drop distill.guidance"
+        )
+
+
 def check_teacher(teacher: DiffusionModule, student: DiffusionModule, source: str) -> None:
     """Refuse, in one line naming the key and the fix, a teacher whose data shape, objective,
     schedule or network settings differ from the student's: the student starts from the
-    teacher's weights and learns its steps on the same data."""
+    teacher's weights and learns its steps on the same data. Only `model.guidance_embedding`
+    may differ, off for the teacher and on for the student (it gains γ's embedding)."""
     where = f"distill.teacher={source}"
+    teacher_guided, student_guided = (
+        bool(module.hparams["model"].get(GUIDANCE_KEY)) for module in (teacher, student)
+    )
+    if teacher_guided and not student_guided:
+        raise ConfigError(
+            f"{where} takes γ as an input (model.guidance_embedding=true, a student of distilled "
+            "guidance): distil it with distill.guidance, e.g. [1, 2], as it was"
+        )
     if tuple(teacher.data_shape) != tuple(student.data_shape):
         dataset = teacher.hparams.get("dataset") or "its own"
         raise ConfigError(
@@ -59,7 +100,12 @@ def check_teacher(teacher: DiffusionModule, student: DiffusionModule, source: st
             f"set diffusion.objective={objective}"
         )
     for group in ("schedule", "model"):
-        key = first_difference(teacher.hparams[group], student.hparams[group])
+        theirs, ours = teacher.hparams[group], student.hparams[group]
+        if group == "model":
+            theirs, ours = (
+                {k: v for k, v in d.items() if k != GUIDANCE_KEY} for d in (theirs, ours)
+            )
+        key = first_difference(theirs, ours)
         if key is not None:
             value = teacher.hparams[group].get(key)
             raise ConfigError(

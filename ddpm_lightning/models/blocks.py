@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# γ's position in the sinusoidal features: γ in [0, 10] spans what timesteps 0 … 1000 do.
+GUIDANCE_POSITIONS = 100.0
+
 
 def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
     """3×3 convolution, stride 1, padding 1: keeps the spatial size."""
@@ -26,12 +29,16 @@ def upsample(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
-    """(num_positions, dim) table: [sin(t·ω_i), cos(t·ω_i)], ω_i = 10000^(−i/(dim/2 − 1))."""
+def sinusoidal_frequencies(dim: int) -> Tensor:
+    """(dim/2,) float64 frequencies ω_i = 10000^(−i/(dim/2 − 1)) of the sinusoidal features."""
     half = dim // 2
     exponents = torch.arange(half, dtype=torch.float64) / (half - 1)
-    frequencies = torch.exp(-math.log(10000.0) * exponents)
-    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * frequencies[None, :]
+    return torch.exp(-math.log(10000.0) * exponents)
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
+    """(num_positions, dim) table: [sin(t·ω_i), cos(t·ω_i)], ω_i = 10000^(−i/(dim/2 − 1))."""
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * sinusoidal_frequencies(dim)
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
@@ -61,6 +68,30 @@ class TimeEmbedding(nn.Sequential):
             nn.GELU(),
             nn.Linear(dim, dim),
         )
+
+
+class GuidanceEmbedding(nn.Module):
+    """γ (B,) → (B, dim): sinusoidal features [sin(p·ω_i), cos(p·ω_i)] of p = GUIDANCE_POSITIONS · γ
+    → Linear + GELU → Linear, the last layer zero at start, so that a network gaining it keeps
+    its outputs (distilled guidance, Meng et al. 2023: the student takes γ as input)."""
+
+    frequencies: Tensor
+
+    def __init__(self, dim: int):
+        super().__init__()
+        frequencies = sinusoidal_frequencies(dim).float()
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.hidden = nn.Linear(dim, dim)
+        self.activation = nn.GELU()
+        self.output = nn.Linear(dim, dim)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, guidance: Tensor) -> Tensor:
+        """guidance: (B,) float γ → (B, dim)."""
+        angles = (GUIDANCE_POSITIONS * guidance.float())[:, None] * self.frequencies.float()
+        features = torch.cat([angles.sin(), angles.cos()], dim=1)
+        return self.output(self.activation(self.hidden(features.to(self.hidden.weight.dtype))))
 
 
 class ConvEmbed(nn.Module):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models.blocks import (
     BLOCK_LAYERS,
+    GuidanceEmbedding,
     MultiheadAttention,
     TimeEmbedding,
     conv3x3,
@@ -36,7 +37,8 @@ def level_keys(prefix: str, level: int, num_blocks: int) -> list[str]:
 
 
 class UNet(ImageInput, nn.Module):
-    """Noise-prediction UNet: x (B, C, H, W), t (B,), y (B,) or None → (B, C, H, W).
+    """Noise-prediction UNet: x (B, C, H, W), t (B,), y (B,) or None and, with
+    `guidance_embedding`, γ (B,) or None (1) → (B, C, H, W).
 
     Levels i = 1..L (L = len(channel_multipliers)) each hold `num_blocks_per_level` blocks
     down and up; only the last down block feeds the skip, concatenated on channels before
@@ -46,6 +48,7 @@ class UNet(ImageInput, nn.Module):
     """
 
     name = "unet"
+    takes_guidance = False
 
     @checked("model")
     def __init__(
@@ -68,10 +71,13 @@ class UNet(ImageInput, nn.Module):
         num_attention_heads: Annotated[int, Range(ge=1)] = 4,
         # Class-conditional: one learned label embedding per class plus the null label.
         num_classes: NumClasses | None = None,
+        # Distilled guidance: γ is an input, embedded beside the label (distill.guidance sets it).
+        guidance_embedding: bool = False,
     ):
         super().__init__()
         channel_multipliers = tuple(int(m) for m in channel_multipliers)
         check_unet_config(model_channels, channel_multipliers, block_groups, num_attention_heads)
+        check_guidance_embedding(guidance_embedding, num_classes)
         self.num_levels = len(channel_multipliers)
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -84,6 +90,9 @@ class UNet(ImageInput, nn.Module):
         self.time_embedding = TimeEmbedding(num_timesteps, emb_dim)
         if num_classes is not None:
             self.label_embedding = nn.Embedding(num_classes + 1, emb_dim)
+        if guidance_embedding:
+            self.takes_guidance = True
+            self.guidance_embedding = GuidanceEmbedding(emb_dim)
         self.init = conv3x3(in_channels, model_channels)
         self.down_keys: list[list[str]] = []
         self.up_keys: list[list[str]] = []
@@ -109,19 +118,28 @@ class UNet(ImageInput, nn.Module):
                 self.add_module(f"upsample_{level}", upsample(c_out, c_in))
         self.final = conv3x3(model_channels, in_channels)
 
-    def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
-        """Time embedding (B, 4d), plus the label embedding for conditional models."""
+    def embed(self, t: Tensor, y: Tensor | None, guidance: Tensor | None = None) -> Tensor:
+        """Time embedding (B, 4d), plus the label embedding for conditional models and, with
+        `guidance_embedding`, γ's (γ = 1, plain conditional, where `guidance` is None)."""
         emb = self.time_embedding(t)
         if self.num_classes is None:
             return emb
         if y is None:
             y = torch.full_like(t, self.num_classes)
-        return emb + self.label_embedding(y)
+        emb = emb + self.label_embedding(y)
+        if not self.takes_guidance:
+            return emb
+        if guidance is None:
+            guidance = torch.ones(t.shape, device=t.device)
+        return emb + self.guidance_embedding(guidance)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, C, H, W), t: (B,) int in [0, T), y: (B,) labels or None → (B, C, H, W)."""
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, guidance: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, C, H, W), t: (B,) int in [0, T), y: (B,) labels or None, guidance: (B,)
+        float γ or None (read only with `guidance_embedding`) → (B, C, H, W)."""
         self.check_image_size(x.shape[-2], x.shape[-1])
-        emb = self.embed(t, y)
+        emb = self.embed(t, y, guidance)
         h = self.init(x)
         skips = []
         for level, keys in enumerate(self.down_keys, start=1):
@@ -139,6 +157,16 @@ class UNet(ImageInput, nn.Module):
             if level > 1:
                 h = getattr(self, f"upsample_{level}")(h)
         return self.final(h)
+
+
+def check_guidance_embedding(guidance_embedding: bool, num_classes: int | None) -> None:
+    """A ConfigError unless a network taking γ is conditional: γ mixes its conditional and
+    unconditional outputs."""
+    if guidance_embedding and num_classes is None:
+        raise ConfigError(
+            "model.guidance_embedding=true needs a conditional model: set model.num_classes "
+            "(model=unet_cond) or drop model.guidance_embedding"
+        )
 
 
 def check_unet_config(

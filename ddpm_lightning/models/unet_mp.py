@@ -27,6 +27,7 @@ from ddpm_lightning.models.mp_layers import (
     normalize,
     resample,
 )
+from ddpm_lightning.models.unet import check_guidance_embedding
 from ddpm_lightning.settings import InChannels, NumClasses, NumTimesteps, Range, checked
 
 # EDM2's balances: the residual branch's share in a block's MP-sum, the attention's, the
@@ -94,18 +95,20 @@ class MPBlock(nn.Module):
 
 
 class UNetMP(ImageInput, nn.Module):
-    """Magnitude-preserving noise-prediction UNet: x (B, C, H, W), t (B,), y (B,) or None →
-    (B, C, H, W), the same call as `UNet`.
+    """Magnitude-preserving noise-prediction UNet: x (B, C, H, W), t (B,), y (B,) or None and,
+    with `guidance_embedding`, γ (B,) or None (1) → (B, C, H, W), the same call as `UNet`.
 
     Levels i = 1..L at widths d × multiplier: the encoder has a 3×3 conv (level 1) or a
     down-sampling block, then `num_blocks_per_level` blocks; the decoder has two middle blocks
     (the first with self-attention) or an up-sampling block, then one block more than the
     encoder, each after an MP-cat with the matching encoder output. Noise level: Fourier
     features of t scaled to (−1, 1); labels: one-hot over the classes and the null label. The
-    output gain starts at 0 (EDM2), so the untrained network predicts 0.
+    output gain starts at 0 (EDM2), so the untrained network predicts 0; so does the gain of
+    γ's Fourier features, so that a network gaining them keeps its outputs.
     """
 
     name = "unet_mp"
+    takes_guidance = False
 
     @checked("model")
     def __init__(
@@ -124,8 +127,11 @@ class UNetMP(ImageInput, nn.Module):
         num_attention_heads: Annotated[int, Range(ge=1)] = 4,
         # Class-conditional: one label embedding per class plus the null label.
         num_classes: NumClasses | None = None,
+        # Distilled guidance: γ is an input, embedded beside the label (distill.guidance sets it).
+        guidance_embedding: bool = False,
     ):
         super().__init__()
+        check_guidance_embedding(guidance_embedding, num_classes)
         widths = [model_channels * int(m) for m in channel_multipliers]
         if widths[-1] % num_attention_heads:
             raise ConfigError(
@@ -145,6 +151,11 @@ class UNetMP(ImageInput, nn.Module):
         self.emb_noise = MPConv(model_channels, emb)
         if num_classes is not None:
             self.emb_label = MPConv(num_classes + 1, emb)
+        if guidance_embedding:
+            self.takes_guidance = True
+            self.emb_guidance_fourier = MPFourier(model_channels)
+            self.emb_guidance = MPConv(model_channels, emb)
+            self.emb_guidance_gain = nn.Parameter(torch.zeros([]))
         self.enc = nn.ModuleDict()
         self.dec = nn.ModuleDict()
         skips = self.build_encoder(widths, emb, num_blocks_per_level)
@@ -180,8 +191,9 @@ class UNetMP(ImageInput, nn.Module):
                 self.dec[f"level{level}_block{i}"] = MPBlock(c_out + skips.pop(), width, emb, "dec")
                 c_out = width
 
-    def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
-        """(B, E) embedding: MP-SiLU of the noise features, MP-summed with the label's."""
+    def embed(self, t: Tensor, y: Tensor | None, guidance: Tensor | None = None) -> Tensor:
+        """(B, E) embedding: MP-SiLU of the noise features, MP-summed with the label's, plus
+        with `guidance_embedding` γ's features times their gain (γ = 1 where None)."""
         noise_level = (2 * t.float() + 1) / self.num_timesteps - 1
         emb = self.emb_noise(self.emb_fourier(noise_level))
         if self.num_classes is not None:
@@ -190,12 +202,20 @@ class UNetMP(ImageInput, nn.Module):
             one_hot = F.one_hot(y.long(), self.num_classes + 1).to(emb.dtype)
             label = self.emb_label(one_hot * math.sqrt(self.num_classes + 1))
             emb = mp_sum(emb, label, LABEL_BALANCE)
+        if self.takes_guidance:
+            if guidance is None:
+                guidance = torch.ones(t.shape, device=t.device)
+            features = self.emb_guidance_fourier(guidance.float())
+            emb = emb + self.emb_guidance(features, gain=self.emb_guidance_gain)
         return mp_silu(emb)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, C, H, W), t: (B,) int in [0, T), y: (B,) labels or None → (B, C, H, W)."""
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, guidance: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, C, H, W), t: (B,) int in [0, T), y: (B,) labels or None, guidance: (B,)
+        float γ or None (read only with `guidance_embedding`) → (B, C, H, W)."""
         self.check_image_size(x.shape[-2], x.shape[-1])
-        emb = self.embed(t, y).to(x.dtype)
+        emb = self.embed(t, y, guidance).to(x.dtype)
         h = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         skips = []
         for name, block in self.enc.items():

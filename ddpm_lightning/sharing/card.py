@@ -173,6 +173,7 @@ def time_section(config: dict[str, Any]) -> str:
     training = config.get("training") or {}
     steps = config.get("global_step")
     facts = [
+        ("Distillation", training.get("distillation")),
         ("Device", training.get("device")),
         ("Training time", training.get("time")),
         ("Optimizer steps", f"{steps:,}" if is_count(steps) else None),
@@ -222,6 +223,24 @@ def evaluation_section(config: dict[str, Any], name: str | None) -> str:
         "FLD is the Fréchet distance between LeNet-5 features of generated images and of the "
         f"test set, with {scoring_lenet(evaluation)} (lower is better). It compares only "
         "with FLDs from the same LeNet and number of samples; fewer samples give higher values.\n"
+    )
+
+
+def calls_section(config: dict[str, Any]) -> str:
+    """The FLD at each recorded number of network calls per sample (`export calls=`)."""
+    points = config.get("evaluation_by_calls")
+    if not points:
+        return ""
+    rows = "".join(
+        f"| {int(point['network_evaluations'])} | {float(point['fld']):.2f} | "
+        f"{int(point['num_samples']):,} |\n"
+        for point in points
+    )
+    return (
+        "## FLD by network calls\n\n"
+        "| network calls per sample | FLD | samples |\n|---|---|---|\n"
+        f"{rows}\nEach row is an evaluate run of this folder's weights with that many network "
+        "calls per sample, scored as in the table above.\n"
     )
 
 
@@ -410,6 +429,7 @@ def model_card(config: dict[str, Any], name: str, num_samples: int) -> str:
         recipe_section(config),
         time_section(config),
         evaluation_section(config, name),
+        calls_section(config),
         use_section(config),
         load_section(config, name),
     ]

@@ -71,6 +71,7 @@ class DDPMLightningUNet(ModelMixin, ConfigMixin):  # type: ignore[misc]  # as UN
         block_groups: int = 8,
         num_attention_heads: int = 4,
         num_classes: int | None = None,
+        guidance_embedding: bool = False,
     ):
         super().__init__()
         self.network = UNet(
@@ -83,6 +84,7 @@ class DDPMLightningUNet(ModelMixin, ConfigMixin):  # type: ignore[misc]  # as UN
             block_groups=block_groups,
             num_attention_heads=num_attention_heads,
             num_classes=num_classes,
+            guidance_embedding=guidance_embedding,
         )
 
     @property

@@ -17,6 +17,7 @@ from torch import nn
 
 from ddpm_lightning.components import component_settings
 from ddpm_lightning.diffusion.diffusers_bridge import schedule_options
+from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.errors import ConfigError, import_optional
 from ddpm_lightning.models import DiffusersUNet, UNet
 from ddpm_lightning.sharing.card import pipeline_card
@@ -66,6 +67,12 @@ def pipeline_unet(module: DiffusionModule) -> nn.Module:
         raise ConfigError(
             f"format=diffusers exports models trained with {EXPORTED_MODELS}, not model={name}; "
             "use format=folder or format=onnx"
+        )
+    if takes_guidance(module.model):
+        raise ConfigError(
+            "format=diffusers cannot export a student of distilled guidance "
+            "(model.guidance_embedding=true): diffusers' pipeline has no γ input; use "
+            "format=folder or format=onnx"
         )
     settings = unet_arguments(component_settings("model", module.hparams["model"]))
     _, height, width = module.data_shape

@@ -7,6 +7,7 @@ exporting machine (`sharing.portable`)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Callable
@@ -82,7 +83,7 @@ def folder_source(folder: Path) -> Source:
     config = read_config(folder)
     state_dict = read_weights(folder, config["sha256"])
     build_module(config, state_dict, folder)
-    kept = ("ema", "global_step", "training", "evaluation")
+    kept = ("ema", "global_step", "training", "evaluation", "evaluation_by_calls")
     record: dict[str, Any] = {key: config[key] for key in kept if key in config}
     return {key: config[key] for key in MODULE_KEYS if key in config}, state_dict, record
 
@@ -137,7 +138,10 @@ RECORD_CHECKS: dict[str, Check] = {
     "device": (lambda value: isinstance(value, str), "text"),
     "metrics": (lambda value: isinstance(value, dict), "a metrics.json's entries"),
     "evaluate_overrides": (is_overrides, "a list of overrides"),
+    "distillation": (lambda value: isinstance(value, str), "text"),
 }
+# The columns of a `summarize` table that the card's FLD-by-network-calls table reads.
+CALLS_COLUMNS = ("network_evaluations", "fld", "num_samples")
 
 
 def check_entries(values: dict[str, Any], checks: dict[str, Check], what: str) -> None:
@@ -157,11 +161,36 @@ def evaluation_record(metrics: dict[str, Any], overrides: list[str] | None) -> d
     return {**reported, "overrides": overrides}
 
 
-def run_record(record_path: Path | None, metrics_path: Path | None) -> dict[str, Any]:
-    """The `record=` JSON (keys train_overrides, training_time, device, global_step, ema,
-    metrics, evaluate_overrides; all optional) and the `metrics=` metrics.json as the
-    config's `ema`, `global_step`, `training` and `evaluation` entries; an entry of the wrong
-    kind is one line naming the file and the key."""
+def calls_record(table: Path) -> list[dict[str, float]]:
+    """The `calls=` table, a `summarize` summary.csv of evaluate runs at several network-call
+    counts, as [{network_evaluations, fld, num_samples}] by call count; one line naming the
+    file when it lacks a column or a finished row."""
+    try:
+        with Path(table).open(newline="") as file:
+            rows = list(csv.DictReader(file))
+    except OSError as exc:
+        raise DataError(f"calls={table} is not a readable CSV file ({exc})") from None
+    missing = [key for key in CALLS_COLUMNS if not rows or key not in rows[0]]
+    if missing:
+        raise DataError(
+            f"calls={table} has no {missing[0]} column: pass the summary.csv that "
+            "`python -m ddpm_lightning.tools.summarize` writes for an evaluate sweep"
+        )
+    finished = [row for row in rows if row.get("status", "ok") == "ok" and row["fld"]]
+    if not finished:
+        raise DataError(f"calls={table} has no finished evaluate run with an fld")
+    points = [{key: float(row[key]) for key in CALLS_COLUMNS} for row in finished]
+    return sorted(points, key=lambda point: point["network_evaluations"])
+
+
+def run_record(
+    record_path: Path | None, metrics_path: Path | None, calls_path: Path | None = None
+) -> dict[str, Any]:
+    """The `record=` JSON (keys train_overrides, training_time, device, distillation,
+    global_step, ema, metrics, evaluate_overrides; all optional), the `metrics=` metrics.json
+    and the `calls=` table as the config's `ema`, `global_step`, `training`, `evaluation` and
+    `evaluation_by_calls` entries; an entry of the wrong kind is one line naming the file and
+    the key."""
     found: dict[str, Any] = {}
     if record_path is not None:
         record = read_json(record_path, "record")
@@ -172,6 +201,7 @@ def run_record(record_path: Path | None, metrics_path: Path | None) -> dict[str,
             "overrides": record.get("train_overrides"),
             "time": record.get("training_time"),
             "device": record.get("device"),
+            "distillation": record.get("distillation"),
         }
         found["training"] = {key: value for key, value in training.items() if value is not None}
         if "metrics" in record:
@@ -184,6 +214,8 @@ def run_record(record_path: Path | None, metrics_path: Path | None) -> dict[str,
         found["evaluation"] = evaluation_record(
             metrics, run_overrides(Path(metrics_path).resolve().parent)
         )
+    if calls_path is not None:
+        found["evaluation_by_calls"] = calls_record(calls_path)
     return found
 
 

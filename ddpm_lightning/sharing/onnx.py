@@ -1,10 +1,11 @@
 """A trained denoiser for runtimes without PyTorch (onnxruntime, onnxruntime-web in a browser).
 
-`model.onnx`: the network with inputs x (B, C, H, W) float32, t (B,) int64 and, for
-conditional models, y (B,) int64 (the null label `num_classes` gives the unconditional
-prediction), output (B, C, H, W), the batch size B dynamic. `model.json`: what a sampler needs
-beside it: the schedule's tables (float32 values, as the Python samplers read them), the
-objective, T, the data shape, the class names and the recommended sampler.
+`model.onnx`: the network with inputs x (B, C, H, W) float32, t (B,) int64, for
+conditional models y (B,) int64 (the null label `num_classes` gives the unconditional
+prediction) and for a student of distilled guidance guidance (B,) float32 (γ; 1: plain
+conditional), output (B, C, H, W), the batch size B dynamic. `model.json`: what a sampler needs
+beside it: the input names, the schedule's tables (float32 values, as the Python samplers read
+them), the objective, T, the data shape, the class names and the recommended sampler.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ddpm_lightning import __version__
 from ddpm_lightning.components import build
 from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
@@ -31,7 +33,7 @@ ONNX_NAME = "model.onnx"
 RECORD_NAME = "model.json"
 ONNX_FILES = (ONNX_NAME, RECORD_NAME)
 OPSET = 20
-INPUT_NAMES = ("x", "t", "y")
+INPUT_NAMES = ("x", "t", "y", "guidance")
 OUTPUT_NAME = "output"
 # The packages torch.onnx.export(dynamo=True) needs: the `onnx` extra.
 EXTRA_MODULES = ("onnx", "onnxscript")
@@ -61,10 +63,18 @@ def require_onnx_extra(option: str) -> None:
             ) from None
 
 
+def input_count(module: DiffusionModule) -> int:
+    """How many of INPUT_NAMES the network takes: x, t, then y (conditional), then guidance
+    (distilled guidance)."""
+    return 2 + (module.num_classes is not None) + takes_guidance(module.model)
+
+
 def write_network(module: DiffusionModule, path: Path) -> None:
     """`module.model` as one ONNX file (opset 20) at `path`, batch size dynamic."""
     x, t, y = module.example_input()
     args = (x.repeat(2, 1, 1, 1), t.repeat(2)) + (() if y is None else (y.repeat(2),))
+    if takes_guidance(module.model):
+        args += (torch.ones(2),)
     batch = torch.export.Dim("batch")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -116,7 +126,6 @@ def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, A
     """model.json: the ONNX network's inputs and everything a sampler needs beside it."""
     schedule = module.diffusion.schedule
     dataset = module.hparams.get("dataset")
-    num_inputs = 2 if module.num_classes is None else 3
     return {
         "library_name": "ddpm_lightning",
         "ddpm_lightning_version": __version__,
@@ -128,7 +137,7 @@ def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, A
         "class_names": class_names(
             dataset, module.num_classes, module.hparams.get("dataset_record")
         ),
-        "inputs": list(INPUT_NAMES[:num_inputs]),
+        "inputs": list(INPUT_NAMES[: input_count(module)]),
         "output": OUTPUT_NAME,
         "opset": OPSET,
         "sampler": recommended_sampler(module, sampler),

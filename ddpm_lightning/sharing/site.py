@@ -18,6 +18,7 @@ from ddpm_lightning.evaluation.fld import ASSETS_DIR
 from ddpm_lightning.sharing.folder import load_folder
 from ddpm_lightning.sharing.onnx import write_onnx
 from ddpm_lightning.sharing.pretrained import model_folder, shipped
+from ddpm_lightning.sharing.recommended import recommended_sampler
 from ddpm_lightning.training.outputs import replacing
 
 PAGE_DIR = ASSETS_DIR / "demo"
@@ -58,11 +59,16 @@ def announce(stage: str) -> None:
     print(stage, flush=True)
 
 
-def add_model(site: Path, pretrained: str, sampler: dict[str, Any]) -> dict[str, str]:
-    """Export one model (anything `pretrained=` takes) into `site/models/<id>/`; its entry of
-    models.json."""
+def add_model(
+    site: Path, pretrained: str, sampler: dict[str, Any], recommended: bool = False
+) -> dict[str, str]:
+    """Export one model (anything `pretrained=` takes) into `site/models/<id>/`, `sampler` as
+    its starting settings, or with `recommended` the folder's own recommended sampler where it
+    has one; its entry of models.json."""
     identifier = model_id(pretrained)
     module = load_folder(model_folder(pretrained))
+    if recommended:
+        sampler = recommended_sampler(pretrained) or sampler
     write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
     return {
         "id": identifier,
@@ -77,12 +83,17 @@ def add_model(site: Path, pretrained: str, sampler: dict[str, Any]) -> dict[str,
 
 
 def build_site(
-    site: Path, models: list[str], sampler: dict[str, Any], runtime: dict[str, Path]
+    site: Path,
+    models: list[str],
+    sampler: dict[str, Any],
+    runtime: dict[str, Path],
+    recommended: bool = False,
 ) -> list[dict[str, str]]:
     """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim or ddpm
-    sampler config) as its starting settings, and the `runtime` files (onnxruntime-web's, by
-    name), announcing each stage; the new site replaces the old one whole (`replacing`). The
-    entries of models.json."""
+    sampler config; with `recommended`, each folder's own recommended sampler where it has
+    one) as its starting settings, and the `runtime` files (onnxruntime-web's, by name),
+    announcing each stage; the new site replaces the old one whole (`replacing`). The entries
+    of models.json."""
     identifiers = [model_id(name) for name in models]
     repeated = sorted({i for i in identifiers if identifiers.count(i) > 1})
     if repeated:
@@ -91,7 +102,7 @@ def build_site(
         entries = []
         for number, name in enumerate(models, start=1):
             announce(f"[{number}/{len(models)}] exporting {name} to ONNX")
-            entries.append(add_model(folder, name, sampler))
+            entries.append(add_model(folder, name, sampler, recommended))
         announce(f"copying onnxruntime-web into {RUNTIME_DIR}/")
         (folder / RUNTIME_DIR).mkdir()
         for name, path in runtime.items():

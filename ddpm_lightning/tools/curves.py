@@ -1,10 +1,13 @@
 """`python -m ddpm_lightning.tools.curves`: a metric (default `val/fld`) against training time for
-several runs on one plot, to compare recipes by how fast they reach good samples.
+several runs on one plot, to compare recipes by how fast they reach good samples; or, with
+`--x COLUMN`, against another column of the same CSVs (e.g. `network_evaluations` of a
+`summarize` table, to compare samplers and distilled students by network calls).
 
 Each run is `--run LABEL PATH SECONDS_PER_STEP`: PATH is a run folder (its `csv/metrics.csv`)
 or a metrics CSV with `step` and metric columns; training time is step × SECONDS_PER_STEP, the
 per-step time that `python -m ddpm_lightning.tools.bench --batch-size B` measures for that run's
 model and batch size, so runs that shared a busy CPU still compare on the idle machine's clock.
+With `--x COLUMN` a run is `--run LABEL PATH`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ DEFAULT_OUT = "fld_vs_time.png"
 
 @dataclass
 class Curve:
-    """One run's metric values at training times in hours."""
+    """One run's metric values at training times in hours (or at the values of `--x`)."""
 
     label: str
     hours: list[float]
@@ -55,8 +58,34 @@ def read_curve(label: str, path: Path, seconds_per_step: float, metric: str) -> 
     return Curve(label, hours, values)
 
 
-def plot(curves: Sequence[Curve], metric: str, out: Path, title: str, log_y: bool) -> Path:
-    """Draw every curve against training time (hours) into `out` (PNG)."""
+def read_column_curve(label: str, path: Path, column: str, metric: str) -> Curve:
+    """The rows of `path` with both `column` and `metric`, as (column, value), sorted by the
+    column."""
+    with metrics_file(path).open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    if rows and column not in rows[0]:
+        raise ConfigError(f"--run {label}: {path} has no column {column} (--x)")
+    points = sorted(
+        (float(row[column]), float(row[metric]))
+        for row in rows
+        if row.get(column) and row.get(metric)
+    )
+    if not points:
+        raise ConfigError(f"--run {label}: {path} has no rows with both {column} and {metric}")
+    return Curve(label, [x for x, _ in points], [value for _, value in points])
+
+
+def plot(
+    curves: Sequence[Curve],
+    metric: str,
+    out: Path,
+    title: str,
+    log_y: bool,
+    x_label: str = "training time on the idle 2-core CPU (hours)",
+    log_x: bool = False,
+) -> Path:
+    """Draw every curve against training time (hours), or the `x_label` column, into `out`
+    (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,10 +94,12 @@ def plot(curves: Sequence[Curve], metric: str, out: Path, title: str, log_y: boo
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     for curve in curves:
         axes.plot(curve.hours, curve.values, marker="o", markersize=3, label=curve.label)
-    axes.set_xlabel("training time on the idle 2-core CPU (hours)")
+    axes.set_xlabel(x_label)
     axes.set_ylabel(metric)
     if log_y:
         axes.set_yscale("log")
+    if log_x:
+        axes.set_xscale("log")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
@@ -85,15 +116,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--run",
-        nargs=3,
+        nargs="+",
         action="append",
         required=True,
-        metavar=("LABEL", "PATH", "SECONDS_PER_STEP"),
-        help="a run folder or metrics CSV, its label and its per-step time (repeat)",
+        metavar="LABEL PATH [SECONDS_PER_STEP]",
+        help="a label, a run folder or metrics CSV, and its per-step time (not with --x); repeat",
     )
     parser.add_argument("--metric", default="val/fld")
+    parser.add_argument("--x", help="a CSV column for the horizontal axis instead of time")
+    parser.add_argument("--log-x", action="store_true", help="logarithmic horizontal axis")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="a .png or a folder")
-    parser.add_argument("--title", default="FLD against training time")
+    parser.add_argument("--title", help="default: METRIC against training time (or --x)")
     parser.add_argument("--log-y", action="store_true", help="logarithmic metric axis")
     return parser.parse_args(argv)
 
@@ -120,11 +153,25 @@ def picture_path(out: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     out = picture_path(args.out)
-    curves = [
-        read_curve(label, Path(path), seconds(label, text), args.metric)
-        for label, path, text in args.run
-    ]
-    print(f"wrote {plot(curves, args.metric, out, args.title, args.log_y)}")
+    title = args.title or f"{args.metric} against {args.x or 'training time'}"
+    expected = 2 if args.x else 3
+    for run in args.run:
+        if len(run) != expected:
+            form = "LABEL PATH" if args.x else "LABEL PATH SECONDS_PER_STEP"
+            with_x = " with --x" if args.x else ""
+            raise ConfigError(f"--run {' '.join(run)}: give {form}{with_x}")
+    if args.x:
+        curves = [
+            read_column_curve(label, Path(path), args.x, args.metric) for label, path in args.run
+        ]
+        picture = plot(curves, args.metric, out, title, args.log_y, args.x, args.log_x)
+    else:
+        curves = [
+            read_curve(label, Path(path), seconds(label, text), args.metric)
+            for label, path, text in args.run
+        ]
+        picture = plot(curves, args.metric, out, title, args.log_y, log_x=args.log_x)
+    print(f"wrote {picture}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ time budget) in `rounds.dir/round_064_to_032/`, …, whose teacher is the previo
 `checkpoints/last.ckpt` and whose sample-grid and FLD samplers take the round's student steps.
 `rounds.dir/rounds.json` records each round's teacher, steps, checkpoint and wall time. Rerun
 the same command to resume: finished rounds are skipped, an interrupted one resumes from its
-`checkpoints/last.ckpt`. The other `key=value` arguments go to every round's train command.
+`checkpoints/last.ckpt`. The other `key=value` arguments go to every round's train command:
+with `distill.guidance`, every round distils guidance, its student taking γ as its teacher does.
 """
 
 from __future__ import annotations
@@ -158,12 +159,22 @@ def distill_config(train: list[str]) -> DictConfig:
     return cfg
 
 
+def chain_guidance(cfg: DictConfig) -> list[float] | None:
+    """The chain's `distill.guidance` [γ_min, γ_max] (every round's), None when unguided."""
+    guidance = cfg.distill.get("guidance")
+    return None if guidance is None else [float(value) for value in guidance]
+
+
 def chain_folder(settings: dict[str, Any], cfg: DictConfig) -> Path:
-    """`rounds.dir`, or <paths.log_dir>/distill_rounds/<teacher>_<teacher_steps>."""
+    """`rounds.dir`, or <paths.log_dir>/distill_rounds/<teacher>_<teacher_steps>, with
+    `_guidance_<γ_min>-<γ_max>` for a chain of distilled guidance."""
     if settings["dir"] is not None:
         return Path(settings["dir"]).resolve()
     teacher = re.sub(r"[^\w.-]+", "_", str(cfg.distill.teacher)).strip("_")[-80:]
     name = f"{teacher}_{cfg.distill.teacher_steps}"
+    guidance = chain_guidance(cfg)
+    if guidance is not None:
+        name += "_guidance_" + "-".join(f"{value:g}" for value in guidance)
     return (Path(cfg.paths.log_dir) / "distill_rounds" / name).resolve()
 
 
@@ -210,11 +221,15 @@ def round_overrides(
     ]
 
 
-def read_record(path: Path, teacher: str, teacher_steps: int) -> dict[str, Any]:
-    """rounds.json of the chain from `teacher` at `teacher_steps` (empty when new); one line
-    when it records another chain or does not read."""
+def read_record(
+    path: Path, teacher: str, teacher_steps: int, guidance: list[float] | None = None
+) -> dict[str, Any]:
+    """rounds.json of the chain from `teacher` at `teacher_steps`, with `guidance` when the
+    chain distils it (empty when new); one line when it records another chain or does not
+    read."""
     if not path.is_file():
-        return {"teacher": teacher, "teacher_steps": teacher_steps, "rounds": []}
+        chain = {"teacher": teacher, "teacher_steps": teacher_steps, "rounds": []}
+        return chain if guidance is None else {**chain, "guidance": guidance}
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -224,6 +239,11 @@ def read_record(path: Path, teacher: str, teacher_steps: int) -> dict[str, Any]:
             f"{path} records rounds from distill.teacher={record.get('teacher')} "
             f"distill.teacher_steps={record.get('teacher_steps')}; set rounds.dir to another "
             "folder for this teacher"
+        )
+    if record.get("guidance") != guidance:
+        raise ConfigError(
+            f"{path} records rounds of distill.guidance={record.get('guidance')}, not "
+            f"{guidance}; set rounds.dir to another folder for this chain"
         )
     return record
 
@@ -317,7 +337,7 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
     limits = budget(settings, train)
     chain = chain_folder(settings, cfg)
     chain.mkdir(parents=True, exist_ok=True)
-    record = read_record(chain / RECORD, teacher, teacher_steps)
+    record = read_record(chain / RECORD, teacher, teacher_steps, chain_guidance(cfg))
     say(f"rounds folder: {chain} ({len(rounds)} rounds, {teacher_steps} → {rounds[-1][1]} steps)")
     for number, steps in enumerate(rounds, 1):
         folder = chain / round_folder(*steps)

@@ -94,13 +94,17 @@ def module_arguments(
     """The DiffusionModule arguments of `cfg`, every sub-config as a plain, resolved dict; the
     network's channels (and a diffusers UNet's image side) follow `data_shape`
     (`fitted_to_data`), and the data's record is kept when the registry does not know it (a
-    folder, a Hub dataset)."""
+    folder, a Hub dataset). The student of a round of distilled guidance (`distill.guidance`)
+    takes γ: model.guidance_embedding is on, as ProgressiveDistillation builds it."""
 
     def plain(node: Any) -> Any:
         return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
+    model = fitted_to_data(plain(cfg.model), data_shape)
+    if OmegaConf.select(cfg, "distill.guidance") is not None:
+        model["guidance_embedding"] = True
     return {
-        "model": fitted_to_data(plain(cfg.model), data_shape),
+        "model": model,
         "schedule": plain(cfg.schedule),
         "diffusion": plain(cfg.get("diffusion")),
         "optimizer": plain(cfg.optimizer),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_lightning.components.registry import REGISTRY
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.checkpoints import read_checkpoint
 
@@ -173,9 +175,21 @@ def differing_keys(
     )
 
 
+def with_model_defaults(model: object) -> object:
+    """Model settings with those left out at their network's defaults, so that a checkpoint
+    written before a setting existed (model.guidance_embedding) matches."""
+    if not isinstance(model, dict) or model.get("name") not in REGISTRY["model"]:
+        return model
+    parameters = inspect.signature(REGISTRY["model"][model["name"]]).parameters.items()
+    defaults = {key: p.default for key, p in parameters if p.default is not inspect.Parameter.empty}
+    return {**defaults, **model}
+
+
 def config_differences(saved: dict, hparams: dict) -> list[str]:
     """The model, schedule, objective and data-shape keys differing between a checkpoint's
     hyperparameters and `hparams`, training-only settings (`TRAINING_ONLY`) aside."""
+    saved = {**saved, "model": with_model_defaults(saved.get("model"))}
+    hparams = {**hparams, "model": with_model_defaults(hparams.get("model"))}
     return [
         difference
         for group in ("model", "schedule", "diffusion", "data_shape", "dataset")

@@ -4,8 +4,9 @@
 //
 // The sampler is a port of ddpm_lightning/diffusion/samplers.py (timestep_sequence,
 // Sampler.predict, Sampler.guidance_scale_at, DDIMSampler.step, DDPMSampler.step) and guidance.py
-// (guided_output), the edits of ddpm_lightning/editing (masks.py, inpaint.py, sdedit.py, the
-// draws of sampling.py); for the same starting noise (and per-step noise) they give the Python
+// (guided_output, one call with γ for a student of distilled guidance), the edits of
+// ddpm_lightning/editing (masks.py, inpaint.py, sdedit.py, the draws of sampling.py); for the
+// same starting noise (and per-step noise) they give the Python
 // images, checked by tests/test_demo.py (in Node, with a closed-form denoiser) and
 // tests/test_demo_browser.py and tests/test_demo_edit_browser.py (in Chromium, with the ONNX
 // models). This one file is the page's script, the worker's script (the
@@ -205,11 +206,21 @@ export function ddpmStep(record, t, variance, x, x0, noise) {
 
 // ---- The reverse process ------------------------------------------------------------------
 
+/** Whether the record's network takes γ as an input (model.json's inputs name `guidance`): a
+ * student of distilled guidance (guidance.py's takes_guidance). */
+export function takesGuidance(record) {
+  return (record.inputs ?? []).includes('guidance');
+}
+
 /** The guided output for x (n samples) at t: ε_u + γ(ε_c − ε_u) from one doubled batch with
- * the null label; γ = 1 (or null, or no labels) takes only the conditional pass. */
+ * the null label, or one call with γ for a network that takes it; γ = 1 (or null, or no
+ * labels) takes only the conditional pass. */
 async function guidedOutput(record, denoise, x, t, labels, gamma, n) {
   if (labels === null || gamma === null || gamma === 1) {
     return denoise(x, new Array(n).fill(t), labels, n);
+  }
+  if (takesGuidance(record)) {
+    return denoise(x, new Array(n).fill(t), labels, n, new Array(n).fill(gamma));
   }
   const doubled = new Float32Array(2 * x.length);
   doubled.set(x);
@@ -272,9 +283,10 @@ function clipped(x) {
 
 /**
  * Samples in [-1, 1] from `noise` (x_T of n samples, flat Float32Array), as Sampler.sample.
- * denoise(x, t[], y[] | null, batch) → Float32Array: the network; settings: name (ddim or
- * ddpm), num_steps, eta, spacing, variance, clip_x0, guidance_scale, guidance_interval ([low,
- * high] or null); labels: n classes or null;
+ * denoise(x, t[], y[] | null, batch, γ[] | undefined) → Float32Array: the network (γ only
+ * for one that takes it, `takesGuidance`); settings: name (ddim or ddpm), num_steps, eta,
+ * spacing, variance, clip_x0, guidance_scale, guidance_interval ([low, high] or null); labels:
+ * n classes or null;
  * normal(size) → Float32Array of standard normal draws (the per-step noise);
  * onStep(i, total, t, x_t, x̂₀) after each step's prediction.
  */
@@ -507,7 +519,7 @@ function workerMain() {
       const ort = await runtime;
       const network = await load(ort, `${path}/model.onnx`);
       const [channels, height, width] = imageShape(record);
-      const denoise = async (x, t, y, batch) => {
+      const denoise = async (x, t, y, batch, guidance = null) => {
         const feeds = {
           x: new ort.Tensor('float32', x, [batch, channels, height, width]),
           t: new ort.Tensor('int64', BigInt64Array.from(t, BigInt), [batch]),
@@ -515,6 +527,10 @@ function workerMain() {
         if (record.num_classes !== null) {
           const classes = y ?? new Array(batch).fill(record.num_classes);
           feeds.y = new ort.Tensor('int64', BigInt64Array.from(classes, BigInt), [batch]);
+        }
+        if (takesGuidance(record)) {
+          const gammas = guidance ?? new Array(batch).fill(1);
+          feeds.guidance = new ort.Tensor('float32', Float32Array.from(gammas), [batch]);
         }
         const result = await network.run(feeds);
         return result[record.output].data;
@@ -677,8 +693,9 @@ async function pageMain() {
       });
       paint($('xt'), images, shape);
       paintAll(images);
-      const seconds = ((performance.now() - started) / 1000).toFixed(1);
-      $('status').textContent = `${n} ${noun} in ${seconds} s`;
+      const elapsed = performance.now() - started;
+      const perImage = (elapsed / n).toFixed(0);
+      $('status').textContent = `${n} ${noun} in ${(elapsed / 1000).toFixed(2)} s (${perImage} ms per image)`;
       document.body.dataset.state = 'done';
       return images;
     } catch (error) {

@@ -1,0 +1,58 @@
+"""The sampler a model folder recommends (config.json's `sampler`), which the sample, evaluate
+and demo commands use for `pretrained=` unless the command line chooses one: a distilled
+student samples with the steps it learned, the others as before."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+
+from ddpm_lightning.components import component_settings
+from ddpm_lightning.sharing.folder import read_config
+from ddpm_lightning.sharing.pretrained import model_folder
+from ddpm_lightning.training.drawing import Drawing
+
+
+def chooses_sampler(overrides: Sequence[str]) -> bool:
+    """Whether command-line `overrides` pick the sampler or set one of its keys."""
+    keys = (override.lstrip("+~").split("=", 1)[0] for override in overrides)
+    return any(key == "sampler" or key.startswith("sampler.") for key in keys)
+
+
+def command_overrides() -> list[str] | None:
+    """This Hydra command's overrides; None outside a command (Python, composed configs),
+    where the config's sampler is taken as chosen."""
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
+
+
+def recommended_sampler(pretrained: str) -> dict[str, Any] | None:
+    """The settings of the sampler the folder of `pretrained` recommends, if it names one."""
+    sampler = read_config(model_folder(pretrained)).get("sampler")
+    return None if sampler is None else component_settings("sampler", sampler)
+
+
+def settings_text(sampler: dict[str, Any]) -> str:
+    """'ddim, num_steps=4, eta=0.0, spacing=trailing': a sampler's name and its step settings."""
+    shown = ("num_steps", "eta", "spacing", "variance", "timesteps")
+    return ", ".join([sampler["name"]] + [f"{k}={sampler[k]}" for k in shown if k in sampler])
+
+
+def with_recommended_sampler(drawing: Drawing, overrides: Sequence[str] | None) -> Drawing:
+    """`drawing` with its model folder's recommended sampler when `pretrained=` names a folder
+    that has one and `overrides` choose none; says so in one line."""
+    if drawing.pretrained is None or overrides is None or chooses_sampler(overrides):
+        return drawing
+    sampler = recommended_sampler(drawing.pretrained)
+    if sampler is None or sampler == drawing.sampler:
+        return drawing
+    print(
+        f"sampler: {settings_text(sampler)}, the one pretrained={drawing.pretrained} "
+        "recommends (sampler=… chooses another)",
+        flush=True,
+    )
+    return replace(drawing, sampler=sampler)
