@@ -19,7 +19,7 @@ from ddpm_lightning.sharing.npm import (
 )
 from ddpm_lightning.sharing.onnx import require_onnx_extra
 from ddpm_lightning.sharing.pretrained import shipped
-from ddpm_lightning.sharing.recommended import chooses_sampler, command_overrides
+from ddpm_lightning.sharing.recommended import command_overrides
 from ddpm_lightning.sharing.site import announce, build_site, site_server
 from ddpm_lightning.training.outputs import claimed
 
@@ -65,9 +65,7 @@ def demo(cfg: DictConfig) -> Path:
     with claimed(cfg.out_dir, "demo") as site:
         runtime = fetch_runtime()
         sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-        overrides = command_overrides()
-        recommended = overrides is not None and not chooses_sampler(overrides)
-        entries = build_site(site, models, sampler, runtime, recommended)  # type: ignore[arg-type]
+        entries = build_site(site, models, sampler, runtime, command_overrides())  # type: ignore[arg-type]
     print(f"built the demo of {', '.join(entry['id'] for entry in entries)} into {site}")
     if cfg.serve:
         serve(site, int(cfg.port))

@@ -669,11 +669,18 @@ def test_each_model_starts_with_its_own_recommended_sampler(tmp_path):
     (student / "config.json").write_text(json.dumps({**config, "sampler": recommended}))
     plain = tiny_model_folder(tmp_path / "plain")
     ddim = {"_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler", "_partial_": True}
-    chosen = {**ddim, "num_steps": 7, "eta": 1.0}
-    for folder, recommends, steps in ((student, True, 3), (student, False, 7), (plain, True, 7)):
-        site.add_model(tmp_path / "site", str(folder), chosen, recommended=recommends)
-        written = json.loads(
-            (tmp_path / "site" / "models" / folder.name / "model.json").read_text()
-        )
-        assert written["sampler"]["num_steps"] == steps, (folder.name, recommends)
-    assert written["sampler"]["eta"] == 1.0
+    chosen = {**ddim, "num_steps": 7, "eta": 1.0, "clip_x0": False}
+    cases = [
+        (student, [], 3, 0.0),
+        (student, ["sampler.num_steps=7"], 7, 1.0),
+        (student, ["sampler.eta=1.0"], 7, 1.0),
+        (student, ["sampler.clip_x0=false"], 3, 0.0),
+        (student, None, 7, 1.0),
+        (plain, [], 7, 1.0),
+    ]
+    for folder, overrides, steps, eta in cases:
+        site.add_model(tmp_path / "site", str(folder), chosen, overrides)
+        path = tmp_path / "site" / "models" / folder.name / "model.json"
+        written = json.loads(path.read_text())["sampler"]
+        assert (written["num_steps"], written["eta"]) == (steps, eta), overrides
+        assert written["clip_x0"] is (overrides == [] and folder == student), overrides

@@ -33,6 +33,8 @@ def student(tmp_path):
         (["sampler=ddpm"], True),
         (["sampler.num_steps=50"], True),
         (["+sampler.kwargs.x=1"], True),
+        (["sampler.guidance_scale=1.5", "sampler.batch_size=64"], False),
+        (["sampler.guidance_scale=1.5", "sampler.eta=0"], True),
         (["samplers=2"], False),
     ],
 )
@@ -41,7 +43,7 @@ def test_which_overrides_choose_the_sampler(overrides, chooses):
 
 
 def drawing(folder) -> Drawing:
-    chosen = {"name": "ddim", "num_steps": 50, "eta": 1.0, "spacing": "uniform"}
+    chosen = {"name": "ddim", "num_steps": 50, "eta": 1.0, "spacing": "uniform", "batch_size": 50}
     return Drawing(str(folder), None, chosen, {}, 0)
 
 
@@ -52,6 +54,8 @@ def test_the_folders_sampler_is_used_unless_one_is_chosen(student, capsys):
         f"sampler: ddim, num_steps=3, eta=0.0, spacing=trailing, the one pretrained={student} "
         "recommends (sampler=… chooses another)\n"
     )
+    guided = with_recommended_sampler(drawing(student), ["sampler.batch_size=7"])
+    assert guided.sampler == {**STUDENT, "batch_size": 50}
     for overrides in (["sampler.num_steps=50"], None):
         assert with_recommended_sampler(drawing(student), overrides) == drawing(student)
     plain = tiny_model_folder(student.parent / "plain")

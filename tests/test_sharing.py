@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ddpm_lightning import load_pretrained
+from ddpm_lightning.components import build
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.diffusion import DDIMSampler
 from ddpm_lightning.errors import ConfigError, DataError
@@ -40,6 +41,14 @@ from tests.conftest import (
 )
 
 SHIPPED_LIMIT = 5 * 2**20
+SHIPPED = [
+    "fashion_mnist",
+    "fashion_mnist_fast",
+    "mnist",
+    "mnist_cond",
+    "mnist_cond_fast",
+    "mnist_fast",
+]
 METRICS = {
     "fld": 12.345678,
     "mean_confidence": 0.9,
@@ -343,9 +352,7 @@ def test_bad_export_and_pretrained_settings_name_the_key(checkpoint, folder, tmp
         export(export_config(tmp_path, f"ckpt_path={checkpoint}", f"pretrained={folder}"))
     with pytest.raises(ConfigError, match="not both"):
         load_model(checkpoint, folder)
-    with pytest.raises(
-        ConfigError, match=r"is not a shipped model \(fashion_mnist, mnist, mnist_cond\)"
-    ):
+    with pytest.raises(ConfigError, match=rf"is not a shipped model \({', '.join(SHIPPED)}\)"):
         load_pretrained("no such model")
 
 
@@ -420,10 +427,13 @@ def test_push_without_a_token_fails_before_any_work(checkpoint, tmp_path, monkey
         ("mnist", "mnist", None),
         ("fashion_mnist", "fashion_mnist", None),
         ("mnist_cond", "mnist", 10),
+        ("mnist_fast", "mnist", None),
+        ("fashion_mnist_fast", "fashion_mnist", None),
+        ("mnist_cond_fast", "mnist", 10),
     ],
 )
 def test_shipped_model_is_small_intact_and_samples(name, dataset, num_classes, tmp_path):
-    assert shipped() == ["fashion_mnist", "mnist", "mnist_cond"]
+    assert shipped() == SHIPPED
     config = json.loads((SHIPPED_DIR / name / "config.json").read_text())
     assert (SHIPPED_DIR / name / "model.safetensors").stat().st_size < SHIPPED_LIMIT
     assert config["ema"] is True and config["evaluation"]["num_samples"] == 10_000
@@ -444,6 +454,24 @@ def test_shipped_model_is_small_intact_and_samples(name, dataset, num_classes, t
         )
     )
     assert np.load(files["samples.npz"])["images"].shape == (4, 1, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["mnist_fast", "fashion_mnist_fast", "mnist_cond_fast"])
+def test_a_shipped_student_recommends_its_steps_and_records_its_distillation(name):
+    """The 4-step students: the recommended sampler is the one their FLD was measured with, one
+    network call per step, and the card names the method and the FLD per call count."""
+    config = json.loads((SHIPPED_DIR / name / "config.json").read_text())
+    student = {"name": "ddim", "num_steps": 4, "eta": 0.0, "spacing": "trailing"}
+    assert {key: config["sampler"][key] for key in student} == student
+    assert {key: config["evaluation"]["sampler"][key] for key in student} == student
+    by_calls = {row["network_evaluations"]: row["fld"] for row in config["evaluation_by_calls"]}
+    assert by_calls[4] == config["evaluation"]["fld"]
+    assert "progressive distillation" in config["training"]["distillation"]
+    card = (SHIPPED_DIR / name / "README.md").read_text()
+    assert "## FLD by network calls" in card and "- Distillation: progressive" in card
+    module = load_pretrained(name)
+    sampler = module.make_sampler(build("sampler", config["sampler"]), progress=False)
+    assert sampler.network_evaluations() == 4
 
 
 def test_evaluate_a_shipped_model(tmp_path):

@@ -231,6 +231,8 @@ def calls_section(config: dict[str, Any]) -> str:
     points = config.get("evaluation_by_calls")
     if not points:
         return ""
+    distilled = (config.get("training") or {}).get("distillation")
+    which = " (the distillation line above says which weights each row used)" if distilled else ""
     rows = "".join(
         f"| {int(point['network_evaluations'])} | {float(point['fld']):.2f} | "
         f"{int(point['num_samples']):,} |\n"
@@ -239,8 +241,8 @@ def calls_section(config: dict[str, Any]) -> str:
     return (
         "## FLD by network calls\n\n"
         "| network calls per sample | FLD | samples |\n|---|---|---|\n"
-        f"{rows}\nEach row is an evaluate run of this folder's weights with that many network "
-        "calls per sample, scored as in the table above.\n"
+        f"{rows}\nEach row is an evaluate run with that many network calls per sample, scored "
+        f"as in the table above{which}.\n"
     )
 
 

@@ -15,11 +15,25 @@ from ddpm_lightning.sharing.folder import read_config
 from ddpm_lightning.sharing.pretrained import model_folder
 from ddpm_lightning.training.drawing import Drawing
 
+# Keys the command line may set on top of a folder's recommended sampler: how it guides, clips
+# and batches, not which sampler or how many steps.
+ON_TOP = ("guidance_scale", "guidance_interval", "clip_x0", "batch_size")
+
+
+def sampler_keys(overrides: Sequence[str]) -> list[str]:
+    """The sampler settings command-line `overrides` set (`sampler` itself for the group)."""
+    keys = (override.lstrip("+~").split("=", 1)[0] for override in overrides)
+    return [
+        key.removeprefix("sampler.")
+        for key in keys
+        if key == "sampler" or key.startswith("sampler.")
+    ]
+
 
 def chooses_sampler(overrides: Sequence[str]) -> bool:
-    """Whether command-line `overrides` pick the sampler or set one of its keys."""
-    keys = (override.lstrip("+~").split("=", 1)[0] for override in overrides)
-    return any(key == "sampler" or key.startswith("sampler.") for key in keys)
+    """Whether command-line `overrides` pick the sampler or set one of its keys other than
+    those that go on top of a recommended one (`ON_TOP`)."""
+    return any(key not in ON_TOP for key in sampler_keys(overrides))
 
 
 def command_overrides() -> list[str] | None:
@@ -42,12 +56,26 @@ def settings_text(sampler: dict[str, Any]) -> str:
     return ", ".join([sampler["name"]] + [f"{k}={sampler[k]}" for k in shown if k in sampler])
 
 
+def recommended_settings(
+    pretrained: str, chosen: dict[str, Any], overrides: Sequence[str] | None
+) -> dict[str, Any] | None:
+    """The sampler the folder of `pretrained` recommends, with the keys of `chosen` that the
+    command line set on top (`ON_TOP`); None when `overrides` choose a sampler, outside a
+    command (None), or when the folder names none."""
+    if overrides is None or chooses_sampler(overrides):
+        return None
+    recommended = recommended_sampler(pretrained)
+    if recommended is None:
+        return None
+    return {**recommended, **{key: chosen[key] for key in sampler_keys(overrides) if key in chosen}}
+
+
 def with_recommended_sampler(drawing: Drawing, overrides: Sequence[str] | None) -> Drawing:
-    """`drawing` with its model folder's recommended sampler when `pretrained=` names a folder
-    that has one and `overrides` choose none; says so in one line."""
-    if drawing.pretrained is None or overrides is None or chooses_sampler(overrides):
+    """`drawing` with its model folder's recommended sampler (`recommended_settings`) when
+    `pretrained=` names one; says so in one line."""
+    if drawing.pretrained is None:
         return drawing
-    sampler = recommended_sampler(drawing.pretrained)
+    sampler = recommended_settings(drawing.pretrained, drawing.sampler, overrides)
     if sampler is None or sampler == drawing.sampler:
         return drawing
     print(

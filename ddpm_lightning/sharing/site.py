@@ -8,6 +8,7 @@ import functools
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ddpm_lightning.evaluation.fld import ASSETS_DIR
 from ddpm_lightning.sharing.folder import load_folder
 from ddpm_lightning.sharing.onnx import write_onnx
 from ddpm_lightning.sharing.pretrained import model_folder, shipped
-from ddpm_lightning.sharing.recommended import recommended_sampler
+from ddpm_lightning.sharing.recommended import recommended_settings
 from ddpm_lightning.training.outputs import replacing
 
 PAGE_DIR = ASSETS_DIR / "demo"
@@ -60,15 +61,14 @@ def announce(stage: str) -> None:
 
 
 def add_model(
-    site: Path, pretrained: str, sampler: dict[str, Any], recommended: bool = False
+    site: Path, pretrained: str, sampler: dict[str, Any], overrides: Sequence[str] | None = None
 ) -> dict[str, str]:
     """Export one model (anything `pretrained=` takes) into `site/models/<id>/`, `sampler` as
-    its starting settings, or with `recommended` the folder's own recommended sampler where it
-    has one; its entry of models.json."""
+    its starting settings, or the folder's recommended sampler where it has one and the
+    command's `overrides` choose none (`recommended_settings`); its entry of models.json."""
     identifier = model_id(pretrained)
     module = load_folder(model_folder(pretrained))
-    if recommended:
-        sampler = recommended_sampler(pretrained) or sampler
+    sampler = recommended_settings(pretrained, sampler, overrides) or sampler
     write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
     return {
         "id": identifier,
@@ -87,13 +87,13 @@ def build_site(
     models: list[str],
     sampler: dict[str, Any],
     runtime: dict[str, Path],
-    recommended: bool = False,
+    overrides: Sequence[str] | None = None,
 ) -> list[dict[str, str]]:
     """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim or ddpm
-    sampler config; with `recommended`, each folder's own recommended sampler where it has
-    one) as its starting settings, and the `runtime` files (onnxruntime-web's, by name),
-    announcing each stage; the new site replaces the old one whole (`replacing`). The entries
-    of models.json."""
+    sampler config; each folder's own recommended sampler where the command's `overrides`
+    choose none) as its starting settings, and the `runtime` files (onnxruntime-web's, by
+    name), announcing each stage; the new site replaces the old one whole (`replacing`). The
+    entries of models.json."""
     identifiers = [model_id(name) for name in models]
     repeated = sorted({i for i in identifiers if identifiers.count(i) > 1})
     if repeated:
@@ -102,7 +102,7 @@ def build_site(
         entries = []
         for number, name in enumerate(models, start=1):
             announce(f"[{number}/{len(models)}] exporting {name} to ONNX")
-            entries.append(add_model(folder, name, sampler, recommended))
+            entries.append(add_model(folder, name, sampler, overrides))
         announce(f"copying onnxruntime-web into {RUNTIME_DIR}/")
         (folder / RUNTIME_DIR).mkdir()
         for name, path in runtime.items():
