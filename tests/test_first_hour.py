@@ -278,7 +278,9 @@ def test_demo_prints_its_out_dir_first(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo_command, "require_onnx_extra", lambda feature: None)
     monkeypatch.setattr(demo_command, "fetch_runtime", lambda: {})
     monkeypatch.setattr(
-        demo_command, "build_site", lambda site, models, sampler, runtime: [{"id": "mnist"}]
+        demo_command,
+        "build_site",
+        lambda site, models, sampler, runtime, overrides: [{"id": "mnist"}],
     )
     out = tmp_path / "site"
     demo_command.demo(
