@@ -1,6 +1,7 @@
 """Hydra multiruns of `ddpm_lightning.train`: grid sweeps, a failing job, Optuna."""
 
 import csv
+import inspect
 import json
 import subprocess
 from itertools import product
@@ -12,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from ddpm_lightning.config import compose_config, config_dir
 from ddpm_lightning.config.sweep_folder import end_line
+from ddpm_lightning.diffusion.samplers import DDIMSampler
 from tests.conftest import PYTHON, cli_env, tiny_overrides
 
 TWO_STEPS = [
@@ -140,7 +142,9 @@ def test_the_ablation_experiment_is_the_protocol_of_the_results_page():
         cfg.optimized_metric == "test/fld" and cfg.callbacks.model_checkpoint.monitor == "val/loss"
     )
     fld = cfg.callbacks.fld
-    assert (fld.test_num_samples, fld.seed, fld.sampler.num_steps, fld.sampler.eta) == (
+    eta = fld.sampler.get("eta", inspect.signature(DDIMSampler).parameters["eta"].default)
+    assert fld.sampler._target_.endswith("DDIMSampler")
+    assert (fld.test_num_samples, fld.seed, fld.sampler.num_steps, eta) == (
         2000,
         0,
         20,
