@@ -23,6 +23,7 @@ from ddpm_lightning.config import compose_config
 from ddpm_lightning.data.image_folder import ImageFolderDataModule
 from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
+from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.samplers import SPACINGS, timestep_sequence
@@ -88,6 +89,12 @@ import { timestepSequence } from '__PAGE__';
 const cases = JSON.parse(readFileSync(0, 'utf8'));
 console.log(JSON.stringify(cases.map(([a, n, spacing]) => timestepSequence(a, n, spacing))));
 """.replace("__PAGE__", PAGE_SCRIPT)
+NODE_VISITED = """
+import { readFileSync } from 'node:fs';
+import { visitedTimesteps } from '__PAGE__';
+const cases = JSON.parse(readFileSync(0, 'utf8'));
+console.log(JSON.stringify(cases.map(([record, settings]) => visitedTimesteps(record, settings))));
+""".replace("__PAGE__", PAGE_SCRIPT)
 
 # An edit of the page (inpaint or sdedit) with the closed-form denoiser and fed draws.
 NODE_EDIT = """
@@ -108,6 +115,22 @@ const images = await (job.method === 'sdedit' ? sdedit : inpaint)({
   onStep: (i, total, t) => steps.push([i, total, t]),
 });
 console.log(JSON.stringify([Array.from(images), steps]));
+""".replace("__PAGE__", PAGE_SCRIPT)
+# The page's edits with a sampler they do not take: each one's message.
+NODE_EDIT_REFUSALS = """
+import { readFileSync } from 'node:fs';
+import { inpaint, sdedit } from '__PAGE__';
+const settings = JSON.parse(readFileSync(0, 'utf8'));
+const refusals = [];
+for (const edit of [inpaint, sdedit]) {
+  try {
+    await edit({ settings });
+    refusals.push(null);
+  } catch (error) {
+    refusals.push(error.message);
+  }
+}
+console.log(JSON.stringify(refusals));
 """.replace("__PAGE__", PAGE_SCRIPT)
 # The page's masks, compositing, brush, RePaint plan and SDEdit start for the Python side.
 NODE_EDIT_HELPERS = """
@@ -131,6 +154,8 @@ console.log(JSON.stringify({ masks, mixed, strokes, plans, starts, refused }));
 
 
 STEP_COUNTS = (1, 2, 3, 4, 5, 7, 10, 19, 20, 50, 333, 999, 1000)
+# The step counts of consistency sampling to check: its students take one to a few steps.
+CONSISTENCY_STEPS = (1, 2, 4)
 # The page's fill regions (masks.py's names but random:P) and SDEdit strengths to check.
 FILL_NAMES = ("bottom", "top", "left", "right", "center")
 STRENGTHS = (0.0, 0.9, 0.7, 0.5, 0.1, 1.0)
@@ -180,6 +205,46 @@ def test_the_page_visits_pythons_timesteps():
     assert run_node(NODE_TIMESTEPS, cases) == expected
 
 
+@needs_node
+def test_the_page_visits_pythons_consistency_timesteps():
+    """The page's consistency sampling visits ConsistencySampler's timesteps: num_steps of the
+    spacing (trailing when the settings name none), or the explicit list while num_steps is its
+    length; another num_steps takes the spacing's again."""
+    cases, expected = [], []
+    for name in ("cosine", "linear"):
+        for T in (20, 1000):
+            schedule = NoiseSchedule(name, T)
+            record = {
+                "num_timesteps": T,
+                "schedule": {"alphas_cumprod": schedule.alphas_cumprod.tolist()},
+            }
+            for n in CONSISTENCY_STEPS:
+                for spacing in ("trailing", None, "uniform"):
+                    settings = {"name": "consistency", "num_steps": n}
+                    settings |= {} if spacing is None else {"spacing": spacing}
+                    cases.append((record, settings))
+                    sampler = ConsistencySampler(schedule, n, spacing or "trailing", progress=False)
+                    expected.append(sampler.steps())
+            listed = [T - 1, T // 2, T // 5, 1]
+            for n in (4, 2):
+                settings = {"name": "consistency", "num_steps": n, "spacing": "trailing"}
+                cases.append((record, {**settings, "timesteps": listed}))
+                if n == len(listed):
+                    expected.append(
+                        ConsistencySampler(schedule, timesteps=listed, progress=False).steps()
+                    )
+                else:
+                    expected.append(timestep_sequence(schedule, n, "trailing"))
+    assert expected[:11] == [[19]] * 3 + [[19, 9], [19, 9], [19, 0]] + [
+        [19, 14, 9, 4],
+        [19, 14, 9, 4],
+        [19, 13, 6, 0],
+        [19, 10, 4, 1],
+        [19, 9],
+    ]
+    assert run_node(NODE_VISITED, cases) == expected
+
+
 SAMPLE_CASES = {
     "ddim eps uniform eta 0": dict(objective="eps", name="ddim", steps=6, spacing="uniform"),
     "ddim v trailing eta 1": dict(objective="v", name="ddim", steps=6, eta=1.0, spacing="trailing"),
@@ -215,6 +280,14 @@ SAMPLE_CASES = {
     "ddpm x0 fixed_large guided": dict(
         objective="x0", name="ddpm", variance="fixed_large", gamma=0.5, classes=10
     ),
+    "consistency v trailing 1 step": dict(objective="v", name="consistency", steps=1),
+    "consistency eps trailing 2 steps": dict(objective="eps", name="consistency", steps=2),
+    "consistency x0 trailing 4 steps guided": dict(
+        objective="x0", name="consistency", steps=4, gamma=2.0, classes=10
+    ),
+    "consistency v explicit timesteps unclipped": dict(
+        objective="v", name="consistency", timesteps=[19, 12, 6, 2], clip=False
+    ),
 }
 
 
@@ -238,6 +311,15 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
         eta, spacing = case.get("eta", 0.0), case["spacing"]
         settings = dict(name="ddim", num_steps=case["steps"], eta=eta, spacing=spacing)
         sampler = DDIMSampler(schedule, case["steps"], eta, spacing, progress=False)
+    elif case["name"] == "consistency":
+        chosen = (
+            {"timesteps": case["timesteps"]}
+            if "timesteps" in case
+            else {"num_steps": case["steps"], "spacing": "trailing"}
+        )
+        sampler = ConsistencySampler(schedule, **chosen, progress=False)
+        settings = onnx_record(module, {"name": "consistency", **chosen})["sampler"]
+        assert settings["timesteps"] == sampler.steps()
     else:
         settings = dict(name="ddpm", variance=case.get("variance", "fixed_small"))
         sampler = DDPMSampler(schedule, settings["variance"], progress=False)
@@ -272,6 +354,9 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
     images = torch.tensor(result["images"]).reshape(expected.shape)
     assert (images - expected).abs().max() <= 1e-4
     assert expected.std() > 0.05
+    if case["name"] == "consistency":
+        batch = 6 if "gamma" in case else 3
+        assert result["calls"] == [[batch, None]] * len(sampler.steps())
     if student:
         assert record["inputs"] == ["x", "t", "y", "guidance"]
         scales = [denoiser.guidance_scale_at(t) for t in sampler.steps()]
@@ -398,6 +483,20 @@ def test_the_pages_edits_are_pythons_for_the_same_noise(case, tmp_path):
     else:
         first = start_index(visited, 20, case["strength"])
         assert [t for _, _, t in steps] == visited[first:]
+
+
+@needs_node
+def test_the_pages_edits_refuse_consistency_sampling_as_pythons_do(tmp_path):
+    module = load_folder(tiny_model_folder(tmp_path / "model", "v"))
+    sampler = module.make_sampler(ConsistencySampler, num_steps=2, progress=False)
+    image = torch.zeros(1, 1, 32, 32)
+    with pytest.raises(ConfigError, match=r"^edit=inpaint works with sampler=ddpm or sampler=ddim"):
+        inpaint(module, image, known_mask("bottom", 32, 32), sampler)
+    with pytest.raises(ConfigError, match=r"^edit=sdedit works with sampler=ddpm or sampler=ddim"):
+        sdedit(module, image, sampler, strength=0.5)
+    refusal = "edits work with DDIM or DDPM, not consistency sampling: choose one under Sampler"
+    settings = {"name": "consistency", "num_steps": 2}
+    assert run_node(NODE_EDIT_REFUSALS, settings) == [refusal, refusal]
 
 
 def expected_rgba(images: np.ndarray, index: int) -> list[int]:
@@ -684,3 +783,27 @@ def test_each_model_starts_with_its_own_recommended_sampler(tmp_path):
         written = json.loads(path.read_text())["sampler"]
         assert (written["num_steps"], written["eta"]) == (steps, eta), overrides
         assert written["clip_x0"] is (overrides == [] and folder == student), overrides
+
+
+def test_a_consistency_student_starts_with_consistency_sampling(tmp_path):
+    """A folder that recommends 2-step consistency sampling opens with it: model.json's record
+    names the sampler, its spacing and the timesteps it visits."""
+    pytest.importorskip(
+        "onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
+    )
+    student = tiny_model_folder(tmp_path / "student")
+    config = json.loads((student / "config.json").read_text())
+    recommended = {"name": "consistency", "num_steps": 2}
+    (student / "config.json").write_text(json.dumps({**config, "sampler": recommended}))
+    ddim = {"_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler", "_partial_": True}
+    site.add_model(tmp_path / "site", str(student), {**ddim, "num_steps": 7}, [])
+    written = json.loads((tmp_path / "site" / "models" / "student" / "model.json").read_text())
+    assert written["sampler"] == {
+        "name": "consistency",
+        "num_steps": 2,
+        "spacing": "trailing",
+        "timesteps": [19, 9],
+        "clip_x0": True,
+        "guidance_scale": None,
+        "guidance_interval": None,
+    }

@@ -25,6 +25,7 @@ from ddpm_lightning.config import compose_config
 from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
+from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.sharing import load_pretrained, npm
 from ddpm_lightning.sharing.site import site_server
 from tests.conftest import REPO_ROOT, fed_step_noise, tiny_model_folder
@@ -159,6 +160,11 @@ CASES = {
     "shipped mnist, DDIM-5, eta 0": ("mnist", dict(sampler="ddim", steps=5, eta=0.0), 1e-2),
     "tiny colour 3x32x32, DDIM-5": ("tiny_rgb", dict(sampler="ddim", steps=5, eta=1.0), 1e-4),
     "tiny grey 1x64x64, DDIM-4": ("tiny_64", dict(sampler="ddim", steps=4, eta=0.0), 1e-4),
+    "tiny v, consistency 3 steps trailing": (
+        "tiny_v",
+        dict(sampler="consistency", steps=3, spacing="trailing"),
+        1e-4,
+    ),
 }
 
 
@@ -180,6 +186,10 @@ def python_samples(folder: Path | str, options: dict, noise, draws) -> torch.Ten
         spacing = options.get("spacing", "uniform")
         sampler = module.make_sampler(
             DDIMSampler, num_steps=options["steps"], eta=options["eta"], spacing=spacing, **common
+        )
+    elif options["sampler"] == "consistency":
+        sampler = module.make_sampler(
+            ConsistencySampler, num_steps=options["steps"], spacing=options["spacing"], **common
         )
     else:
         sampler = module.make_sampler(DDPMSampler, variance=options["variance"], **common)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm_lightning.components import build
 from ddpm_lightning.config import compose_config
+from ddpm_lightning.diffusion.samplers import timestep_sequence
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.export import export
 from ddpm_lightning.sharing import load_folder
@@ -179,13 +181,44 @@ def test_the_recommended_sampler_follows_the_sampler_option(tmp_path):
 
 
 @needs_onnxruntime
+def test_a_consistency_students_record_rebuilds_its_timesteps(tmp_path):
+    """With sampler=consistency, model.json's record holds num_steps, spacing and the visited
+    timesteps; num_steps of the spacing rebuild them, and an explicit list, which no spacing
+    gives, is kept as it is."""
+    folder = tiny_model_folder(tmp_path / "model", "v")
+    module = load_folder(folder)
+    cases = {
+        "spaced": (["sampler.num_steps=2"], [19, 9]),
+        "listed": (["sampler.timesteps=[19,12,3]", "sampler.clip_x0=false"], [19, 12, 3]),
+    }
+    for name, (overrides, visited) in cases.items():
+        out_dir = tmp_path / name
+        export(onnx_config(out_dir, f"pretrained={folder}", "sampler=consistency", *overrides))
+        record = json.loads((out_dir / "model.json").read_text())["sampler"]
+        assert record == {
+            "name": "consistency",
+            "num_steps": len(visited),
+            "spacing": "trailing",
+            "timesteps": visited,
+            "clip_x0": name == "spaced",
+            "guidance_scale": None,
+            "guidance_interval": None,
+        }
+        for keys in (("num_steps", "spacing"), ("timesteps",)):
+            settings = {"name": "consistency", **{key: record[key] for key in keys}}
+            rebuilt = module.make_sampler(build("sampler", settings), progress=False)
+            assert (rebuilt.steps() == visited) is (name == "spaced" or keys == ("timesteps",))
+    assert timestep_sequence(module.diffusion.schedule, 3, "trailing") == [19, 12, 6]
+
+
+@needs_onnxruntime
 def test_what_the_onnx_format_cannot_do_is_one_line(tmp_path):
     folder = tiny_model_folder(tmp_path / "model")
     with pytest.raises(ConfigError) as info:
         export(onnx_config(tmp_path / "a", f"pretrained={folder}", "sampler=heun"))
     assert str(info.value) == (
         "sampler=heun has no port outside PyTorch: the ONNX record and the demo page take "
-        "sampler=ddim or sampler=ddpm"
+        "sampler=ddim, sampler=ddpm or sampler=consistency"
     )
     with pytest.raises(ConfigError, match=r"^push_to_hub=me/tiny uploads model folders: drop it"):
         export(onnx_config(tmp_path / "b", f"pretrained={folder}", "push_to_hub=me/tiny"))

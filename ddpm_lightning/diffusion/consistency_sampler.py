@@ -34,6 +34,7 @@ class ConsistencySampler(Sampler):
         **kwargs,
     ):
         super().__init__(schedule, **kwargs)
+        self.spacing = spacing
         if timesteps is None:
             self.timesteps = timestep_sequence(schedule, num_steps, spacing)
         else:

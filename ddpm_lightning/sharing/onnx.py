@@ -22,6 +22,7 @@ import torch
 from ddpm_lightning import __version__
 from ddpm_lightning.components import build
 from ddpm_lightning.data.registry import known_record
+from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
@@ -39,7 +40,7 @@ OUTPUT_NAME = "output"
 EXTRA_MODULES = ("onnx", "onnxscript")
 # The exporter's graph passes log each step at INFO, which Hydra's logging would print.
 QUIET_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
-# The NoiseSchedule buffers that DDIMSampler and DDPMSampler read.
+# The NoiseSchedule buffers that DDIMSampler, DDPMSampler and ConsistencySampler read.
 SCHEDULE_TABLES = (
     "alphas_cumprod",
     "sqrt_alphas_cumprod",
@@ -96,8 +97,10 @@ def write_network(module: DiffusionModule, path: Path) -> None:
 
 
 def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a ddim or ddpm sampler config as the page runs them; guidance γ as
-    `make_sampler` sets it (1.25 for conditional models when null) and its σ interval."""
+    """The settings of a ddim, ddpm or consistency sampler config as the page runs them
+    (consistency: its visited `timesteps`, and the `spacing` that gives other step counts);
+    guidance γ as `make_sampler` sets it (1.25 for conditional models when null) and its σ
+    interval."""
     built = module.make_sampler(build("sampler", sampler), progress=False)
     common = cast(Denoiser, built.denoiser).settings()
     if isinstance(built, DDIMSampler):
@@ -105,9 +108,13 @@ def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dic
         return {"name": "ddim", **settings, **common}
     if isinstance(built, DDPMSampler):
         return {"name": "ddpm", "variance": built.variance, **common}
+    if isinstance(built, ConsistencySampler):
+        steps = list(built.timesteps)
+        settings = {"num_steps": len(steps), "spacing": built.spacing, "timesteps": steps}
+        return {"name": "consistency", **settings, **common}
     raise ConfigError(
         f"sampler={built.name} has no port outside PyTorch: the ONNX record and the demo page "
-        "take sampler=ddim or sampler=ddpm"
+        "take sampler=ddim, sampler=ddpm or sampler=consistency"
     )
 
 
@@ -152,7 +159,7 @@ def write_onnx(
     out_dir: Path, module: DiffusionModule, sampler: dict[str, Any], option: str = "format=onnx"
 ) -> dict[str, Path]:
     """Write model.onnx and model.json of `module` into `out_dir`, the pair in place of the
-    old one at once (`replacing`), `sampler` (a ddim or ddpm sampler config) as the
+    old one at once (`replacing`), `sampler` (a ddim, ddpm or consistency sampler config) as the
     recommended settings; `option` names what asked for it in the error when the onnx extra
     is missing. The written files by name."""
     require_onnx_extra(option)

@@ -89,11 +89,11 @@ def build_site(
     runtime: dict[str, Path],
     overrides: Sequence[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim or ddpm
-    sampler config; each folder's own recommended sampler where the command's `overrides`
-    choose none) as its starting settings, and the `runtime` files (onnxruntime-web's, by
-    name), announcing each stage; the new site replaces the old one whole (`replacing`). The
-    entries of models.json."""
+    """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim, ddpm or
+    consistency sampler config; each folder's own recommended sampler where the command's
+    `overrides` choose none) as its starting settings, and the `runtime` files
+    (onnxruntime-web's, by name), announcing each stage; the new site replaces the old one
+    whole (`replacing`). The entries of models.json."""
     identifiers = [model_id(name) for name in models]
     repeated = sorted({i for i in identifiers if identifiers.count(i) > 1})
     if repeated:

@@ -1,9 +1,10 @@
-// The demo page of ddpm_lightning: DDIM and DDPM sampling of an exported denoiser
-// (model.onnx + model.json) with onnxruntime-web, in a Web Worker, and the page around it, with
-// a drawing pad whose drawing the model completes, cleans up or refills.
+// The demo page of ddpm_lightning: DDIM, DDPM and multistep consistency sampling of an exported
+// denoiser (model.onnx + model.json) with onnxruntime-web, in a Web Worker, and the page around
+// it, with a drawing pad whose drawing the model completes, cleans up or refills.
 //
 // The sampler is a port of ddpm_lightning/diffusion/samplers.py (timestep_sequence,
-// Sampler.predict, Sampler.guidance_scale_at, DDIMSampler.step, DDPMSampler.step) and guidance.py
+// Sampler.predict, Sampler.guidance_scale_at, DDIMSampler.step, DDPMSampler.step),
+// consistency_sampler.py (ConsistencySampler.steps and .step) and guidance.py
 // (guided_output, one call with γ for a student of distilled guidance), the edits of
 // ddpm_lightning/editing (masks.py, inpaint.py, sdedit.py, the draws of sampling.py); for the
 // same starting noise (and per-step noise) they give the Python
@@ -30,6 +31,8 @@ const TILE_WIDTH = 96;
 const BRUSH_RADII = { pen: 1.5, eraser: 2.5, region: 3 };
 // Updates per RePaint stretch (edit.jump_length's default in inpaint.py).
 const JUMP_LENGTH = 10;
+// The spacing of consistency sampling for records that name none (ConsistencySampler's default).
+const CONSISTENCY_SPACING = 'trailing';
 
 // ---- Images: shape and pixels -------------------------------------------------------------
 
@@ -144,7 +147,7 @@ export function timestepSequence(alphasCumprod, n, spacing = 'uniform') {
   return strictlyDecreasing(ascending, T);
 }
 
-// ---- One step: Sampler.predict, DDIMSampler.step, DDPMSampler.step ------------------------
+// ---- One step: Sampler.predict, DDIMSampler.step, DDPMSampler.step, ConsistencySampler.step -
 
 /** (x̂₀, ε̂) from the network's output at x_t for the objective (eps, x0 or v), x̂₀ clipped
  * to [-1, 1] and ε̂ recomputed from it when `clip` (GaussianDiffusion.predict_x0_eps). */
@@ -204,6 +207,18 @@ export function ddpmStep(record, t, variance, x, x0, noise) {
   return next;
 }
 
+/** Multistep consistency sampling (Song et al. 2023, Algorithm 1) from timesteps[i] to the
+ * next one: x_s = √ᾱ_s x̂₀ + √(1 − ᾱ_s) z with fresh z, x̂₀ itself after the last. `noise()`
+ * gives z, drawn only when a noisy step follows. */
+export function consistencyStep(record, timesteps, i, x0, noise) {
+  if (i + 1 >= timesteps.length) return x0;
+  const aS = record.schedule.alphas_cumprod[timesteps[i + 1]];
+  const z = noise();
+  const next = new Float32Array(x0.length);
+  for (let k = 0; k < x0.length; k++) next[k] = Math.sqrt(aS) * x0[k] + Math.sqrt(1 - aS) * z[k];
+  return next;
+}
+
 // ---- The reverse process ------------------------------------------------------------------
 
 /** Whether the record's network takes γ as an input (model.json's inputs name `guidance`): a
@@ -253,12 +268,16 @@ export function balancedLabels(n, numClasses) {
   return Array.from({ length: n }, (_, i) => Math.floor((i * numClasses) / n));
 }
 
-/** The timesteps the sampler of `settings` visits: T−1 … 0 for DDPM, DDIM's sequence else. */
+/** The timesteps the sampler of `settings` visits: T−1 … 0 for DDPM; for consistency sampling
+ * the record's `timesteps` while num_steps is their count, else num_steps of its spacing
+ * (trailing when it names none); DDIM's sequence else. */
 export function visitedTimesteps(record, settings) {
   const T = record.num_timesteps;
-  return settings.name === 'ddpm'
-    ? Array.from({ length: T }, (_, i) => T - 1 - i)
-    : timestepSequence(record.schedule.alphas_cumprod, settings.num_steps, settings.spacing);
+  const alphasCumprod = record.schedule.alphas_cumprod;
+  if (settings.name === 'ddpm') return Array.from({ length: T }, (_, i) => T - 1 - i);
+  if (settings.name !== 'consistency') return timestepSequence(alphasCumprod, settings.num_steps, settings.spacing);
+  if (settings.timesteps?.length === settings.num_steps) return [...settings.timesteps];
+  return timestepSequence(alphasCumprod, settings.num_steps, settings.spacing ?? CONSISTENCY_SPACING);
 }
 
 /** (x̂₀, ε̂) of the network at x (n samples), timestep t, guided as `settings` say. */
@@ -271,9 +290,9 @@ async function predictAt(record, denoise, settings, x, t, labels, n) {
 
 /** The sampler's update of x from timesteps[i] to the next one; noise() gives its z. */
 function updated(record, settings, timesteps, i, x, x0, eps, noise) {
-  return settings.name === 'ddpm'
-    ? ddpmStep(record, timesteps[i], settings.variance, x, x0, noise)
-    : ddimStep(record, timesteps, i, settings.eta, x, x0, eps, noise);
+  if (settings.name === 'ddpm') return ddpmStep(record, timesteps[i], settings.variance, x, x0, noise);
+  if (settings.name === 'consistency') return consistencyStep(record, timesteps, i, x0, noise);
+  return ddimStep(record, timesteps, i, settings.eta, x, x0, eps, noise);
 }
 
 /** Values clipped to [-1, 1]. */
@@ -284,8 +303,9 @@ function clipped(x) {
 /**
  * Samples in [-1, 1] from `noise` (x_T of n samples, flat Float32Array), as Sampler.sample.
  * denoise(x, t[], y[] | null, batch, γ[] | undefined) → Float32Array: the network (γ only
- * for one that takes it, `takesGuidance`); settings: name (ddim or ddpm), num_steps, eta,
- * spacing, variance, clip_x0, guidance_scale, guidance_interval ([low, high] or null); labels:
+ * for one that takes it, `takesGuidance`); settings: name (ddim, ddpm or consistency),
+ * num_steps, eta, spacing, timesteps (consistency), variance, clip_x0, guidance_scale,
+ * guidance_interval ([low, high] or null); labels:
  * n classes or null;
  * normal(size) → Float32Array of standard normal draws (the per-step noise);
  * onStep(i, total, t, x_t, x̂₀) after each step's prediction.
@@ -394,6 +414,14 @@ export function repaintPlan(numSteps, resampleJumps, jumpLength) {
   return moves;
 }
 
+/** Refuse, as sampling.py's require_sampler does, an edit with a sampler other than DDPM or
+ * DDIM: the edits are those of ddpm_lightning/editing, which take no other. */
+function requireEditSampler(settings) {
+  if (settings.name !== 'ddpm' && settings.name !== 'ddim') {
+    throw new Error(`edits work with DDIM or DDPM, not ${settings.name} sampling: choose one under Sampler`);
+  }
+}
+
 /** √a · image + √(1 − a) · ε, elementwise (q(x_t | x₀) for a = ᾱ_t). */
 function noised(image, a, eps) {
   return image.map((v, k) => Math.sqrt(a) * v + Math.sqrt(1 - a) * eps[k]);
@@ -404,9 +432,10 @@ function noised(image, a, eps) {
  * (Lugmayr et al. 2022): after every update to s the pixels where known = 1 become
  * √ᾱ_s image + √(1−ᾱ_s) ε; between passes over a stretch x_t = √(ᾱ_t/ᾱ_s) x_s + √(1−ᾱ_t/ᾱ_s) z.
  * image: flat N×C×H×W in [-1, 1]; known: H·W; initial: x_T; draws: editDraws (per update the
- * step's z, then the known pixels' ε; one per jump up); the rest as `sample`.
+ * step's z, then the known pixels' ε; one per jump up); the rest as `sample` (DDIM or DDPM).
  */
 export async function inpaint({ record, denoise, image, known, labels, settings, initial, draws, onStep, resampleJumps = 1, jumpLength = 10 }) {
+  requireEditSampler(settings);
   const n = image.length / imageSize(imageShape(record));
   const timesteps = visitedTimesteps(record, settings);
   const alphaBar = (i) => (i < timesteps.length ? record.schedule.alphas_cumprod[timesteps[i]] : 1);
@@ -444,9 +473,10 @@ export function startIndex(timesteps, T, strength) {
 /**
  * SDEdit (sdedit.py; Meng et al. 2022): x_t = √ᾱ_t image + √(1−ᾱ_t) ε at the visited timestep
  * nearest strength·T, then the sampler's remaining updates. initial: ε (the x_T draw, itself x_T
- * at strength 1); draws.at(i): step i's noise, as plain sampling draws it.
+ * at strength 1); draws.at(i): step i's noise, as plain sampling draws it; DDIM or DDPM.
  */
 export async function sdedit({ record, denoise, image, labels, settings, initial, draws, onStep, strength }) {
+  requireEditSampler(settings);
   const n = image.length / imageSize(imageShape(record));
   const timesteps = visitedTimesteps(record, settings);
   const first = startIndex(timesteps, record.num_timesteps, strength);
@@ -654,9 +684,9 @@ async function pageMain() {
   }
 
   function showSampler() {
-    const ddpm = $('sampler').value === 'ddpm';
-    $('steps').disabled = ddpm;
-    $('eta').disabled = ddpm;
+    const name = $('sampler').value;
+    $('steps').disabled = name === 'ddpm';
+    $('eta').disabled = name !== 'ddim';
   }
 
   /** Enable or disable every button that starts a run. */
@@ -734,11 +764,14 @@ async function pageMain() {
     return { model, noise: normals(seed)(n * size), labels, settings, seed };
   }
 
-  /** The controls' request with DDIM of at most PREVIEW_STEPS steps: quick, to show samples on
-   * load before anyone presses Generate. */
+  /** The controls' request with DDIM of at most PREVIEW_STEPS steps (consistency sampling kept,
+   * with at most as many): quick, to show samples on load before anyone presses Generate. */
   async function preview() {
     const request = await fromControls();
     const { settings, model } = request;
+    if (settings.name === 'consistency') {
+      return { ...request, settings: { ...settings, num_steps: Math.min(PREVIEW_STEPS, settings.num_steps) } };
+    }
     const steps = settings.name === 'ddim' ? settings.num_steps : (await record(model)).num_timesteps;
     const quick = { name: 'ddim', num_steps: Math.min(PREVIEW_STEPS, steps), spacing: settings.spacing ?? 'uniform' };
     return { ...request, settings: { ...settings, ...quick } };
@@ -748,7 +781,9 @@ async function pageMain() {
   async function firstLook() {
     const request = await preview();
     await run(request);
-    $('status').textContent += `: a first look with DDIM-${request.settings.num_steps}, press Generate for the settings above`;
+    const { name, num_steps: steps } = request.settings;
+    const quick = name === 'consistency' ? `${steps}-step consistency sampling` : `DDIM-${steps}`;
+    $('status').textContent += `: a first look with ${quick}, press Generate for the settings above`;
   }
 
   // ---- The drawing pad and its edits ----
@@ -902,7 +937,7 @@ async function pageMain() {
         labels = label === null ? balancedLabels(n, info.num_classes) : Array.isArray(label) ? label : new Array(n).fill(label);
       }
       const settings = { ...info.sampler };
-      for (const [key, option] of [['name', 'sampler'], ['num_steps', 'steps'], ['eta', 'eta'], ['spacing', 'spacing'], ['guidance_scale', 'gamma'], ['guidance_interval', 'interval'], ['variance', 'variance'], ['clip_x0', 'clip']]) {
+      for (const [key, option] of [['name', 'sampler'], ['num_steps', 'steps'], ['eta', 'eta'], ['spacing', 'spacing'], ['guidance_scale', 'gamma'], ['guidance_interval', 'interval'], ['variance', 'variance'], ['clip_x0', 'clip'], ['timesteps', 'timesteps']]) {
         if (options[option] !== undefined) settings[key] = options[option];
       }
       const stepNoise = options.stepNoise === undefined ? null : await floats(options.stepNoise);
