@@ -155,6 +155,48 @@ def test_exploding_learning_rate_stops_and_keeps_good_checkpoints(data_root, tmp
         assert all(torch.isfinite(v).all() for v in state.values()), path
 
 
+def test_a_crash_mid_epoch_saves_the_steps_taken_and_resume_continues(
+    data_root, tmp_path, monkeypatch
+):
+    """An error at step 4 of an epoch with no validation yet: last.ckpt holds those 4 steps."""
+    from ddpm_lightning.training.module import DiffusionModule
+
+    step = DiffusionModule.training_step
+
+    def failing_step(self, batch, batch_idx):
+        if self.global_step == 4:
+            raise RuntimeError("a failing step")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DiffusionModule, "training_step", failing_step)
+    first = tmp_path / "first"
+    with pytest.raises(RuntimeError, match="a failing step"):
+        train(tiny_config(data_root, first, "trainer.max_epochs=1", "test=false"))
+    last = first / "checkpoints" / "last.ckpt"
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+
+    monkeypatch.setattr(DiffusionModule, "training_step", step)
+    resumed = tiny_config(
+        data_root, tmp_path / "resumed", f"ckpt_path={last}", "trainer.max_steps=6", "test=false"
+    )
+    train(resumed)
+    saved = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    assert torch.load(saved, weights_only=True)["global_step"] == 6
+
+
+def test_a_crash_before_the_first_step_saves_nothing(data_root, tmp_path, monkeypatch):
+    from ddpm_lightning.training.module import DiffusionModule
+
+    def failing_step(self, batch, batch_idx):
+        raise RuntimeError("a failing step")
+
+    monkeypatch.setattr(DiffusionModule, "training_step", failing_step)
+    with pytest.raises(RuntimeError, match="a failing step"):
+        train(tiny_config(data_root, tmp_path, "trainer.max_epochs=1", "test=false"))
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
 class HalfWrites:
     """A file whose first `write` stores half of its data, then fails as a dying disk would."""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lightning.components.registry import REGISTRY
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.checkpoints import read_checkpoint
+from ddpm_lightning.training.module import NonFiniteLossError
 
 
 def is_smoke_test(trainer: L.Trainer) -> bool:
@@ -26,9 +28,11 @@ class LastCheckpoint(L.Callback):
     """`last.ckpt` holds the newest state whenever training stops.
 
     ModelCheckpoint saves at validation; this adds a save when training ends between
-    validations (e.g. `trainer.max_steps` mid-epoch) and on Ctrl-C or SIGTERM, which Lightning
-    turns into `KeyboardInterrupt` / `SIGTERMException` at a batch boundary. Other errors (e.g.
-    a non-finite loss) save nothing, so the last good checkpoint stays.
+    validations (e.g. `trainer.max_steps` mid-epoch), on Ctrl-C or SIGTERM, which Lightning
+    turns into `KeyboardInterrupt` / `SIGTERMException` at a batch boundary, and on any other
+    error of a single-process run once it has taken a step (a failing callback, a full disk), so
+    a crash late in an epoch loses nothing. A non-finite loss saves nothing (resuming would
+    meet it again), nor do weights that are no longer finite: the last good checkpoint stays.
     """
 
     def __init__(self, dirpath: str | None = None):
@@ -44,14 +48,34 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and not is_smoke_test(
-            trainer
-        ):
+        if is_smoke_test(trainer):
+            return
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             path = self.save(trainer)
             rank_zero_info(
                 f"interrupted at step {trainer.global_step}: saved {path}; "
                 "resume with ckpt_path=last (or ckpt_path=PATH)"
             )
+        elif crash_worth_saving(trainer, pl_module, exception):
+            try:
+                path = self.save(trainer)
+            except Exception as error:
+                rank_zero_info(f"stopped by an error, and saving last.ckpt failed too: {error}")
+                return
+            rank_zero_info(
+                f"stopped by {type(exception).__name__} at step {trainer.global_step}: saved "
+                f"{path}; fix the cause, then resume with ckpt_path=last"
+            )
+
+
+def crash_worth_saving(trainer: L.Trainer, pl_module: L.LightningModule, exception) -> bool:
+    """An error other than a non-finite loss, in a one-process run past step 0, with finite
+    weights: its state is worth resuming (other processes of a DDP run cannot join the save)."""
+    if isinstance(exception, NonFiniteLossError) or trainer.world_size > 1:
+        return False
+    if trainer.global_step == 0 or trainer.state.fn != "fit":
+        return False
+    return all(torch.isfinite(p).all() for p in pl_module.parameters())
 
 
 TRAINING_ONLY = frozenset(
