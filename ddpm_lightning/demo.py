@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.settings.overrides import command_overrides
 from ddpm_lightning.sharing.npm import (
     ORT_WEB,
     ORT_WEB_VERSION,
@@ -19,7 +20,6 @@ from ddpm_lightning.sharing.npm import (
 )
 from ddpm_lightning.sharing.onnx import require_onnx_extra
 from ddpm_lightning.sharing.pretrained import shipped
-from ddpm_lightning.sharing.recommended import command_overrides
 from ddpm_lightning.sharing.site import announce, build_site, site_server
 from ddpm_lightning.training.outputs import claimed
 

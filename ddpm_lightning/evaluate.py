@@ -47,9 +47,10 @@ from ddpm_lightning.evaluation.memorisation import memorisation
 from ddpm_lightning.evaluation.report import write_report
 from ddpm_lightning.evaluation.scores import class_view, feature_scores
 from ddpm_lightning.evaluation.settings import metric_settings
+from ddpm_lightning.settings.overrides import command_overrides
 from ddpm_lightning.sharing.folder import read_config
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
-from ddpm_lightning.sharing.recommended import command_overrides, with_recommended_sampler
+from ddpm_lightning.sharing.recommended import with_recommended_sampler
 from ddpm_lightning.training.drawing import (
     Drawing,
     default_device,

@@ -39,8 +39,9 @@ from ddpm_lightning.evaluation.pictures import (
     to_pil,
     to_uint8,
 )
+from ddpm_lightning.settings.overrides import command_overrides
 from ddpm_lightning.sharing.pretrained import load_model
-from ddpm_lightning.sharing.recommended import command_overrides, with_recommended_sampler
+from ddpm_lightning.sharing.recommended import with_recommended_sampler
 from ddpm_lightning.training.drawing import Drawing, draw_samples, samples_metadata
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.outputs import Writer, claimed, write_outputs

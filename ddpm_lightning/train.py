@@ -42,6 +42,7 @@ from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.data.registry import DatasetRecord
 from ddpm_lightning.distill import ProgressiveDistillation
 from ddpm_lightning.errors import ConfigError, find_user_error, report_errors
+from ddpm_lightning.settings.overrides import set_on_the_command_line
 from ddpm_lightning.sharing.pretrained import load_model
 from ddpm_lightning.training.callbacks import TestAnnouncement
 from ddpm_lightning.training.loggers import FitLogInterval, finish_loggers
@@ -186,16 +187,6 @@ def load_teacher(source: str) -> DiffusionModule:
         return load_model(source, None) if source.endswith(".ckpt") else load_model(None, source)
     except ConfigError as exc:
         raise ConfigError(f"distill.teacher: {exc}") from None
-
-
-def set_on_the_command_line(key: str) -> bool:
-    """Whether this run's command line overrides `key` (outside a Hydra run: no)."""
-    if not HydraConfig.initialized():
-        return False
-    return any(
-        override.lstrip("+~").split("=", 1)[0] == key
-        for override in HydraConfig.get().overrides.task
-    )
 
 
 def follow_data_classes(cfg: DictConfig, datamodule: Any) -> None:

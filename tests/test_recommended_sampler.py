@@ -36,6 +36,9 @@ def student(tmp_path):
         (["sampler.guidance_scale=1.5", "sampler.batch_size=64"], False),
         (["sampler.guidance_scale=1.5", "sampler.eta=0"], True),
         (["samplers=2"], False),
+        (["++sampler.eta=0"], True),
+        (["~sampler.spacing"], True),
+        (["++sampler.batch_size=8"], False),
     ],
 )
 def test_which_overrides_choose_the_sampler(overrides, chooses):

@@ -15,13 +15,13 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.settings.overrides import OVERRIDE
 
 # Overrides of where a run read and wrote its files: how it ran on that machine, not its recipe.
 PLACE_KEYS = ("paths.", "hydra.", "out_dir", "data.root")
 CHECKPOINT_KEY = "ckpt_path"
 # A path from the file system's root: /…, ~…, \\server\…, C:\… or C:/….
 ROOTED = re.compile(r"^(?:[/~\\]|[A-Za-z]:[/\\])")
-OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[\w.@/-]+)=(?P<value>.*)$", re.DOTALL)
 
 
 def is_local_path(value: str) -> bool:

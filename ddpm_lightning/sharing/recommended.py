@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-
 from ddpm_lightning.components import component_settings
+from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.sharing.folder import read_config
 from ddpm_lightning.sharing.pretrained import model_folder
 from ddpm_lightning.training.drawing import Drawing
@@ -22,7 +21,7 @@ ON_TOP = ("guidance_scale", "guidance_interval", "clip_x0", "batch_size")
 
 def sampler_keys(overrides: Sequence[str]) -> list[str]:
     """The sampler settings command-line `overrides` set (`sampler` itself for the group)."""
-    keys = (override.lstrip("+~").split("=", 1)[0] for override in overrides)
+    keys = (override_key(override) for override in overrides)
     return [
         key.removeprefix("sampler.")
         for key in keys
@@ -34,14 +33,6 @@ def chooses_sampler(overrides: Sequence[str]) -> bool:
     """Whether command-line `overrides` pick the sampler or set one of its keys other than
     those that go on top of a recommended one (`ON_TOP`)."""
     return any(key not in ON_TOP for key in sampler_keys(overrides))
-
-
-def command_overrides() -> list[str] | None:
-    """This Hydra command's overrides; None outside a command (Python, composed configs),
-    where the config's sampler is taken as chosen."""
-    if not HydraConfig.initialized():
-        return None
-    return list(HydraConfig.get().overrides.task)
 
 
 def recommended_sampler(pretrained: str) -> dict[str, Any] | None:
