@@ -10,7 +10,7 @@ from conftest import PYTHON, cli_env
 from PIL import Image
 
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.tools.curves import main, read_curve
+from ddpm_lightning.tools.curves import floor_value, main, read_curve
 
 ROWS = "epoch,step,train/loss,val/fld\n0,99,0.5,\n0,99,,120.0\n1,199,0.4,\n1,199,,60.5\n"
 
@@ -54,3 +54,18 @@ def test_cli_errors_are_one_line(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: --run x: seconds per step 'fast' is not a number"
+
+
+def test_a_floor_is_drawn_as_a_dashed_line(run_folder, tmp_path):
+    def dark_pixels(out: Path) -> int:
+        with Image.open(out) as image:
+            return sum(1 for value in image.convert("L").getdata() if value < 40)
+
+    bare, floored = tmp_path / "bare.png", tmp_path / "floor.png"
+    main(["--run", "a", str(run_folder), "0.2", "--out", str(bare)])
+    main(
+        ["--run", "a", str(run_folder), "0.2", "--floor", "70", "real data", "--out", str(floored)]
+    )
+    assert dark_pixels(floored) > dark_pixels(bare) + 200, "a line across the plot"
+    with pytest.raises(ConfigError, match="--floor 'low': give a number"):
+        floor_value("low")

@@ -83,9 +83,10 @@ def plot(
     log_y: bool,
     x_label: str = "training time on the idle 2-core CPU (hours)",
     log_x: bool = False,
+    floor: tuple[float, str] | None = None,
 ) -> Path:
     """Draw every curve against training time (hours), or the `x_label` column, into `out`
-    (PNG)."""
+    (PNG); `floor` (value, label), e.g. real data's FLD, as a dashed horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,6 +95,8 @@ def plot(
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     for curve in curves:
         axes.plot(curve.hours, curve.values, marker="o", markersize=3, label=curve.label)
+    if floor is not None:
+        axes.axhline(floor[0], color="black", linestyle="--", linewidth=1, label=floor[1])
     axes.set_xlabel(x_label)
     axes.set_ylabel(metric)
     if log_y:
@@ -128,6 +131,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="a .png or a folder")
     parser.add_argument("--title", help="default: METRIC against training time (or --x)")
     parser.add_argument("--log-y", action="store_true", help="logarithmic metric axis")
+    parser.add_argument(
+        "--floor",
+        nargs=2,
+        metavar=("VALUE", "LABEL"),
+        help="a dashed horizontal line, e.g. --floor 0.77 'real data (10,000)'",
+    )
     return parser.parse_args(argv)
 
 
@@ -137,6 +146,16 @@ def seconds(label: str, text: str) -> float:
         return float(text)
     except ValueError:
         raise ConfigError(f"--run {label}: seconds per step {text!r} is not a number") from None
+
+
+def floor_value(text: str) -> float:
+    """The --floor VALUE as a number, or a one-line error."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"--floor {text!r}: give a number, e.g. --floor 0.77 'real data'"
+        ) from None
 
 
 def picture_path(out: Path) -> Path:
@@ -160,17 +179,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             form = "LABEL PATH" if args.x else "LABEL PATH SECONDS_PER_STEP"
             with_x = " with --x" if args.x else ""
             raise ConfigError(f"--run {' '.join(run)}: give {form}{with_x}")
+    floor = None if args.floor is None else (floor_value(args.floor[0]), args.floor[1])
     if args.x:
         curves = [
             read_column_curve(label, Path(path), args.x, args.metric) for label, path in args.run
         ]
-        picture = plot(curves, args.metric, out, title, args.log_y, args.x, args.log_x)
+        picture = plot(curves, args.metric, out, title, args.log_y, args.x, args.log_x, floor=floor)
     else:
         curves = [
             read_curve(label, Path(path), seconds(label, text), args.metric)
             for label, path, text in args.run
         ]
-        picture = plot(curves, args.metric, out, title, args.log_y, log_x=args.log_x)
+        picture = plot(curves, args.metric, out, title, args.log_y, log_x=args.log_x, floor=floor)
     print(f"wrote {picture}")
 
 
