@@ -232,14 +232,17 @@ def test_a_tiny_chain_trains_two_rounds_and_a_rerun_skips_them(tmp_path, data_ro
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_guided_chain_distils_guidance_in_every_round(tmp_path, data_root, monkeypatch):
+def test_a_guided_chain_distils_guidance_in_every_round(tmp_path, data_root, monkeypatch, capsys):
     """distill.guidance goes to each round: every student takes γ, the second round's teacher
     (the first's student) included, its γ embedding trained; the 4 → 2 student samples guided
-    at one call of the batch per step, γ given where the sampler guides."""
+    at one call of the batch per step, γ given where the sampler guides; the closing sample
+    command guides."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     arguments = [*tiny_chain(tmp_path, data_root, "model=unet_cond"), "distill.guidance=[1,2]"]
     chain = tmp_path / "chain"
     distill_rounds(arguments, runner=train_in_process)
+    (done,) = [line for line in capsys.readouterr().out.splitlines() if "rounds done" in line]
+    assert done.endswith("sampler.spacing=trailing sampler.guidance_scale=2")
     assert json.loads((chain / "rounds.json").read_text())["guidance"] == [1.0, 2.0]
     for folder in ("round_004_to_002", "round_002_to_001"):
         checkpoint = read_checkpoint(chain / folder / "checkpoints" / "last.ckpt")

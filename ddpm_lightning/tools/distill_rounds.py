@@ -34,6 +34,7 @@ from ddpm_lightning.config import compose_config, validate_config
 from ddpm_lightning.config.compose import command_settings
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.settings import Range, declared
+from ddpm_lightning.settings.overrides import override_key
 
 RECORD = "rounds.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -102,20 +103,13 @@ def round_folder(teacher_steps: int, student_steps: int) -> str:
     return f"round_{teacher_steps:03d}_to_{student_steps:03d}"
 
 
-def override_key(argument: str) -> str:
-    """The key of a `key=value` override (`+`, `++` and `~` dropped); one line if no key."""
-    key, sep, _ = argument.partition("=")
-    key = key.lstrip("+~")
-    if not (sep or argument.startswith("~")) or not key:
-        raise ConfigError(f"{argument!r}: give key=value overrides (e.g. rounds.final_steps=1)")
-    return key
-
-
 def split_arguments(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     """(the `rounds.` settings, checked, with defaults; the overrides for the train runs)."""
     own, train = [], []
     for argument in argv:
         key = override_key(argument)
+        if not key or not ("=" in argument or argument.startswith("~")):
+            raise ConfigError(f"{argument!r}: give key=value overrides (e.g. rounds.final_steps=1)")
         if key.startswith("rounds."):
             own.append(argument)
         elif key.startswith("hydra.") or key in SET_BY_ROUNDS:
@@ -361,9 +355,12 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
                 raise SystemExit(code or 1)
             say(f"{name}: done in {wall}")
         teacher = str(folder / LAST_CHECKPOINT)
+    guidance = chain_guidance(cfg)
+    # A student of distilled guidance takes any γ it was trained on; the strongest is shown.
+    guided = "" if guidance is None else f" sampler.guidance_scale={guidance[1]:g}"
     say(
         f"rounds done: python -m ddpm_lightning.sample ckpt_path={quoted(teacher)} sampler=ddim "
-        f"sampler.num_steps={rounds[-1][1]} sampler.eta=0 sampler.spacing=trailing"
+        f"sampler.num_steps={rounds[-1][1]} sampler.eta=0 sampler.spacing=trailing{guided}"
     )
     return Path(teacher)
 
