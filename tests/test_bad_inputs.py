@@ -378,4 +378,4 @@ def test_curves_against_a_column_reads_its_points_sorted(tmp_path, capsys):
     one_line(capsys.readouterr().err, "--run ddim", "give LABEL PATH with --x")
     with pytest.raises(SystemExit):
         curves.main(["--run", "ddim", str(table), "--x", "calls", "--metric", "fld"])
-    one_line(capsys.readouterr().err, "has no column calls (--x)")
+    one_line(capsys.readouterr().err, "has no column calls")

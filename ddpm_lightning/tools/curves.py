@@ -47,15 +47,8 @@ def read_curve(label: str, path: Path, seconds_per_step: float, metric: str) -> 
         raise ConfigError(
             f"--run {label}: seconds per step must be positive, got {seconds_per_step}"
         )
-    hours, values = [], []
-    with metrics_file(path).open(newline="") as file:
-        for row in csv.DictReader(file):
-            if row.get(metric) and row.get("step"):
-                hours.append(int(float(row["step"])) * seconds_per_step / 3600)
-                values.append(float(row[metric]))
-    if not values:
-        raise ConfigError(f"--run {label}: {path} has no {metric} values")
-    return Curve(label, hours, values)
+    steps = read_column_curve(label, path, "step", metric)
+    return Curve(label, [step * seconds_per_step / 3600 for step in steps.hours], steps.values)
 
 
 def read_column_curve(label: str, path: Path, column: str, metric: str) -> Curve:
@@ -64,14 +57,14 @@ def read_column_curve(label: str, path: Path, column: str, metric: str) -> Curve
     with metrics_file(path).open(newline="") as file:
         rows = list(csv.DictReader(file))
     if rows and column not in rows[0]:
-        raise ConfigError(f"--run {label}: {path} has no column {column} (--x)")
+        raise ConfigError(f"--run {label}: {path} has no column {column}")
     points = sorted(
         (float(row[column]), float(row[metric]))
         for row in rows
         if row.get(column) and row.get(metric)
     )
     if not points:
-        raise ConfigError(f"--run {label}: {path} has no rows with both {column} and {metric}")
+        raise ConfigError(f"--run {label}: {path} has no {metric} values with a {column}")
     return Curve(label, [x for x, _ in points], [value for _, value in points])
 
 
