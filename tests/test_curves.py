@@ -69,3 +69,12 @@ def test_a_floor_is_drawn_as_a_dashed_line(run_folder, tmp_path):
     assert dark_pixels(floored) > dark_pixels(bare) + 200, "a line across the plot"
     with pytest.raises(ConfigError, match="--floor 'low': give a number"):
         floor_value("low")
+
+
+def test_a_long_legend_goes_below_the_axes(run_folder, tmp_path):
+    runs = [arg for i in range(6) for arg in ("--run", f"run {i}", str(run_folder), "0.2")]
+    out = tmp_path / "plot.png"
+    main([*runs, "--out", str(out)])
+    with Image.open(out) as image:
+        # 4.5 in + 0.22 in per entry below the axes, at 120 dpi: 540 + 6 × 26.4 pixels.
+        assert image.size == (840, 698)

@@ -22,6 +22,7 @@ from ddpm_lightning.errors import ConfigError, report_errors
 
 METRICS_CSV = Path("csv") / "metrics.csv"
 DEFAULT_OUT = "fld_vs_time.png"
+LEGEND_INSIDE = 5
 
 
 @dataclass
@@ -85,7 +86,10 @@ def plot(
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    entries = len(curves) + (floor is not None)
+    # Up to LEGEND_INSIDE entries share the axes; more go below them, so no curve is hidden.
+    below = entries > LEGEND_INSIDE
+    figure, axes = plt.subplots(figsize=(7, 4.5 + (0.22 * entries if below else 0)), dpi=120)
     for curve in curves:
         axes.plot(curve.hours, curve.values, marker="o", markersize=3, label=curve.label)
     if floor is not None:
@@ -98,7 +102,10 @@ def plot(
         axes.set_xscale("log")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    if below:
+        axes.legend(loc="upper left", bbox_to_anchor=(0, -0.14), fontsize="small", frameon=False)
+    else:
+        axes.legend()
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import signal
 import subprocess
@@ -35,6 +34,7 @@ from ddpm_lightning.config.compose import command_settings
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.settings import Range, declared
 from ddpm_lightning.settings.overrides import override_key
+from ddpm_lightning.training.checkpoints import write_atomically
 
 RECORD = "rounds.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -244,9 +244,7 @@ def read_record(
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """rounds.json, whole or not at all."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_atomically((json.dumps(record, indent=2) + "\n").encode(), path)
 
 
 def entry_of(record: dict[str, Any], folder: str) -> dict[str, Any] | None:

@@ -55,6 +55,5 @@ class CompileLongRuns(L.Callback):
         if module.device.type == "cpu" and cpp_compiler() is None:
             rank_zero_info("no C++ compiler found (g++, clang++ or $CXX): training runs eagerly")
             return
-        module.model.compile()
-        module.fast_paths["compile"] = True
+        module.compile_network()
         rank_zero_info("a long run: the network is compiled during its first steps")

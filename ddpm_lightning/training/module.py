@@ -126,8 +126,8 @@ class DiffusionModule(L.LightningModule):
             )
 
     def apply_fast_paths(self) -> None:
-        """channels_last weights (NHWC convolutions) and in-place `nn.Module.compile`, which
-        keeps the state_dict keys, so checkpoints stay interchangeable with eager runs."""
+        """channels_last weights (NHWC convolutions) and the compiled network, as the model
+        config asks."""
         if self.fast_paths["channels_last"]:
             if len(self.data_shape) != 3:
                 raise ConfigError(
@@ -136,7 +136,13 @@ class DiffusionModule(L.LightningModule):
                 )
             self.model.to(memory_format=torch.channels_last)
         if self.fast_paths["compile"]:
-            self.model.compile()
+            self.compile_network()
+
+    def compile_network(self) -> None:
+        """Compiles the network in place (`nn.Module.compile`), which keeps the state_dict keys,
+        so checkpoints stay interchangeable with eager runs."""
+        self.model.compile()
+        self.fast_paths["compile"] = True
 
     def to_memory_format(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) in channels_last layout when `model.channels_last` is on, else x."""

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.data.registry import DATASETS, DatasetRecord
 from ddpm_lightning.models.data_fit import fitted_to_data
+from ddpm_lightning.settings.overrides import command_overrides
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import check_resume_checkpoint, find_last_checkpoint
 
@@ -126,10 +127,9 @@ def build_module(
 
 def sweep_job() -> list[str] | None:
     """This sweep job's command-line overrides, None outside a multirun."""
-    hydra = HydraConfig.get() if HydraConfig.initialized() else None
-    if hydra is None or hydra.mode != RunMode.MULTIRUN:
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    return list(hydra.overrides.task)
+    return command_overrides()
 
 
 def resume_checkpoint(cfg: DictConfig, hparams: dict[str, Any]) -> Path | None:
