@@ -5,7 +5,7 @@ import torch
 from conftest import overfit_one_batch
 
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
-from ddpm_lightning.diffusion.schedules import NoiseSchedule
+from ddpm_lightning.diffusion.schedules import NoiseSchedule, cosine_beta_schedule
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models import UNet
 
@@ -159,3 +159,41 @@ def test_tiny_unet_overfits_one_batch(objective, weighting, noise_levels):
     before, after = overfit_one_batch(model, diffusion)
     print(f"{objective}: loss {before:.4f} → {after:.4f} ({before / after:.0f}x)")
     assert after < before / 10, f"loss {before:.4f} → {after:.4f}"
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v", "flow"])
+def test_edm_weights_weigh_the_x0_error_by_one_plus_sigma_data_squared_snr(objective):
+    """w · c_t = 1 + σ_d² SNR_t with c_t the objective's x₀-error scale (SNR, 1, SNR + 1, 1/s²)."""
+    diffusion = make(objective, T=1000, weighting="edm", sigma_data=0.5)
+    t = torch.tensor([0, 50, 200, 500, 900, 998])
+    if objective == "flow":
+        s = (t.double() + 1) / 1000
+        snr, scale = ((1 - s) / s) ** 2, s**-2
+    else:
+        a = diffusion.schedule.alphas_cumprod.double()[t]
+        snr = a / (1 - a)
+        scale = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[objective]
+    expected = (1 + 0.25 * snr) / scale
+    torch.testing.assert_close(diffusion.loss_weights(t), expected.float(), rtol=1e-6, atol=0)
+
+
+def test_edm_weights_of_v_are_one_at_unit_sigma_data_and_sigma_data_squared_at_low_noise():
+    assert torch.allclose(
+        make("v", T=1000, weighting="edm", sigma_data=1.0).loss_weights(torch.arange(1000)),
+        torch.ones(1000),
+        rtol=1e-6,
+    )
+    weights = make("v", T=1000, weighting="edm", sigma_data=0.5).loss_weights(torch.arange(1000))
+    assert weights[0].item() == pytest.approx(0.25, rel=1e-3)  # SNR ≈ 2.5·10⁴ at t = 0
+    assert weights[-1].item() == pytest.approx(1.0, abs=1e-6)  # SNR ≈ 0 at t = T − 1
+    assert (weights[1:] >= weights[:-1]).all(), "more weight as the noise grows"
+
+
+def test_shifted_cosine_moves_log_snr_by_the_shift():
+    plain = torch.cumprod(1 - cosine_beta_schedule(1000), 0)
+    shifted = torch.cumprod(1 - cosine_beta_schedule(1000, log_snr_shift=math.log(4)), 0)
+    # Up to t = 900; beyond, β reaches its 0.999 clamp, which caps how fast ᾱ falls.
+    difference = torch.logit(shifted[:900]) - torch.logit(plain[:900])
+    torch.testing.assert_close(difference, torch.full((900,), math.log(4), dtype=torch.float64))
+    assert (shifted > plain).all(), "a positive shift puts every timestep at less noise"
+    assert NoiseSchedule("cosine", 1000, log_snr_shift=1.0).alphas_cumprod[500] > 0.5

@@ -130,7 +130,7 @@ BAD_VALUES = [
     (
         "train",
         "diffusion.weighting=snr",
-        "diffusion.weighting=snr: must be one of none, min_snr",
+        "diffusion.weighting=snr: must be one of none, min_snr, edm",
     ),
     ("train", "diffusion.p_uncond=1", "diffusion.p_uncond=1: must be a finite number in [0, 1)"),
     ("train", "schedule.num_timesteps=2.5", "schedule.num_timesteps=2.5: must be an integer ≥ 2"),

@@ -62,14 +62,6 @@ def flow_timesteps(log_sigma: Tensor, num_timesteps: int) -> Tensor:
     return (torch.ceil(s * num_timesteps) - 1).clamp(0, num_timesteps - 1).long()
 
 
-def flow_loss_weights(s: Tensor, gamma: float) -> Tensor:
-    """Min-SNR-γ weights (B,) on the velocity error at s: (B,): û − u = (x₀ − x̂₀)/s, so
-    w = s² min(SNR, γ) with SNR = ((1 − s)/s)² weighs the x₀ error by min(SNR, γ) (Hang et al.
-    2023, eq. 9), as the other objectives do."""
-    snr = ((1 - s) / s) ** 2
-    return (s**2 * snr.clamp(max=gamma)).float()
-
-
 def check_pairing(sampler: str, flow_sampler: bool, objective: str) -> None:
     """A ConfigError unless a flow sampler meets a flow model, or an ᾱ-path sampler another:
     their x at a timestep lie on different paths, at different noise levels."""

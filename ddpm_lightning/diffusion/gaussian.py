@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from ddpm_lightning.diffusion.coupling import NOISE_COUPLINGS, assign_noise
 from ddpm_lightning.diffusion.flow import (
-    flow_loss_weights,
     flow_sample,
     flow_target,
     flow_times,
@@ -49,6 +48,7 @@ class LossType(str, enum.Enum):
 class Weighting(str, enum.Enum):
     NONE = "none"
     MIN_SNR = "min_snr"
+    EDM = "edm"
 
 
 class NoiseLevels(str, enum.Enum):
@@ -90,6 +90,8 @@ class GaussianDiffusion(nn.Module):
         loss: Annotated[str, OneOf(values(LossType))] = "l2",
         weighting: Annotated[str, OneOf(values(Weighting))] = "none",
         min_snr_gamma: Annotated[float, Range(gt=0)] = 5.0,
+        # σ_data of `weighting=edm`: the data's standard deviation as EDM's weighting assumes it.
+        sigma_data: Annotated[float, Range(gt=0)] = 0.5,
         noise_levels: Annotated[str, OneOf(values(NoiseLevels))] = "uniform",
         p_mean: float = -1.2,
         p_std: Annotated[float, Range(gt=0)] = 1.2,
@@ -103,6 +105,7 @@ class GaussianDiffusion(nn.Module):
         self.loss_type = LossType(loss)
         self.weighting = Weighting(weighting)
         self.min_snr_gamma = float(min_snr_gamma)
+        self.sigma_data = float(sigma_data)
         self.noise_levels = NoiseLevels(noise_levels)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
         self.noise_coupling = noise_coupling
@@ -165,26 +168,41 @@ class GaussianDiffusion(nn.Module):
         edges = self.log_sigma_edges.to(device)
         return torch.bucketize(self.p_mean + self.p_std * normal, edges)
 
-    def loss_weights(self, t: Tensor) -> Tensor:
-        """Per-sample loss weights w(t): (B,), ones unless `weighting=min_snr`.
+    def snr(self, t: Tensor) -> Tensor:
+        """SNR_t = ᾱ_t / (1 − ᾱ_t) = 1/σ_t² (B,) float64, or ((1 − s)/s)² on the flow path."""
+        if self.objective is Objective.FLOW:
+            s = flow_times(t, self.num_timesteps)
+            return ((1 - s) / s) ** 2
+        alpha_bar = self.schedule.alphas_cumprod.double()[t]
+        return alpha_bar / (1 - alpha_bar)
 
-        Min-SNR-γ (Hang et al. 2023, eq. 9 and its ε / v forms): with SNR_t = ᾱ_t / (1 − ᾱ_t),
-        w = min(SNR, γ) for x₀, min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v: every
-        objective then weighs the x₀ error by min(SNR, γ), so low-noise steps stop dominating.
-        For `objective=flow`, SNR = ((1 − s)/s)² and w = s² min(SNR, γ) (`flow_loss_weights`).
+    def x0_error_scale(self, t: Tensor, snr: Tensor) -> Tensor:
+        """c_t (B,) with ‖prediction − target‖² = c_t ‖x̂₀ − x₀‖² for this objective: 1 for x₀,
+        SNR for ε, SNR + 1 for v, 1/s² for flow (û − u = (x₀ − x̂₀)/s)."""
+        if self.objective is Objective.X0:
+            return torch.ones_like(snr)
+        if self.objective is Objective.EPS:
+            return snr
+        if self.objective is Objective.V:
+            return snr + 1
+        return flow_times(t, self.num_timesteps).pow(-2)
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Per-sample loss weights w(t): (B,), ones unless `weighting` is min_snr or edm.
+
+        Both weigh the error of x̂₀ by λ(SNR), whatever the objective: w = λ / c_t
+        (`x0_error_scale`). Min-SNR-γ (Hang et al. 2023, eq. 9): λ = min(SNR, γ), so low-noise
+        steps stop dominating. EDM (Karras et al. 2022, Table 1): λ = (σ² + σ_d²)/(σ σ_d)², here
+        times σ_d² so that λ = 1 + σ_d² SNR → 1 at pure noise; for v with σ_d = 1 it is w = 1.
         """
         if self.weighting is Weighting.NONE:
             return torch.ones(t.shape, device=t.device)
-        if self.objective is Objective.FLOW:
-            return flow_loss_weights(flow_times(t, self.num_timesteps), self.min_snr_gamma)
-        alpha_bar = self.schedule.alphas_cumprod.double()[t]
-        snr = alpha_bar / (1 - alpha_bar)
-        clipped = snr.clamp(max=self.min_snr_gamma)
-        if self.objective is Objective.EPS:
-            return (self.min_snr_gamma / snr).clamp(max=1).float()
-        if self.objective is Objective.X0:
-            return clipped.float()
-        return (clipped / (snr + 1)).float()
+        snr = self.snr(t)
+        if self.weighting is Weighting.MIN_SNR:
+            x0_weight = snr.clamp(max=self.min_snr_gamma)
+        else:
+            x0_weight = 1 + self.sigma_data**2 * snr
+        return (x0_weight / self.x0_error_scale(t, snr)).float()
 
     def loss(self, prediction: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         """l2 / l1 / Huber (δ = 1) error in float32, averaged over each sample's elements, then

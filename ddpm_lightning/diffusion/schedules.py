@@ -40,11 +40,18 @@ def cosine_beta_schedule(
     num_timesteps: int,
     # Offset that keeps β_1 from vanishing.
     s: Annotated[float, Range(gt=0)] = 0.008,
+    # Added to log SNR at every t: > 0 less noise, < 0 more (2 ln(64/d) for d-px images).
+    log_snr_shift: float = 0.0,
 ) -> Tensor:
-    """Nichol & Dhariwal 2021: ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2)."""
+    """Nichol & Dhariwal 2021: ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2); shifted
+    in log SNR = logit ᾱ_t by `log_snr_shift` (the shifted cosine of Hoogeboom et al. 2023,
+    "simple diffusion")."""
     t = torch.linspace(0, num_timesteps, num_timesteps + 1, dtype=torch.float64)
     f = torch.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
-    return betas_from_alphas_cumprod(f)
+    alphas_cumprod = f / f[0]
+    if log_snr_shift:
+        alphas_cumprod = torch.sigmoid(torch.logit(alphas_cumprod) + log_snr_shift)
+    return betas_from_alphas_cumprod(alphas_cumprod)
 
 
 @checked("schedule")

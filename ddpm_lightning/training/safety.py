@@ -83,6 +83,7 @@ TRAINING_ONLY = frozenset(
         "diffusion.p_uncond",
         "diffusion.weighting",
         "diffusion.min_snr_gamma",
+        "diffusion.sigma_data",
         "diffusion.noise_levels",
         "diffusion.p_mean",
         "diffusion.p_std",
