@@ -417,7 +417,10 @@ def bench_training_model(
     module = build_training_module(name, settings)
     num_train = (settings.warmup_steps + settings.steps) * settings.batch_size
     data = RandomImages(num_train, settings.batch_size, shape=module.data_shape)
-    start_memory, peak_reset = current_memory_mb(device), reset_peak_memory(device)
+    # The new peak begins before the starting reading, and the peak reported is at least that
+    # reading: the resident set can shrink between readings faster than VmHWM records it.
+    peak_reset = reset_peak_memory(device)
+    start_memory = current_memory_mb(device)
     conditional = module.num_classes is not None
     lightning, bare = [], []
     for _ in range(settings.repeats):
@@ -437,7 +440,7 @@ def bench_training_model(
                 conditional,
             )
         )
-    memory = peak_memory_mb(device)
+    memory = max(peak_memory_mb(device), start_memory)
     flops = module.training_flops_per_image()
     speed = summary([run["images_per_s"] for run in lightning])
     bare_speed = summary([run["images_per_s"] for run in bare])
