@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.components.registry import REGISTRY
+from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.checkpoints import read_checkpoint
 from ddpm_lightning.training.module import NonFiniteLossError
@@ -200,21 +201,28 @@ def differing_keys(
     )
 
 
-def with_model_defaults(model: object) -> object:
-    """Model settings with those left out at their network's defaults, so that a checkpoint
-    written before a setting existed (model.guidance_embedding) matches."""
-    if not isinstance(model, dict) or model.get("name") not in REGISTRY["model"]:
-        return model
-    parameters = inspect.signature(REGISTRY["model"][model["name"]]).parameters.items()
+def with_defaults(settings: object, builders: dict[str, Any]) -> object:
+    """Settings `{name: …, …}` with those left out at the defaults of `builders[name]`, so that a
+    checkpoint written before a setting existed (model.guidance_embedding,
+    schedule.log_snr_shift) matches."""
+    if not isinstance(settings, dict) or settings.get("name") not in builders:
+        return settings
+    parameters = inspect.signature(builders[settings["name"]]).parameters.items()
     defaults = {key: p.default for key, p in parameters if p.default is not inspect.Parameter.empty}
-    return {**defaults, **model}
+    return {**defaults, **settings}
 
 
 def config_differences(saved: dict, hparams: dict) -> list[str]:
     """The model, schedule, objective and data-shape keys differing between a checkpoint's
     hyperparameters and `hparams`, training-only settings (`TRAINING_ONLY`) aside."""
-    saved = {**saved, "model": with_model_defaults(saved.get("model"))}
-    hparams = {**hparams, "model": with_model_defaults(hparams.get("model"))}
+    saved, hparams = (
+        {
+            **config,
+            "model": with_defaults(config.get("model"), REGISTRY["model"]),
+            "schedule": with_defaults(config.get("schedule"), BETA_SCHEDULES),
+        }
+        for config in (saved, hparams)
+    )
     return [
         difference
         for group in ("model", "schedule", "diffusion", "data_shape", "dataset")
