@@ -23,6 +23,7 @@ from ddpm_lightning.distill.grids import halving_grids
 from ddpm_lightning.distill.settings import distill_settings
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.models.mlp import MLP
+from ddpm_lightning.train import build_fit_module, load_teacher
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
 from ddpm_lightning.training.module import MODULE_KEYS, DiffusionModule
 from ddpm_lightning.training.safety import LastCheckpoint
@@ -301,6 +302,29 @@ def test_bad_distill_settings_are_refused(changes, message):
         )
 
 
+def test_settings_an_earlier_teacher_leaves_out_count_at_their_defaults():
+    """The shipped teachers' files predate `schedule.log_snr_shift`: a student whose
+    settings name it at its default (0) starts from them; at another value it is refused."""
+    settings = {"model": MLP_SETTINGS, "diffusion": {"objective": "v"}, "data_shape": (2,)}
+    ProgressiveDistillation(
+        teacher_module("v"),
+        round_settings(),
+        schedule={**SCHEDULE, "log_snr_shift": 0.0},
+        **settings,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"has schedule.log_snr_shift=0.0 but schedule.log_snr_shift=1.0: set "
+        r"schedule.log_snr_shift=0.0",
+    ):
+        ProgressiveDistillation(
+            teacher_module("v"),
+            round_settings(),
+            schedule={**SCHEDULE, "log_snr_shift": 1.0},
+            **settings,
+        )
+
+
 def test_the_teacher_is_no_part_of_the_student():
     """Not in the state_dict, the hyperparameters or the EMA's deep copy; the student starts
     from its weights."""
@@ -395,3 +419,27 @@ def test_the_distill_experiment_samples_on_the_student_grid():
         sampler = cfg.callbacks[callback].sampler
         assert sampler.num_steps * 2 == distill["teacher_steps"]
         assert sampler.eta == 0 and sampler.spacing == distill["spacing"] == "trailing"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["distill.teacher=mnist"],
+        ["distill.teacher=fashion_mnist", "data=fashion_mnist"],
+        ["distill.teacher=mnist_cond", "model=unet_cond"],
+        ["distill.teacher=mnist_cond", "model=unet_cond", "distill.guidance=[1,2]"],
+    ],
+)
+def test_every_shipped_model_is_a_teacher_of_its_documented_command(overrides):
+    """The commands of docs/results.md build a student from each shipped model's weights,
+    though the model folders predate settings added since (schedule.log_snr_shift)."""
+    cfg = compose_config(
+        "train", ["experiment=distill", "paths.output_dir=/tmp/unused", *overrides]
+    )
+    teacher = load_teacher(str(cfg.distill.teacher))
+    student = build_fit_module(cfg, tuple(teacher.data_shape))
+    assert isinstance(student, ProgressiveDistillation)
+    weights = student.model.state_dict()
+    assert all(
+        torch.equal(weights[key], value) for key, value in teacher.model.state_dict().items()
+    )

@@ -34,8 +34,8 @@ NATIVE_BF16_FLAGS = re.compile(r"\b(?:avx512_bf16|amx_bf16)\b")
 
 @functools.cache
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16; Linux only):
-    there bf16-mixed trains the default UNet about 1.4 times as fast as float32."""
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16; Linux only),
+    where bf16-mixed trains faster than float32 (docs/results.md, fast paths on the CPU)."""
     try:
         return NATIVE_BF16_FLAGS.search(cpuinfo.read_text()) is not None
     except OSError:

@@ -176,16 +176,16 @@ class GaussianDiffusion(nn.Module):
         alpha_bar = self.schedule.alphas_cumprod.double()[t]
         return alpha_bar / (1 - alpha_bar)
 
-    def x0_error_scale(self, t: Tensor, snr: Tensor) -> Tensor:
+    def x0_error_scale(self, snr: Tensor) -> Tensor:
         """c_t (B,) with ‖prediction − target‖² = c_t ‖x̂₀ − x₀‖² for this objective: 1 for x₀,
-        SNR for ε, SNR + 1 for v, 1/s² for flow (û − u = (x₀ − x̂₀)/s)."""
+        SNR for ε, SNR + 1 for v, 1/s² = (√SNR + 1)² for flow (û − u = (x₀ − x̂₀)/s)."""
         if self.objective is Objective.X0:
             return torch.ones_like(snr)
         if self.objective is Objective.EPS:
             return snr
         if self.objective is Objective.V:
             return snr + 1
-        return flow_times(t, self.num_timesteps).pow(-2)
+        return (snr.sqrt() + 1) ** 2
 
     def loss_weights(self, t: Tensor) -> Tensor:
         """Per-sample loss weights w(t): (B,), ones unless `weighting` is min_snr or edm.
@@ -202,7 +202,7 @@ class GaussianDiffusion(nn.Module):
             x0_weight = snr.clamp(max=self.min_snr_gamma)
         else:
             x0_weight = 1 + self.sigma_data**2 * snr
-        return (x0_weight / self.x0_error_scale(t, snr)).float()
+        return (x0_weight / self.x0_error_scale(snr)).float()
 
     def loss(self, prediction: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         """l2 / l1 / Huber (δ = 1) error in float32, averaged over each sample's elements, then

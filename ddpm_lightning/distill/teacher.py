@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
+from ddpm_lightning.training.safety import with_group_defaults
 
 
 class FrozenTeacher:
@@ -49,8 +50,9 @@ GUIDANCE_KEY = "guidance_embedding"
 
 
 def first_difference(teacher: dict[str, Any], student: dict[str, Any]) -> str | None:
-    """The first key, sorted, whose value differs between two flat settings dicts, or None."""
-    keys = sorted(set(teacher) | set(student))
+    """The first key, `name` first and then sorted, whose value differs between two flat
+    settings dicts, or None."""
+    keys = sorted(set(teacher) | set(student), key=lambda key: (key != "name", key))
     return next((key for key in keys if teacher.get(key) != student.get(key)), None)
 
 
@@ -76,7 +78,8 @@ def check_teacher(teacher: DiffusionModule, student: DiffusionModule, source: st
     """Refuse, in one line naming the key and the fix, a teacher whose data shape, objective,
     schedule or network settings differ from the student's: the student starts from the
     teacher's weights and learns its steps on the same data. Only `model.guidance_embedding`
-    may differ, off for the teacher and on for the student (it gains γ's embedding)."""
+    may differ, off for the teacher and on for the student (it gains γ's embedding); settings
+    a teacher of an earlier release leaves out count at their defaults."""
     where = f"distill.teacher={source}"
     teacher_guided, student_guided = (
         bool(module.hparams["model"].get(GUIDANCE_KEY)) for module in (teacher, student)
@@ -99,17 +102,19 @@ def check_teacher(teacher: DiffusionModule, student: DiffusionModule, source: st
             f"{where} predicts diffusion.objective={objective} but diffusion.objective={own}: "
             f"set diffusion.objective={objective}"
         )
+    teacher_settings, student_settings = (
+        with_group_defaults(module.hparams) for module in (teacher, student)
+    )
     for group in ("schedule", "model"):
-        theirs, ours = teacher.hparams[group], student.hparams[group]
+        theirs, ours = teacher_settings[group], student_settings[group]
         if group == "model":
             theirs, ours = (
                 {k: v for k, v in d.items() if k != GUIDANCE_KEY} for d in (theirs, ours)
             )
         key = first_difference(theirs, ours)
         if key is not None:
-            value = teacher.hparams[group].get(key)
+            value = theirs.get(key)
             raise ConfigError(
-                f"{where} has {group}.{key}={value} but {group}.{key}="
-                f"{student.hparams[group].get(key)}: set {group}.{key}={value} (the student "
-                "starts from the teacher's weights)"
+                f"{where} has {group}.{key}={value} but {group}.{key}={ours.get(key)}: set "
+                f"{group}.{key}={value} (the student starts from the teacher's weights)"
             )

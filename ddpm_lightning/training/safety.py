@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -212,17 +213,20 @@ def with_defaults(settings: object, builders: dict[str, Any]) -> object:
     return {**defaults, **settings}
 
 
+def with_group_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyperparameters `config` with their model and schedule settings completed by
+    `with_defaults`, so that files of earlier releases compare with today's settings."""
+    return {
+        **config,
+        "model": with_defaults(config.get("model"), REGISTRY["model"]),
+        "schedule": with_defaults(config.get("schedule"), BETA_SCHEDULES),
+    }
+
+
 def config_differences(saved: dict, hparams: dict) -> list[str]:
     """The model, schedule, objective and data-shape keys differing between a checkpoint's
     hyperparameters and `hparams`, training-only settings (`TRAINING_ONLY`) aside."""
-    saved, hparams = (
-        {
-            **config,
-            "model": with_defaults(config.get("model"), REGISTRY["model"]),
-            "schedule": with_defaults(config.get("schedule"), BETA_SCHEDULES),
-        }
-        for config in (saved, hparams)
-    )
+    saved, hparams = with_group_defaults(saved), with_group_defaults(hparams)
     return [
         difference
         for group in ("model", "schedule", "diffusion", "data_shape", "dataset")
