@@ -242,7 +242,9 @@ def test_a_guided_chain_distils_guidance_in_every_round(tmp_path, data_root, mon
     chain = tmp_path / "chain"
     distill_rounds(arguments, runner=train_in_process)
     (done,) = [line for line in capsys.readouterr().out.splitlines() if "rounds done" in line]
-    assert done.endswith("sampler.spacing=trailing sampler.guidance_scale=2")
+    assert done.endswith(
+        "sampler.spacing=trailing sampler.guidance_scale=2 sampler.guidance_interval=null"
+    )
     assert json.loads((chain / "rounds.json").read_text())["guidance"] == [1.0, 2.0]
     for folder in ("round_004_to_002", "round_002_to_001"):
         checkpoint = read_checkpoint(chain / folder / "checkpoints" / "last.ckpt")

@@ -138,8 +138,9 @@ def test_each_sample_gets_the_target_of_its_own_guidance_scale():
 
 def test_the_students_guidance_input_follows_its_samplers_interval():
     """Each sample's γ is uniform in distill.guidance at the student's times whose σ lies in the
-    interval, where its sampler guides (`guidance_scale_at`), and 1 at the others."""
-    diffusion = guided_round(guidance=[1.5, 3])
+    interval, where its sampler guides (`guidance_scale_at`), and 1 at the others; without an
+    interval (the default) at every time."""
+    diffusion = guided_round(guidance=[1.5, 3], guidance_interval=(0.3, 4))
     times = diffusion.student_times[:-1].repeat_interleave(2000)
     drawn = diffusion.draw_guidance(times, torch.Generator().manual_seed(2))
     assert drawn is not None
@@ -150,6 +151,8 @@ def test_the_students_guidance_input_follows_its_samplers_interval():
     inside = drawn[guided]
     assert inside.min() >= 1.5 and inside.max() <= 3 and inside.std() > 0.3
     assert guided_round().draw_guidance(times) is None
+    everywhere = guided_round(guidance=[1.5, 3]).draw_guidance(times)
+    assert everywhere is not None and everywhere.min() >= 1.5
 
 
 def test_a_guided_student_as_teacher_is_called_once_per_step_with_its_guidance():
@@ -213,7 +216,7 @@ def test_a_guided_round_builds_its_student_with_the_embedding_and_no_label_dropo
     student = ProgressiveDistillation(teacher, settings, **student_arguments(teacher))
     assert student.hparams["model"]["guidance_embedding"] is True and student.p_uncond == 0
     assert student.distill["guidance"] == [1.0, 2.0]
-    assert student.distill["guidance_interval"] == [0.3, 4.0]
+    assert student.distill["guidance_interval"] is None
     weights, own = teacher.model.state_dict(), student.model.state_dict()
     assert all(torch.equal(own[key], value) for key, value in weights.items())
     assert {key.split(".")[0] for key in set(own) - set(weights)} == {"guidance_embedding"}

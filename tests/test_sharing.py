@@ -492,7 +492,12 @@ def test_the_card_reports_the_distillation_and_fld_by_network_calls(checkpoint, 
         "2,ok,/here/c.ckpt,9.25,1.0,10000.0\n"
     )
     (tmp_path / "record.json").write_text(
-        json.dumps({"distillation": "progressive, 64 → 4 steps in 4 rounds"})
+        json.dumps(
+            {
+                "distillation": "progressive, 64 → 4 steps in 4 rounds",
+                "train_overrides": ["experiment=distill", "distill.teacher=last.ckpt"],
+            }
+        )
     )
     files = export(
         export_config(
@@ -511,6 +516,7 @@ def test_the_card_reports_the_distillation_and_fld_by_network_calls(checkpoint, 
     card = files["README.md"].read_text()
     assert "- Distillation: progressive, 64 → 4 steps in 4 rounds.\n" in card
     assert "| 1 | 9.25 | 10,000 |\n| 4 | 3.50 | 10,000 |\n" in card and "/here" not in card
+    assert "its teacher, `last.ckpt`, is the checkpoint of the round before" in card
     again = export(
         export_config(tmp_path / "again", f"pretrained={tmp_path / 'fast'}", "samples=false")
     )

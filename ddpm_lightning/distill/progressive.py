@@ -40,9 +40,10 @@ class ProgressiveDiffusion(GaussianDiffusion):
 
     guidance: [γ_min, γ_max] of distilled guidance (None: the teacher unguided). Each sample's γ
     is drawn uniformly in it; where σ_t of the student's time lies in `guidance_interval`
-    (σ_lo, σ_hi] both teacher steps take the guided output at γ and the student gets γ, else
-    both are plain conditional and the student gets 1: what its sampler passes at that step
-    (`Denoiser.guidance_scale_at`), so its input holds all its target depends on.
+    (σ_lo, σ_hi] (None: everywhere) both teacher steps take the guided output at γ and the
+    student gets γ, else both are plain conditional and the student gets 1: what its sampler
+    passes at that step (`Denoiser.guidance_scale_at`), so its input holds all its target
+    depends on.
     """
 
     student_times: Tensor
@@ -59,7 +60,7 @@ class ProgressiveDiffusion(GaussianDiffusion):
         objective: str = "v",
         loss: str = "l2",
         guidance: Sequence[float] | None = None,
-        guidance_interval: Sequence[float] | None = (0.3, 4),
+        guidance_interval: Sequence[float] | None = None,
     ):
         super().__init__(schedule, objective=objective, loss=loss)
         teacher_grid, student_grid = halving_grids(schedule, teacher_steps, spacing)

@@ -27,8 +27,9 @@ def progressive(
     # Distilled guidance: [γ_min, γ_max], each sample's γ uniform in it and a student input;
     # null: the teacher unguided.
     guidance: Annotated[Sequence[float], Range(ge=0)] | None = None,
-    # With guidance: noise levels (σ_lo, σ_hi] where it applies, as sampler.guidance_interval.
-    guidance_interval: Annotated[Sequence[float], Range(ge=0)] | None = (0.3, 4),
+    # With guidance: noise levels (σ_lo, σ_hi] where it applies, as sampler.guidance_interval;
+    # null: every step (sample the student with sampler.guidance_interval=null then).
+    guidance_interval: Annotated[Sequence[float], Range(ge=0)] | None = None,
 ) -> dict[str, Any]:
     """Progressive distillation (Salimans & Ho 2022), with `guidance` of a conditional teacher
     distilled too (Meng et al. 2023): the settings with defaults filled in; the guidance keys

@@ -146,6 +146,15 @@ def weights_text(config: dict[str, Any]) -> str:
     return f"{kind} after {steps:,} optimizer steps" if is_count(steps) else kind
 
 
+def checkpoint_teacher(overrides: list[str]) -> str | None:
+    """The `.ckpt` file a distillation round's `distill.teacher=` names (an earlier round's
+    checkpoint, which the folder does not hold); None for a shipped or folder teacher."""
+    for value in (o.split("=", 1)[1] for o in overrides if o.startswith("distill.teacher=")):
+        if value.endswith(".ckpt"):
+            return value
+    return None
+
+
 def recipe_section(config: dict[str, Any]) -> str:
     training = config.get("training") or {}
     overrides = training.get("overrides")
@@ -154,6 +163,12 @@ def recipe_section(config: dict[str, Any]) -> str:
         if overrides
         else "The run's command-line overrides were not recorded."
     )
+    teacher = checkpoint_teacher(overrides or [])
+    if teacher is not None:
+        command = (
+            f"The last distillation round; its teacher, `{teacher}`, is the checkpoint of the "
+            "round before (the whole distillation: Training time and device).\n\n" + command
+        )
     return (
         f"## Training recipe\n\n{command}\n\n"
         f"A `{config['model']['name']}` network of {config.get('num_parameters', 0):,} "

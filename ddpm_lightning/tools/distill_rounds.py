@@ -159,6 +159,15 @@ def chain_guidance(cfg: DictConfig) -> list[float] | None:
     return None if guidance is None else [float(value) for value in guidance]
 
 
+def interval_override(cfg: DictConfig) -> str:
+    """The `sampler.guidance_interval` override that samples a guided chain's student where
+    its rounds guided: `distill.guidance_interval`, by default every step (null)."""
+    interval = cfg.distill.get("guidance_interval")
+    if interval is None:
+        return "sampler.guidance_interval=null"
+    return f"'sampler.guidance_interval=[{','.join(f'{float(v):g}' for v in interval)}]'"
+
+
 def chain_folder(settings: dict[str, Any], cfg: DictConfig) -> Path:
     """`rounds.dir`, or <paths.log_dir>/distill_rounds/<teacher>_<teacher_steps>, with
     `_guidance_<γ_min>-<γ_max>` for a chain of distilled guidance."""
@@ -354,8 +363,13 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
             say(f"{name}: done in {wall}")
         teacher = str(folder / LAST_CHECKPOINT)
     guidance = chain_guidance(cfg)
-    # A student of distilled guidance takes any γ it was trained on; the strongest is shown.
-    guided = "" if guidance is None else f" sampler.guidance_scale={guidance[1]:g}"
+    # A student of distilled guidance takes any γ it was trained on; the strongest is shown,
+    # guided where its rounds were.
+    guided = (
+        ""
+        if guidance is None
+        else f" sampler.guidance_scale={guidance[1]:g} {interval_override(cfg)}"
+    )
     say(
         f"rounds done: python -m ddpm_lightning.sample ckpt_path={quoted(teacher)} sampler=ddim "
         f"sampler.num_steps={rounds[-1][1]} sampler.eta=0 sampler.spacing=trailing{guided}"
