@@ -26,6 +26,7 @@ from ddpm_lightning.evaluation.fld import sha256
 from ddpm_lightning.export import export
 from ddpm_lightning.sample import sample
 from ddpm_lightning.sharing import hub
+from ddpm_lightning.sharing.card import checkpoint_teacher, load_section
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
@@ -254,6 +255,29 @@ def machine_paths_in(folder: Path, root: Path) -> list[str]:
 def card_settings(card: str) -> dict:
     """The card's YAML block of settings, parsed."""
     return yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])
+
+
+def test_a_cards_sample_command_keeps_a_guidance_interval_of_every_step():
+    sampler = {"name": "ddim", "num_steps": 4, "eta": 0, "guidance_scale": 1.3}
+    config = {"model": {"num_classes": 10}, "sampler": {**sampler, "guidance_interval": None}}
+    text = load_section(config, "mnist_cond_fast")
+    assert " sampler.guidance_scale=1.3 sampler.guidance_interval=null\n" in text
+    assert "    guidance_interval=None,\n" in text
+    default = load_section({"model": {"num_classes": 10}, "sampler": {"name": "ddim"}}, "c")
+    assert "guidance_scale" not in default.split("Recommended sampler")[0], "None: the default"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "teacher"),
+    [
+        (["distill.teacher=round_1/last.ckpt"], "round_1/last.ckpt"),
+        (["+distill.teacher=last.ckpt", "seed=1"], "last.ckpt"),
+        (["distill.teacher=mnist"], None),
+        (["distill.teacher_steps=8"], None),
+    ],
+)
+def test_a_chained_rounds_checkpoint_teacher_is_named(overrides, teacher):
+    assert checkpoint_teacher(overrides) == teacher
 
 
 def test_a_card_names_no_path_of_this_machine(checkpoint, tmp_path):

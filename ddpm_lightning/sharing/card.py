@@ -6,6 +6,7 @@ folder, a shipped name or a Hub repo id, never by a path of the exporting machin
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from typing import Any
 
@@ -15,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ddpm_lightning import diffusion
 from ddpm_lightning.components import REGISTRY, component_settings
 from ddpm_lightning.data.registry import known_record
+from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.training.module import MODULE_KEYS
 
 SAMPLER_KEYS = (
@@ -149,9 +151,9 @@ def weights_text(config: dict[str, Any]) -> str:
 def checkpoint_teacher(overrides: list[str]) -> str | None:
     """The `.ckpt` file a distillation round's `distill.teacher=` names (an earlier round's
     checkpoint, which the folder does not hold); None for a shipped or folder teacher."""
-    for value in (o.split("=", 1)[1] for o in overrides if o.startswith("distill.teacher=")):
-        if value.endswith(".ckpt"):
-            return value
+    for item in overrides:
+        if override_key(item) == "distill.teacher" and item.endswith(".ckpt"):
+            return item.split("=", 1)[1]
     return None
 
 
@@ -289,8 +291,10 @@ def python_literal(value: Any) -> str:
 
 
 def override(key: str, value: Any) -> str:
-    """` sampler.key=value`, shell-quoted as the card's commands are; a list without spaces."""
+    """` sampler.key=value`, shell-quoted as the card's commands are; a list without spaces,
+    None as YAML's `null`."""
     text = f"[{','.join(str(v) for v in value)}]" if isinstance(value, list | tuple) else value
+    text = "null" if value is None else text
     return f" {shlex.quote(f'sampler.{key}={text}')}"
 
 
@@ -313,12 +317,26 @@ def install_text(extra: str | None) -> str:
     )
 
 
+def setting_default(cls: type, key: str) -> Any:
+    """The default of a sampler setting: the sampler class's, else its denoiser's."""
+    for source in (cls, diffusion.Denoiser):
+        parameter = inspect.signature(source).parameters.get(key)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
+
+
 def load_section(config: dict[str, Any], name: str) -> str:
     conditional = is_conditional(config)
     summary = sampler_summary(config.get("sampler"), conditional) or {"sampler": "DDIMSampler"}
     cls = summary.pop("sampler")
-    settings = {key: value for key, value in summary.items() if value is not None}
-    option = getattr(diffusion, cls, diffusion.DDIMSampler).name
+    sampler_class = getattr(diffusion, cls, diffusion.DDIMSampler)
+    settings = {
+        key: value
+        for key, value in summary.items()
+        if value is not None or setting_default(sampler_class, key) is not None
+    }
+    option = sampler_class.name
     overrides = "".join(override(key, value) for key, value in settings.items())
     imports = "import torch\n" if conditional else ""
     labels = (
