@@ -13,9 +13,10 @@ import yaml
 from omegaconf import OmegaConf
 
 from ddpm_lightning.components import REGISTRY, build, component_settings
+from ddpm_lightning.components.defaults import class_defaults, components
 from ddpm_lightning.components.registry import OPTIMIZER_SETTINGS
 from ddpm_lightning.config import compose_config, config_dir
-from ddpm_lightning.config.defaults import KINDS, class_defaults, components
+from ddpm_lightning.config.defaults import KINDS
 from ddpm_lightning.diffusion import DDIMSampler, NoiseSchedule
 from ddpm_lightning.diffusion.denoiser import Denoiser, denoiser_options
 from ddpm_lightning.errors import ConfigError

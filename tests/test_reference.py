@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from ddpm_lightning.components.defaults import kind_settings
 from ddpm_lightning.config.__main__ import main
-from ddpm_lightning.config.defaults import KINDS, kind_settings
+from ddpm_lightning.config.defaults import KINDS
 from ddpm_lightning.config.location import config_dir
 from ddpm_lightning.config.reference import (
     BEGIN,

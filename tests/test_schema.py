@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from ddpm_lightning.components import build
+from ddpm_lightning.components.defaults import class_settings, components
 from ddpm_lightning.config import compose_config, config_dir
-from ddpm_lightning.config.defaults import KINDS, class_settings, components
+from ddpm_lightning.config.defaults import KINDS
 from ddpm_lightning.config.schema import (
     SCHEMAS,
     command_schema,

@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from ddpm_lightning.components.defaults import components, declarations, kind_settings
 from ddpm_lightning.config.compose import compose_config
-from ddpm_lightning.config.defaults import KINDS, components, declarations, kind_settings
+from ddpm_lightning.config.defaults import KINDS
 from ddpm_lightning.config.location import config_dir
 from ddpm_lightning.config.schema import SCHEMAS, spec_for
 

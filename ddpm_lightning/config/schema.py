@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ddpm_lightning.config.defaults import kind_settings
+from ddpm_lightning.components.defaults import kind_settings
 from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
 from ddpm_lightning.distill.settings import METHODS

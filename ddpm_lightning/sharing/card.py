@@ -6,7 +6,6 @@ folder, a shipped name or a Hub repo id, never by a path of the exporting machin
 
 from __future__ import annotations
 
-import inspect
 import shlex
 from typing import Any
 
@@ -15,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ddpm_lightning import diffusion
 from ddpm_lightning.components import REGISTRY, component_settings
+from ddpm_lightning.components.defaults import class_defaults
 from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.training.module import MODULE_KEYS
@@ -317,26 +317,17 @@ def install_text(extra: str | None) -> str:
     )
 
 
-def setting_default(cls: type, key: str) -> Any:
-    """The default of a sampler setting: the sampler class's, else its denoiser's."""
-    for source in (cls, diffusion.Denoiser):
-        parameter = inspect.signature(source).parameters.get(key)
-        if parameter is not None and parameter.default is not inspect.Parameter.empty:
-            return parameter.default
-    return None
-
-
 def load_section(config: dict[str, Any], name: str) -> str:
     conditional = is_conditional(config)
     summary = sampler_summary(config.get("sampler"), conditional) or {"sampler": "DDIMSampler"}
     cls = summary.pop("sampler")
-    sampler_class = getattr(diffusion, cls, diffusion.DDIMSampler)
+    option = getattr(diffusion, cls, diffusion.DDIMSampler).name
+    defaults = class_defaults("sampler", option)
     settings = {
         key: value
         for key, value in summary.items()
-        if value is not None or setting_default(sampler_class, key) is not None
+        if value is not None or defaults.get(key) is not None
     }
-    option = sampler_class.name
     overrides = "".join(override(key, value) for key, value in settings.items())
     imports = "import torch\n" if conditional else ""
     labels = (
