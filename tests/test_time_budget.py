@@ -1,4 +1,5 @@
 import csv
+import logging
 import math
 
 import lightning as L
@@ -9,7 +10,7 @@ from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import read_checkpoint
 from ddpm_lightning.training.module import warmup_cosine
-from ddpm_lightning.training.time_budget import TimeBudget, fitted_steps
+from ddpm_lightning.training.time_budget import TimeBudget, fitted_steps, plan_message
 from tests.conftest import tiny_config
 from tests.test_tooling import StopAt
 
@@ -32,6 +33,18 @@ def test_fitted_steps():
     assert fitted_steps(100, 0.5, 50.0, math.inf) == 200, "no epoch limit"
     assert fitted_steps(100, 0.3, 1.0, 10_000) == 103, "whole steps only"
     assert fitted_steps(100, 0.5, -3.0, 10_000) == 100, "time is up: decay ends now"
+
+
+def test_the_plan_message_says_when_the_epoch_plan_ends_the_run_first():
+    assert plan_message(0.5, 200, 200, 50) == (
+        "trainer.max_time: 0.500 s per step, the learning-rate decay is planned over 200 steps "
+        "and re-planned every 50"
+    )
+    assert plan_message(0.162, 33_760, 44_000, 50) == (
+        "trainer.max_time: 0.162 s per step; trainer.max_epochs ends the run after 33,760 steps, "
+        "0:27:39 (h:mm:ss) before the time limit: the learning-rate decay is planned over them "
+        "(trainer.max_epochs=-1 trains until the time limit)"
+    )
 
 
 def test_warmup_cosine():
@@ -121,3 +134,24 @@ def test_a_resumed_time_limited_run_keeps_its_plan(data_root, tmp_path, monkeypa
     assert lrs == pytest.approx(
         [0.5 * peak * (1 + math.cos(math.pi * (step - 2) / (30 - 2))) for step in (12, 13, 14)]
     )
+
+
+def test_an_epoch_plan_shorter_than_the_time_limit_is_said_once(
+    data_root, tmp_path, monkeypatch, caplog
+):
+    """5 epochs of 3 batches (15 steps) under a 30-second limit at 1 s per step: the first plan
+    (step 10: 20 steps fit the 20 s left) says that the epoch plan ends the run 15 s early, once,
+    though every later re-plan is capped by it too; the decay still ends with the run."""
+    clock = StepClock()
+    monkeypatch.setattr(timer, "time", clock)
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(data_root, tmp_path, *BUDGETED, "trainer.max_epochs=5"), [clock])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trainer.max_time")]
+    assert said == [
+        "trainer.max_time: 1.000 s per step; trainer.max_epochs ends the run after 15 steps, "
+        "0:00:15 (h:mm:ss) before the time limit: the learning-rate decay is planned over them "
+        "(trainer.max_epochs=-1 trains until the time limit)"
+    ]
+    checkpoint = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 15
+    assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == 0.0

@@ -4,6 +4,7 @@ limit, on any machine, instead of being cut off mid-decay by a plan counted in e
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
@@ -22,6 +23,22 @@ def fitted_steps(
     """The run's total optimizer steps: those done plus those that fit the time left at the pace
     so far, never more than the epoch plan (infinite without an epoch limit)."""
     return min(epoch_plan, step + math.floor(max(seconds_left, 0.0) / seconds_per_step))
+
+
+def plan_message(pace: float, steps: float, in_time: float, every_n_steps: int) -> str:
+    """The first plan, in one line: the pace and the steps the decay is planned over; when the
+    epoch plan ends the run before the time limit, that, and how to train for all of it."""
+    if steps < in_time:
+        return (
+            f"trainer.max_time: {pace:.3f} s per step; trainer.max_epochs ends the run after "
+            f"{steps:,.0f} steps, {timedelta(seconds=round((in_time - steps) * pace))} (h:mm:ss) "
+            "before the time limit: the learning-rate decay is planned over them "
+            "(trainer.max_epochs=-1 trains until the time limit)"
+        )
+    return (
+        f"trainer.max_time: {pace:.3f} s per step, the learning-rate decay is planned over "
+        f"{steps:,.0f} steps and re-planned every {every_n_steps}"
+    )
 
 
 def budget_timer(trainer: L.Trainer) -> Timer | None:
@@ -51,6 +68,7 @@ class TimeBudget(L.Callback):
         self.pace: float | None = None
         self.start: tuple[int, float] | None = None
         self.last_step = -1
+        self.announced = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         timer = budget_timer(trainer)
@@ -82,14 +100,11 @@ class TimeBudget(L.Callback):
         assert seconds_left is not None, "budget_timer returns only a timer with a limit"
         module = cast("DiffusionModule", pl_module)
         epoch_plan = trainer.estimated_stepping_batches
-        steps = trainer.strategy.broadcast(
-            fitted_steps(trainer.global_step, self.pace, seconds_left, epoch_plan)
-        )
-        if module.planned_steps == epoch_plan:
-            rank_zero_info(
-                f"trainer.max_time: {self.pace:.3f} s per step, the learning-rate decay is "
-                f"planned over {steps:,} steps and re-planned every {self.every_n_steps}"
-            )
+        in_time = fitted_steps(trainer.global_step, self.pace, seconds_left, math.inf)
+        steps = trainer.strategy.broadcast(min(in_time, epoch_plan))
+        if not self.announced:
+            self.announced = True
+            rank_zero_info(plan_message(self.pace, steps, in_time, self.every_n_steps))
         module.planned_steps = steps
         return steps
 
