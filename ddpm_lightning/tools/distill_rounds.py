@@ -29,11 +29,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ddpm_lightning.components.build import as_plain
 from ddpm_lightning.config import compose_config, validate_config
 from ddpm_lightning.config.compose import command_settings
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.settings import Range, declared
 from ddpm_lightning.settings.overrides import override_key
+from ddpm_lightning.sharing.card import override
 from ddpm_lightning.training.checkpoints import write_atomically
 
 RECORD = "rounds.json"
@@ -157,15 +159,6 @@ def chain_guidance(cfg: DictConfig) -> list[float] | None:
     """The chain's `distill.guidance` [γ_min, γ_max] (every round's), None when unguided."""
     guidance = cfg.distill.get("guidance")
     return None if guidance is None else [float(value) for value in guidance]
-
-
-def interval_override(cfg: DictConfig) -> str:
-    """The `sampler.guidance_interval` override that samples a guided chain's student where
-    its rounds guided: `distill.guidance_interval`, by default every step (null)."""
-    interval = cfg.distill.get("guidance_interval")
-    if interval is None:
-        return "sampler.guidance_interval=null"
-    return f"'sampler.guidance_interval=[{','.join(f'{float(v):g}' for v in interval)}]'"
 
 
 def chain_folder(settings: dict[str, Any], cfg: DictConfig) -> Path:
@@ -368,7 +361,8 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
     guided = (
         ""
         if guidance is None
-        else f" sampler.guidance_scale={guidance[1]:g} {interval_override(cfg)}"
+        else f" sampler.guidance_scale={guidance[1]:g}"
+        + override("guidance_interval", as_plain(cfg.distill.get("guidance_interval")))
     )
     say(
         f"rounds done: python -m ddpm_lightning.sample ckpt_path={quoted(teacher)} sampler=ddim "
