@@ -100,10 +100,12 @@ class TimeBudget(L.Callback):
         assert seconds_left is not None, "budget_timer returns only a timer with a limit"
         module = cast("DiffusionModule", pl_module)
         epoch_plan = trainer.estimated_stepping_batches
-        in_time = fitted_steps(trainer.global_step, self.pace, seconds_left, math.inf)
-        steps = trainer.strategy.broadcast(min(in_time, epoch_plan))
+        steps = trainer.strategy.broadcast(
+            fitted_steps(trainer.global_step, self.pace, seconds_left, epoch_plan)
+        )
         if not self.announced:
             self.announced = True
+            in_time = fitted_steps(trainer.global_step, self.pace, seconds_left, math.inf)
             rank_zero_info(plan_message(self.pace, steps, in_time, self.every_n_steps))
         module.planned_steps = steps
         return steps
