@@ -26,7 +26,7 @@ from ddpm_lightning.evaluation.fld import sha256
 from ddpm_lightning.export import export
 from ddpm_lightning.sample import sample
 from ddpm_lightning.sharing import hub
-from ddpm_lightning.sharing.card import checkpoint_teacher, load_section
+from ddpm_lightning.sharing.card import checkpoint_teacher, load_section, model_card, sampler_text
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
@@ -265,6 +265,24 @@ def test_a_cards_sample_command_keeps_a_guidance_interval_of_every_step():
     assert "    guidance_interval=None,\n" in text
     default = load_section({"model": {"num_classes": 10}, "sampler": {"name": "ddim"}}, "c")
     assert "guidance_scale" not in default.split("Recommended sampler")[0], "None: the default"
+
+
+def test_a_null_guidance_setting_is_written_as_what_it_means():
+    sampler = {"name": "ddim", "guidance_scale": None, "guidance_interval": None}
+    text = sampler_text(sampler, conditional=True)
+    assert "guidance_scale=1.25" in text and "guidance_interval=every step" in text
+    assert "None" not in text
+    assert "guidance" not in sampler_text(sampler, conditional=False)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_card_is_the_card_its_config_writes(name):
+    """Cards are rendered from config.json, never edited: a shipped card that drifted from what
+    `export` writes today fails here."""
+    folder = SHIPPED_DIR / name
+    config = json.loads((folder / "config.json").read_text())
+    num_samples = 64 if (folder / "samples.png").exists() else 0
+    assert (folder / "README.md").read_text() == model_card(config, name, num_samples)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from ddpm_lightning import diffusion
 from ddpm_lightning.components import REGISTRY, component_settings
 from ddpm_lightning.components.defaults import class_defaults
 from ddpm_lightning.data.registry import known_record
+from ddpm_lightning.diffusion.guidance import DEFAULT_GUIDANCE_SCALE
 from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.training.module import MODULE_KEYS
 
@@ -29,6 +30,11 @@ SAMPLER_KEYS = (
     "guidance_scale",
     "guidance_interval",
 )
+# What a null guidance setting of a conditional model's sampler means (`diffusion.Denoiser`).
+GUIDANCE_NULL = {
+    "guidance_scale": str(DEFAULT_GUIDANCE_SCALE),
+    "guidance_interval": "every step",
+}
 # ruff's line length in pyproject.toml: the card's Python example is formatted to it.
 LINE_LENGTH = 100
 
@@ -49,11 +55,16 @@ def sampler_summary(sampler: dict[str, Any] | None, conditional: bool) -> dict[s
 
 
 def sampler_text(sampler: dict[str, Any] | None, conditional: bool) -> str:
-    """`DDIMSampler (num_steps=20, eta=0.0, …)`."""
+    """`DDIMSampler (num_steps=20, eta=0.0, …)`, a null guidance setting written as what it
+    means."""
     summary = sampler_summary(sampler, conditional)
     if not summary:
         return "not recorded"
-    settings = ", ".join(f"{k}={v}" for k, v in summary.items() if k != "sampler")
+    settings = ", ".join(
+        f"{k}={GUIDANCE_NULL[k] if v is None and k in GUIDANCE_NULL else v}"
+        for k, v in summary.items()
+        if k != "sampler"
+    )
     return f"{summary['sampler']} ({settings})"
 
 
