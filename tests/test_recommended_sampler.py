@@ -1,5 +1,6 @@
 """A model folder's recommended sampler: `sample` and `evaluate` use it for `pretrained=` unless
-the command line chooses a sampler, so a distilled student samples with the steps it learned."""
+the command line chooses a sampler, so a distilled student samples with the steps it learned; a
+distillation round's checkpoint samples with the steps its student learned."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from ddpm_lightning import export as export_command
 from ddpm_lightning import sample as sample_command
+from ddpm_lightning.distill.learned import checkpoint_learned_sampler, learned_sampler
+from ddpm_lightning.distill.settings import distill_settings
 from ddpm_lightning.sharing.recommended import chooses_sampler, with_recommended_sampler
+from ddpm_lightning.training.checkpoints import read_checkpoint
 from ddpm_lightning.training.drawing import Drawing
 from tests.conftest import run_command, tiny_model_folder
 
@@ -88,3 +94,92 @@ def test_the_sample_command_draws_with_the_recommended_steps(
     assert code == 0, stderr[-2000:]
     metadata = json.loads(str(np.load(chosen / "samples.npz")["metadata"]))
     assert metadata["network_evaluations"] == 2 and metadata["sampler"]["spacing"] == "uniform"
+
+
+def round_record(**settings) -> dict:
+    return distill_settings({"teacher": "mnist", "teacher_steps": 8, **settings})
+
+
+@pytest.mark.parametrize(
+    ("settings", "sampler"),
+    [
+        ({}, {"name": "ddim", "num_steps": 4, "eta": 0.0, "spacing": "trailing"}),
+        (
+            {"spacing": "uniform"},
+            {"name": "ddim", "num_steps": 4, "eta": 0.0, "spacing": "uniform"},
+        ),
+        (
+            {"guidance": [1, 2]},
+            {**STUDENT, "num_steps": 4, "guidance_scale": 1.25, "guidance_interval": None},
+        ),
+        (
+            {"guidance": [1.5, 3], "guidance_interval": [0.3, 4]},
+            {**STUDENT, "num_steps": 4, "guidance_scale": 1.5, "guidance_interval": [0.3, 4.0]},
+        ),
+        ({"method": "consistency"}, {"name": "consistency", "spacing": "trailing"}),
+    ],
+)
+def test_a_round_record_names_the_sampler_its_student_learned(settings, sampler):
+    """Progressive: DDIM η=0 at half the teacher's steps on the round's spacing, a guided
+    student at its interval and the default γ 1.25 clipped into the range it learned;
+    consistency: consistency sampling."""
+    assert learned_sampler(round_record(**settings)) == sampler
+
+
+@pytest.fixture
+def round_checkpoint(trained, tmp_path):
+    """The tiny run's checkpoint with the record of a round from 8 to 4 steps."""
+    checkpoint = read_checkpoint(trained)
+    path = tmp_path / "round.ckpt"
+    torch.save({**checkpoint, "distill": round_record()}, path)
+    return path
+
+
+def test_a_rounds_checkpoint_samples_with_its_students_steps(
+    trained, round_checkpoint, tmp_path, monkeypatch, capsys
+):
+    assert checkpoint_learned_sampler(trained) is None
+    assert checkpoint_learned_sampler(None) is None
+    argv = [f"ckpt_path={round_checkpoint}", "num_samples=2", "gif_images=2", "gif_frames=2"]
+    out = tmp_path / "learned"
+    code, printed, stderr = run_command(
+        sample_command.main, [*argv, f"hydra.run.dir={out}"], monkeypatch, capsys
+    )
+    assert code == 0, stderr[-2000:]
+    assert (
+        "sampler: ddim, num_steps=4, eta=0.0, spacing=trailing, the one the distilled student "
+        "in ckpt_path learned (sampler=… chooses another)"
+    ) in printed
+    metadata = json.loads(str(np.load(out / "samples.npz")["metadata"]))
+    assert metadata["network_evaluations"] == 4 and metadata["sampler"]["spacing"] == "trailing"
+    chosen = tmp_path / "chosen"
+    code, printed, stderr = run_command(
+        sample_command.main,
+        [*argv, "sampler.num_steps=2", f"hydra.run.dir={chosen}"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, stderr[-2000:]
+    assert not any("distilled student" in line for line in printed)
+    metadata = json.loads(str(np.load(chosen / "samples.npz")["metadata"]))
+    assert metadata["network_evaluations"] == 2 and metadata["sampler"]["spacing"] == "uniform"
+
+
+def test_an_export_recommends_what_sample_would_use(
+    student, round_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """Without sampler settings on the command line, a round's checkpoint exports with the
+    sampler its student learned and a folder re-exports with its own recommendation; a chosen
+    sampler wins."""
+    cases = [
+        ([f"ckpt_path={round_checkpoint}"], {"num_steps": 4, "eta": 0.0, "spacing": "trailing"}),
+        ([f"pretrained={student}"], {"num_steps": 3, "eta": 0.0, "spacing": "trailing"}),
+        ([f"pretrained={student}", "sampler.num_steps=5"], {"num_steps": 5, "eta": 1.0}),
+    ]
+    for i, (source, expected) in enumerate(cases):
+        out = tmp_path / f"export_{i}"
+        argv = [*source, f"out_dir={out}", "samples=false", f"hydra.run.dir={out}_run"]
+        code, _, stderr = run_command(export_command.main, argv, monkeypatch, capsys)
+        assert code == 0, stderr[-2000:]
+        sampler = json.loads((out / "config.json").read_text())["sampler"]
+        assert {key: sampler[key] for key in expected} == expected, source

@@ -1,6 +1,7 @@
 """The sampler a model folder recommends (config.json's `sampler`), which the sample, evaluate
-and demo commands use for `pretrained=` unless the command line chooses one: a distilled
-student samples with the steps it learned, the others as before."""
+and demo commands use for `pretrained=` unless the command line chooses one, and for a
+checkpoint of a distillation round the sampler its student learned: a distilled student samples
+with the steps it learned, the others as before."""
 
 from __future__ import annotations
 
@@ -47,31 +48,41 @@ def settings_text(sampler: dict[str, Any]) -> str:
     return ", ".join([sampler["name"]] + [f"{k}={sampler[k]}" for k in shown if k in sampler])
 
 
-def recommended_settings(
-    pretrained: str, chosen: dict[str, Any], overrides: Sequence[str] | None
+def on_top(
+    recommended: dict[str, Any] | None, chosen: dict[str, Any], overrides: Sequence[str] | None
 ) -> dict[str, Any] | None:
-    """The sampler the folder of `pretrained` recommends, with the keys of `chosen` that the
-    command line set on top (`ON_TOP`); None when `overrides` choose a sampler, outside a
-    command (None), or when the folder names none."""
-    if overrides is None or chooses_sampler(overrides):
-        return None
-    recommended = recommended_sampler(pretrained)
-    if recommended is None:
+    """`recommended` with the keys of `chosen` that the command line set on top (`ON_TOP`);
+    None when `overrides` choose a sampler, outside a command (None), or with no
+    recommendation."""
+    if recommended is None or overrides is None or chooses_sampler(overrides):
         return None
     return {**recommended, **{key: chosen[key] for key in sampler_keys(overrides) if key in chosen}}
 
 
-def with_recommended_sampler(drawing: Drawing, overrides: Sequence[str] | None) -> Drawing:
+def recommended_settings(
+    pretrained: str, chosen: dict[str, Any], overrides: Sequence[str] | None
+) -> dict[str, Any] | None:
+    """The sampler the folder of `pretrained` recommends, `on_top` of which go the command
+    line's guidance, clipping and batch settings."""
+    if overrides is None or chooses_sampler(overrides):
+        return None
+    return on_top(recommended_sampler(pretrained), chosen, overrides)
+
+
+def with_recommended_sampler(
+    drawing: Drawing, overrides: Sequence[str] | None, learned: dict[str, Any] | None = None
+) -> Drawing:
     """`drawing` with its model folder's recommended sampler (`recommended_settings`) when
-    `pretrained=` names one; says so in one line."""
-    if drawing.pretrained is None:
-        return drawing
-    sampler = recommended_settings(drawing.pretrained, drawing.sampler, overrides)
+    `pretrained=` names one, or for a checkpoint, with the sampler its distilled student
+    `learned` (`distill.learned`); says so in one line."""
+    if drawing.pretrained is not None:
+        sampler = recommended_settings(drawing.pretrained, drawing.sampler, overrides)
+        source = f"the one pretrained={drawing.pretrained} recommends"
+    else:
+        recommended = None if learned is None else component_settings("sampler", learned)
+        sampler = on_top(recommended, drawing.sampler, overrides)
+        source = "the one the distilled student in ckpt_path learned"
     if sampler is None or sampler == drawing.sampler:
         return drawing
-    print(
-        f"sampler: {settings_text(sampler)}, the one pretrained={drawing.pretrained} "
-        "recommends (sampler=… chooses another)",
-        flush=True,
-    )
+    print(f"sampler: {settings_text(sampler)}, {source} (sampler=… chooses another)", flush=True)
     return replace(drawing, sampler=sampler)
