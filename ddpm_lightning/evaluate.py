@@ -37,7 +37,6 @@ from torch import Tensor
 from ddpm_lightning.config import hydra_command
 from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.diffusion.noise import shard
-from ddpm_lightning.distill.learned import checkpoint_learned_sampler
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.evaluation.confidence import confidence_scores
 from ddpm_lightning.evaluation.fld import FLD, load_lenet, load_record, to_model_input
@@ -184,8 +183,7 @@ def generate(
     of each class for conditional models, else None), what made them (`samples_metadata`: the
     model's dataset, the model, seed and sampler) and the trainer that drew them."""
     drawing = Drawing.from_config(cfg)
-    learned = checkpoint_learned_sampler(drawing.ckpt_path)
-    drawing = with_recommended_sampler(drawing, command_overrides(), learned)
+    drawing = with_recommended_sampler(drawing, command_overrides())
     if seed is not None:
         drawing = replace(drawing, seed=seed)
     make_sampler = drawing.make_sampler()

@@ -15,7 +15,6 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.config import hydra_command
-from ddpm_lightning.distill.learned import checkpoint_learned_sampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.settings.overrides import command_overrides
 from ddpm_lightning.sharing.diffusers_pipeline import export_pipeline
@@ -32,7 +31,7 @@ from ddpm_lightning.sharing.hub import hub_token, push
 from ddpm_lightning.sharing.onnx import require_onnx_extra, write_onnx
 from ddpm_lightning.sharing.portable import checked_name
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, model_folder
-from ddpm_lightning.sharing.recommended import on_top, recommended_settings
+from ddpm_lightning.sharing.recommended import recommendation
 from ddpm_lightning.training.outputs import claimed
 
 FORMATS = ("folder", "diffusers", "onnx")
@@ -134,14 +133,12 @@ def export_onnx(cfg: DictConfig) -> dict[str, Path]:
 
 
 def sampler_config(cfg: DictConfig) -> dict[str, Any]:
-    """The sampler the folder recommends, as a plain dict: `cfg.sampler` when the command line
-    chooses one, else the one `sample` would use (`with_recommended_sampler`): the source
-    folder's recommended sampler, or the one a distilled student's checkpoint learned."""
+    """The sampler the folder recommends, as a plain dict: the one `sample` would use
+    (`recommendation`: the source folder's recommended sampler or the one a distilled student's
+    checkpoint learned), else `cfg.sampler`."""
     chosen = cast("dict[str, Any]", OmegaConf.to_container(cfg.sampler, resolve=True))
-    overrides = command_overrides()
-    if cfg.pretrained is not None:
-        return recommended_settings(cfg.pretrained, chosen, overrides) or chosen
-    return on_top(checkpoint_learned_sampler(cfg.ckpt_path), chosen, overrides) or chosen
+    sampler, _ = recommendation(cfg.pretrained, cfg.ckpt_path, chosen, command_overrides())
+    return sampler or chosen
 
 
 main = hydra_command("export", export)

@@ -30,7 +30,6 @@ from ddpm_lightning.data.spiral import save_spiral_plot
 from ddpm_lightning.diffusion.guidance import require_conditional
 from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.samplers import Sampler
-from ddpm_lightning.distill.learned import checkpoint_learned_sampler
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.pictures import (
     ReverseProcessRecorder,
@@ -130,8 +129,7 @@ def draw_outputs(cfg: DictConfig) -> dict[str, Writer] | None:
     """The files of `cfg`'s samples by name, drawn on the devices of `cfg.trainer` and ready to
     write; None on every process but the first."""
     drawing = Drawing.from_config(cfg)
-    learned = checkpoint_learned_sampler(drawing.ckpt_path)
-    drawing = with_recommended_sampler(drawing, command_overrides(), learned)
+    drawing = with_recommended_sampler(drawing, command_overrides())
     make_sampler = drawing.make_sampler()
     module = load_model(drawing.ckpt_path, drawing.pretrained)
     sampler = module.make_sampler(make_sampler)

@@ -12,8 +12,8 @@ import torch
 
 from ddpm_lightning import export as export_command
 from ddpm_lightning import sample as sample_command
-from ddpm_lightning.distill.learned import checkpoint_learned_sampler, learned_sampler
 from ddpm_lightning.distill.settings import distill_settings
+from ddpm_lightning.sharing.learned import checkpoint_learned_sampler, learned_sampler
 from ddpm_lightning.sharing.recommended import chooses_sampler, with_recommended_sampler
 from ddpm_lightning.training.checkpoints import read_checkpoint
 from ddpm_lightning.training.drawing import Drawing

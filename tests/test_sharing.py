@@ -26,7 +26,13 @@ from ddpm_lightning.evaluation.fld import sha256
 from ddpm_lightning.export import export
 from ddpm_lightning.sample import sample
 from ddpm_lightning.sharing import hub
-from ddpm_lightning.sharing.card import checkpoint_teacher, load_section, model_card, sampler_text
+from ddpm_lightning.sharing.card import (
+    checkpoint_teacher,
+    evaluate_overrides,
+    load_section,
+    model_card,
+    sampler_text,
+)
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
 from ddpm_lightning.train import train
 from ddpm_lightning.training.checkpoints import load_module, read_checkpoint
@@ -296,6 +302,20 @@ def test_a_shipped_card_is_the_card_its_config_writes(name):
 )
 def test_a_chained_rounds_checkpoint_teacher_is_named(overrides, teacher):
     assert checkpoint_teacher(overrides) == teacher
+
+
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [
+        ("mnist", ["pretrained=mnist", "num_samples=10000"]),
+        (None, ["ckpt_path=last", "train_task_name=mnist2h", "num_samples=10000"]),
+    ],
+)
+def test_the_card_evaluates_the_folder_not_the_run_it_came_from(name, command):
+    """`evaluate ckpt_path=last train_task_name=mnist2h` found the run's checkpoint; the card's
+    command loads the folder by its name instead, so neither key stays."""
+    recorded = ["ckpt_path=last", "train_task_name=mnist2h", "num_samples=10000"]
+    assert evaluate_overrides(recorded, name) == command
 
 
 def test_a_card_names_no_path_of_this_machine(checkpoint, tmp_path):

@@ -211,11 +211,12 @@ def time_section(config: dict[str, Any]) -> str:
 
 
 def evaluate_overrides(overrides: list[str], name: str | None) -> list[str]:
-    """The evaluate command's overrides, its model (`ckpt_path=` or `pretrained=`) as
-    `pretrained=name` when `name` loads this folder with `pretrained=`."""
+    """The evaluate command's overrides, its model (`ckpt_path=` with the `train_task_name=`
+    that finds it, or `pretrained=`) as `pretrained=name` when `name` loads this folder with
+    `pretrained=`."""
     if name is None:
         return overrides
-    model_keys = ("ckpt_path=", "pretrained=")
+    model_keys = ("ckpt_path=", "train_task_name=", "pretrained=")
     kept = [override for override in overrides if not override.startswith(model_keys)]
     return [f"pretrained={name}", *kept]
 

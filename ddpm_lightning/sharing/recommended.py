@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ddpm_lightning.components import component_settings
 from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.sharing.folder import read_config
+from ddpm_lightning.sharing.learned import checkpoint_learned_sampler
 from ddpm_lightning.sharing.pretrained import model_folder
 from ddpm_lightning.training.drawing import Drawing
 
@@ -69,19 +71,31 @@ def recommended_settings(
     return on_top(recommended_sampler(pretrained), chosen, overrides)
 
 
-def with_recommended_sampler(
-    drawing: Drawing, overrides: Sequence[str] | None, learned: dict[str, Any] | None = None
-) -> Drawing:
-    """`drawing` with its model folder's recommended sampler (`recommended_settings`) when
-    `pretrained=` names one, or for a checkpoint, with the sampler its distilled student
-    `learned` (`distill.learned`); says so in one line."""
-    if drawing.pretrained is not None:
-        sampler = recommended_settings(drawing.pretrained, drawing.sampler, overrides)
-        source = f"the one pretrained={drawing.pretrained} recommends"
-    else:
-        recommended = None if learned is None else component_settings("sampler", learned)
-        sampler = on_top(recommended, drawing.sampler, overrides)
-        source = "the one the distilled student in ckpt_path learned"
+def recommendation(
+    pretrained: str | None,
+    ckpt_path: str | Path | None,
+    chosen: dict[str, Any],
+    overrides: Sequence[str] | None,
+) -> tuple[dict[str, Any] | None, str]:
+    """The sampler to use in place of `chosen`, and whose it is: the one the folder of
+    `pretrained` recommends (`recommended_settings`), or for a checkpoint, the one its distilled
+    student learned (`learned`); None when the command line chooses or nothing recommends."""
+    if pretrained is not None:
+        sampler = recommended_settings(pretrained, chosen, overrides)
+        return sampler, f"the one pretrained={pretrained} recommends"
+    learned = checkpoint_learned_sampler(ckpt_path)
+    recommended = None if learned is None else component_settings("sampler", learned)
+    return on_top(
+        recommended, chosen, overrides
+    ), "the one the distilled student in ckpt_path learned"
+
+
+def with_recommended_sampler(drawing: Drawing, overrides: Sequence[str] | None) -> Drawing:
+    """`drawing` with the sampler its model recommends (`recommendation`); says so in one
+    line."""
+    sampler, source = recommendation(
+        drawing.pretrained, drawing.ckpt_path, drawing.sampler, overrides
+    )
     if sampler is None or sampler == drawing.sampler:
         return drawing
     print(f"sampler: {settings_text(sampler)}, {source} (sampler=… chooses another)", flush=True)

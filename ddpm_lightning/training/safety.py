@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lightning.components.registry import REGISTRY
-from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES
+from ddpm_lightning.components.defaults import class_defaults, components
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.checkpoints import read_checkpoint
 from ddpm_lightning.training.module import NonFiniteLossError
@@ -202,15 +200,13 @@ def differing_keys(
     )
 
 
-def with_defaults(settings: object, builders: dict[str, Any]) -> object:
-    """Settings `{name: …, …}` with those left out at the defaults of `builders[name]`, so that a
-    checkpoint written before a setting existed (model.guidance_embedding,
-    schedule.log_snr_shift) matches."""
-    if not isinstance(settings, dict) or settings.get("name") not in builders:
+def with_defaults(settings: object, kind: str) -> object:
+    """Settings `{name: …, …}` of a `kind` component with those left out at its defaults
+    (`class_defaults`), so that a checkpoint written before a setting existed
+    (model.guidance_embedding, schedule.log_snr_shift) matches."""
+    if not isinstance(settings, dict) or settings.get("name") not in components(kind):
         return settings
-    parameters = inspect.signature(builders[settings["name"]]).parameters.items()
-    defaults = {key: p.default for key, p in parameters if p.default is not inspect.Parameter.empty}
-    return {**defaults, **settings}
+    return {**class_defaults(kind, settings["name"]), **settings}
 
 
 def with_group_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,8 +214,8 @@ def with_group_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     `with_defaults`, so that files of earlier releases compare with today's settings."""
     return {
         **config,
-        "model": with_defaults(config.get("model"), REGISTRY["model"]),
-        "schedule": with_defaults(config.get("schedule"), BETA_SCHEDULES),
+        "model": with_defaults(config.get("model"), "model"),
+        "schedule": with_defaults(config.get("schedule"), "schedule"),
     }
 
 

@@ -1,6 +1,7 @@
-"""The sampler a distilled student learned to take, read from its round's `distill` record, so
-that `sample` and `evaluate` of a round's checkpoint use the student's own steps unless the
-command line chooses a sampler (as `pretrained=` folders recommend theirs)."""
+"""The sampler a distilled student learned to take, read from its round's checkpoint
+(`checkpoint["distill"]`, written by distill.module), so that `sample`, `evaluate` and `export`
+of a round's checkpoint use the student's own steps unless the command line chooses a sampler
+(as `pretrained=` folders recommend theirs)."""
 
 from __future__ import annotations
 
