@@ -183,12 +183,14 @@ def generate(
     of each class for conditional models, else None), what made them (`samples_metadata`: the
     model's dataset, the model, seed and sampler) and the trainer that drew them."""
     drawing = Drawing.from_config(cfg)
-    drawing = with_recommended_sampler(drawing, command_overrides())
+    module = load_model(drawing.ckpt_path, drawing.pretrained)
+    drawing = with_recommended_sampler(
+        drawing, command_overrides(), module.diffusion.objective.value
+    )
     if seed is not None:
         drawing = replace(drawing, seed=seed)
     make_sampler = drawing.make_sampler()
     num_samples = int(cfg.num_samples)
-    module = load_model(drawing.ckpt_path, drawing.pretrained)
     if len(module.data_shape) != 3:
         name = " ".join(f"{key}={value}" for key, value in drawing.source.items())
         raise ConfigError(

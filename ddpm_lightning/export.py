@@ -96,10 +96,11 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
     write = export_pipeline if cfg.format == "diffusers" else export_folder
     with claimed(cfg.out_dir, "export") as out_dir:
+        model = exported(cfg)
         files = write(
             out_dir,
-            exported(cfg),
-            sampler_config(cfg),
+            model,
+            sampler_config(cfg, (model[0].get("diffusion") or {}).get("objective")),
             name,
             int(cfg.num_samples) if cfg.samples else 0,
         )
@@ -126,18 +127,20 @@ def export_onnx(cfg: DictConfig) -> dict[str, Path]:
     with claimed(cfg.out_dir, "export") as out_dir:
         hyper_parameters, state_dict, _ = source(cfg)
         module = build_module(hyper_parameters, state_dict, cfg.ckpt_path or cfg.pretrained)
-        files = write_onnx(out_dir, module, sampler_config(cfg))
+        files = write_onnx(out_dir, module, sampler_config(cfg, module.diffusion.objective.value))
         size = files["model.onnx"].stat().st_size / 2**20
         print(f"wrote {', '.join(files)} ({size:.2f} MiB) into {out_dir}")
     return files
 
 
-def sampler_config(cfg: DictConfig) -> dict[str, Any]:
-    """The sampler the folder recommends, as a plain dict: the one `sample` would use
-    (`recommendation`: the source folder's recommended sampler or the one a distilled student's
-    checkpoint learned), else `cfg.sampler`."""
+def sampler_config(cfg: DictConfig, objective: str | None) -> dict[str, Any]:
+    """The sampler the folder recommends, as a plain dict: the one `sample` would use for a
+    model of `objective` (`recommendation`: the source folder's recommended sampler, the one a
+    distilled student's checkpoint learned, a flow model's), else `cfg.sampler`."""
     chosen = cast("dict[str, Any]", OmegaConf.to_container(cfg.sampler, resolve=True))
-    sampler, _ = recommendation(cfg.pretrained, cfg.ckpt_path, chosen, command_overrides())
+    sampler, _ = recommendation(
+        cfg.pretrained, cfg.ckpt_path, chosen, command_overrides(), objective
+    )
     return sampler or chosen
 
 

@@ -129,9 +129,11 @@ def draw_outputs(cfg: DictConfig) -> dict[str, Writer] | None:
     """The files of `cfg`'s samples by name, drawn on the devices of `cfg.trainer` and ready to
     write; None on every process but the first."""
     drawing = Drawing.from_config(cfg)
-    drawing = with_recommended_sampler(drawing, command_overrides())
-    make_sampler = drawing.make_sampler()
     module = load_model(drawing.ckpt_path, drawing.pretrained)
+    drawing = with_recommended_sampler(
+        drawing, command_overrides(), module.diffusion.objective.value
+    )
+    make_sampler = drawing.make_sampler()
     sampler = module.make_sampler(make_sampler)
     labels = requested_labels(cfg.labels, int(cfg.num_samples), module)
     num_samples = int(cfg.num_samples) if labels is None else len(labels)

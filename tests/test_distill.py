@@ -277,6 +277,16 @@ def test_a_teacher_the_student_cannot_start_from_is_refused(changes, message):
     assert "\n" not in str(error.value)
 
 
+def test_a_flow_teacher_is_refused():
+    """Distillation takes DDIM steps on the ᾱ path; a flow model's x_t lie on another."""
+    teacher = DiffusionModule(MLP_SETTINGS, SCHEDULE, {"objective": "flow"}, data_shape=(2,))
+    settings = {"model": MLP_SETTINGS, "schedule": SCHEDULE, "data_shape": (2,)}
+    with pytest.raises(ConfigError, match=r"predicts diffusion.objective=flow, but distillation"):
+        ProgressiveDistillation(
+            teacher, round_settings(), diffusion={"objective": "flow"}, **settings
+        )
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

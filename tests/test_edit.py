@@ -190,6 +190,17 @@ def test_random_mask_fills_its_share():
         known_mask("middle", 4, 4)
 
 
+@pytest.mark.parametrize("method", ["inpaint", "sdedit", "invert", "interpolate"])
+def test_a_flow_model_is_refused_in_one_line(tmp_path, method):
+    """Every editing method follows the ᾱ path; a flow model's x_t lie on another, so editing
+    one would give wrong images without a word."""
+    flow = tiny_model_folder(tmp_path / "flow", objective="flow")
+    cfg = writing_config("edit", tmp_path / "out", f"edit={method}", f"pretrained={flow}")
+    with pytest.raises(ConfigError, match=rf"^edit={method} follows the ᾱ path .*objective=flow,"):
+        edit(cfg)
+    assert not (tmp_path / "out").exists()
+
+
 def test_mask_picture_of_another_shape_is_refused(tmp_path):
     Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "mask.png")
     assert known_mask(str(tmp_path / "mask.png"), 16, 16).sum() == 0

@@ -226,6 +226,11 @@ def test_what_the_onnx_format_cannot_do_is_one_line(tmp_path):
         ConfigError, match=r"^format=png is not supported; .*\['folder', 'diffusers', 'onnx'\]"
     ):
         export(onnx_config(tmp_path / "c", f"pretrained={folder}", "format=png"))
+    flow = tiny_model_folder(tmp_path / "flow", objective="flow")
+    for sampler in ("sampler=ddim", "sampler=flow_euler"):
+        with pytest.raises(ConfigError, match=r"^the ONNX record and the demo page draw models"):
+            export(onnx_config(tmp_path / "d", f"pretrained={flow}", sampler))
+    assert not (tmp_path / "d" / "model.json").exists()
 
 
 def test_a_missing_onnx_extra_is_one_line(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """A model folder's recommended sampler: `sample` and `evaluate` use it for `pretrained=` unless
 the command line chooses a sampler, so a distilled student samples with the steps it learned; a
-distillation round's checkpoint samples with the steps its student learned."""
+distillation round's checkpoint samples with the steps its student learned, and a flow model
+that recommends nothing with a flow sampler."""
 
 from __future__ import annotations
 
@@ -57,18 +58,18 @@ def drawing(folder) -> Drawing:
 
 
 def test_the_folders_sampler_is_used_unless_one_is_chosen(student, capsys):
-    used = with_recommended_sampler(drawing(student), [f"pretrained={student}"])
+    used = with_recommended_sampler(drawing(student), [f"pretrained={student}"], "eps")
     assert {key: used.sampler[key] for key in STUDENT} == STUDENT
     assert capsys.readouterr().out == (
         f"sampler: ddim, num_steps=3, eta=0.0, spacing=trailing, the one pretrained={student} "
         "recommends (sampler=… chooses another)\n"
     )
-    guided = with_recommended_sampler(drawing(student), ["sampler.batch_size=7"])
+    guided = with_recommended_sampler(drawing(student), ["sampler.batch_size=7"], "eps")
     assert guided.sampler == {**STUDENT, "batch_size": 50}
     for overrides in (["sampler.num_steps=50"], None):
-        assert with_recommended_sampler(drawing(student), overrides) == drawing(student)
+        assert with_recommended_sampler(drawing(student), overrides, "eps") == drawing(student)
     plain = tiny_model_folder(student.parent / "plain")
-    assert with_recommended_sampler(drawing(plain), []) == drawing(plain)
+    assert with_recommended_sampler(drawing(plain), [], "eps") == drawing(plain)
 
 
 def test_the_sample_command_draws_with_the_recommended_steps(
@@ -94,6 +95,15 @@ def test_the_sample_command_draws_with_the_recommended_steps(
     assert code == 0, stderr[-2000:]
     metadata = json.loads(str(np.load(chosen / "samples.npz")["metadata"]))
     assert metadata["network_evaluations"] == 2 and metadata["sampler"]["spacing"] == "uniform"
+
+
+def sampled(argv: list[str], out, monkeypatch, capsys) -> tuple[list[str], dict]:
+    """Run the sample command into `out`; its printed lines and samples.npz's metadata."""
+    code, printed, stderr = run_command(
+        sample_command.main, [*argv, f"hydra.run.dir={out}"], monkeypatch, capsys
+    )
+    assert code == 0, stderr[-2000:]
+    return printed, json.loads(str(np.load(out / "samples.npz")["metadata"]))
 
 
 def round_record(**settings) -> dict:
@@ -135,34 +145,54 @@ def round_checkpoint(trained, tmp_path):
     return path
 
 
-def test_a_rounds_checkpoint_samples_with_its_students_steps(
-    trained, round_checkpoint, tmp_path, monkeypatch, capsys
-):
+def test_a_plain_checkpoint_learned_no_sampler(trained):
     assert checkpoint_learned_sampler(trained) is None
     assert checkpoint_learned_sampler(None) is None
-    argv = [f"ckpt_path={round_checkpoint}", "num_samples=2", "gif_images=2", "gif_frames=2"]
-    out = tmp_path / "learned"
-    code, printed, stderr = run_command(
-        sample_command.main, [*argv, f"hydra.run.dir={out}"], monkeypatch, capsys
-    )
-    assert code == 0, stderr[-2000:]
-    assert (
-        "sampler: ddim, num_steps=4, eta=0.0, spacing=trailing, the one the distilled student "
-        "in ckpt_path learned (sampler=… chooses another)"
-    ) in printed
-    metadata = json.loads(str(np.load(out / "samples.npz")["metadata"]))
-    assert metadata["network_evaluations"] == 4 and metadata["sampler"]["spacing"] == "trailing"
-    chosen = tmp_path / "chosen"
-    code, printed, stderr = run_command(
-        sample_command.main,
-        [*argv, "sampler.num_steps=2", f"hydra.run.dir={chosen}"],
-        monkeypatch,
-        capsys,
-    )
-    assert code == 0, stderr[-2000:]
-    assert not any("distilled student" in line for line in printed)
-    metadata = json.loads(str(np.load(chosen / "samples.npz")["metadata"]))
-    assert metadata["network_evaluations"] == 2 and metadata["sampler"]["spacing"] == "uniform"
+
+
+def source_argv(source: str, request, tmp_path) -> str:
+    """`ckpt_path=` of a round's checkpoint, or `pretrained=` of a flow model's folder."""
+    if source == "round":
+        return f"ckpt_path={request.getfixturevalue('round_checkpoint')}"
+    return f"pretrained={tiny_model_folder(tmp_path / 'flow', objective='flow')}"
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "drawn", "chosen", "chosen_drawn"),
+    [
+        (
+            "round",
+            "sampler: ddim, num_steps=4, eta=0.0, spacing=trailing, the one the distilled "
+            "student in ckpt_path learned (sampler=… chooses another)",
+            (4, {"name": "ddim", "spacing": "trailing"}),
+            ["sampler.num_steps=2"],
+            (2, {"name": "ddim", "spacing": "uniform"}),
+        ),
+        (
+            # The tiny model's T = 20 caps Heun's 25 steps at 20: 2·20 − 1 calls.
+            "flow",
+            "sampler: flow_heun, num_steps=25, the default for a model of "
+            "diffusion.objective=flow (sampler=… chooses another)",
+            (39, {"name": "flow_heun"}),
+            ["sampler=flow_euler", "sampler.num_steps=3"],
+            (3, {"name": "flow_euler"}),
+        ),
+    ],
+)
+def test_a_model_samples_with_the_sampler_it_learned_or_needs_unless_told(
+    source, line, drawn, chosen, chosen_drawn, request, tmp_path, monkeypatch, capsys
+):
+    """A round's checkpoint draws with its student's steps; a flow model, which the default
+    DDIM cannot draw, with flow_heun; a sampler on the command line wins."""
+    argv = [source_argv(source, request, tmp_path), "num_samples=2", "gif_images=2", "gif_frames=2"]
+    for overrides, out, (calls, settings) in (
+        ([], "default", drawn),
+        (chosen, "chosen", chosen_drawn),
+    ):
+        printed, metadata = sampled([*argv, *overrides], tmp_path / out, monkeypatch, capsys)
+        assert (line in printed) == (not overrides)
+        assert metadata["network_evaluations"] == calls
+        assert {key: metadata["sampler"][key] for key in settings} == settings
 
 
 def test_an_export_recommends_what_sample_would_use(
@@ -183,3 +213,23 @@ def test_an_export_recommends_what_sample_would_use(
         assert code == 0, stderr[-2000:]
         sampler = json.loads((out / "config.json").read_text())["sampler"]
         assert {key: sampler[key] for key in expected} == expected, source
+
+
+def test_a_flow_model_exports_its_flow_sampler_and_refuses_ddim_before_drawing(
+    tmp_path, monkeypatch, capsys
+):
+    flow = tiny_model_folder(tmp_path / "flow", objective="flow")
+    argv = [f"pretrained={flow}", "num_samples=2", "sampler=ddim"]
+    code, printed, stderr = run_command(
+        sample_command.main, [*argv, f"hydra.run.dir={tmp_path / 'ddim'}"], monkeypatch, capsys
+    )
+    assert code == 1 and not any(line.startswith("sampling ") for line in printed)
+    assert "choose sampler=flow_euler or sampler=flow_heun" in stderr
+    exported = tmp_path / "exported"
+    argv = [f"pretrained={flow}", f"out_dir={exported}", "samples=false"]
+    code, _, stderr = run_command(
+        export_command.main, [*argv, f"hydra.run.dir={exported}_run"], monkeypatch, capsys
+    )
+    assert code == 0, stderr[-2000:]
+    sampler = json.loads((exported / "config.json").read_text())["sampler"]
+    assert (sampler["name"], sampler["num_steps"]) == ("flow_heun", 25)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddpm_lightning.diffusion.flow import FLOW
 from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
@@ -79,8 +80,14 @@ def check_teacher(teacher: DiffusionModule, student: DiffusionModule, source: st
     schedule or network settings differ from the student's: the student starts from the
     teacher's weights and learns its steps on the same data. Only `model.guidance_embedding`
     may differ, off for the teacher and on for the student (it gains γ's embedding); settings
-    a teacher of an earlier release leaves out count at their defaults."""
+    a teacher of an earlier release leaves out count at their defaults. A flow teacher is
+    refused: its x_t lie on another path than the DDIM steps distillation takes."""
     where = f"distill.teacher={source}"
+    if teacher.diffusion.objective.value == FLOW:
+        raise ConfigError(
+            f"{where} predicts diffusion.objective=flow, but distillation follows the ᾱ path: "
+            "distil a teacher of diffusion.objective=v or eps"
+        )
     teacher_guided, student_guided = (
         bool(module.hparams["model"].get(GUIDANCE_KEY)) for module in (teacher, student)
     )

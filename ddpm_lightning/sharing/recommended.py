@@ -1,7 +1,7 @@
 """The sampler a model folder recommends (config.json's `sampler`), which the sample, evaluate
 and demo commands use for `pretrained=` unless the command line chooses one, and for a
 checkpoint of a distillation round the sampler its student learned: a distilled student samples
-with the steps it learned, the others as before."""
+with the steps it learned, a flow model with a flow sampler, the others as before."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_lightning.components import component_settings
+from ddpm_lightning.components.defaults import class_defaults
+from ddpm_lightning.diffusion.flow import FLOW
 from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.sharing.folder import read_config
 from ddpm_lightning.sharing.learned import checkpoint_learned_sampler
 from ddpm_lightning.sharing.pretrained import model_folder
 from ddpm_lightning.training.drawing import Drawing
 
+# What a flow model that recommends no sampler draws with (the ᾱ-path default cannot draw it):
+# Heun's 25 steps, 49 network calls as the default DDIM-50 makes 50 (flow samplers compared in
+# docs/results.md).
+FLOW_SAMPLER = "flow_heun"
 # Keys the command line may set on top of a folder's recommended sampler: how it guides, clips
 # and batches, not which sampler or how many steps.
 ON_TOP = ("guidance_scale", "guidance_interval", "clip_x0", "batch_size")
@@ -76,25 +82,34 @@ def recommendation(
     ckpt_path: str | Path | None,
     chosen: dict[str, Any],
     overrides: Sequence[str] | None,
+    objective: str | None,
 ) -> tuple[dict[str, Any] | None, str]:
     """The sampler to use in place of `chosen`, and whose it is: the one the folder of
-    `pretrained` recommends (`recommended_settings`), or for a checkpoint, the one its distilled
-    student learned (`learned`); None when the command line chooses or nothing recommends."""
+    `pretrained` recommends, or for a checkpoint, the one its distilled student `learned`; for
+    a model of `objective` flow that recommends none, `FLOW_SAMPLER`. None when the command
+    line chooses (`on_top`)."""
+    if overrides is None or chooses_sampler(overrides):
+        return None, ""
     if pretrained is not None:
-        sampler = recommended_settings(pretrained, chosen, overrides)
-        return sampler, f"the one pretrained={pretrained} recommends"
-    learned = checkpoint_learned_sampler(ckpt_path)
-    recommended = None if learned is None else component_settings("sampler", learned)
-    return on_top(
-        recommended, chosen, overrides
-    ), "the one the distilled student in ckpt_path learned"
+        recommended = recommended_sampler(pretrained)
+        source = f"the one pretrained={pretrained} recommends"
+    else:
+        learned = checkpoint_learned_sampler(ckpt_path)
+        recommended = None if learned is None else component_settings("sampler", learned)
+        source = "the one the distilled student in ckpt_path learned"
+    if recommended is None and objective == FLOW:
+        recommended = {"name": FLOW_SAMPLER, **class_defaults("sampler", FLOW_SAMPLER)}
+        source = "the default for a model of diffusion.objective=flow"
+    return on_top(recommended, chosen, overrides), source
 
 
-def with_recommended_sampler(drawing: Drawing, overrides: Sequence[str] | None) -> Drawing:
-    """`drawing` with the sampler its model recommends (`recommendation`); says so in one
-    line."""
+def with_recommended_sampler(
+    drawing: Drawing, overrides: Sequence[str] | None, objective: str
+) -> Drawing:
+    """`drawing` with the sampler its model of `objective` recommends (`recommendation`); says
+    so in one line."""
     sampler, source = recommendation(
-        drawing.pretrained, drawing.ckpt_path, drawing.sampler, overrides
+        drawing.pretrained, drawing.ckpt_path, drawing.sampler, overrides, objective
     )
     if sampler is None or sampler == drawing.sampler:
         return drawing

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ddpm_lightning.components import build, component_settings
 from ddpm_lightning.components.build import check_optimizer
 from ddpm_lightning.diffusion.denoiser import Denoiser, denoiser_options
+from ddpm_lightning.diffusion.flow import check_pairing
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
 from ddpm_lightning.diffusion.guidance import balanced_labels, check_labels, drop_labels
 from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
@@ -171,7 +172,8 @@ class DiffusionModule(L.LightningModule):
         (clip_x0, guidance_scale, guidance_interval; `denoiser_options`).
 
         Guidance defaults to DEFAULT_GUIDANCE_SCALE for conditional models and is refused for
-        unconditional ones, which keep no guidance interval.
+        unconditional ones, which keep no guidance interval. A sampler of the other path (a
+        flow sampler for an ᾱ-path model, or the reverse) is refused here, before any drawing.
         """
         factory, options, denoising = denoiser_options(factory, kwargs)
         denoiser = self.denoiser(**denoising)
@@ -184,6 +186,7 @@ class DiffusionModule(L.LightningModule):
                 f"sampler: {name} does not take that setting ({reason}); drop it or pick a "
                 "sampler that takes it"
             ) from None
+        check_pairing(sampler.name, sampler.flow, self.diffusion.objective.value)
         sampler.denoiser = denoiser
         return sampler
 
