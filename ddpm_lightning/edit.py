@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ddpm_lightning.components import build, component_settings
 from ddpm_lightning.config import hydra_command
-from ddpm_lightning.diffusion.flow import FLOW
+from ddpm_lightning.diffusion.flow import require_alpha_path
 from ddpm_lightning.diffusion.samplers import Sampler
 from ddpm_lightning.editing import (
     inpaint,
@@ -347,12 +347,11 @@ def edit(cfg: DictConfig) -> dict[str, Path]:
         names = ", ".join([*METHOD_OUTPUTS, "measure"])
         raise ConfigError(f"edit.method={method} is unknown; choose one of {names}")
     module = loaded_model(cfg)
-    if module.diffusion.objective.value == FLOW:
-        raise ConfigError(
-            f"edit={method} follows the ᾱ path of diffusion.objective eps, x0 or v; this model "
-            "predicts diffusion.objective=flow, which no editing method takes yet: sample it "
-            "with python -m ddpm_lightning.sample"
-        )
+    require_alpha_path(
+        module.diffusion.objective.value,
+        f"edit={method}",
+        "no editing method takes it yet; sample it with python -m ddpm_lightning.sample",
+    )
     settings = component_settings("sampler", cfg.sampler)
     factory = build("sampler", settings)
     # Inversion and interpolation run DDIM deterministically (η = 0) whatever sampler.eta says.

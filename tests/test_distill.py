@@ -281,7 +281,8 @@ def test_a_flow_teacher_is_refused():
     """Distillation takes DDIM steps on the ᾱ path; a flow model's x_t lie on another."""
     teacher = DiffusionModule(MLP_SETTINGS, SCHEDULE, {"objective": "flow"}, data_shape=(2,))
     settings = {"model": MLP_SETTINGS, "schedule": SCHEDULE, "data_shape": (2,)}
-    with pytest.raises(ConfigError, match=r"predicts diffusion.objective=flow, but distillation"):
+    refusal = r"^distillation of distill.teacher=.* predicts diffusion.objective=flow: distil"
+    with pytest.raises(ConfigError, match=refusal):
         ProgressiveDistillation(
             teacher, round_settings(), diffusion={"objective": "flow"}, **settings
         )

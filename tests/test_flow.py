@@ -19,7 +19,8 @@ from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.likelihood import bits_per_dim
-from ddpm_lightning.train import train
+from ddpm_lightning.train import check_callback_samplers, train
+from ddpm_lightning.training.module import DiffusionModule
 
 
 def exact_velocity(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -168,3 +169,23 @@ def test_a_flow_model_trains_and_samples_through_the_config(data_root, tmp_path)
     assert images.shape == (3, *module.data_shape) and images.isfinite().all()
     with pytest.raises(ConfigError, match="choose sampler=flow_euler or sampler=flow_heun"):
         module.make_sampler(DDIMSampler, num_steps=2, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("objective", "expected"), [("flow", FlowEulerSampler), ("v", DDIMSampler)]
+)
+def test_the_training_callbacks_draw_on_the_models_path(tmp_path, objective, expected):
+    """With the default callbacks, a flow model's FLD and sample grid draw with flow Euler and
+    another model's with DDIM, at 20 and 50 network calls, and the start-of-run check passes."""
+    cfg = compose_config(
+        "train", [f"paths.output_dir={tmp_path}", f"diffusion.objective={objective}"]
+    )
+    mlp = {"name": "mlp", "in_dim": 2, "hidden_dim": 8, "num_layers": 2, "num_timesteps": 100}
+    module = DiffusionModule(
+        mlp, {"name": "cosine", "num_timesteps": 100}, {"objective": objective}, data_shape=(2,)
+    )
+    check_callback_samplers(cfg.callbacks, module)
+    for name, calls in (("fld", 20), ("sample_grid", 50)):
+        sampler = module.make_sampler(instantiate(cfg.callbacks[name].sampler), progress=False)
+        assert type(sampler) is expected
+        assert sampler.network_evaluations() == calls

@@ -25,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lightning.config.defaults import store_defaults
 from ddpm_lightning.config.location import config_dir, project_root
 from ddpm_lightning.config.schema import validate_config
+from ddpm_lightning.diffusion.flow import FLOW
+from ddpm_lightning.diffusion.flow_samplers import FlowEulerSampler
+from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.training.runinfo import resumed_run_folder
 
@@ -52,6 +55,13 @@ def best_precision(accelerator: str = "auto") -> str:
     return "bf16-mixed" if on_cpu and cpu_has_native_bf16() else "32-true"
 
 
+def path_sampler(objective: str) -> str:
+    """The training callbacks' sampler class by default: DDIM for a model of the ᾱ path, flow
+    Euler for a model of `objective` flow, at the same network calls per step."""
+    sampler = FlowEulerSampler if objective == FLOW else DDIMSampler
+    return f"{sampler.__module__}.{sampler.__qualname__}"
+
+
 def resume_folder(new_folder: str, *, _root_: DictConfig) -> str:
     """`hydra.run.dir`: the folder of the run a train command resumes
     (`resumed_run_folder`), so that the run continues there; else `new_folder`."""
@@ -63,6 +73,7 @@ for _name, _resolver in (
     ("project_root", project_root),
     ("best_precision", best_precision),
     ("resume_folder", resume_folder),
+    ("path_sampler", path_sampler),
 ):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)

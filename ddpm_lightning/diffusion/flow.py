@@ -62,6 +62,16 @@ def flow_timesteps(log_sigma: Tensor, num_timesteps: int) -> Tensor:
     return (torch.ceil(s * num_timesteps) - 1).clamp(0, num_timesteps - 1).long()
 
 
+def require_alpha_path(objective: str, who: str, instead: str) -> None:
+    """A ConfigError when `who`, which follows the ᾱ path, meets a model of `objective` flow:
+    its x_t lie on another path at other noise levels; `instead` says what to do."""
+    if objective == FLOW:
+        raise ConfigError(
+            f"{who} follows the ᾱ path of diffusion.objective eps, x0 or v, but the model "
+            f"predicts diffusion.objective=flow: {instead}"
+        )
+
+
 def check_pairing(sampler: str, flow_sampler: bool, objective: str) -> None:
     """A ConfigError unless a flow sampler meets a flow model, or an ᾱ-path sampler another:
     their x at a timestep lie on different paths, at different noise levels."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ddpm_lightning.diffusion.flow import FLOW
+from ddpm_lightning.diffusion.flow import require_alpha_path
 from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
@@ -83,11 +83,11 @@ def check_teacher(teacher: DiffusionModule, student: DiffusionModule, source: st
     a teacher of an earlier release leaves out count at their defaults. A flow teacher is
     refused: its x_t lie on another path than the DDIM steps distillation takes."""
     where = f"distill.teacher={source}"
-    if teacher.diffusion.objective.value == FLOW:
-        raise ConfigError(
-            f"{where} predicts diffusion.objective=flow, but distillation follows the ᾱ path: "
-            "distil a teacher of diffusion.objective=v or eps"
-        )
+    require_alpha_path(
+        teacher.diffusion.objective.value,
+        f"distillation of {where}",
+        "distil a teacher of diffusion.objective=v or eps",
+    )
     teacher_guided, student_guided = (
         bool(module.hparams["model"].get(GUIDANCE_KEY)) for module in (teacher, student)
     )

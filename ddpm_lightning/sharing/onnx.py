@@ -24,7 +24,7 @@ from ddpm_lightning.components import build
 from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.diffusion.denoiser import Denoiser
-from ddpm_lightning.diffusion.flow import FLOW
+from ddpm_lightning.diffusion.flow import require_alpha_path
 from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
@@ -133,12 +133,11 @@ def class_names(
 def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
     """model.json: the ONNX network's inputs and everything a sampler needs beside it. The
     page's samplers follow the ᾱ path; a flow model is refused in one line."""
-    if module.diffusion.objective.value == FLOW:
-        raise ConfigError(
-            "the ONNX record and the demo page draw models of diffusion.objective eps, x0 or v; "
-            "this model predicts diffusion.objective=flow: sample it with "
-            "python -m ddpm_lightning.sample"
-        )
+    require_alpha_path(
+        module.diffusion.objective.value,
+        "export format=onnx (and the demo page it feeds)",
+        "sample it with python -m ddpm_lightning.sample",
+    )
     schedule = module.diffusion.schedule
     dataset = module.hparams.get("dataset")
     return {

@@ -67,16 +67,6 @@ def on_top(
     return {**recommended, **{key: chosen[key] for key in sampler_keys(overrides) if key in chosen}}
 
 
-def recommended_settings(
-    pretrained: str, chosen: dict[str, Any], overrides: Sequence[str] | None
-) -> dict[str, Any] | None:
-    """The sampler the folder of `pretrained` recommends, `on_top` of which go the command
-    line's guidance, clipping and batch settings."""
-    if overrides is None or chooses_sampler(overrides):
-        return None
-    return on_top(recommended_sampler(pretrained), chosen, overrides)
-
-
 def recommendation(
     pretrained: str | None,
     ckpt_path: str | Path | None,

@@ -19,7 +19,7 @@ from ddpm_lightning.evaluation.fld import ASSETS_DIR
 from ddpm_lightning.sharing.folder import load_folder
 from ddpm_lightning.sharing.onnx import write_onnx
 from ddpm_lightning.sharing.pretrained import model_folder, shipped
-from ddpm_lightning.sharing.recommended import recommended_settings
+from ddpm_lightning.sharing.recommended import recommendation
 from ddpm_lightning.training.outputs import replacing
 
 PAGE_DIR = ASSETS_DIR / "demo"
@@ -65,10 +65,11 @@ def add_model(
 ) -> dict[str, str]:
     """Export one model (anything `pretrained=` takes) into `site/models/<id>/`, `sampler` as
     its starting settings, or the folder's recommended sampler where it has one and the
-    command's `overrides` choose none (`recommended_settings`); its entry of models.json."""
+    command's `overrides` choose none (`recommendation`); its entry of models.json."""
     identifier = model_id(pretrained)
     module = load_folder(model_folder(pretrained))
-    sampler = recommended_settings(pretrained, sampler, overrides) or sampler
+    objective = module.diffusion.objective.value
+    sampler = recommendation(pretrained, None, sampler, overrides, objective)[0] or sampler
     write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
     return {
         "id": identifier,
