@@ -10,7 +10,7 @@ from conftest import PYTHON, cli_env
 from PIL import Image
 
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.tools.curves import floor_value, main, read_curve
+from ddpm_lightning.tools.curves import Curve, floor_value, main, plot, read_curve
 
 ROWS = "epoch,step,train/loss,val/fld\n0,99,0.5,\n0,99,,120.0\n1,199,0.4,\n1,199,,60.5\n"
 
@@ -78,3 +78,17 @@ def test_a_long_legend_goes_below_the_axes(run_folder, tmp_path):
     with Image.open(out) as image:
         # 4.5 in + 0.22 in per entry below the axes, at 120 dpi: 540 + 6 × 26.4 pixels.
         assert image.size == (840, 698)
+
+
+@pytest.mark.parametrize("runs", [3, 12])
+def test_every_run_keeps_its_own_colour(tmp_path, monkeypatch, runs):
+    """Matplotlib's cycle repeats after 10 colours; 12 runs still get 12."""
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import to_hex
+
+    closed: list = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    curves = [Curve(f"run {i}", [0.1, 0.2], [float(i + 1)] * 2) for i in range(runs)]
+    plot(curves, "val/fld", tmp_path / "plot.png", "title", log_y=False)
+    colours = {to_hex(line.get_color()) for line in closed[0].axes[0].get_lines()}
+    assert len(colours) == runs

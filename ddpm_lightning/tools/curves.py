@@ -90,8 +90,13 @@ def plot(
     # Up to LEGEND_INSIDE entries share the axes; more go below them, so no curve is hidden.
     below = entries > LEGEND_INSIDE
     figure, axes = plt.subplots(figsize=(7, 4.5 + (0.22 * entries if below else 0)), dpi=120)
-    for curve in curves:
-        axes.plot(curve.hours, curve.values, marker="o", markersize=3, label=curve.label)
+    # Matplotlib's cycle repeats after 10 colours; past that, tab20 keeps every curve its own.
+    tab20 = plt.get_cmap("tab20").colors
+    for i, curve in enumerate(curves):
+        colour = tab20[i % len(tab20)] if len(curves) > 10 else None
+        axes.plot(
+            curve.hours, curve.values, marker="o", markersize=3, label=curve.label, color=colour
+        )
     if floor is not None:
         axes.axhline(floor[0], color="black", linestyle="--", linewidth=1, label=floor[1])
     axes.set_xlabel(x_label)
