@@ -49,7 +49,7 @@ from ddpm_lightning.evaluation.scores import class_view, feature_scores
 from ddpm_lightning.evaluation.settings import metric_settings
 from ddpm_lightning.settings.overrides import command_overrides
 from ddpm_lightning.sharing.folder import read_config
-from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_model, shipped
+from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, load_drawn, load_model, shipped
 from ddpm_lightning.sharing.recommended import with_recommended_sampler
 from ddpm_lightning.training.drawing import (
     Drawing,
@@ -107,8 +107,8 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
 
 def provenance(metadata: dict, path: Path) -> dict:
     """What a samples.npz may say of itself: the dataset, the model (`ckpt_path` or
-    `pretrained`), the seed and the sampler. Scores and counts are always computed, never
-    read; a dataset that is not a name is refused."""
+    `pretrained`, and a `guide`), the seed and the sampler. Scores and counts are always
+    computed, never read; a dataset that is not a name is refused."""
     kept = {key: metadata[key] for key in PROVENANCE if key in metadata}
     dataset = kept.get("dataset")
     if dataset is not None and not isinstance(dataset, str):
@@ -135,7 +135,15 @@ def check_classes(labels: Tensor, dataset: str, source: str, classes: int) -> No
 
 
 # The keys of a samples.npz's metadata that describe where it came from.
-PROVENANCE = ("dataset", "ckpt_path", "pretrained", "seed", "sampler", "network_evaluations")
+PROVENANCE = (
+    "dataset",
+    "ckpt_path",
+    "pretrained",
+    "guide",
+    "seed",
+    "sampler",
+    "network_evaluations",
+)
 
 
 def check_images(images: np.ndarray, path: Path) -> None:
@@ -183,7 +191,7 @@ def generate(
     of each class for conditional models, else None), what made them (`samples_metadata`: the
     model's dataset, the model, seed and sampler) and the trainer that drew them."""
     drawing = Drawing.from_config(cfg)
-    module = load_model(drawing.ckpt_path, drawing.pretrained)
+    module = load_drawn(drawing)
     drawing = with_recommended_sampler(
         drawing, command_overrides(), module.diffusion.objective.value
     )
@@ -203,7 +211,7 @@ def generate(
     images, trainer = draw_samples(
         drawing.trainer, module, make_sampler, num_samples, drawing.seed, labels
     )
-    metadata = samples_metadata(module, drawing.source, drawing.seed, drawing.sampler, sampler)
+    metadata = samples_metadata(module, drawing.provenance, drawing.seed, drawing.sampler, sampler)
     return images, labels, metadata, trainer
 
 

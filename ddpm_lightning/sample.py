@@ -40,7 +40,7 @@ from ddpm_lightning.evaluation.pictures import (
     to_uint8,
 )
 from ddpm_lightning.settings.overrides import command_overrides
-from ddpm_lightning.sharing.pretrained import load_model
+from ddpm_lightning.sharing.pretrained import load_drawn
 from ddpm_lightning.sharing.recommended import with_recommended_sampler
 from ddpm_lightning.training.drawing import Drawing, draw_samples, samples_metadata
 from ddpm_lightning.training.module import DiffusionModule
@@ -129,7 +129,7 @@ def draw_outputs(cfg: DictConfig) -> dict[str, Writer] | None:
     """The files of `cfg`'s samples by name, drawn on the devices of `cfg.trainer` and ready to
     write; None on every process but the first."""
     drawing = Drawing.from_config(cfg)
-    module = load_model(drawing.ckpt_path, drawing.pretrained)
+    module = load_drawn(drawing)
     drawing = with_recommended_sampler(
         drawing, command_overrides(), module.diffusion.objective.value
     )
@@ -151,7 +151,7 @@ def draw_outputs(cfg: DictConfig) -> dict[str, Writer] | None:
         return None
     if recorder is None:
         return point_outputs(samples)
-    metadata = samples_metadata(module, drawing.source, drawing.seed, drawing.sampler, sampler)
+    metadata = samples_metadata(module, drawing.provenance, drawing.seed, drawing.sampler, sampler)
     outputs = image_outputs(samples, labels, metadata, recorder)
     columns = int(cfg.same_noise_columns)
     if labels is not None and columns > 0:

@@ -16,7 +16,7 @@ from ddpm_lightning.diffusion.schedules import BETA_SCHEDULES
 from ddpm_lightning.settings import Setting, declared, unified
 
 # Arguments a component gets from the module at run time, never from settings.
-RUNTIME = frozenset({"schedule", "objective", "progress"})
+RUNTIME = frozenset({"schedule", "objective", "progress", "guide"})
 
 
 def components(kind: str) -> Mapping[str, Callable[..., Any]]:

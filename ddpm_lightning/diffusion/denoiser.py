@@ -1,7 +1,7 @@
 """The network as every sampler sees it: (x̂₀, ε̂) at (x_t, t, y), whatever it was trained to
-predict, with x̂₀ clipped and classifier-free guidance applied (k-diffusion's `Denoiser`
-wrapper, in our ᾱ-parameterisation). A sampler never learns the objective, so it cannot be
-handed the wrong one."""
+predict, with x̂₀ clipped and classifier-free guidance or autoguidance applied (k-diffusion's
+`Denoiser` wrapper, in our ᾱ-parameterisation). A sampler never learns the objective, so it
+cannot be handed the wrong one."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from torch import Tensor
 from ddpm_lightning.diffusion.flow import eps_from_x0, flow_sigmas
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion, Network, Objective
 from ddpm_lightning.diffusion.guidance import (
+    AUTOGUIDANCE_SCALE,
     DEFAULT_GUIDANCE_SCALE,
     checked_interval,
     guided_output,
     require_conditional,
+    takes_guidance,
 )
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
+from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.settings import Range, checked
 
 
@@ -31,7 +34,11 @@ class Denoiser:
     Guidance γ applies at the noise levels σ in `guidance_interval` (σ_lo, σ_hi], for flow
     σ = s/(1 − s); a conditional network (one with `num_classes`) defaults to
     γ = DEFAULT_GUIDANCE_SCALE, an unconditional one refuses γ ≠ 1 and keeps no interval. A
-    student of distilled guidance (`takes_guidance`) gets each step's γ as an input, one call."""
+    student of distilled guidance (`takes_guidance`) gets each step's γ as an input, one call.
+
+    With a `guide` (a weaker model's denoiser on the same noise levels), γ guides away from
+    the guide's x̂₀ instead of the network's unconditional one: autoguidance, which any model,
+    conditional or not, takes, γ = AUTOGUIDANCE_SCALE unless set."""
 
     @checked("sampler")
     def __init__(
@@ -41,10 +48,13 @@ class Denoiser:
         objective: Objective | str,
         # Clip the network's x̂₀ to [-1, 1] at every step.
         clip_x0: bool = True,
-        # Classifier-free guidance γ for conditional models; null: 1.25.
+        # Guidance γ: classifier-free for conditional models (null: 1.25), or away from a
+        # weaker model, guide= (autoguidance; null: 2).
         guidance_scale: Annotated[float, Range(ge=0)] | None = None,
         # Noise levels (σ_lo, σ_hi] where guidance applies; null: every step.
         guidance_interval: Annotated[Sequence[float], Range(ge=0)] | None = (0.3, 4),
+        *,
+        guide: Denoiser | None = None,
     ):
         self.network = network
         self.schedule = schedule
@@ -52,17 +62,39 @@ class Denoiser:
         self.diffusion = GaussianDiffusion(schedule, objective=self.objective.value)
         self.clip_x0 = bool(clip_x0)
         self.num_classes: int | None = getattr(network, "num_classes", None)
+        flow = self.objective is Objective.FLOW
+        sigmas = flow_sigmas(schedule.num_timesteps) if flow else schedule.sigmas()
+        self.sigma_values = sigmas.tolist()
+        self.guide = guide
+        if guide is not None:
+            self.check_guide(guide)
         scale = None if guidance_scale is None else float(guidance_scale)
-        if scale not in (None, 1.0):
+        if scale not in (None, 1.0) and guide is None:
             require_conditional(self.num_classes, f"sampler.guidance_scale={scale}")
+        if scale is None and guide is not None:
+            scale = AUTOGUIDANCE_SCALE
         if self.num_classes is not None and scale is None:
             scale = DEFAULT_GUIDANCE_SCALE
         self.guidance_scale = scale
         interval = checked_interval(guidance_interval)
-        self.guidance_interval = None if self.num_classes is None else interval
-        flow = self.objective is Objective.FLOW
-        sigmas = flow_sigmas(schedule.num_timesteps) if flow else schedule.sigmas()
-        self.sigma_values = sigmas.tolist()
+        guided = self.num_classes is not None or guide is not None
+        self.guidance_interval = interval if guided else None
+
+    def check_guide(self, guide: Denoiser) -> None:
+        """A ConfigError unless `guide` denoises at this network's noise levels (the same path,
+        T and schedule) and neither network takes γ as an input."""
+        if takes_guidance(self.network) or takes_guidance(guide.network):
+            raise ConfigError(
+                "guide= mixes two networks' predictions, but a student of distilled guidance "
+                "takes γ as an input: sample it without guide="
+            )
+        if guide.sigma_values != self.sigma_values:
+            raise ConfigError(
+                f"guide= has other noise levels than the model (diffusion.objective "
+                f"{guide.objective.value} against {self.objective.value}, T = "
+                f"{len(guide.sigma_values)} against {len(self.sigma_values)}, or another "
+                "schedule): guide with a model trained on the same schedule"
+            )
 
     def settings(self) -> dict[str, Any]:
         """clip_x0, guidance_scale and guidance_interval as applied (γ's default filled in), in
@@ -87,12 +119,32 @@ class Denoiser:
         """(x̂₀, ε̂), each (B, …), at x_t: (B, …), timestep t, guided when labels y: (B,) at
         `guidance_scale_at(t)` (`guided_output`: one call, of a doubled batch or with γ)."""
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = guided_output(self.network, x, t_batch, y, self.guidance_scale_at(t))
-        x0, eps = self.diffusion.predict_x0_eps(x, t_batch, output.float())
+        if self.guide is None:
+            output = guided_output(self.network, x, t_batch, y, self.guidance_scale_at(t))
+            x0, eps = self.diffusion.predict_x0_eps(x, t_batch, output.float())
+        else:
+            x0, eps = self.autoguided(x, t, t_batch, y)
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = self.eps_from_x0(x, t, x0)
         return x0, eps
+
+    def autoguided(
+        self, x: Tensor, t: int, t_batch: Tensor, y: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Unclipped (x̂₀, ε̂) of the network guided away from `guide`'s x̂₀ (Karras et al. 2024,
+        "Guiding a Diffusion Model with a Bad Version of Itself", eq. 2):
+        x̂₀ = x̂₀_guide + γ (x̂₀ − x̂₀_guide), the guide called with the labels if it takes them."""
+        assert self.guide is not None
+        output = self.network(x, t_batch, y)
+        x0, eps = self.diffusion.predict_x0_eps(x, t_batch, output.float())
+        scale = self.guidance_scale_at(t)
+        if scale is None or scale == 1.0:
+            return x0, eps
+        labels = y if self.guide.num_classes is not None else None
+        weak, _ = self.guide.predict(x, t, labels)
+        x0 = weak + scale * (x0 - weak)
+        return x0, self.eps_from_x0(x, t, x0)
 
     def eps_from_x0(self, x: Tensor, t: int, x0: Tensor) -> Tensor:
         """ε = (x_t − √ᾱ_t x₀) / √(1−ᾱ_t) (Ho et al. 2020, eq. 4 solved for ε), or, for a flow
@@ -108,6 +160,7 @@ DENOISER_SETTINGS = tuple(
     name
     for name, parameter in inspect.signature(Denoiser).parameters.items()
     if parameter.default is not inspect.Parameter.empty
+    and parameter.kind is not inspect.Parameter.KEYWORD_ONLY
 )
 
 

@@ -176,7 +176,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 def report_markdown(metrics: dict, floor: dict | None, picture: str = "report.png") -> str:
     """report.md's text for `metrics` (the evaluate command's) and a real-data floor or None."""
     named = [
-        f"{key}={metrics[key]}" for key in ("pretrained", "ckpt_path", "samples") if key in metrics
+        f"{key}={metrics[key]}"
+        for key in ("pretrained", "ckpt_path", "guide", "samples")
+        if key in metrics
     ]
     source = " ".join(named) or "samples"
     sampler = metrics.get("sampler") or {}

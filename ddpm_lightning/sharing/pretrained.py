@@ -10,6 +10,7 @@ from ddpm_lightning.evaluation.fld import ASSETS_DIR
 from ddpm_lightning.sharing.folder import CONFIG_NAME, load_folder
 from ddpm_lightning.sharing.hub import download, is_repo_id
 from ddpm_lightning.training.checkpoints import load_module
+from ddpm_lightning.training.drawing import Drawing
 from ddpm_lightning.training.module import DiffusionModule
 
 SHIPPED_DIR = ASSETS_DIR / "models"
@@ -55,3 +56,33 @@ def load_model(ckpt_path: str | Path | None, pretrained: str | Path | None) -> D
             f"and pretrained={pretrained})"
         )
     return load_pretrained(pretrained)
+
+
+def load_guide(guide: str, module: DiffusionModule) -> DiffusionModule:
+    """The weaker model `guide=` names (a .ckpt file, or what `pretrained=` takes) for
+    autoguidance of `module`: the same data shape, and the same classes if it has any. Its
+    noise levels are checked where the two are paired (`Denoiser`)."""
+    path = Path(guide).expanduser()
+    try:
+        loaded = load_module(path) if path.is_file() else load_pretrained(guide)
+    except ConfigError as exc:
+        raise ConfigError(f"guide={guide}: {exc}") from None
+    if tuple(loaded.data_shape) != tuple(module.data_shape):
+        raise ConfigError(
+            f"guide={guide} models data of shape {tuple(loaded.data_shape)}, the model "
+            f"{tuple(module.data_shape)}: guide with a model of the same data"
+        )
+    if loaded.num_classes is not None and loaded.num_classes != module.num_classes:
+        raise ConfigError(
+            f"guide={guide} takes {loaded.num_classes} classes, the model "
+            f"{module.num_classes}: guide with an unconditional model or one of the same classes"
+        )
+    return loaded
+
+
+def load_drawn(drawing: Drawing) -> DiffusionModule:
+    """The model `drawing` draws from (`load_model`), with its `guide` when it names one."""
+    module = load_model(drawing.ckpt_path, drawing.pretrained)
+    if drawing.guide is not None:
+        module.guide = load_guide(drawing.guide, module)
+    return module

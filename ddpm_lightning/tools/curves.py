@@ -91,9 +91,9 @@ def plot(
     below = entries > LEGEND_INSIDE
     figure, axes = plt.subplots(figsize=(7, 4.5 + (0.22 * entries if below else 0)), dpi=120)
     # Matplotlib's cycle repeats after 10 colours; past that, tab20 keeps every curve its own.
-    tab20 = plt.get_cmap("tab20").colors
+    tab20 = plt.get_cmap("tab20")
     for i, curve in enumerate(curves):
-        colour = tab20[i % len(tab20)] if len(curves) > 10 else None
+        colour = tab20(i % tab20.N) if len(curves) > 10 else None
         axes.plot(
             curve.hours, curve.values, marker="o", markersize=3, label=curve.label, color=colour
         )

@@ -43,13 +43,15 @@ def resolve_checkpoint(
 class Drawing:
     """What the sample and evaluate commands draw from and with, resolved once from their
     config: the model (`pretrained`, or the `ckpt_path` file with `last` found), the sampler's
-    named settings, the Trainer's config and the seed."""
+    named settings, the Trainer's config, the seed and the model that autoguidance guides away
+    from (`guide`), if any."""
 
     pretrained: str | None
     ckpt_path: str | Path | None
     sampler: dict[str, Any]
     trainer: dict[str, Any]
     seed: int
+    guide: str | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Drawing:
@@ -61,6 +63,7 @@ class Drawing:
             sampler=component_settings("sampler", cfg.sampler),
             trainer=cast("dict[str, Any]", OmegaConf.to_container(cfg.trainer, resolve=True)),
             seed=int(cfg.seed),
+            guide=None if cfg.get("guide") is None else str(cfg.guide),
         )
 
     @property
@@ -69,6 +72,11 @@ class Drawing:
         if self.pretrained:
             return {"pretrained": self.pretrained}
         return {"ckpt_path": str(self.ckpt_path)}
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """`source`, and the `guide` the samples were drawn with."""
+        return self.source if self.guide is None else {**self.source, "guide": self.guide}
 
     def make_sampler(self) -> Callable[..., Sampler]:
         """The sampler's partial, which `DiffusionModule.make_sampler` completes."""

@@ -118,6 +118,8 @@ class DiffusionModule(L.LightningModule):
             **dict(self.hparams["diffusion"] or {}),
             "objective": self.diffusion.objective.value,
         }
+        # A weaker model that sampling guides away from (`guided_by`); never trained or saved.
+        self.guide: DiffusionModule | None = None
         embedded = model.get("num_timesteps")
         steps = self.diffusion.schedule.num_timesteps
         if embedded is not None and embedded != steps:
@@ -162,9 +164,13 @@ class DiffusionModule(L.LightningModule):
 
     def denoiser(self, **settings: Any) -> Denoiser:
         """This network as samplers see it: its schedule and objective, with the sampler
-        settings clip_x0, guidance_scale and guidance_interval (`Denoiser`)."""
+        settings clip_x0, guidance_scale and guidance_interval (`Denoiser`), guided away from
+        `guide` when there is one."""
         diffusion = self.diffusion
-        return Denoiser(self.model, diffusion.schedule, diffusion.objective.value, **settings)
+        guide = None if self.guide is None else self.guide.denoiser(clip_x0=False, guidance_scale=1)
+        return Denoiser(
+            self.model, diffusion.schedule, diffusion.objective.value, **settings, guide=guide
+        )
 
     def make_sampler(self, factory: Callable[..., Sampler], **kwargs: Any) -> Sampler:
         """A sampler from `factory` (e.g. a `_partial_` config) and `kwargs` for this schedule,
