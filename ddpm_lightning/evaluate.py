@@ -495,6 +495,11 @@ def likelihood_into(cfg: DictConfig, out_dir: Path) -> dict:
     """`metric=bpd`: the bound of Ho et al. 2020, eq. 5, in bits/dim, of the model of
     `ckpt_path` or `pretrained` on the first `num_images` test images of its dataset, of
     p(x | y) at their true labels y for a conditional model (`"conditional": true`)."""
+    if cfg.get("guide"):
+        raise ConfigError(
+            f"metric=bpd bounds the model's own likelihood, which guide={cfg.guide} does not "
+            "change: drop guide="
+        )
     if cfg.get("samples") or not (cfg.get("ckpt_path") or cfg.get("pretrained")):
         raise ConfigError(
             "metric=bpd scores a model on real test images: pass ckpt_path= or pretrained=, "
@@ -563,8 +568,13 @@ def fld_across_seeds(
 
 
 def check_source(cfg: DictConfig, settings: dict) -> None:
-    """samples= or a model, not both; several seeds only from a model."""
+    """samples= or a model, not both; several seeds and a guide only with a model."""
     model = [f"{key}={cfg.get(key)}" for key in ("ckpt_path", "pretrained") if cfg.get(key)]
+    if cfg.get("guide") and cfg.get("samples"):
+        raise ConfigError(
+            f"guide={cfg.guide} guides fresh samples of ckpt_path= or pretrained=, but "
+            f"samples={cfg.samples} scores samples already drawn: drop one of them"
+        )
     if cfg.get("samples") and model:
         raise ConfigError(
             f"pass samples= or {model[0].split('=')[0]}=, not both (got samples={cfg.samples} "

@@ -14,7 +14,8 @@ from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
-from tests.conftest import run_command, tiny_model_folder
+from ddpm_lightning.evaluate import evaluate
+from tests.conftest import run_command, tiny_model_folder, writing_config
 
 MU, S_GOOD, S_WEAK = 0.3, 0.2, 0.4
 T = 100
@@ -151,3 +152,21 @@ def test_the_sample_command_draws_with_a_guide_and_records_it(tmp_path, monkeypa
     )
     assert code != 0
     assert f"guide={other} models data of shape (3, 32, 32)" in stderr
+
+
+def test_evaluate_refuses_a_guide_it_would_not_use(tmp_path):
+    """A guide with samples= (already drawn) or metric=bpd (the model's own likelihood) is a
+    one-line error, before anything is scored."""
+    model = tiny_model_folder(tmp_path / "model")
+    weak = tiny_model_folder(tmp_path / "weak", seed=1)
+    npz = tmp_path / "samples.npz"
+    np.savez(npz, images=np.zeros((2, 32, 32, 1), np.uint8))
+    cases = [
+        ([f"samples={npz}"], rf"^guide={weak} guides fresh samples .* drop one of them$"),
+        ([f"pretrained={model}", "metric=bpd"], rf"^metric=bpd .* guide={weak} .*: drop guide=$"),
+    ]
+    for overrides, message in cases:
+        cfg = writing_config("evaluate", tmp_path / "out", *overrides, f"guide={weak}")
+        with pytest.raises(ConfigError, match=message):
+            evaluate(cfg)
+    assert not (tmp_path / "out" / "metrics.json").exists()
