@@ -22,12 +22,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_lightning.components.registry import conf_target
 from ddpm_lightning.config.defaults import store_defaults
 from ddpm_lightning.config.location import config_dir, project_root
 from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.diffusion.flow import FLOW
-from ddpm_lightning.diffusion.flow_samplers import FlowEulerSampler
-from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.training.runinfo import resumed_run_folder
 
@@ -58,8 +57,7 @@ def best_precision(accelerator: str = "auto") -> str:
 def path_sampler(objective: str) -> str:
     """The training callbacks' sampler class by default: DDIM for a model of the ᾱ path, flow
     Euler for a model of `objective` flow, at the same network calls per step."""
-    sampler = FlowEulerSampler if objective == FLOW else DDIMSampler
-    return f"{sampler.__module__}.{sampler.__qualname__}"
+    return conf_target("sampler", "flow_euler" if objective == FLOW else "ddim")
 
 
 def resume_folder(new_folder: str, *, _root_: DictConfig) -> str:
