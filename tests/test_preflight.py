@@ -97,6 +97,32 @@ def test_force_samples_anyway_and_prints_the_estimate(tiny_module, monkeypatch, 
     assert printed.rstrip().endswith("on cpu, 3.8 GiB of samples")
 
 
+def test_the_estimate_times_guided_steps_apart(tiny_module, tmp_path, monkeypatch, capsys):
+    """Autoguided DDIM-2 guided on its first step only: the estimate is chunks × calls × the
+    mean of one guided (here 3 s) and one plain (1 s) step."""
+    module, _ = tiny_module
+    module.guide = build_module(tiny_config(tmp_path, tmp_path), (1, 32, 32))
+    sigmas = module.diffusion.schedule.sigmas()
+    first, second = DDIMSampler(module.diffusion.schedule, num_steps=2).steps()
+    interval = [float(sigmas[second]), float(sigmas[first])]
+    sampler = module.make_sampler(
+        partial(DDIMSampler, num_steps=2), guidance_scale=2.0, guidance_interval=interval
+    )
+    assert preflight.guided_steps(sampler) == [first]
+    timed = []
+
+    def seconds(module, sampler, batch, t):
+        timed.append((batch, t))
+        return 3.0 if t == first else 1.0
+
+    monkeypatch.setattr(preflight, "seconds_per_prediction", seconds)
+    check_sampling_request(module, sampler, 1000, force=False)
+    assert sorted(timed) == sorted([(256, first), (256, second)])
+    assert capsys.readouterr().out.startswith(
+        "sampling 1,000 × 2 network calls (1 of 2 steps guided) in chunks of 256: about 16 s "
+    )
+
+
 def write_owner(folder: Path, pid: int, host: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME

@@ -54,17 +54,44 @@ def free_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def seconds_per_chunk_call(module: DiffusionModule, batch: int) -> float:
-    """Wall time of one network call on a batch of `batch` inputs (no gradients)."""
+def guided_steps(sampler: Sampler) -> list[int]:
+    """The visited timesteps where the sampler's denoiser guides (γ ≠ 1): each runs a doubled
+    batch, the guide's call as well, or a distilled-guidance student's call with γ."""
+    denoiser = sampler.denoiser
+    assert denoiser is not None
+    return [t for t in sampler.steps() if denoiser.guidance_scale_at(t) not in (None, 1.0)]
+
+
+def seconds_per_prediction(module: DiffusionModule, sampler: Sampler, batch: int, t: int) -> float:
+    """Wall time of the sampler's denoiser at timestep t on a batch of `batch` (no gradients)."""
+    denoiser = sampler.denoiser
+    assert denoiser is not None
     x = torch.zeros((batch, *module.data_shape), device=module.device)
-    t = torch.zeros(batch, dtype=torch.long, device=module.device)
-    y = None if module.num_classes is None else torch.zeros_like(t)
+    y = (
+        None
+        if module.num_classes is None
+        else torch.zeros(batch, dtype=torch.long, device=x.device)
+    )
     with torch.no_grad():
         start = time.perf_counter()
-        module.model(x, t, y)
+        denoiser.predict(x, t, y)
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)
         return time.perf_counter() - start
+
+
+def seconds_per_chunk_call(module: DiffusionModule, sampler: Sampler, batch: int) -> float:
+    """Mean wall time of one network call on a chunk of `batch` over the sampler's visited
+    timesteps, a guided step timed apart from a plain one (it may cost two calls' time)."""
+    steps = sampler.steps()
+    guided = guided_steps(sampler)
+    plain = [t for t in steps if t not in guided]
+    total = sum(
+        len(group) * seconds_per_prediction(module, sampler, batch, group[0])
+        for group in (guided, plain)
+        if group
+    )
+    return total / len(steps)
 
 
 def human_bytes(size: float) -> str:
@@ -86,7 +113,7 @@ def check_sampling_request(
 ) -> None:
     """Refuse more than `MAX_SAMPLES` samples, or more than fit in the free memory of the
     model's device, unless `force`; print the network calls, the estimated time (from timing
-    one chunk) and the memory the samples take."""
+    one plain and one guided step on a chunk) and the memory the samples take."""
     if num_samples > MAX_SAMPLES and not force:
         raise ConfigError(
             f"num_samples={num_samples} is above {MAX_SAMPLES:,}; pass force=true to sample "
@@ -101,9 +128,11 @@ def check_sampling_request(
         )
     chunk = min(sampler.batch_size, num_samples)
     calls = math.ceil(num_samples / chunk) * sampler.network_evaluations()
-    seconds = calls * seconds_per_chunk_call(module, chunk)
+    seconds = calls * seconds_per_chunk_call(module, sampler, chunk)
+    guided = len(guided_steps(sampler))
+    steps = f" ({guided} of {len(sampler.steps())} steps guided)" if guided else ""
     print(
-        f"sampling {num_samples:,} × {sampler.network_evaluations()} network calls in chunks of "
-        f"{chunk}: about {human_time(seconds)} on {module.device}, "
+        f"sampling {num_samples:,} × {sampler.network_evaluations()} network calls{steps} in "
+        f"chunks of {chunk}: about {human_time(seconds)} on {module.device}, "
         f"{human_bytes(needed)} of samples"
     )
