@@ -6,6 +6,7 @@ that recommends nothing with a flow sampler."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -70,6 +71,21 @@ def test_the_folders_sampler_is_used_unless_one_is_chosen(student, capsys):
         assert with_recommended_sampler(drawing(student), overrides, "eps") == drawing(student)
     plain = tiny_model_folder(student.parent / "plain")
     assert with_recommended_sampler(drawing(plain), [], "eps") == drawing(plain)
+
+
+def test_a_recommended_gamma_is_not_autoguidances(student):
+    """A folder's γ (classifier-free guidance's) applies without a guide; with one, γ is the
+    command line's, or null for autoguidance's default."""
+    config = json.loads((student / "config.json").read_text())
+    recommended = {**STUDENT, "guidance_scale": 1.25}
+    (student / "config.json").write_text(json.dumps({**config, "sampler": recommended}))
+    plain = with_recommended_sampler(drawing(student), [], "eps")
+    assert plain.sampler["guidance_scale"] == 1.25
+    guided = replace(drawing(student), guide="weak")
+    assert with_recommended_sampler(guided, [], "eps").sampler["guidance_scale"] is None
+    chosen = replace(guided, sampler={**guided.sampler, "guidance_scale": 3.0})
+    overrides = ["sampler.guidance_scale=3"]
+    assert with_recommended_sampler(chosen, overrides, "eps").sampler["guidance_scale"] == 3.0
 
 
 def test_the_sample_command_draws_with_the_recommended_steps(

@@ -97,10 +97,13 @@ def with_recommended_sampler(
     drawing: Drawing, overrides: Sequence[str] | None, objective: str
 ) -> Drawing:
     """`drawing` with the sampler its model of `objective` recommends (`recommendation`); says
-    so in one line."""
+    so in one line. A recommended γ is classifier-free guidance's: with a guide (autoguidance)
+    γ stays the command line's, or autoguidance's default."""
     sampler, source = recommendation(
         drawing.pretrained, drawing.ckpt_path, drawing.sampler, overrides, objective
     )
+    if sampler is not None and drawing.guide is not None:
+        sampler = {**sampler, "guidance_scale": drawing.sampler.get("guidance_scale")}
     if sampler is None or sampler == drawing.sampler:
         return drawing
     print(f"sampler: {settings_text(sampler)}, {source} (sampler=… chooses another)", flush=True)
