@@ -73,19 +73,26 @@ def test_the_folders_sampler_is_used_unless_one_is_chosen(student, capsys):
     assert with_recommended_sampler(drawing(plain), [], "eps") == drawing(plain)
 
 
-def test_a_recommended_gamma_is_not_autoguidances(student):
-    """A folder's γ (classifier-free guidance's) applies without a guide; with one, γ is the
-    command line's, or null for autoguidance's default."""
+def test_with_a_guide_gamma_and_interval_are_autoguidances(student):
+    """A folder's γ and interval (classifier-free guidance's) apply without a guide; with one,
+    they are the command line's, or γ null (autoguidance's default) and every step guided."""
     config = json.loads((student / "config.json").read_text())
-    recommended = {**STUDENT, "guidance_scale": 1.25}
+    recommended = {**STUDENT, "guidance_scale": 1.25, "guidance_interval": [0.3, 4]}
     (student / "config.json").write_text(json.dumps({**config, "sampler": recommended}))
     plain = with_recommended_sampler(drawing(student), [], "eps")
-    assert plain.sampler["guidance_scale"] == 1.25
+    assert (plain.sampler["guidance_scale"], plain.sampler["guidance_interval"]) == (1.25, [0.3, 4])
     guided = replace(drawing(student), guide="weak")
-    assert with_recommended_sampler(guided, [], "eps").sampler["guidance_scale"] is None
-    chosen = replace(guided, sampler={**guided.sampler, "guidance_scale": 3.0})
-    overrides = ["sampler.guidance_scale=3"]
-    assert with_recommended_sampler(chosen, overrides, "eps").sampler["guidance_scale"] == 3.0
+    used = with_recommended_sampler(guided, [], "eps").sampler
+    assert (used["guidance_scale"], used["guidance_interval"]) == (None, None)
+    chosen = replace(
+        guided, sampler={**guided.sampler, "guidance_scale": 3.0, "guidance_interval": [0.5, 9]}
+    )
+    overrides = ["sampler.guidance_scale=3", "sampler.guidance_interval=[0.5,9]"]
+    used = with_recommended_sampler(chosen, overrides, "eps").sampler
+    assert (used["guidance_scale"], used["guidance_interval"]) == (3.0, [0.5, 9])
+    on_the_command_line = replace(guided, pretrained=None, sampler=chosen.sampler)
+    used = with_recommended_sampler(on_the_command_line, overrides[:1], "eps").sampler
+    assert (used["guidance_scale"], used["guidance_interval"]) == (3.0, None)
 
 
 def test_the_sample_command_draws_with_the_recommended_steps(

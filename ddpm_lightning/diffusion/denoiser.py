@@ -51,7 +51,8 @@ class Denoiser:
         # Guidance γ: classifier-free for conditional models (null: 1.25), or away from a
         # weaker model, guide= (autoguidance; null: 2).
         guidance_scale: Annotated[float, Range(ge=0)] | None = None,
-        # Noise levels (σ_lo, σ_hi] where guidance applies; null: every step.
+        # Noise levels (σ_lo, σ_hi] where guidance applies; null: every step (with guide=,
+        # unless the command line sets it).
         guidance_interval: Annotated[Sequence[float], Range(ge=0)] | None = (0.3, 4),
         *,
         guide: Denoiser | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 from ddpm_lightning.components import component_settings
 from ddpm_lightning.components.defaults import class_defaults
 from ddpm_lightning.diffusion.flow import FLOW
+from ddpm_lightning.diffusion.guidance import AUTOGUIDANCE_INTERVAL
 from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.sharing.folder import read_config
 from ddpm_lightning.sharing.learned import checkpoint_learned_sampler
@@ -93,18 +94,31 @@ def recommendation(
     return on_top(recommended, chosen, overrides), source
 
 
+def autoguided(
+    sampler: dict[str, Any], chosen: dict[str, Any], overrides: Sequence[str]
+) -> dict[str, Any]:
+    """`sampler` for autoguidance: γ and the guidance interval as the command line set them in
+    `chosen`, else γ null (AUTOGUIDANCE_SCALE) and AUTOGUIDANCE_INTERVAL; a model folder's are
+    classifier-free guidance's."""
+    keys = sampler_keys(overrides)
+    defaults = {"guidance_scale": None, "guidance_interval": AUTOGUIDANCE_INTERVAL}
+    return {**sampler, **{k: chosen.get(k) if k in keys else v for k, v in defaults.items()}}
+
+
 def with_recommended_sampler(
     drawing: Drawing, overrides: Sequence[str] | None, objective: str
 ) -> Drawing:
-    """`drawing` with the sampler its model of `objective` recommends (`recommendation`); says
-    so in one line. A recommended γ is classifier-free guidance's: with a guide (autoguidance)
-    γ stays the command line's, or autoguidance's default."""
+    """`drawing` with the sampler its model of `objective` recommends (`recommendation`), said in
+    one line, and with a guide, the settings of autoguidance (`autoguided`)."""
     sampler, source = recommendation(
         drawing.pretrained, drawing.ckpt_path, drawing.sampler, overrides, objective
     )
-    if sampler is not None and drawing.guide is not None:
-        sampler = {**sampler, "guidance_scale": drawing.sampler.get("guidance_scale")}
-    if sampler is None or sampler == drawing.sampler:
-        return drawing
-    print(f"sampler: {settings_text(sampler)}, {source} (sampler=… chooses another)", flush=True)
-    return replace(drawing, sampler=sampler)
+    chosen = drawing.sampler
+    if sampler is not None and sampler != chosen:
+        print(
+            f"sampler: {settings_text(sampler)}, {source} (sampler=… chooses another)", flush=True
+        )
+        drawing = replace(drawing, sampler=sampler)
+    if drawing.guide is not None:
+        drawing = replace(drawing, sampler=autoguided(drawing.sampler, chosen, overrides or []))
+    return drawing
