@@ -107,15 +107,15 @@ def test_the_guide_is_called_only_inside_the_guidance_interval():
 
 
 def test_an_unconditional_model_takes_gamma_only_with_a_guide():
-    """γ ≠ 1 needs a conditional model, or a guide (then γ defaults to 2 and the interval
-    stays); a guide on other noise levels is refused in one line."""
+    """γ ≠ 1 needs a conditional model, or a guide (then γ defaults to AUTOGUIDANCE_SCALE, 1.5,
+    and the Denoiser keeps its interval); a guide on other noise levels is refused in one line."""
     schedule = NoiseSchedule("cosine", T)
     network = gaussian_network(schedule, "v", S_GOOD)
     with pytest.raises(ConfigError, match="needs a conditional checkpoint"):
         Denoiser(network, schedule, "v", guidance_scale=2.0)
     weak = Denoiser(gaussian_network(schedule, "eps", S_WEAK), schedule, "eps", clip_x0=False)
     guided = Denoiser(network, schedule, "v", guide=weak)
-    assert guided.settings()["guidance_scale"] == 2.0
+    assert guided.settings()["guidance_scale"] == 1.5
     assert guided.settings()["guidance_interval"] == [0.3, 4.0]
     other = NoiseSchedule("linear", T)
     weak_other = Denoiser(gaussian_network(other, "eps", S_WEAK), other, "eps")
@@ -132,15 +132,16 @@ def sampled(argv: list[str], out, monkeypatch, capsys) -> dict:
 
 
 def test_the_sample_command_draws_with_a_guide_and_records_it(tmp_path, monkeypatch, capsys):
-    """guide=FOLDER changes the images against the same model unguided, γ = 2 is recorded with
-    the guide; a guide of other data is refused in one line naming guide=."""
+    """guide=FOLDER changes the images against the same model unguided, γ = 1.5 at every step is
+    recorded with the guide; a guide of other data is refused in one line naming guide=."""
     model = tiny_model_folder(tmp_path / "model", seed=0)
     weak = tiny_model_folder(tmp_path / "weak", seed=1)
     argv = [f"pretrained={model}", "num_samples=4", "sampler.num_steps=4", "gif_images=1"]
     plain = sampled(argv, tmp_path / "plain", monkeypatch, capsys)
     guided = sampled([*argv, f"guide={weak}"], tmp_path / "guided", monkeypatch, capsys)
     assert "guide" not in plain and guided["guide"] == str(weak)
-    assert guided["sampler"]["guidance_scale"] == 2.0
+    assert guided["sampler"]["guidance_scale"] == 1.5
+    assert guided["sampler"]["guidance_interval"] is None
     images = [np.load(tmp_path / name / "samples.npz")["images"] for name in ("plain", "guided")]
     assert np.abs(images[0].astype(int) - images[1].astype(int)).max() > 0
     other = tiny_model_folder(tmp_path / "colour", seed=1, shape=(3, 32, 32))

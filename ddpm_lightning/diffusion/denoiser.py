@@ -49,7 +49,7 @@ class Denoiser:
         # Clip the network's x̂₀ to [-1, 1] at every step.
         clip_x0: bool = True,
         # Guidance γ: classifier-free for conditional models (null: 1.25), or away from a
-        # weaker model, guide= (autoguidance; null: 2).
+        # weaker model, guide= (autoguidance; null: 1.5).
         guidance_scale: Annotated[float, Range(ge=0)] | None = None,
         # Noise levels (σ_lo, σ_hi] where guidance applies; null: every step (with guide=,
         # unless the command line sets it).
