@@ -80,11 +80,13 @@ def seconds_per_prediction(module: DiffusionModule, sampler: Sampler, batch: int
         return time.perf_counter() - start
 
 
-def seconds_per_chunk_call(module: DiffusionModule, sampler: Sampler, batch: int) -> float:
+def seconds_per_chunk_call(
+    module: DiffusionModule, sampler: Sampler, batch: int, guided: list[int]
+) -> float:
     """Mean wall time of one network call on a chunk of `batch` over the sampler's visited
-    timesteps, a guided step timed apart from a plain one (it may cost two calls' time)."""
+    timesteps, the `guided` ones (`guided_steps`) timed apart from a plain one (a guided step
+    may cost two calls' time)."""
     steps = sampler.steps()
-    guided = guided_steps(sampler)
     plain = [t for t in steps if t not in guided]
     total = sum(
         len(group) * seconds_per_prediction(module, sampler, batch, group[0])
@@ -128,9 +130,9 @@ def check_sampling_request(
         )
     chunk = min(sampler.batch_size, num_samples)
     calls = math.ceil(num_samples / chunk) * sampler.network_evaluations()
-    seconds = calls * seconds_per_chunk_call(module, sampler, chunk)
-    guided = len(guided_steps(sampler))
-    steps = f" ({guided} of {len(sampler.steps())} steps guided)" if guided else ""
+    guided = guided_steps(sampler)
+    seconds = calls * seconds_per_chunk_call(module, sampler, chunk, guided)
+    steps = f" ({len(guided)} of {len(sampler.steps())} steps guided)" if guided else ""
     print(
         f"sampling {num_samples:,} × {sampler.network_evaluations()} network calls{steps} in "
         f"chunks of {chunk}: about {human_time(seconds)} on {module.device}, "
