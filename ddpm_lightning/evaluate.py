@@ -190,8 +190,7 @@ def generate(
     the devices of `cfg.trainer` and `seed` (default `cfg.seed`), their labels (an equal share
     of each class for conditional models, else None), what made them (`samples_metadata`: the
     model's dataset, the model, seed and sampler) and the trainer that drew them."""
-    drawing = Drawing.from_config(cfg)
-    module = load_drawn(drawing)
+    drawing, module = load_drawn(Drawing.from_config(cfg))
     drawing = with_recommended_sampler(
         drawing, command_overrides(), module.diffusion.objective.value
     )

@@ -3,7 +3,8 @@ model as a Hugging Face-style model folder (config.json, model.safetensors, READ
 samples.png), optionally pushed to the Hub with `push_to_hub=user/repo`; `format=diffusers`
 writes a diffusers DDPMPipeline folder with its card instead (our UNet and diffusers'
 UNet2DModel), `format=onnx` the network as model.onnx and what a sampler needs beside it as
-model.json. The files replace the folder's old ones whole, after the source and the record are
+model.json. A folder ships the `guide=` model (or the source folder's own guide) as guide/, for
+autoguidance. The files replace the folder's old ones whole, after the source and the record are
 read and checked; the shipped model folders only with `replace_shipped=true`. The cards name
 no path of the exporting machine."""
 
@@ -24,9 +25,10 @@ from ddpm_lightning.sharing.export import (
     export_folder,
     folder_source,
     merge_records,
+    paired_module,
     run_record,
 )
-from ddpm_lightning.sharing.folder import build_module
+from ddpm_lightning.sharing.folder import build_module, shipped_guide
 from ddpm_lightning.sharing.hub import hub_token, push
 from ddpm_lightning.sharing.onnx import require_onnx_extra, write_onnx
 from ddpm_lightning.sharing.portable import checked_name
@@ -47,6 +49,25 @@ def source(cfg: DictConfig) -> Source:
     if cfg.ckpt_path is not None:
         return checkpoint_source(cfg.ckpt_path)
     return folder_source(model_folder(cfg.pretrained))
+
+
+def guide_source(cfg: DictConfig, model: Source) -> Source | None:
+    """The guide the folder ships: `guide=` (a .ckpt file or what `pretrained=` takes, checked
+    to guide `model`), else the one the `pretrained=` folder ships; none with guide=false."""
+    if cfg.guide is False:
+        return None
+    if cfg.guide is None:
+        folder = None if cfg.pretrained is None else shipped_guide(model_folder(cfg.pretrained))
+        return None if folder is None else folder_source(folder)
+    path = Path(cfg.guide).expanduser()
+    try:
+        guide = (
+            checkpoint_source(path) if path.is_file() else folder_source(model_folder(cfg.guide))
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"guide={cfg.guide}: {exc}") from None
+    paired_module(model[:2], guide[:2], Path(cfg.out_dir), str(cfg.guide))
+    return guide
 
 
 def check_shipped(cfg: DictConfig) -> None:
@@ -80,12 +101,30 @@ def exported(cfg: DictConfig) -> Source:
     return hyper_parameters, state_dict, merge_records(record, found)
 
 
+def unguided(cfg: DictConfig, model: Source) -> Source:
+    """`model` for a format without a guide: when the `pretrained=` folder ships one, without
+    the evaluation, which was of the model autoguided (said in one line)."""
+    if cfg.pretrained is None or shipped_guide(model_folder(cfg.pretrained)) is None:
+        return model
+    print(
+        f"pretrained={cfg.pretrained} ships a guide, which format={cfg.format} leaves out: its "
+        "FLD, measured autoguided, stays out of the card too"
+    )
+    hyper_parameters, state_dict, record = model
+    return hyper_parameters, state_dict, {k: v for k, v in record.items() if k != "evaluation"}
+
+
 def export(cfg: DictConfig) -> dict[str, Path]:
     """Write the model folder (or, with format=onnx, model.onnx and model.json) into
     `cfg.out_dir`, push the folder when asked; return the written files by name. A second
     command into `cfg.out_dir` is refused while this one runs."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format} is not supported; choose one of {list(FORMATS)}")
+    if cfg.guide and cfg.format != "folder":
+        raise ConfigError(
+            f"guide={cfg.guide} ships in a model folder's guide/, which format={cfg.format} "
+            "does not have: drop guide= or use format=folder"
+        )
     print(f"out_dir: {Path(cfg.out_dir).resolve()}", flush=True)
     check_shipped(cfg)
     if cfg.format == "onnx":
@@ -94,16 +133,15 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     name = card_name(cfg)
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
-    write = export_pipeline if cfg.format == "diffusers" else export_folder
     with claimed(cfg.out_dir, "export") as out_dir:
         model = exported(cfg)
-        files = write(
-            out_dir,
-            model,
-            sampler_config(cfg, (model[0].get("diffusion") or {}).get("objective")),
-            name,
-            int(cfg.num_samples) if cfg.samples else 0,
-        )
+        sampler = sampler_config(cfg, (model[0].get("diffusion") or {}).get("objective"))
+        num_samples = int(cfg.num_samples) if cfg.samples else 0
+        if cfg.format == "diffusers":
+            files = export_pipeline(out_dir, unguided(cfg, model), sampler, name, num_samples)
+        else:
+            guide = guide_source(cfg, model)
+            files = export_folder(out_dir, model, sampler, name, num_samples, guide)
         print(f"wrote {', '.join(files)} ({written(files, cfg.format)}) into {out_dir}")
         if token is not None:
             print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")

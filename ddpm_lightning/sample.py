@@ -128,8 +128,7 @@ def image_outputs(
 def draw_outputs(cfg: DictConfig) -> dict[str, Writer] | None:
     """The files of `cfg`'s samples by name, drawn on the devices of `cfg.trainer` and ready to
     write; None on every process but the first."""
-    drawing = Drawing.from_config(cfg)
-    module = load_drawn(drawing)
+    drawing, module = load_drawn(Drawing.from_config(cfg))
     drawing = with_recommended_sampler(
         drawing, command_overrides(), module.diffusion.objective.value
     )

@@ -288,7 +288,9 @@ def test_a_shipped_card_is_the_card_its_config_writes(name):
     folder = SHIPPED_DIR / name
     config = json.loads((folder / "config.json").read_text())
     num_samples = 64 if (folder / "samples.png").exists() else 0
-    assert (folder / "README.md").read_text() == model_card(config, name, num_samples)
+    guide_path = folder / "guide" / "config.json"
+    guide = json.loads(guide_path.read_text()) if guide_path.exists() else None
+    assert (folder / "README.md").read_text() == model_card(config, name, num_samples, guide)
 
 
 @pytest.mark.parametrize(
@@ -427,7 +429,8 @@ def test_a_hub_repo_id_is_downloaded_into_the_cache(folder, monkeypatch):
 
     monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
     assert load_pretrained("me/tiny").hparams["dataset"] == "mnist"
-    assert calls == [("me/tiny", {"allow_patterns": ["config.json", "model.safetensors"]})]
+    files = ["config.json", "model.safetensors", "guide/config.json", "guide/model.safetensors"]
+    assert calls == [("me/tiny", {"allow_patterns": files})]
 
 
 def test_an_unreachable_hub_repo_is_one_line(tmp_path):

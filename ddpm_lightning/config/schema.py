@@ -123,6 +123,8 @@ PATH = Spec("a path", lambda v: isinstance(v, str) and bool(v.strip()))
 NAME = matching("a name of letters, digits, _ . or - (it names a folder)", r"[\w.-]+")
 TARGET = matching("a dotted Python name", r"[\w.]+")
 HUB_REPO = matching("a Hub repo id user/repo", r"[\w.-]+/[\w.-]+")
+# guide=: a model, or false for none at all (not even the one a model folder ships).
+GUIDE = optional(TEXT) | Spec("false", lambda v: v is False)
 GPU_INDICES = matching("GPU indices like 0,1", r"\d+(,\d+)*,?")
 ALL_DEVICES = Spec("-1", lambda v: is_number(v, int) and v == -1)
 SEED = typed(Seed)
@@ -275,7 +277,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "task_name": NAME,
         "verbose": BOOLEAN,
         **MODEL_SOURCE,
-        "guide": optional(TEXT),
+        "guide": GUIDE,
         "num_samples": integer(1),
         "force": BOOLEAN,
         "labels": optional(choice("all") | list_of(integer(0), "class indices ≥ 0")),
@@ -291,7 +293,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "task_name": NAME,
         "verbose": BOOLEAN,
         **MODEL_SOURCE,
-        "guide": optional(TEXT),
+        "guide": GUIDE,
         "samples": optional(PATH),
         "dataset": typed(Annotated[str, OneOf(DATASETS)] | None),
         "allow_dataset_mismatch": BOOLEAN,
@@ -313,6 +315,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "verbose": BOOLEAN,
         "ckpt_path": optional(PATH),
         "pretrained": optional(TEXT),
+        "guide": GUIDE,
         "format": choice("folder", "diffusers", "onnx"),
         "out_dir": PATH,
         "replace_shipped": BOOLEAN,

@@ -16,7 +16,7 @@ from ddpm_lightning import diffusion
 from ddpm_lightning.components import REGISTRY, component_settings
 from ddpm_lightning.components.defaults import class_defaults
 from ddpm_lightning.data.registry import known_record
-from ddpm_lightning.diffusion.guidance import DEFAULT_GUIDANCE_SCALE
+from ddpm_lightning.diffusion.guidance import AUTOGUIDANCE_SCALE, DEFAULT_GUIDANCE_SCALE
 from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.training.module import MODULE_KEYS
 
@@ -210,27 +210,28 @@ def time_section(config: dict[str, Any]) -> str:
     return "## Training time and device\n\n" + ("\n".join(lines) or "Not recorded.") + "\n"
 
 
-def evaluate_overrides(overrides: list[str], name: str | None) -> list[str]:
+def evaluate_overrides(overrides: list[str], name: str | None, guided: bool = False) -> list[str]:
     """The evaluate command's overrides, its model (`ckpt_path=` with the `train_task_name=`
     that finds it, or `pretrained=`) as `pretrained=name` when `name` loads this folder with
-    `pretrained=`."""
+    `pretrained=`, which brings the guide of a `guided` folder (no `guide=`)."""
     if name is None:
         return overrides
-    model_keys = ("ckpt_path=", "train_task_name=", "pretrained=")
+    model_keys = ("ckpt_path=", "train_task_name=", "pretrained=") + (("guide=",) if guided else ())
     kept = [override for override in overrides if not override.startswith(model_keys)]
     return [f"pretrained={name}", *kept]
 
 
-def evaluation_section(config: dict[str, Any], name: str | None) -> str:
+def evaluation_section(config: dict[str, Any], name: str | None, guided: bool = False) -> str:
     """The FLD table and the evaluate command, run on `name` (what `pretrained=` takes) when
-    the folder loads that way, else with the recorded checkpoint's file name."""
+    the folder loads that way, else with the recorded checkpoint's file name; the guidance
+    settings shown for conditional or `guided` folders."""
     evaluation = config.get("evaluation") or {}
     if "fld" not in evaluation:
         return "## Evaluation\n\nNot evaluated when exported.\n"
     overrides = evaluation.get("overrides")
     command = (
         "\n\n```bash\npython -m ddpm_lightning.evaluate "
-        f"{shlex.join(evaluate_overrides(overrides, name))}\n```"
+        f"{shlex.join(evaluate_overrides(overrides, name, guided))}\n```"
         if overrides
         else ""
     )
@@ -248,7 +249,8 @@ def evaluation_section(config: dict[str, Any], name: str | None) -> str:
         f"| {float(evaluation['fld']):.2f} {requested[2]}| "
         f"{'' if confidence is None else f'{float(confidence):.3f}'} | "
         f"{evaluation.get('num_samples', '')} | {evaluation.get('seed', '')} | "
-        f"{sampler_text(evaluation.get('sampler'), is_conditional(config))} |{command}\n\n"
+        f"{sampler_text(evaluation.get('sampler'), is_conditional(config) or guided)} |"
+        f"{command}\n\n"
         "FLD is the Fréchet distance between LeNet-5 features of generated images and of the "
         f"test set, with {scoring_lenet(evaluation)} (lower is better). It compares only "
         "with FLDs from the same LeNet and number of samples; fewer samples give higher values.\n"
@@ -329,7 +331,9 @@ def install_text(extra: str | None) -> str:
     )
 
 
-def load_section(config: dict[str, Any], name: str) -> str:
+def load_section(config: dict[str, Any], name: str, guided: bool = False) -> str:
+    """How to sample the folder from the command line and from Python; a `guided` folder's
+    guide goes on the module, guiding at every step as the commands do."""
     conditional = is_conditional(config)
     summary = sampler_summary(config.get("sampler"), conditional) or {"sampler": "DDIMSampler"}
     cls = summary.pop("sampler")
@@ -340,6 +344,14 @@ def load_section(config: dict[str, Any], name: str) -> str:
         for key, value in summary.items()
         if value is not None or defaults.get(key) is not None
     }
+    if guided:
+        settings["guidance_interval"] = None
+    guide = (
+        f'module.guide = load_folder_guide("{name}")  # the weaker model it ships, guide/\n'
+        if guided
+        else ""
+    )
+    loads = "load_folder_guide, load_pretrained" if guided else "load_pretrained"
     overrides = "".join(override(key, value) for key, value in settings.items())
     imports = "import torch\n" if conditional else ""
     labels = (
@@ -352,9 +364,10 @@ def load_section(config: dict[str, Any], name: str) -> str:
         f"## How to load\n\n{install_text(None)}"
         "```bash\n"
         f"python -m ddpm_lightning.sample pretrained={name} sampler={option}{overrides}\n```\n\n"
-        f"```python\n{imports}from ddpm_lightning import load_pretrained\n"
+        f"```python\n{imports}from ddpm_lightning import {loads}\n"
         f"from ddpm_lightning.diffusion import {cls}\n\n"
         f'module = load_pretrained("{name}")  # a DiffusionModule in eval mode, on the CPU\n'
+        f"{guide}"
         f"{make_sampler_call(cls, settings)}\n"
         "images = module.generate(sampler, num_samples=16, seed=0)  # (16, C, H, W) in [-1, 1]\n"
         f"{labels}```\n\n"
@@ -457,19 +470,45 @@ def card_title(config: dict[str, Any], suffix: str) -> str:
     return f"{kind} on {dataset_title(config, 'its data')} ({suffix})"
 
 
-def model_card(config: dict[str, Any], name: str, num_samples: int) -> str:
+def guide_section(guide: dict[str, Any] | None) -> str:
+    """What the folder's guide (`guide/`, its config.json `guide`) is and how it is used."""
+    if guide is None:
+        return ""
+    overrides = (guide.get("training") or {}).get("overrides")
+    command = (
+        f"\n\n```bash\npython -m ddpm_lightning.train {shlex.join(overrides)}\n```"
+        if overrides
+        else ""
+    )
+    return (
+        "## Guide\n\n"
+        "The folder ships a weaker model of the same data and noise schedule in `guide/`, which "
+        "the sample and evaluate commands guide away from (autoguidance, Karras et al. 2024, "
+        f'"Guiding a Diffusion Model with a Bad Version of Itself"): γ = {AUTOGUIDANCE_SCALE} '
+        "at every step unless `sampler.guidance_scale=` or `sampler.guidance_interval=` says "
+        "otherwise, and `guide=false` samples without it. Each guided step calls both networks. "
+        f"The guide is a `{guide['model']['name']}` network of "
+        f"{guide.get('num_parameters', 0):,} parameters; its weights are "
+        f"{weights_text(guide)}.{command}\n"
+    )
+
+
+def model_card(
+    config: dict[str, Any], name: str, num_samples: int, guide: dict[str, Any] | None = None
+) -> str:
     """README.md of a model folder from its config.json; `name` is what `pretrained=` takes
     (a shipped name, a relative folder or a repo id), `num_samples` how many images
-    samples.png shows (0: none)."""
+    samples.png shows (0: none), `guide` the config.json of the guide it ships, if any."""
     title = card_title(config, "ddpm_lightning")
     sections = [
         picture_text(num_samples),
         recipe_section(config),
+        guide_section(guide),
         time_section(config),
-        evaluation_section(config, name),
+        evaluation_section(config, name, guide is not None),
         calls_section(config),
         use_section(config),
-        load_section(config, name),
+        load_section(config, name, guide is not None),
     ]
     return card_text(config, title, card_data(config, title), [s for s in sections if s])
 

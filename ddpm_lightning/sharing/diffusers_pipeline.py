@@ -99,7 +99,7 @@ def export_pipeline(
     config, _ = model_files(
         out_dir, hyper_parameters, state_dict, {"sampler": sampler, **portable_record(record)}
     )
-    picture = samples_picture(config, state_dict, out_dir, num_samples) if num_samples else None
+    picture = samples_picture(module, config["sampler"], num_samples) if num_samples else None
     card = pipeline_card(config, name, num_samples if picture else 0)
     with replacing(out_dir, PIPELINE_FILES) as folder:
         pipeline.save_pretrained(folder)

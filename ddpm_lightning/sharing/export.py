@@ -24,6 +24,7 @@ from ddpm_lightning.evaluation.pictures import grid, to_pil
 from ddpm_lightning.sharing.card import model_card
 from ddpm_lightning.sharing.folder import (
     CONFIG_NAME,
+    GUIDE_DIR,
     MODULE_KEYS,
     WEIGHTS_NAME,
     build_module,
@@ -32,13 +33,18 @@ from ddpm_lightning.sharing.folder import (
     read_weights,
 )
 from ddpm_lightning.sharing.portable import portable_record
+from ddpm_lightning.sharing.pretrained import check_guide
+from ddpm_lightning.sharing.recommended import autoguided
 from ddpm_lightning.training.checkpoints import build_module as build_from_settings
 from ddpm_lightning.training.checkpoints import load_weights, read_checkpoint
+from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.outputs import replacing
 
 CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"
-FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, SAMPLES_NAME)
+FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, SAMPLES_NAME, GUIDE_DIR)
+# What a guide's config keeps of its record: enough to say what it is, not how it scored.
+GUIDE_RECORD = ("ema", "global_step", "training")
 METRIC_KEYS = (
     "fld",
     "mean_confidence",
@@ -226,16 +232,34 @@ def merge_records(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+def paired_module(
+    model: tuple[dict[str, Any], dict[str, torch.Tensor]],
+    guide: tuple[dict[str, Any], dict[str, torch.Tensor]] | None,
+    where: Path,
+    shown: str | None = None,
+) -> DiffusionModule:
+    """The module of a folder's (config, state_dict) `model`, with its `guide`'s module as
+    `module.guide` when it may guide it (the same data, classes and noise levels); `where`
+    names the folder in errors, `shown` the guide (default: `where`'s `GUIDE_DIR`)."""
+    module = build_module(*model, where)
+    if guide is not None:
+        shown = shown or str(where / GUIDE_DIR)
+        module.guide = check_guide(build_module(*guide, shown), module, shown)
+        module.denoiser()
+    return module
+
+
 def samples_picture(
-    config: dict[str, Any], state_dict: dict[str, torch.Tensor], where: Path, num_samples: int
+    module: DiffusionModule, sampler: dict[str, Any], num_samples: int
 ) -> Image.Image | None:
-    """samples.png: `num_samples` images of the recommended sampler, seed 0, on the CPU, in
-    rows of 8; None for data that are not images."""
-    if len(config["data_shape"]) != 3:
+    """samples.png: `num_samples` images of `module` with the recommended `sampler` (autoguided
+    with the module's guide, if it has one), seed 0, on the CPU, in rows of 8; None for data
+    that are not images."""
+    if len(module.data_shape) != 3:
         return None
-    module = build_module(config, state_dict, where)
-    sampler = module.make_sampler(build("sampler", config["sampler"]), progress=False)
-    images = module.generate(sampler, num_samples, seed=0)
+    settings = sampler if module.guide is None else autoguided(sampler, sampler, [])
+    made = module.make_sampler(build("sampler", settings), progress=False)
+    images = module.generate(made, num_samples, seed=0)
     picture = to_pil(grid(images, nrow=8))
     return picture.convert("L") if images.shape[1] == 1 else picture
 
@@ -246,24 +270,38 @@ def export_folder(
     sampler: dict[str, Any],
     name: str,
     num_samples: int = 64,
+    guide: Source | None = None,
 ) -> dict[str, Path]:
     """Write the model folder of `source` (see checkpoint_source) into `out_dir`, with
-    `sampler` (a sampler config) as the recommended sampler and the record's overrides without
-    this machine's paths (`portable_record`); `name` is what `pretrained=` takes in the card;
-    num_samples=0 skips samples.png. Every file is built first, then the set replaces the
-    folder's old one whole (`replacing`). The written files by name."""
+    `sampler` (a sampler config) as the recommended sampler, the record's overrides without
+    this machine's paths (`portable_record`) and `guide` as the folder's guide (`GUIDE_DIR`);
+    `name` is what `pretrained=` takes in the card; num_samples=0 skips samples.png. Every file
+    is built first, then the set replaces the folder's old one whole (`replacing`). The written
+    files by name."""
     hyper_parameters, state_dict, record = source
     out_dir = Path(out_dir)
     config, files = model_files(
         out_dir, hyper_parameters, state_dict, {"sampler": sampler, **portable_record(record)}
     )
-    picture = samples_picture(config, state_dict, out_dir, num_samples) if num_samples else None
-    card = model_card(config, name, num_samples if picture else 0)
+    guide_config, pair = None, None
+    if guide is not None:
+        kept = {key: guide[2][key] for key in GUIDE_RECORD if key in guide[2]}
+        guide_config, guide_files = model_files(
+            out_dir / GUIDE_DIR, guide[0], guide[1], portable_record(kept)
+        )
+        files |= {f"{GUIDE_DIR}/{file}": data for file, data in guide_files.items()}
+        pair = (guide_config, guide[1])
+    module = paired_module((config, state_dict), pair, out_dir)
+    picture = samples_picture(module, config["sampler"], num_samples) if num_samples else None
+    card = model_card(config, name, num_samples if picture else 0, guide_config)
     files[CARD_NAME] = card.encode()
     with replacing(out_dir, FOLDER_FILES) as folder:
+        if guide is not None:
+            (folder / GUIDE_DIR).mkdir()
         for file, data in files.items():
             (folder / file).write_bytes(data)
         if picture is not None:
             picture.save(folder / SAMPLES_NAME, optimize=True)
     names = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME] + ([SAMPLES_NAME] if picture else [])
+    names += [f"{GUIDE_DIR}/{CONFIG_NAME}", f"{GUIDE_DIR}/{WEIGHTS_NAME}"] if guide else []
     return {file: out_dir / file for file in names}

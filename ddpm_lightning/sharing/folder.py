@@ -1,5 +1,7 @@
 """Model folders: `config.json` (what rebuilds the module, the recommended sampler and the run's
-record) beside `model.safetensors` (the weights), readable without unpickling anything.
+record) beside `model.safetensors` (the weights), readable without unpickling anything; a
+folder may ship the weaker model that autoguidance guides it away from as a model folder of the
+same kind inside it, `guide/`.
 
 config.json's `sha256` is the weights file's, checked on every load. Its components (model,
 schedule, optimizer, sampler) are named settings of the package's registry, and a `_target_` is
@@ -30,6 +32,7 @@ from ddpm_lightning.training.outputs import replacing
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+GUIDE_DIR = "guide"
 
 
 def model_files(
@@ -136,6 +139,12 @@ def build_module(
         )
     except ConfigError as exc:
         raise DataError(str(exc)) from None
+
+
+def shipped_guide(folder: Path) -> Path | None:
+    """The model folder `folder` ships as its guide (`GUIDE_DIR`), if it ships one."""
+    guide = Path(folder) / GUIDE_DIR
+    return guide if (guide / CONFIG_NAME).is_file() else None
 
 
 def load_folder(folder: str | Path) -> DiffusionModule:

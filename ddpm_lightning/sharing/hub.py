@@ -11,9 +11,14 @@ from huggingface_hub.errors import HFValidationError
 
 from ddpm_lightning import __version__
 from ddpm_lightning.errors import ConfigError, DataError
-from ddpm_lightning.sharing.folder import CONFIG_NAME, WEIGHTS_NAME
+from ddpm_lightning.sharing.folder import CONFIG_NAME, GUIDE_DIR, WEIGHTS_NAME
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# A model folder's files, its guide's included: nothing else of a repo is ever fetched.
+FOLDER_PATTERNS = [
+    *(CONFIG_NAME, WEIGHTS_NAME),
+    *(f"{GUIDE_DIR}/{CONFIG_NAME}", f"{GUIDE_DIR}/{WEIGHTS_NAME}"),
+]
 
 
 def is_repo_id(text: str) -> bool:
@@ -28,10 +33,9 @@ def first_sentence(exc: BaseException) -> str:
 
 
 def download(repo_id: str) -> Path:
-    """The local folder (in the Hub cache) of model repo `repo_id`: config.json and
-    model.safetensors only, so nothing else of the repo is ever fetched."""
+    """The local folder (in the Hub cache) of model repo `repo_id`: its `FOLDER_PATTERNS`."""
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+        return Path(snapshot_download(repo_id, allow_patterns=FOLDER_PATTERNS))
     except (OSError, HFValidationError) as exc:
         raise ConfigError(
             f"pretrained={repo_id}: no such local folder, and the Hugging Face Hub did not "

@@ -3,11 +3,12 @@ folder or a Hugging Face Hub repo id, in that order of precedence."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import ASSETS_DIR
-from ddpm_lightning.sharing.folder import CONFIG_NAME, load_folder
+from ddpm_lightning.sharing.folder import CONFIG_NAME, GUIDE_DIR, load_folder, shipped_guide
 from ddpm_lightning.sharing.hub import download, is_repo_id
 from ddpm_lightning.training.checkpoints import load_module
 from ddpm_lightning.training.drawing import Drawing
@@ -60,13 +61,18 @@ def load_model(ckpt_path: str | Path | None, pretrained: str | Path | None) -> D
 
 def load_guide(guide: str, module: DiffusionModule) -> DiffusionModule:
     """The weaker model `guide=` names (a .ckpt file, or what `pretrained=` takes) for
-    autoguidance of `module`: the same data shape, and the same classes if it has any. Its
-    noise levels are checked where the two are paired (`Denoiser`)."""
+    autoguidance of `module` (`check_guide`)."""
     path = Path(guide).expanduser()
     try:
         loaded = load_module(path) if path.is_file() else load_pretrained(guide)
     except ConfigError as exc:
         raise ConfigError(f"guide={guide}: {exc}") from None
+    return check_guide(loaded, module, guide)
+
+
+def check_guide(loaded: DiffusionModule, module: DiffusionModule, guide: str) -> DiffusionModule:
+    """`loaded` when it may guide `module`: the same data shape, and the same classes if it has
+    any. Its noise levels are checked where the two are paired (`Denoiser`)."""
     if tuple(loaded.data_shape) != tuple(module.data_shape):
         raise ConfigError(
             f"guide={guide} models data of shape {tuple(loaded.data_shape)}, the model "
@@ -80,9 +86,39 @@ def load_guide(guide: str, module: DiffusionModule) -> DiffusionModule:
     return loaded
 
 
-def load_drawn(drawing: Drawing) -> DiffusionModule:
-    """The model `drawing` draws from (`load_model`), with its `guide` when it names one."""
+def load_folder_guide(pretrained: str | Path) -> DiffusionModule:
+    """The guide the folder of `pretrained` ships (`GUIDE_DIR`), for `module.guide`: on the
+    CPU, in eval mode, from JSON and safetensors only."""
+    folder = model_folder(pretrained)
+    guide = shipped_guide(folder)
+    if guide is None:
+        raise ConfigError(
+            f"pretrained={pretrained} ships no guide (no {GUIDE_DIR}/{CONFIG_NAME} in {folder})"
+        )
+    return load_folder(guide)
+
+
+def drawn_guide(drawing: Drawing) -> str | None:
+    """The guide of `drawing`: `guide=`, else the one the folder of `pretrained=` ships (said in
+    one line), unless guide=false."""
+    if drawing.guide is not None or drawing.pretrained is None or not drawing.folder_guide:
+        return drawing.guide
+    folder = shipped_guide(model_folder(drawing.pretrained))
+    if folder is None:
+        return None
+    print(
+        f"guide: the one pretrained={drawing.pretrained} ships, for autoguidance (guide=false "
+        "draws without it)",
+        flush=True,
+    )
+    return str(folder)
+
+
+def load_drawn(drawing: Drawing) -> tuple[Drawing, DiffusionModule]:
+    """The model `drawing` draws from (`load_model`) with its guide (`drawn_guide`) loaded,
+    and `drawing` naming that guide."""
     module = load_model(drawing.ckpt_path, drawing.pretrained)
-    if drawing.guide is not None:
-        module.guide = load_guide(drawing.guide, module)
-    return module
+    guide = drawn_guide(drawing)
+    if guide is not None:
+        module.guide = load_guide(guide, module)
+    return replace(drawing, guide=guide), module

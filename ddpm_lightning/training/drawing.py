@@ -44,7 +44,8 @@ class Drawing:
     """What the sample and evaluate commands draw from and with, resolved once from their
     config: the model (`pretrained`, or the `ckpt_path` file with `last` found), the sampler's
     named settings, the Trainer's config, the seed and the model that autoguidance guides away
-    from (`guide`), if any."""
+    from (`guide`), if any; `folder_guide` is false for guide=false, which turns off the guide a
+    model folder ships too."""
 
     pretrained: str | None
     ckpt_path: str | Path | None
@@ -52,18 +53,21 @@ class Drawing:
     trainer: dict[str, Any]
     seed: int
     guide: str | None = None
+    folder_guide: bool = True
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Drawing:
         pretrained = cfg.get("pretrained")
         task = cfg.get("train_task_name", "train")
+        guide = cfg.get("guide")
         return cls(
             pretrained=None if pretrained is None else str(pretrained),
             ckpt_path=resolve_checkpoint(cfg.get("ckpt_path"), pretrained, cfg.paths.log_dir, task),
             sampler=component_settings("sampler", cfg.sampler),
             trainer=cast("dict[str, Any]", OmegaConf.to_container(cfg.trainer, resolve=True)),
             seed=int(cfg.seed),
-            guide=None if cfg.get("guide") is None else str(cfg.guide),
+            guide=None if guide is None or guide is False else str(guide),
+            folder_guide=guide is not False,
         )
 
     @property
