@@ -25,49 +25,53 @@ from ddpm_lightning.sharing.export import (
     export_folder,
     folder_source,
     merge_records,
-    paired_module,
     run_record,
 )
 from ddpm_lightning.sharing.folder import build_module, shipped_guide
 from ddpm_lightning.sharing.hub import hub_token, push
 from ddpm_lightning.sharing.onnx import require_onnx_extra, write_onnx
 from ddpm_lightning.sharing.portable import checked_name
-from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, model_folder
+from ddpm_lightning.sharing.pretrained import (
+    SHIPPED_DIR,
+    chosen_folder,
+    chosen_guide,
+    guide_checkpoint,
+    model_folder,
+)
 from ddpm_lightning.sharing.recommended import recommendation
 from ddpm_lightning.training.outputs import claimed
 
 FORMATS = ("folder", "diffusers", "onnx")
 
 
-def source(cfg: DictConfig) -> Source:
-    """What to export: `ckpt_path` or `pretrained` (one of them)."""
+def pretrained_folder(cfg: DictConfig) -> Path | None:
+    """The folder of `pretrained=` (None for `ckpt_path=`), resolved once: a Hub repo id is
+    downloaded here. Exactly one of the two must be given."""
     if (cfg.ckpt_path is None) == (cfg.pretrained is None):
         raise ConfigError(
             "pass exactly one of ckpt_path=PATH/last.ckpt and pretrained=NAME|FOLDER|user/repo "
             f"(got ckpt_path={cfg.ckpt_path}, pretrained={cfg.pretrained})"
         )
-    if cfg.ckpt_path is not None:
-        return checkpoint_source(cfg.ckpt_path)
-    return folder_source(model_folder(cfg.pretrained))
+    return chosen_folder(cfg.ckpt_path, cfg.pretrained)
 
 
-def guide_source(cfg: DictConfig, model: Source) -> Source | None:
-    """The guide the folder ships: `guide=` (a .ckpt file or what `pretrained=` takes, checked
-    to guide `model`), else the one the `pretrained=` folder ships; none with guide=false."""
-    if cfg.guide is False:
+def source(cfg: DictConfig, folder: Path | None) -> Source:
+    """What to export: `ckpt_path`, or the `pretrained=` `folder`."""
+    return checkpoint_source(cfg.ckpt_path) if folder is None else folder_source(folder)
+
+
+def guide_source(cfg: DictConfig, folder: Path | None) -> tuple[Source, str] | None:
+    """The guide the folder ships (`chosen_guide`: `guide=`, else the one the `pretrained=`
+    `folder` ships) and the name its errors show; None with guide=false or neither."""
+    guide = chosen_guide(cfg.guide, folder)
+    if guide is None:
         return None
-    if cfg.guide is None:
-        folder = None if cfg.pretrained is None else shipped_guide(model_folder(cfg.pretrained))
-        return None if folder is None else folder_source(folder)
-    path = Path(cfg.guide).expanduser()
+    checkpoint = guide_checkpoint(guide)
     try:
-        guide = (
-            checkpoint_source(path) if path.is_file() else folder_source(model_folder(cfg.guide))
-        )
+        found = checkpoint_source(checkpoint) if checkpoint else folder_source(model_folder(guide))
     except ConfigError as exc:
-        raise ConfigError(f"guide={cfg.guide}: {exc}") from None
-    paired_module(model[:2], guide[:2], Path(cfg.out_dir), str(cfg.guide))
-    return guide
+        raise ConfigError(f"guide={guide}: {exc}") from None
+    return found, guide
 
 
 def check_shipped(cfg: DictConfig) -> None:
@@ -90,9 +94,9 @@ def card_name(cfg: DictConfig) -> str:
     return str(cfg.push_to_hub or Path(cfg.out_dir).resolve().name)
 
 
-def exported(cfg: DictConfig) -> Source:
-    """`source(cfg)` with the run's `record=` and `metrics=` merged into its record."""
-    hyper_parameters, state_dict, record = source(cfg)
+def exported(cfg: DictConfig, folder: Path | None) -> Source:
+    """`source(cfg, folder)` with the run's `record=` and `metrics=` merged into its record."""
+    hyper_parameters, state_dict, record = source(cfg, folder)
     found = run_record(
         None if cfg.record is None else Path(cfg.record),
         None if cfg.metrics is None else Path(cfg.metrics),
@@ -101,10 +105,10 @@ def exported(cfg: DictConfig) -> Source:
     return hyper_parameters, state_dict, merge_records(record, found)
 
 
-def unguided(cfg: DictConfig, model: Source) -> Source:
-    """`model` for a format without a guide: when the `pretrained=` folder ships one, without
+def unguided(cfg: DictConfig, model: Source, folder: Path | None) -> Source:
+    """`model` for a format without a guide: when the `pretrained=` `folder` ships one, without
     the evaluation, which was of the model autoguided (said in one line)."""
-    if cfg.pretrained is None or shipped_guide(model_folder(cfg.pretrained)) is None:
+    if folder is None or shipped_guide(folder) is None:
         return model
     print(
         f"pretrained={cfg.pretrained} ships a guide, which format={cfg.format} leaves out: its "
@@ -134,14 +138,17 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     name = card_name(cfg)
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None
     with claimed(cfg.out_dir, "export") as out_dir:
-        model = exported(cfg)
+        folder = pretrained_folder(cfg)
+        model = exported(cfg, folder)
         sampler = sampler_config(cfg, (model[0].get("diffusion") or {}).get("objective"))
         num_samples = int(cfg.num_samples) if cfg.samples else 0
         if cfg.format == "diffusers":
-            files = export_pipeline(out_dir, unguided(cfg, model), sampler, name, num_samples)
+            files = export_pipeline(
+                out_dir, unguided(cfg, model, folder), sampler, name, num_samples
+            )
         else:
-            guide = guide_source(cfg, model)
-            files = export_folder(out_dir, model, sampler, name, num_samples, guide)
+            guide, guide_name = guide_source(cfg, folder) or (None, None)
+            files = export_folder(out_dir, model, sampler, name, num_samples, guide, guide_name)
         print(f"wrote {', '.join(files)} ({written(files, cfg.format)}) into {out_dir}")
         if token is not None:
             print(f"pushed to {push(out_dir, cfg.push_to_hub, token)}")
@@ -163,7 +170,7 @@ def export_onnx(cfg: DictConfig) -> dict[str, Path]:
         )
     require_onnx_extra("format=onnx")
     with claimed(cfg.out_dir, "export") as out_dir:
-        hyper_parameters, state_dict, _ = source(cfg)
+        hyper_parameters, state_dict, _ = source(cfg, pretrained_folder(cfg))
         module = build_module(hyper_parameters, state_dict, cfg.ckpt_path or cfg.pretrained)
         files = write_onnx(out_dir, module, sampler_config(cfg, module.diffusion.objective.value))
         size = files["model.onnx"].stat().st_size / 2**20

@@ -271,13 +271,14 @@ def export_folder(
     name: str,
     num_samples: int = 64,
     guide: Source | None = None,
+    guide_name: str | None = None,
 ) -> dict[str, Path]:
     """Write the model folder of `source` (see checkpoint_source) into `out_dir`, with
     `sampler` (a sampler config) as the recommended sampler, the record's overrides without
-    this machine's paths (`portable_record`) and `guide` as the folder's guide (`GUIDE_DIR`);
-    `name` is what `pretrained=` takes in the card; num_samples=0 skips samples.png. Every file
-    is built first, then the set replaces the folder's old one whole (`replacing`). The written
-    files by name."""
+    this machine's paths (`portable_record`) and `guide` as the folder's guide (`GUIDE_DIR`),
+    checked to guide the model (errors name `guide_name`); `name` is what `pretrained=` takes in
+    the card; num_samples=0 skips samples.png. Every file is built first, then the set replaces
+    the folder's old one whole (`replacing`). The written files by name."""
     hyper_parameters, state_dict, record = source
     out_dir = Path(out_dir)
     config, files = model_files(
@@ -291,7 +292,7 @@ def export_folder(
         )
         files |= {f"{GUIDE_DIR}/{file}": data for file, data in guide_files.items()}
         pair = (guide_config, guide[1])
-    module = paired_module((config, state_dict), pair, out_dir)
+    module = paired_module((config, state_dict), pair, out_dir, guide_name)
     picture = samples_picture(module, config["sampler"], num_samples) if num_samples else None
     card = model_card(config, name, num_samples if picture else 0, guide_config)
     files[CARD_NAME] = card.encode()

@@ -47,24 +47,48 @@ def load_pretrained(pretrained: str | Path) -> DiffusionModule:
     return load_folder(model_folder(pretrained))
 
 
-def load_model(ckpt_path: str | Path | None, pretrained: str | Path | None) -> DiffusionModule:
-    """The module of the commands' `ckpt_path=` or `pretrained=` (one of them)."""
+def chosen_folder(ckpt_path: str | Path | None, pretrained: str | Path | None) -> Path | None:
+    """The folder of the commands' `pretrained=` (`model_folder`), None for `ckpt_path=`; a
+    ConfigError when both are given."""
     if pretrained is None:
-        return load_module(ckpt_path)
+        return None
     if ckpt_path is not None:
         raise ConfigError(
             f"pass ckpt_path= or pretrained=, not both (got ckpt_path={ckpt_path} "
             f"and pretrained={pretrained})"
         )
-    return load_pretrained(pretrained)
+    return model_folder(pretrained)
+
+
+def load_model(ckpt_path: str | Path | None, pretrained: str | Path | None) -> DiffusionModule:
+    """The module of the commands' `ckpt_path=` or `pretrained=` (one of them)."""
+    folder = chosen_folder(ckpt_path, pretrained)
+    return load_module(ckpt_path) if folder is None else load_folder(folder)
+
+
+def chosen_guide(guide: str | bool | None, folder: Path | None) -> str | None:
+    """The guide of a command: `guide=`, else the one the `pretrained=` `folder` ships
+    (`GUIDE_DIR`); None with guide=false or neither."""
+    if guide is False:
+        return None
+    if guide is not None:
+        return str(guide)
+    shipped_folder = None if folder is None else shipped_guide(folder)
+    return None if shipped_folder is None else str(shipped_folder)
+
+
+def guide_checkpoint(guide: str) -> Path | None:
+    """The training checkpoint `guide=` names; None when it names what `pretrained=` takes."""
+    path = Path(guide).expanduser()
+    return path if path.is_file() else None
 
 
 def load_guide(guide: str, module: DiffusionModule) -> DiffusionModule:
     """The weaker model `guide=` names (a .ckpt file, or what `pretrained=` takes) for
     autoguidance of `module` (`check_guide`)."""
-    path = Path(guide).expanduser()
+    checkpoint = guide_checkpoint(guide)
     try:
-        loaded = load_module(path) if path.is_file() else load_pretrained(guide)
+        loaded = load_module(checkpoint) if checkpoint else load_pretrained(guide)
     except ConfigError as exc:
         raise ConfigError(f"guide={guide}: {exc}") from None
     return check_guide(loaded, module, guide)
@@ -98,27 +122,25 @@ def load_folder_guide(pretrained: str | Path) -> DiffusionModule:
     return load_folder(guide)
 
 
-def drawn_guide(drawing: Drawing) -> str | None:
-    """The guide of `drawing`: `guide=`, else the one the folder of `pretrained=` ships (said in
-    one line), unless guide=false."""
-    if drawing.guide is not None or drawing.pretrained is None or not drawing.folder_guide:
-        return drawing.guide
-    folder = shipped_guide(model_folder(drawing.pretrained))
-    if folder is None:
-        return None
-    print(
-        f"guide: the one pretrained={drawing.pretrained} ships, for autoguidance (guide=false "
-        "draws without it)",
-        flush=True,
-    )
-    return str(folder)
+def drawn_guide(drawing: Drawing, folder: Path | None) -> str | None:
+    """The guide of `drawing` (`chosen_guide`; `folder` is that of its `pretrained=`), said in
+    one line when it is the one the folder ships."""
+    guide = chosen_guide(drawing.guide if drawing.folder_guide else False, folder)
+    if drawing.guide is None and guide is not None:
+        print(
+            f"guide: the one pretrained={drawing.pretrained} ships, for autoguidance (guide=false "
+            "draws without it)",
+            flush=True,
+        )
+    return guide
 
 
 def load_drawn(drawing: Drawing) -> tuple[Drawing, DiffusionModule]:
     """The model `drawing` draws from (`load_model`) with its guide (`drawn_guide`) loaded,
     and `drawing` naming that guide."""
-    module = load_model(drawing.ckpt_path, drawing.pretrained)
-    guide = drawn_guide(drawing)
+    folder = chosen_folder(drawing.ckpt_path, drawing.pretrained)
+    module = load_module(drawing.ckpt_path) if folder is None else load_folder(folder)
+    guide = drawn_guide(drawing, folder)
     if guide is not None:
         module.guide = load_guide(guide, module)
     return replace(drawing, guide=guide), module
