@@ -101,10 +101,12 @@ def test_the_shipped_floors_cover_the_shipped_sizes():
 
 
 def test_the_shapes_floors_score_the_test_set_the_shipped_lenet_was_measured_on():
-    """Drawn, not read: the test split equals the one the shapes LeNet's statistics hold."""
+    """Drawn, not read: the test split equals the one the shapes LeNet's statistics hold, to
+    within Pillow's anti-aliasing, which moves a few edge pixels by one grey level (2/255, or
+    about 1e-5 in a class mean of about 830 images) from one Pillow release to another."""
     images, labels = labelled_images("shapes", train=False)
     stats = torch.load(ASSETS_DIR / "lenet_shapes_test_stats.pt", weights_only=True)
     assert images.shape == (10_000, 3, 32, 32) and images.min() == -1 and images.max() <= 1
     assert torch.bincount(labels, minlength=12).tolist() == stats["label_counts"].tolist()
     means = torch.stack([images[labels == c].mean(0) for c in range(12)])
-    assert torch.allclose(means, stats["class_means"], atol=1e-6)
+    assert torch.allclose(means, stats["class_means"], atol=1e-4)
