@@ -310,13 +310,14 @@ def test_a_chained_rounds_checkpoint_teacher_is_named(overrides, teacher):
     ("name", "command"),
     [
         ("mnist", ["pretrained=mnist", "num_samples=10000"]),
-        (None, ["ckpt_path=last", "train_task_name=mnist2h", "num_samples=10000"]),
+        (None, ["ckpt_path=last", "train_task_name=mnist2h", "num_samples=10000", "task_name=e"]),
     ],
 )
 def test_the_card_evaluates_the_folder_not_the_run_it_came_from(name, command):
-    """`evaluate ckpt_path=last train_task_name=mnist2h` found the run's checkpoint; the card's
-    command loads the folder by its name instead, so neither key stays."""
-    recorded = ["ckpt_path=last", "train_task_name=mnist2h", "num_samples=10000"]
+    """`evaluate ckpt_path=last train_task_name=mnist2h` found the run's checkpoint and logged
+    under task_name=e; the card's command loads the folder by its name instead, so no such key
+    stays."""
+    recorded = ["ckpt_path=last", "train_task_name=mnist2h", "num_samples=10000", "task_name=e"]
     assert evaluate_overrides(recorded, name) == command
 
 

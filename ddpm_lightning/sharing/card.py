@@ -213,10 +213,13 @@ def time_section(config: dict[str, Any]) -> str:
 def evaluate_overrides(overrides: list[str], name: str | None, guided: bool = False) -> list[str]:
     """The evaluate command's overrides, its model (`ckpt_path=` with the `train_task_name=`
     that finds it, or `pretrained=`) as `pretrained=name` when `name` loads this folder with
-    `pretrained=`, which brings the guide of a `guided` folder (no `guide=`)."""
+    `pretrained=`, which brings the guide of a `guided` folder (no `guide=`); the `task_name=`
+    that named the evaluation's log folder goes too."""
     if name is None:
         return overrides
-    model_keys = ("ckpt_path=", "train_task_name=", "pretrained=") + (("guide=",) if guided else ())
+    model_keys = ("ckpt_path=", "train_task_name=", "pretrained=", "task_name=") + (
+        ("guide=",) if guided else ()
+    )
     kept = [override for override in overrides if not override.startswith(model_keys)]
     return [f"pretrained={name}", *kept]
 
