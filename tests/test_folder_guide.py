@@ -166,3 +166,27 @@ def test_a_diffusers_export_of_a_guided_folder_leaves_out_its_guided_fld(models,
     )
     card = files["README.md"].read_text()
     assert "Not evaluated when exported." in card and "1.23" not in card
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_the_shipped_unconditional_models_ship_their_guides(name):
+    """pretrained=mnist and fashion_mnist are autoguided: guide/ holds a smaller model of the
+    same data whose weights match its recorded SHA-256 and which may guide the model; the
+    recorded FLD is of the two together, at γ = 1.5 on every step, and the card says how the
+    guide was trained."""
+    from ddpm_lightning.sharing.pretrained import SHIPPED_DIR, check_guide
+
+    folder = SHIPPED_DIR / name
+    guide_config = json.loads((folder / "guide" / "config.json").read_text())
+    assert guide_config["sha256"] == sha256(folder / "guide" / "model.safetensors")
+    model, guide = load_pretrained(name), load_folder_guide(name)
+    assert guide.hparams["dataset"] == name and guide.num_classes is None
+    assert sum(p.numel() for p in guide.parameters()) < sum(p.numel() for p in model.parameters())
+    model.guide = check_guide(guide, model, f"{name}/guide")
+    assert model.denoiser().guide is not None
+    evaluation = json.loads((folder / "config.json").read_text())["evaluation"]
+    assert evaluation["num_samples"] == 10000
+    assert evaluation["sampler"]["guidance_scale"] == 1.5
+    assert evaluation["sampler"]["guidance_interval"] is None
+    card = (folder / "README.md").read_text()
+    assert "## Guide" in card and "model.model_channels=8" in card
