@@ -62,7 +62,11 @@ def chosen_folder(ckpt_path: str | Path | None, pretrained: str | Path | None) -
 
 def load_model(ckpt_path: str | Path | None, pretrained: str | Path | None) -> DiffusionModule:
     """The module of the commands' `ckpt_path=` or `pretrained=` (one of them)."""
-    folder = chosen_folder(ckpt_path, pretrained)
+    return load_chosen(ckpt_path, chosen_folder(ckpt_path, pretrained))
+
+
+def load_chosen(ckpt_path: str | Path | None, folder: Path | None) -> DiffusionModule:
+    """The module of the `pretrained=` `folder` (`chosen_folder`), else of `ckpt_path=`."""
     return load_module(ckpt_path) if folder is None else load_folder(folder)
 
 
@@ -139,7 +143,7 @@ def load_drawn(drawing: Drawing) -> tuple[Drawing, DiffusionModule]:
     """The model `drawing` draws from (`load_model`) with its guide (`drawn_guide`) loaded,
     and `drawing` naming that guide."""
     folder = chosen_folder(drawing.ckpt_path, drawing.pretrained)
-    module = load_module(drawing.ckpt_path) if folder is None else load_folder(folder)
+    module = load_chosen(drawing.ckpt_path, folder)
     guide = drawn_guide(drawing, folder)
     if guide is not None:
         module.guide = load_guide(guide, module)
