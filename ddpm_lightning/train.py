@@ -41,6 +41,7 @@ from ddpm_lightning.config.compose import (
 from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.data.registry import DatasetRecord
 from ddpm_lightning.distill import ProgressiveDistillation
+from ddpm_lightning.distill.teacher import chosen_teacher_guide, load_teacher_guide
 from ddpm_lightning.errors import ConfigError, find_user_error, report_errors
 from ddpm_lightning.settings.overrides import set_on_the_command_line
 from ddpm_lightning.sharing.pretrained import load_model
@@ -211,12 +212,20 @@ def build_fit_module(
     cfg: DictConfig, data_shape: tuple[int, ...], record: DatasetRecord | None = None
 ) -> DiffusionModule:
     """The module to fit: a DiffusionModule, or with a `distill:` block (experiment=distill)
-    one round of ProgressiveDistillation from the teacher it names."""
+    one round of ProgressiveDistillation from the teacher it names, autoguided by the guide it
+    names or the teacher's folder ships (`chosen_teacher_guide`)."""
     if cfg.get("distill") is None:
         return build_module(cfg, data_shape, record)
     distill = cast(dict, OmegaConf.to_container(cfg.distill, resolve=True))
     teacher = load_teacher(str(distill["teacher"]))
-    return ProgressiveDistillation(teacher, distill, **module_arguments(cfg, data_shape, record))
+    source = chosen_teacher_guide(distill)
+    guide = None if source is None else load_teacher_guide(source, teacher)
+    if source is not None:
+        print(f"teacher: autoguided by {source} (distill.guide=false distils it alone)", flush=True)
+    resolved = {**distill, "guide": False if source is None else source}
+    return ProgressiveDistillation(
+        teacher, resolved, **module_arguments(cfg, data_shape, record), guide=guide
+    )
 
 
 def fit_model(cfg: DictConfig, extra_callbacks: list[L.Callback] | None) -> dict[str, float]:

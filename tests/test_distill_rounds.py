@@ -164,7 +164,7 @@ def test_a_rerun_skips_finished_rounds_and_resumes_an_interrupted_one(tmp_path, 
     assert again.calls == [] and (chain / "rounds.json").read_text() == finished
     assert "round 3/3 (2 → 1 steps): done before, in" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="records rounds from distill.teacher=mnist"):
-        distill_rounds(["distill.teacher=other", *arguments[1:]], runner=again)
+        distill_rounds(["distill.teacher=fashion_mnist", *arguments[1:]], runner=again)
 
 
 def train_in_process(overrides: list[str]) -> int:

@@ -10,7 +10,12 @@ from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.distill.consistency import ConsistencyDiffusion
 from ddpm_lightning.distill.progressive import ProgressiveDiffusion
 from ddpm_lightning.distill.settings import distill_settings
-from ddpm_lightning.distill.teacher import FrozenTeacher, check_guided_teacher, check_teacher
+from ddpm_lightning.distill.teacher import (
+    FrozenTeacher,
+    check_guided_teacher,
+    check_teacher,
+    check_teacher_guide,
+)
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
 
@@ -33,7 +38,9 @@ class ProgressiveDistillation(DiffusionModule):
     (distilled guidance, Meng et al. 2023) the student is built with `model.guidance_embedding`
     on, γ's embedding starting at zero, and learns the guided teacher's steps at every γ of the
     range in one call per step; it sees real labels only (no label dropout): its unconditional
-    output is never asked for when γ is an input.
+    output is never asked for when γ is an input. With `guide` (the weaker model that
+    `distill.guide` names) the teacher is autoguided at `distill.guide_scale` (`FrozenTeacher`),
+    and the student learns the guided teacher's steps without a guide of its own.
     """
 
     def __init__(
@@ -48,8 +55,11 @@ class ProgressiveDistillation(DiffusionModule):
         data_shape: tuple[int, ...] = (1, 32, 32),
         dataset: str | None = None,
         dataset_record: dict[str, Any] | None = None,
+        guide: DiffusionModule | None = None,
     ):
         settings = distill_settings(distill)
+        if (guide is None) != ("guide" not in settings):
+            raise ValueError("pass guide= (the model) exactly when distill names a guide")
         guidance = settings.get("guidance")
         if guidance is not None:
             check_guided_teacher(teacher, settings["teacher"])
@@ -60,11 +70,18 @@ class ProgressiveDistillation(DiffusionModule):
         self.distill = settings
         self.hparams["distill"] = self.distill
         check_teacher(teacher, self, self.distill["teacher"])
+        if guide is not None:
+            check_teacher_guide(guide, teacher, self.distill["guide"])
         self.model.load_state_dict({**self.model.state_dict(), **teacher.model.state_dict()})
         if guidance is not None:
             self.p_uncond = 0.0
         schedule_module, objective = self.diffusion.schedule, self.diffusion.objective.value
-        frozen, loss = FrozenTeacher(teacher.model), self.diffusion.loss_type.value
+        frozen = FrozenTeacher(
+            teacher.model,
+            None if guide is None else guide.model,
+            self.distill.get("guide_scale", 1.0),
+        )
+        loss = self.diffusion.loss_type.value
         if self.distill["method"] == "consistency":
             self.diffusion = ConsistencyDiffusion(
                 schedule_module,
@@ -88,11 +105,12 @@ class ProgressiveDistillation(DiffusionModule):
         )
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
-        """DiffusionModule's record of its arguments, less the teacher: a network whose weights
-        are not this module's (`distill.teacher` names where it came from)."""
+        """DiffusionModule's record of its arguments, less the teacher and its guide: networks
+        whose weights are not this module's (`distill.teacher` and `distill.guide` name where
+        they came from)."""
         caller = inspect.currentframe()
         kwargs.setdefault("frame", caller.f_back if caller else None)
-        super().save_hyperparameters(*args, ignore="teacher", **kwargs)
+        super().save_hyperparameters(*args, ignore=["teacher", "guide"], **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """DiffusionModule's checkpoint, the round's `distill` record moved out of the

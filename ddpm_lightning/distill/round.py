@@ -34,6 +34,7 @@ def distill_round(
     ema_decay: float | None = 0.9999,
     callbacks: Sequence[L.Callback] = (),
     ckpt_path: str | None = None,
+    guide: DiffusionModule | None = None,
 ) -> ProgressiveDistillation:
     """Fit one round of `ProgressiveDistillation` from `teacher` on `datamodule` (anything with
     `data_shape` that Lightning takes as a datamodule) and return the student, holding the EMA
@@ -41,7 +42,8 @@ def distill_round(
 
     trainer: `L.Trainer` keyword settings (max_steps, accelerator, default_root_dir, …) over
     QUIET; callbacks: more of them, e.g. `LastCheckpoint`; ckpt_path: a checkpoint of this
-    round to resume.
+    round to resume; guide: the weaker model that autoguides the teacher, which `distill`
+    names in its `guide` (then required).
     """
     module = ProgressiveDistillation(
         teacher,
@@ -50,6 +52,7 @@ def distill_round(
         lr_schedule=lr_schedule,
         data_shape=tuple(datamodule.data_shape),
         **student_settings(teacher),
+        guide=guide,
     )
     averaging = [] if ema_decay is None else [EMA(decay=ema_decay)]
     fit = L.Trainer(**{**QUIET, **(trainer or {})}, callbacks=[*callbacks, *averaging])

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ddpm_lightning.diffusion.flow import require_alpha_path
 from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.errors import ConfigError
+from ddpm_lightning.sharing.pretrained import chosen_guide, load_guide, model_folder
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import with_group_defaults
 
@@ -21,10 +22,20 @@ class FrozenTeacher:
     module tree: never in its state_dict, optimizer or model summary, and shared rather than
     copied by `deepcopy` (the EMA callback deep-copies the whole LightningModule). It follows
     its inputs to their device on the first call there. `num_classes` and `takes_guidance` are
-    the network's, for `guided_output`."""
+    the network's, for `guided_output`.
 
-    def __init__(self, network: nn.Module):
+    With a `guide` (a weaker network of the same objective and schedule, `check_teacher_guide`)
+    the teacher is autoguided at γ = `guide_scale` (Karras et al. 2024, eq. 2): F = F_guide +
+    γ (F − F_guide), the guide called with the labels if it takes them. Every objective but
+    flow gives x̂₀ as the same affine map of F at x_t for both networks, so this is eq. 2 on x̂₀
+    (unclipped) as the sampler's `Denoiser.autoguided` applies it."""
+
+    def __init__(
+        self, network: nn.Module, guide: nn.Module | None = None, guide_scale: float = 1.0
+    ):
         self.network = network.eval().requires_grad_(False)
+        self.guide = None if guide is None else guide.eval().requires_grad_(False)
+        self.guide_scale = float(guide_scale)
         self.device = next(network.parameters(), torch.empty(0)).device
         self.num_classes: int | None = getattr(network, "num_classes", None)
         self.takes_guidance = takes_guidance(network)
@@ -37,13 +48,20 @@ class FrozenTeacher:
         self, x: Tensor, t: Tensor, y: Tensor | None = None, guidance: Tensor | None = None
     ) -> Tensor:
         """The teacher's output (B, …) for x_t: (B, …) at t: (B,), given γ: (B,) when it takes
-        it."""
+        it, autoguided when it has a guide."""
         if x.device != self.device:
-            self.network.to(x.device)
+            for network in (self.network, self.guide):
+                if network is not None:
+                    network.to(x.device)
             self.device = x.device
-        if guidance is None:
-            return self.network(x, t, y)
-        return self.network(x, t, y, guidance=guidance)
+        if guidance is not None:
+            return self.network(x, t, y, guidance=guidance)
+        output = self.network(x, t, y)
+        if self.guide is None:
+            return output
+        labels = y if getattr(self.guide, "num_classes", None) is not None else None
+        weak = self.guide(x, t, labels)
+        return weak + self.guide_scale * (output - weak)
 
 
 # The model setting a student may gain over its teacher: γ as an input (distill.guidance).
@@ -125,3 +143,48 @@ def check_teacher(teacher: DiffusionModule, student: DiffusionModule, source: st
                 f"{where} has {group}.{key}={value} but {group}.{key}={ours.get(key)}: set "
                 f"{group}.{key}={value} (the student starts from the teacher's weights)"
             )
+
+
+def check_teacher_guide(guide: DiffusionModule, teacher: DiffusionModule, source: str) -> None:
+    """Refuse, in one line, a `distill.guide` that does not predict what the teacher predicts
+    on its noise levels (objective, schedule), so that the two outputs mix as x̂₀ do."""
+    where = f"distill.guide={source}"
+    if takes_guidance(guide.model):
+        raise ConfigError(
+            f"{where} takes γ as an input (a student of distilled guidance): guide with a "
+            "model trained as usual"
+        )
+    objective, own = guide.diffusion.objective.value, teacher.diffusion.objective.value
+    if objective != own:
+        raise ConfigError(
+            f"{where} predicts diffusion.objective={objective} but the teacher {own}: guide "
+            "with a model of the teacher's objective"
+        )
+    if not torch.equal(guide.diffusion.schedule.sigmas(), teacher.diffusion.schedule.sigmas()):
+        raise ConfigError(
+            f"{where} has other noise levels than the teacher (schedule or T): guide with a "
+            "model trained on the teacher's schedule"
+        )
+
+
+def chosen_teacher_guide(distill: dict[str, Any]) -> str | None:
+    """The model that autoguides the teacher of `distill` (the raw `distill:` settings): its
+    `guide`, else the guide the `teacher` folder ships unless `guidance` distils classifier-free
+    guidance; None with guide=false, a .ckpt teacher or a folder without one."""
+    guide, teacher = distill.get("guide"), str(distill["teacher"])
+    if guide is None and (distill.get("guidance") is not None or teacher.endswith(".ckpt")):
+        return None
+    if guide is not None:
+        return chosen_guide(guide, None)
+    try:
+        return chosen_guide(None, model_folder(teacher))
+    except ConfigError as exc:
+        raise ConfigError(f"distill.teacher: {exc}") from None
+
+
+def load_teacher_guide(guide: str, teacher: DiffusionModule) -> DiffusionModule:
+    """The weaker model `guide` names (a .ckpt, or what pretrained= takes) for `teacher`'s data."""
+    try:
+        return load_guide(guide, teacher)
+    except ConfigError as exc:
+        raise ConfigError(f"distill.{exc}") from None

@@ -10,6 +10,8 @@ time budget) in `rounds.dir/round_064_to_032/`, …, whose teacher is the previo
 the same command to resume: finished rounds are skipped, an interrupted one resumes from its
 `checkpoints/last.ckpt`. The other `key=value` arguments go to every round's train command:
 with `distill.guidance`, every round distils guidance, its student taking γ as its teacher does.
+An autoguided teacher (`distill.guide`, or the guide the teacher folder ships) guides the first
+round only: later rounds learn the previous student, which learnt the guided steps.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ddpm_lightning.components.build import as_plain
 from ddpm_lightning.config import compose_config, validate_config
 from ddpm_lightning.config.compose import command_settings
+from ddpm_lightning.distill.teacher import chosen_teacher_guide
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.settings import Range, declared
 from ddpm_lightning.settings.overrides import override_key
@@ -46,6 +49,8 @@ SAMPLER_STEPS = ("callbacks.sample_grid.sampler.num_steps", "callbacks.fld.sampl
 SET_BY_ROUNDS = ("ckpt_path", "paths.output_dir", *SAMPLER_STEPS)
 # The first round's teacher: each round sets its own.
 FIRST_TEACHER = ("distill.teacher", "distill.teacher_steps")
+# The first round's autoguided teacher: later rounds learn the previous student unguided.
+UNGUIDED_LATER = ("distill.guide=false", "distill.guide_scale=null")
 # A round's train command: its overrides in, its exit code out.
 Runner = Callable[[list[str]], int]
 
@@ -161,9 +166,15 @@ def chain_guidance(cfg: DictConfig) -> list[float] | None:
     return None if guidance is None else [float(value) for value in guidance]
 
 
-def chain_folder(settings: dict[str, Any], cfg: DictConfig) -> Path:
+def chain_guide(cfg: DictConfig) -> str | None:
+    """The model that autoguides the first round's teacher (`chosen_teacher_guide`), if any."""
+    return chosen_teacher_guide(cast(dict, OmegaConf.to_container(cfg.distill, resolve=True)))
+
+
+def chain_folder(settings: dict[str, Any], cfg: DictConfig, guide: str | None = None) -> Path:
     """`rounds.dir`, or <paths.log_dir>/distill_rounds/<teacher>_<teacher_steps>, with
-    `_guidance_<γ_min>-<γ_max>` for a chain of distilled guidance."""
+    `_guidance_<γ_min>-<γ_max>` for a chain of distilled guidance and `_autoguided` for an
+    autoguided teacher (`guide`)."""
     if settings["dir"] is not None:
         return Path(settings["dir"]).resolve()
     teacher = re.sub(r"[^\w.-]+", "_", str(cfg.distill.teacher)).strip("_")[-80:]
@@ -171,6 +182,8 @@ def chain_folder(settings: dict[str, Any], cfg: DictConfig) -> Path:
     guidance = chain_guidance(cfg)
     if guidance is not None:
         name += "_guidance_" + "-".join(f"{value:g}" for value in guidance)
+    if guide is not None:
+        name += "_autoguided"
     return (Path(cfg.paths.log_dir) / "distill_rounds" / name).resolve()
 
 
@@ -201,8 +214,10 @@ def round_overrides(
     teacher: str,
     steps: tuple[int, int],
     folder: Path,
+    first: bool = True,
 ) -> list[str]:
-    """The train command's overrides for one round in `folder` (resuming its last.ckpt)."""
+    """The train command's overrides for one round in `folder` (resuming its last.ckpt); a
+    round after the `first` learns its teacher unguided (`UNGUIDED_LATER`)."""
     present = [key for key in SAMPLER_STEPS if OmegaConf.select(cfg, key.rsplit(".", 2)[0])]
     checkpoint = folder / LAST_CHECKPOINT
     return [
@@ -210,6 +225,7 @@ def round_overrides(
         *train,
         f"distill.teacher={quoted(teacher)}",
         f"distill.teacher_steps={steps[0]}",
+        *([] if first else UNGUIDED_LATER),
         *(f"{key}={steps[1]}" for key in present),
         *limits,
         f"hydra.run.dir={quoted(str(folder))}",
@@ -218,14 +234,22 @@ def round_overrides(
 
 
 def read_record(
-    path: Path, teacher: str, teacher_steps: int, guidance: list[float] | None = None
+    path: Path,
+    teacher: str,
+    teacher_steps: int,
+    guidance: list[float] | None = None,
+    guide: str | None = None,
 ) -> dict[str, Any]:
     """rounds.json of the chain from `teacher` at `teacher_steps`, with `guidance` when the
-    chain distils it (empty when new); one line when it records another chain or does not
-    read."""
+    chain distils it and `guide` when it autoguides the teacher (empty when new); one line when
+    it records another chain or does not read."""
     if not path.is_file():
-        chain = {"teacher": teacher, "teacher_steps": teacher_steps, "rounds": []}
-        return chain if guidance is None else {**chain, "guidance": guidance}
+        chain: dict[str, Any] = {"teacher": teacher, "teacher_steps": teacher_steps, "rounds": []}
+        if guidance is not None:
+            chain["guidance"] = guidance
+        if guide is not None:
+            chain["guide"] = guide
+        return chain
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -240,6 +264,11 @@ def read_record(
         raise ConfigError(
             f"{path} records rounds of distill.guidance={record.get('guidance')}, not "
             f"{guidance}; set rounds.dir to another folder for this chain"
+        )
+    if record.get("guide") != guide:
+        raise ConfigError(
+            f"{path} records rounds from a teacher autoguided by {record.get('guide')}, not "
+            f"{guide}; set rounds.dir to another folder for this chain"
         )
     return record
 
@@ -329,9 +358,10 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
     rounds = plan(teacher_steps, settings["final_steps"])
     train = [argument for argument in train if override_key(argument) not in FIRST_TEACHER]
     limits = budget(settings, train)
-    chain = chain_folder(settings, cfg)
+    guide = chain_guide(cfg)
+    chain = chain_folder(settings, cfg, guide)
     chain.mkdir(parents=True, exist_ok=True)
-    record = read_record(chain / RECORD, teacher, teacher_steps, chain_guidance(cfg))
+    record = read_record(chain / RECORD, teacher, teacher_steps, chain_guidance(cfg), guide)
     say(f"rounds folder: {chain} ({len(rounds)} rounds, {teacher_steps} → {rounds[-1][1]} steps)")
     for number, steps in enumerate(rounds, 1):
         folder = chain / round_folder(*steps)
@@ -341,8 +371,12 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
             say(f"{name}: done before, in {duration(entry['wall_seconds'])}")
         else:
             resuming = (folder / LAST_CHECKPOINT).is_file()
-            say(f"{name}: {'resumes' if resuming else 'starts'} in {folder} (teacher {teacher})")
-            overrides = round_overrides(cfg, train, limits, teacher, steps, folder)
+            guided = f", autoguided by {guide}" if guide is not None and number == 1 else ""
+            say(
+                f"{name}: {'resumes' if resuming else 'starts'} in {folder} "
+                f"(teacher {teacher}{guided})"
+            )
+            overrides = round_overrides(cfg, train, limits, teacher, steps, folder, number == 1)
             run = functools.partial(runner, overrides)
             code, entry = run_round(chain, record, steps, teacher, run)
             wall = duration(entry["wall_seconds"])
