@@ -41,10 +41,9 @@ from ddpm_lightning.config.compose import (
 from ddpm_lightning.config.schema import validate_config
 from ddpm_lightning.data.registry import DatasetRecord
 from ddpm_lightning.distill import ProgressiveDistillation
-from ddpm_lightning.distill.teacher import chosen_teacher_guide, load_teacher_guide
 from ddpm_lightning.errors import ConfigError, find_user_error, report_errors
 from ddpm_lightning.settings.overrides import set_on_the_command_line
-from ddpm_lightning.sharing.pretrained import load_model
+from ddpm_lightning.sharing.pretrained import chosen_guide, load_guide, load_model, model_folder
 from ddpm_lightning.training.callbacks import TestAnnouncement
 from ddpm_lightning.training.loggers import FitLogInterval, finish_loggers
 from ddpm_lightning.training.module import DiffusionModule
@@ -188,6 +187,29 @@ def load_teacher(source: str) -> DiffusionModule:
         return load_model(source, None) if source.endswith(".ckpt") else load_model(None, source)
     except ConfigError as exc:
         raise ConfigError(f"distill.teacher: {exc}") from None
+
+
+def chosen_teacher_guide(distill: dict[str, Any]) -> str | None:
+    """The model that autoguides the teacher of `distill` (the raw `distill:` settings): its
+    `guide`, else the guide the `teacher` folder ships unless `guidance` distils classifier-free
+    guidance; None with guide=false, a .ckpt teacher or a folder without one."""
+    guide, teacher = distill.get("guide"), str(distill["teacher"])
+    if guide is None and (distill.get("guidance") is not None or teacher.endswith(".ckpt")):
+        return None
+    if guide is not None:
+        return chosen_guide(guide, None)
+    try:
+        return chosen_guide(None, model_folder(teacher))
+    except ConfigError as exc:
+        raise ConfigError(f"distill.teacher: {exc}") from None
+
+
+def load_teacher_guide(guide: str, teacher: DiffusionModule) -> DiffusionModule:
+    """The weaker model `guide` names (a .ckpt, or what pretrained= takes) for `teacher`'s data."""
+    try:
+        return load_guide(guide, teacher)
+    except ConfigError as exc:
+        raise ConfigError(f"distill.{exc}") from None
 
 
 def follow_data_classes(cfg: DictConfig, datamodule: Any) -> None:

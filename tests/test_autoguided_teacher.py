@@ -27,11 +27,11 @@ from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.distill import ProgressiveDiffusion, ProgressiveDistillation
 from ddpm_lightning.distill.settings import distill_settings
-from ddpm_lightning.distill.teacher import FrozenTeacher, chosen_teacher_guide
+from ddpm_lightning.distill.teacher import FrozenTeacher
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.sharing.pretrained import SHIPPED_DIR
 from ddpm_lightning.tools.distill_rounds import distill_rounds
-from ddpm_lightning.train import build_fit_module, load_teacher
+from ddpm_lightning.train import build_fit_module, chosen_teacher_guide, load_teacher
 from ddpm_lightning.training.module import DiffusionModule
 
 GAMMA = 1.5

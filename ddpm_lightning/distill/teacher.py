@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from ddpm_lightning.diffusion.flow import require_alpha_path
 from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.errors import ConfigError
-from ddpm_lightning.sharing.pretrained import chosen_guide, load_guide, model_folder
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import with_group_defaults
 
@@ -165,26 +164,3 @@ def check_teacher_guide(guide: DiffusionModule, teacher: DiffusionModule, source
             f"{where} has other noise levels than the teacher (schedule or T): guide with a "
             "model trained on the teacher's schedule"
         )
-
-
-def chosen_teacher_guide(distill: dict[str, Any]) -> str | None:
-    """The model that autoguides the teacher of `distill` (the raw `distill:` settings): its
-    `guide`, else the guide the `teacher` folder ships unless `guidance` distils classifier-free
-    guidance; None with guide=false, a .ckpt teacher or a folder without one."""
-    guide, teacher = distill.get("guide"), str(distill["teacher"])
-    if guide is None and (distill.get("guidance") is not None or teacher.endswith(".ckpt")):
-        return None
-    if guide is not None:
-        return chosen_guide(guide, None)
-    try:
-        return chosen_guide(None, model_folder(teacher))
-    except ConfigError as exc:
-        raise ConfigError(f"distill.teacher: {exc}") from None
-
-
-def load_teacher_guide(guide: str, teacher: DiffusionModule) -> DiffusionModule:
-    """The weaker model `guide` names (a .ckpt, or what pretrained= takes) for `teacher`'s data."""
-    try:
-        return load_guide(guide, teacher)
-    except ConfigError as exc:
-        raise ConfigError(f"distill.{exc}") from None

@@ -34,11 +34,11 @@ from omegaconf.errors import OmegaConfBaseException
 from ddpm_lightning.components.build import as_plain
 from ddpm_lightning.config import compose_config, validate_config
 from ddpm_lightning.config.compose import command_settings
-from ddpm_lightning.distill.teacher import chosen_teacher_guide
 from ddpm_lightning.errors import ConfigError, report_errors
 from ddpm_lightning.settings import Range, declared
 from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.sharing.card import override
+from ddpm_lightning.train import chosen_teacher_guide
 from ddpm_lightning.training.checkpoints import write_atomically
 
 RECORD = "rounds.json"
