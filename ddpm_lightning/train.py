@@ -194,10 +194,10 @@ def chosen_teacher_guide(distill: dict[str, Any]) -> str | None:
     `guide`, else the guide the `teacher` folder ships unless `guidance` distils classifier-free
     guidance; None with guide=false, a .ckpt teacher or a folder without one."""
     guide, teacher = distill.get("guide"), str(distill["teacher"])
-    if guide is None and (distill.get("guidance") is not None or teacher.endswith(".ckpt")):
-        return None
     if guide is not None:
         return chosen_guide(guide, None)
+    if distill.get("guidance") is not None or teacher.endswith(".ckpt"):
+        return None
     try:
         return chosen_guide(None, model_folder(teacher))
     except ConfigError as exc:
@@ -241,8 +241,9 @@ def build_fit_module(
     distill = cast(dict, OmegaConf.to_container(cfg.distill, resolve=True))
     teacher = load_teacher(str(distill["teacher"]))
     source = chosen_teacher_guide(distill)
-    guide = None if source is None else load_teacher_guide(source, teacher)
+    guide = None
     if source is not None:
+        guide = load_teacher_guide(source, teacher)
         print(f"teacher: autoguided by {source} (distill.guide=false distils it alone)", flush=True)
     resolved = {**distill, "guide": False if source is None else source}
     return ProgressiveDistillation(

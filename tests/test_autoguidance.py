@@ -11,6 +11,7 @@ import torch
 
 from ddpm_lightning import sample as sample_command
 from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.diffusion.guidance import check_guide_pairing
 from ddpm_lightning.diffusion.samplers import DDIMSampler
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
 from ddpm_lightning.errors import ConfigError
@@ -121,6 +122,40 @@ def test_an_unconditional_model_takes_gamma_only_with_a_guide():
     weak_other = Denoiser(gaussian_network(other, "eps", S_WEAK), other, "eps")
     with pytest.raises(ConfigError, match=r"^guide= has other noise levels than the model"):
         Denoiser(network, schedule, "v", guide=weak_other)
+
+
+class Student:
+    """A stand-in for a network of distilled guidance: it takes γ as an input."""
+
+    takes_guidance = True
+
+
+@pytest.mark.parametrize(
+    ("guide", "guide_sigmas", "network", "message"),
+    [
+        (Student(), [0.5, 1.0], object(), r"^distill.guide=g mixes two networks' outputs, but a"),
+        (object(), [0.5, 1.0], Student(), r"^distill.guide=g mixes two networks' outputs, but a"),
+        (
+            object(),
+            [0.5, 2.0],
+            object(),
+            r"^distill.guide=g has other noise levels than the "
+            r"teacher \(T = 2 against 2,",
+        ),
+        (object(), [0.5], object(), r"\(T = 1 against 2,"),
+    ],
+)
+def test_a_guide_pairs_only_at_the_same_noise_levels_and_without_a_guidance_input(
+    guide, guide_sigmas, network, message
+):
+    """The check autoguided sampling and an autoguided teacher share names the key, in one line;
+    two networks trained as usual at the same σ_t pair."""
+    with pytest.raises(ConfigError, match=message) as error:
+        check_guide_pairing(
+            guide, guide_sigmas, network, [0.5, 1.0], key="distill.guide=g", model="teacher"
+        )
+    assert "\n" not in str(error.value)
+    check_guide_pairing(object(), [0.5, 1.0], object(), [0.5, 1.0], key="guide=", model="model")
 
 
 def sampled(argv: list[str], out, monkeypatch, capsys) -> dict:

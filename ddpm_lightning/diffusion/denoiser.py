@@ -18,13 +18,12 @@ from ddpm_lightning.diffusion.gaussian import GaussianDiffusion, Network, Object
 from ddpm_lightning.diffusion.guidance import (
     AUTOGUIDANCE_SCALE,
     DEFAULT_GUIDANCE_SCALE,
+    check_guide_pairing,
     checked_interval,
     guided_output,
     require_conditional,
-    takes_guidance,
 )
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
-from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.settings import Range, checked
 
 
@@ -83,19 +82,15 @@ class Denoiser:
 
     def check_guide(self, guide: Denoiser) -> None:
         """A ConfigError unless `guide` denoises at this network's noise levels (the same path,
-        T and schedule) and neither network takes γ as an input."""
-        if takes_guidance(self.network) or takes_guidance(guide.network):
-            raise ConfigError(
-                "guide= mixes two networks' predictions, but a student of distilled guidance "
-                "takes γ as an input: sample it without guide="
-            )
-        if guide.sigma_values != self.sigma_values:
-            raise ConfigError(
-                f"guide= has other noise levels than the model (diffusion.objective "
-                f"{guide.objective.value} against {self.objective.value}, T = "
-                f"{len(guide.sigma_values)} against {len(self.sigma_values)}, or another "
-                "schedule): guide with a model trained on the same schedule"
-            )
+        T and schedule) and neither network takes γ as an input (`check_guide_pairing`)."""
+        check_guide_pairing(
+            guide.network,
+            guide.sigma_values,
+            self.network,
+            self.sigma_values,
+            key="guide=",
+            model="model",
+        )
 
     def settings(self) -> dict[str, Any]:
         """clip_x0, guidance_scale and guidance_interval as applied (γ's default filled in), in

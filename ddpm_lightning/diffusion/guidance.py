@@ -51,6 +51,31 @@ def takes_guidance(model: object) -> bool:
     return bool(getattr(model, "takes_guidance", False))
 
 
+def check_guide_pairing(
+    guide: object,
+    guide_sigmas: Sequence[float],
+    network: object,
+    sigmas: Sequence[float],
+    *,
+    key: str,
+    model: str,
+) -> None:
+    """A one-line ConfigError naming `key` unless `guide` may autoguide `network` (the `model`):
+    the two outputs mix at one noise level σ_t (Karras et al. 2024, eq. 2), so both denoise at
+    the same σ_t (T, schedule and path), and neither takes γ as an input."""
+    if takes_guidance(guide) or takes_guidance(network):
+        raise ConfigError(
+            f"{key} mixes two networks' outputs, but a student of distilled guidance takes γ as "
+            "an input: autoguidance needs a model and a guide trained as usual"
+        )
+    if list(guide_sigmas) != list(sigmas):
+        raise ConfigError(
+            f"{key} has other noise levels than the {model} (T = {len(guide_sigmas)} against "
+            f"{len(sigmas)}, or another schedule or diffusion.objective path): guide with a model "
+            f"trained on the {model}'s schedule"
+        )
+
+
 def guided_output(
     model: Network,
     x: Tensor,

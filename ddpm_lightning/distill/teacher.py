@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm_lightning.diffusion.flow import require_alpha_path
-from ddpm_lightning.diffusion.guidance import takes_guidance
+from ddpm_lightning.diffusion.guidance import check_guide_pairing, takes_guidance
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import with_group_defaults
@@ -148,19 +148,17 @@ def check_teacher_guide(guide: DiffusionModule, teacher: DiffusionModule, source
     """Refuse, in one line, a `distill.guide` that does not predict what the teacher predicts
     on its noise levels (objective, schedule), so that the two outputs mix as x̂₀ do."""
     where = f"distill.guide={source}"
-    if takes_guidance(guide.model):
-        raise ConfigError(
-            f"{where} takes γ as an input (a student of distilled guidance): guide with a "
-            "model trained as usual"
-        )
     objective, own = guide.diffusion.objective.value, teacher.diffusion.objective.value
     if objective != own:
         raise ConfigError(
             f"{where} predicts diffusion.objective={objective} but the teacher {own}: guide "
             "with a model of the teacher's objective"
         )
-    if not torch.equal(guide.diffusion.schedule.sigmas(), teacher.diffusion.schedule.sigmas()):
-        raise ConfigError(
-            f"{where} has other noise levels than the teacher (schedule or T): guide with a "
-            "model trained on the teacher's schedule"
-        )
+    check_guide_pairing(
+        guide.model,
+        guide.diffusion.schedule.sigmas().tolist(),
+        teacher.model,
+        teacher.diffusion.schedule.sigmas().tolist(),
+        key=where,
+        model="teacher",
+    )
