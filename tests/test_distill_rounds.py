@@ -53,6 +53,7 @@ def test_steps_that_do_not_halve_to_the_target_are_refused(teacher_steps, final_
         (["distill.teacher_steps=25"], "teacher_steps=25 does not halve to rounds.final_steps=1"),
         (["rounds.final_steps=0"], r"rounds.final_steps=0: must be an integer ≥ 1$"),
         (["rounds.minutes=3"], "rounds.minutes is not a setting of the rounds; rounds takes"),
+        (["rounds.last_round_minutes=0"], r"rounds.last_round_minutes=0: must be a finite number"),
         (["hydra.run.dir=x"], "the rounds set hydra.run.dir for each round"),
         (["ckpt_path=x.ckpt"], "the rounds set ckpt_path for each round"),
         (["experiment=cifar"], "experiment=cifar: each round is experiment=distill"),
@@ -139,6 +140,28 @@ def test_each_round_trains_the_previous_students_steps(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("round 1/2 (4 → 2 steps): ") for line in printed) == 2
     assert sum(line.startswith("round 2/2 (2 → 1 steps): ") for line in printed) == 2
+
+
+@pytest.mark.parametrize(
+    ("minutes", "expected"),
+    [
+        (
+            ["rounds.minutes_per_round=10", "rounds.last_round_minutes=30"],
+            ["00:00:10:00"] * 2 + ["00:00:30:00"],
+        ),
+        (["rounds.last_round_minutes=0.5"], [None, None, "00:00:00:30"]),
+    ],
+)
+def test_the_last_round_can_train_longer(tmp_path, minutes, expected):
+    """rounds.last_round_minutes budgets the last round only: the others keep
+    minutes_per_round, or without it experiment=distill's epochs (no epoch override)."""
+    fake = FakeTrain()
+    arguments = ["distill.teacher=mnist", "distill.teacher_steps=8", f"rounds.dir={tmp_path}"]
+    distill_rounds([*arguments, *minutes], runner=fake)
+    assert [value(overrides, "trainer.max_time") for overrides in fake.calls] == expected
+    assert [value(overrides, "trainer.max_epochs") for overrides in fake.calls] == [
+        None if limit is None else "-1" for limit in expected
+    ]
 
 
 def test_a_rerun_skips_finished_rounds_and_resumes_an_interrupted_one(tmp_path, capsys):

@@ -61,12 +61,20 @@ def rounds_settings(
     # Wall-clock minutes each round trains (+trainer.max_time, and trainer.max_epochs=-1 unless
     # given); null: the train config's limits (experiment=distill: trainer.max_epochs).
     minutes_per_round: Annotated[float, Range(gt=0)] | None = None,
+    # Wall-clock minutes of the last round instead (its halving loses the most); null:
+    # minutes_per_round.
+    last_round_minutes: Annotated[float, Range(gt=0)] | None = None,
     # The folder of the rounds and rounds.json; null: <paths.log_dir>/distill_rounds/
     # <teacher>_<teacher_steps>, the same on every rerun.
     dir: str | None = None,
 ) -> dict[str, Any]:
     """The `rounds.` settings, with defaults filled in."""
-    return {"final_steps": final_steps, "minutes_per_round": minutes_per_round, "dir": dir}
+    return {
+        "final_steps": final_steps,
+        "minutes_per_round": minutes_per_round,
+        "last_round_minutes": last_round_minutes,
+        "dir": dir,
+    }
 
 
 def plan(teacher_steps: int, final_steps: int) -> list[tuple[int, int]]:
@@ -194,10 +202,13 @@ def quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def budget(settings: dict[str, Any], train: list[str]) -> list[str]:
-    """The time budget overrides of `rounds.minutes_per_round`: `+trainer.max_time` and, unless
-    the command line limits epochs itself, `trainer.max_epochs=-1`."""
+def budget(settings: dict[str, Any], train: list[str], last: bool = False) -> list[str]:
+    """The time budget overrides of a round (`rounds.minutes_per_round`, or for the `last`
+    `rounds.last_round_minutes` when set): `+trainer.max_time` and, unless the command line
+    limits epochs itself, `trainer.max_epochs=-1`."""
     minutes = settings["minutes_per_round"]
+    if last and settings["last_round_minutes"] is not None:
+        minutes = settings["last_round_minutes"]
     if minutes is None:
         return []
     seconds = max(1, round(minutes * 60))
@@ -357,7 +368,6 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
     teacher, teacher_steps = str(cfg.distill.teacher), int(cfg.distill.teacher_steps)
     rounds = plan(teacher_steps, settings["final_steps"])
     train = [argument for argument in train if override_key(argument) not in FIRST_TEACHER]
-    limits = budget(settings, train)
     guide = chain_guide(cfg)
     chain = chain_folder(settings, cfg, guide)
     chain.mkdir(parents=True, exist_ok=True)
@@ -376,6 +386,7 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
                 f"{name}: {'resumes' if resuming else 'starts'} in {folder} "
                 f"(teacher {teacher}{guided})"
             )
+            limits = budget(settings, train, last=number == len(rounds))
             overrides = round_overrides(cfg, train, limits, teacher, steps, folder, number == 1)
             run = functools.partial(runner, overrides)
             code, entry = run_round(chain, record, steps, teacher, run)
