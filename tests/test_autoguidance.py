@@ -131,31 +131,44 @@ class Student:
 
 
 @pytest.mark.parametrize(
-    ("guide", "guide_sigmas", "network", "message"),
+    ("guide", "guide_sigmas", "network", "objectives", "message"),
     [
-        (Student(), [0.5, 1.0], object(), r"^distill.guide=g mixes two networks' outputs, but a"),
-        (object(), [0.5, 1.0], Student(), r"^distill.guide=g mixes two networks' outputs, but a"),
+        (Student(), [0.5, 1.0], object(), None, r"^g= takes γ as an input \(a student of"),
+        (object(), [0.5, 1.0], Student(), None, r"^g= mixes .* the teacher takes γ .*: drop g=$"),
         (
             object(),
             [0.5, 2.0],
             object(),
-            r"^distill.guide=g has other noise levels than the "
-            r"teacher \(T = 2 against 2,",
+            None,
+            r"^g= has other noise levels than the teacher "
+            r"\(another noise schedule\)",
         ),
-        (object(), [0.5], object(), r"\(T = 1 against 2,"),
+        (object(), [0.5], object(), None, r"\(T = 1 against 2\)"),
+        (object(), [0.5, 2.0], object(), ("flow", "v"), r"\(diffusion.objective=flow against v\)"),
     ],
 )
 def test_a_guide_pairs_only_at_the_same_noise_levels_and_without_a_guidance_input(
-    guide, guide_sigmas, network, message
+    guide, guide_sigmas, network, objectives, message
 ):
-    """The check autoguided sampling and an autoguided teacher share names the key, in one line;
-    two networks trained as usual at the same σ_t pair."""
+    """The check autoguided sampling and an autoguided teacher share names the key and what
+    differs, in one line."""
     with pytest.raises(ConfigError, match=message) as error:
         check_guide_pairing(
-            guide, guide_sigmas, network, [0.5, 1.0], key="distill.guide=g", model="teacher"
+            guide,
+            guide_sigmas,
+            network,
+            [0.5, 1.0],
+            key="g=",
+            model="teacher",
+            objectives=objectives,
         )
     assert "\n" not in str(error.value)
-    check_guide_pairing(object(), [0.5, 1.0], object(), [0.5, 1.0], key="guide=", model="model")
+
+
+def test_two_networks_trained_as_usual_at_the_same_noise_levels_pair():
+    check_guide_pairing(
+        object(), [0.5, 1.0], object(), [0.5, 1.0], key="g=", model="model", objectives=("v", "eps")
+    )
 
 
 def sampled(argv: list[str], out, monkeypatch, capsys) -> dict:

@@ -57,7 +57,10 @@ def test_steps_that_do_not_halve_to_the_target_are_refused(teacher_steps, final_
         (["hydra.run.dir=x"], "the rounds set hydra.run.dir for each round"),
         (["ckpt_path=x.ckpt"], "the rounds set ckpt_path for each round"),
         (["experiment=cifar"], "experiment=cifar: each round is experiment=distill"),
-        (["+trainer.max_time=00:01:00:00"], "give rounds.minutes_per_round, not"),
+        (
+            ["+trainer.max_time=00:01:00:00"],
+            r"give rounds.minutes_per_round \(and rounds.last_round_minutes\), not",
+        ),
         (["distill=consistency"], "distill.method=consistency: the rounds are progressive"),
         (["trainer.max_epochs=0.5"], "trainer.max_epochs=0.5: must be"),
         (["final_steps"], "give key=value overrides"),
@@ -142,26 +145,41 @@ def test_each_round_trains_the_previous_students_steps(tmp_path, capsys):
     assert sum(line.startswith("round 2/2 (2 → 1 steps): ") for line in printed) == 2
 
 
+TEN, THIRTY = "00:00:10:00", "00:00:30:00"
+
+
 @pytest.mark.parametrize(
-    ("minutes", "expected"),
+    ("minutes", "max_times", "max_epochs"),
     [
         (
             ["rounds.minutes_per_round=10", "rounds.last_round_minutes=30"],
-            ["00:00:10:00"] * 2 + ["00:00:30:00"],
+            [TEN, TEN, THIRTY],
+            ["-1"] * 3,
         ),
-        (["rounds.last_round_minutes=0.5"], [None, None, "00:00:00:30"]),
+        (["rounds.last_round_minutes=30"], [None, None, THIRTY], [None, None, "-1"]),
+        (["rounds.last_round_minutes=30", "trainer.max_epochs=2"], [None, None, THIRTY], ["2"] * 3),
     ],
 )
-def test_the_last_round_can_train_longer(tmp_path, minutes, expected):
+def test_the_last_round_can_train_longer(tmp_path, minutes, max_times, max_epochs):
     """rounds.last_round_minutes budgets the last round only: the others keep
-    minutes_per_round, or without it experiment=distill's epochs (no epoch override)."""
+    minutes_per_round, or without it experiment=distill's epochs; an epoch limit on the command
+    line stays. rounds.json records each budget, and a rerun with another is refused in one line
+    (its finished round would be skipped), with the same one skips every round."""
     fake = FakeTrain()
     arguments = ["distill.teacher=mnist", "distill.teacher_steps=8", f"rounds.dir={tmp_path}"]
     distill_rounds([*arguments, *minutes], runner=fake)
-    assert [value(overrides, "trainer.max_time") for overrides in fake.calls] == expected
-    assert [value(overrides, "trainer.max_epochs") for overrides in fake.calls] == [
-        None if limit is None else "-1" for limit in expected
-    ]
+    assert [value(overrides, "trainer.max_time") for overrides in fake.calls] == max_times
+    assert [value(overrides, "trainer.max_epochs") for overrides in fake.calls] == max_epochs
+    record = json.loads((tmp_path / "rounds.json").read_text())
+    assert [entry["max_time"] for entry in record["rounds"]] == max_times
+    other = [m for m in minutes if not m.startswith("rounds.last_round_minutes")]
+    with pytest.raises(
+        ConfigError, match=r"records round 3/3 \(2 → 1 steps\) with \+trainer"
+    ) as error:
+        distill_rounds([*arguments, *other, "rounds.last_round_minutes=20"], runner=fake)
+    assert "not 00:00:20:00" in str(error.value) and "\n" not in str(error.value)
+    distill_rounds([*arguments, *minutes], runner=fake)
+    assert len(fake.calls) == 3
 
 
 def test_a_rerun_skips_finished_rounds_and_resumes_an_interrupted_one(tmp_path, capsys):

@@ -90,6 +90,7 @@ class Denoiser:
             self.sigma_values,
             key="guide=",
             model="model",
+            objectives=(guide.objective.value, self.objective.value),
         )
 
     def settings(self) -> dict[str, Any]:

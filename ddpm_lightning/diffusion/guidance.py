@@ -59,21 +59,34 @@ def check_guide_pairing(
     *,
     key: str,
     model: str,
+    objectives: tuple[str, str] | None = None,
 ) -> None:
     """A one-line ConfigError naming `key` unless `guide` may autoguide `network` (the `model`):
     the two outputs mix at one noise level σ_t (Karras et al. 2024, eq. 2), so both denoise at
-    the same σ_t (T, schedule and path), and neither takes γ as an input."""
-    if takes_guidance(guide) or takes_guidance(network):
+    the same σ_t (T, schedule and, for `objectives` (guide's, model's), path), and neither
+    takes γ as an input."""
+    if takes_guidance(guide):
         raise ConfigError(
-            f"{key} mixes two networks' outputs, but a student of distilled guidance takes γ as "
-            "an input: autoguidance needs a model and a guide trained as usual"
+            f"{key} takes γ as an input (a student of distilled guidance): guide with a model "
+            "trained as usual"
         )
-    if list(guide_sigmas) != list(sigmas):
+    if takes_guidance(network):
         raise ConfigError(
-            f"{key} has other noise levels than the {model} (T = {len(guide_sigmas)} against "
-            f"{len(sigmas)}, or another schedule or diffusion.objective path): guide with a model "
-            f"trained on the {model}'s schedule"
+            f"{key} mixes two networks' outputs, but the {model} takes γ as an input (a student "
+            f"of distilled guidance) and guides itself in one call: drop {key}"
         )
+    if list(guide_sigmas) == list(sigmas):
+        return
+    if objectives is not None and objectives[0] != objectives[1]:
+        differs = f"diffusion.objective={objectives[0]} against {objectives[1]}"
+    elif len(guide_sigmas) != len(sigmas):
+        differs = f"T = {len(guide_sigmas)} against {len(sigmas)}"
+    else:
+        differs = "another noise schedule"
+    raise ConfigError(
+        f"{key} has other noise levels than the {model} ({differs}): guide with a model trained "
+        "on the same schedule"
+    )
 
 
 def guided_output(

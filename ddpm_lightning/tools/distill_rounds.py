@@ -61,8 +61,7 @@ def rounds_settings(
     # Wall-clock minutes each round trains (+trainer.max_time, and trainer.max_epochs=-1 unless
     # given); null: the train config's limits (experiment=distill: trainer.max_epochs).
     minutes_per_round: Annotated[float, Range(gt=0)] | None = None,
-    # Wall-clock minutes of the last round instead (its halving loses the most); null:
-    # minutes_per_round.
+    # Wall-clock minutes of the last round instead; null: minutes_per_round.
     last_round_minutes: Annotated[float, Range(gt=0)] | None = None,
     # The folder of the rounds and rounds.json; null: <paths.log_dir>/distill_rounds/
     # <teacher>_<teacher_steps>, the same on every rerun.
@@ -218,6 +217,23 @@ def budget(settings: dict[str, Any], train: list[str], last: bool = False) -> li
     return [f"+trainer.max_time={clock}", *([] if limits_epochs else ["trainer.max_epochs=-1"])]
 
 
+def max_time_of(limits: list[str]) -> str | None:
+    """The `+trainer.max_time` clock of a round's `budget` overrides; None without one."""
+    return next((limit.split("=", 1)[1] for limit in limits if "max_time=" in limit), None)
+
+
+def check_budget(path: Path, name: str, entry: dict[str, Any] | None, max_time: str | None) -> None:
+    """One line when rounds.json at `path` records the round `name` under another time budget
+    than this command gives it: its checkpoint would be skipped or resumed as it is."""
+    if entry is None or "max_time" not in entry or entry["max_time"] == max_time:
+        return
+    raise ConfigError(
+        f"{path} records {name} with +trainer.max_time={entry['max_time']}, not {max_time} "
+        "(rounds.minutes_per_round, rounds.last_round_minutes); set rounds.dir to another "
+        "folder for this chain"
+    )
+
+
 def round_overrides(
     cfg: DictConfig,
     train: list[str],
@@ -331,9 +347,11 @@ def run_round(
     steps: tuple[int, int],
     teacher: str,
     run: Callable[[], int],
+    max_time: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """`run()` (the round's train command), recorded in rounds.json as it starts and ends, its
-    wall time summed over the round's attempts; (its exit code, its entry)."""
+    """`run()` (the round's train command), recorded in rounds.json as it starts and ends with
+    its time budget `max_time`, its wall time summed over the round's attempts; (its exit
+    code, its entry)."""
     folder = round_folder(*steps)
     entry = entry_of(record, folder)
     if entry is None:
@@ -344,6 +362,7 @@ def run_round(
         teacher_steps=steps[0],
         student_steps=steps[1],
         checkpoint=str(Path(folder) / LAST_CHECKPOINT),
+        max_time=max_time,
         finished=False,
     )
     write_record(chain / RECORD, record)
@@ -363,7 +382,9 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
     exit code."""
     settings, train = split_arguments(argv)
     if any(override_key(argument) == "trainer.max_time" for argument in train):
-        raise ConfigError("give rounds.minutes_per_round, not +trainer.max_time")
+        raise ConfigError(
+            "give rounds.minutes_per_round (and rounds.last_round_minutes), not +trainer.max_time"
+        )
     cfg = distill_config(train)
     teacher, teacher_steps = str(cfg.distill.teacher), int(cfg.distill.teacher_steps)
     rounds = plan(teacher_steps, settings["final_steps"])
@@ -377,6 +398,8 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
         folder = chain / round_folder(*steps)
         name = f"round {number}/{len(rounds)} ({steps[0]} → {steps[1]} steps)"
         entry = entry_of(record, folder.name)
+        limits = budget(settings, train, last=number == len(rounds))
+        check_budget(chain / RECORD, name, entry, max_time_of(limits))
         if entry is not None and is_finished(chain, entry):
             say(f"{name}: done before, in {duration(entry['wall_seconds'])}")
         else:
@@ -386,10 +409,9 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
                 f"{name}: {'resumes' if resuming else 'starts'} in {folder} "
                 f"(teacher {teacher}{guided})"
             )
-            limits = budget(settings, train, last=number == len(rounds))
             overrides = round_overrides(cfg, train, limits, teacher, steps, folder, number == 1)
             run = functools.partial(runner, overrides)
-            code, entry = run_round(chain, record, steps, teacher, run)
+            code, entry = run_round(chain, record, steps, teacher, run, max_time_of(limits))
             wall = duration(entry["wall_seconds"])
             if not entry["finished"]:
                 say(
