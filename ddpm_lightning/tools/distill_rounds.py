@@ -201,25 +201,26 @@ def quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def budget(settings: dict[str, Any], train: list[str], last: bool = False) -> list[str]:
-    """The time budget overrides of a round (`rounds.minutes_per_round`, or for the `last`
-    `rounds.last_round_minutes` when set): `+trainer.max_time` and, unless the command line
-    limits epochs itself, `trainer.max_epochs=-1`."""
+def round_max_time(settings: dict[str, Any], last: bool = False) -> str | None:
+    """The `+trainer.max_time` clock of a round (`rounds.minutes_per_round`, or for the `last`
+    `rounds.last_round_minutes` when set); None without a time budget."""
     minutes = settings["minutes_per_round"]
     if last and settings["last_round_minutes"] is not None:
         minutes = settings["last_round_minutes"]
     if minutes is None:
-        return []
+        return None
     seconds = max(1, round(minutes * 60))
     days, rest = divmod(seconds, 86_400)
-    clock = f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+
+
+def budget(max_time: str | None, train: list[str]) -> list[str]:
+    """The overrides of a round's time budget `max_time`: `+trainer.max_time` and, unless the
+    command line limits epochs itself, `trainer.max_epochs=-1`."""
+    if max_time is None:
+        return []
     limits_epochs = any(override_key(argument) == "trainer.max_epochs" for argument in train)
-    return [f"+trainer.max_time={clock}", *([] if limits_epochs else ["trainer.max_epochs=-1"])]
-
-
-def max_time_of(limits: list[str]) -> str | None:
-    """The `+trainer.max_time` clock of a round's `budget` overrides; None without one."""
-    return next((limit.split("=", 1)[1] for limit in limits if "max_time=" in limit), None)
+    return [f"+trainer.max_time={max_time}", *([] if limits_epochs else ["trainer.max_epochs=-1"])]
 
 
 def check_budget(path: Path, name: str, entry: dict[str, Any] | None, max_time: str | None) -> None:
@@ -398,8 +399,8 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
         folder = chain / round_folder(*steps)
         name = f"round {number}/{len(rounds)} ({steps[0]} → {steps[1]} steps)"
         entry = entry_of(record, folder.name)
-        limits = budget(settings, train, last=number == len(rounds))
-        check_budget(chain / RECORD, name, entry, max_time_of(limits))
+        max_time = round_max_time(settings, last=number == len(rounds))
+        check_budget(chain / RECORD, name, entry, max_time)
         if entry is not None and is_finished(chain, entry):
             say(f"{name}: done before, in {duration(entry['wall_seconds'])}")
         else:
@@ -409,9 +410,10 @@ def distill_rounds(argv: Sequence[str], runner: Runner = train_command) -> Path:
                 f"{name}: {'resumes' if resuming else 'starts'} in {folder} "
                 f"(teacher {teacher}{guided})"
             )
+            limits = budget(max_time, train)
             overrides = round_overrides(cfg, train, limits, teacher, steps, folder, number == 1)
             run = functools.partial(runner, overrides)
-            code, entry = run_round(chain, record, steps, teacher, run, max_time_of(limits))
+            code, entry = run_round(chain, record, steps, teacher, run, max_time)
             wall = duration(entry["wall_seconds"])
             if not entry["finished"]:
                 say(
