@@ -20,6 +20,7 @@ from ddpm_lightning.diffusion.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     check_guide_pairing,
     checked_interval,
+    extrapolated,
     guided_output,
     require_conditional,
 )
@@ -140,7 +141,7 @@ class Denoiser:
             return x0, eps
         labels = y if self.guide.num_classes is not None else None
         weak, _ = self.guide.predict(x, t, labels)
-        x0 = weak + scale * (x0 - weak)
+        x0 = extrapolated(weak, x0, scale)
         return x0, self.eps_from_x0(x, t, x0)
 
     def eps_from_x0(self, x: Tensor, t: int, x0: Tensor) -> Tensor:

@@ -89,6 +89,13 @@ def check_guide_pairing(
     )
 
 
+def extrapolated(weak: Tensor, strong: Tensor, scale: float | Tensor) -> Tensor:
+    """weak + γ (strong − weak), elementwise with γ broadcast: classifier-free guidance (weak the
+    unconditional prediction, Ho & Salimans 2022) and autoguidance (weak a guide's, Karras et al.
+    2024, eq. 2). γ = 1 gives `strong`, γ = 0 `weak`."""
+    return weak + scale * (strong - weak)
+
+
 def guided_output(
     model: Network,
     x: Tensor,
@@ -114,8 +121,8 @@ def guided_output(
     labels = torch.cat([y, torch.full_like(y, null_label)])
     cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
     if isinstance(guidance_scale, Tensor):
-        return uncond + shaped(guidance_scale.to(cond.dtype), cond) * (cond - uncond)
-    return uncond + guidance_scale * (cond - uncond)
+        return extrapolated(uncond, cond, shaped(guidance_scale.to(cond.dtype), cond))
+    return extrapolated(uncond, cond, guidance_scale)
 
 
 def checked_interval(

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm_lightning.diffusion.flow import require_alpha_path
-from ddpm_lightning.diffusion.guidance import check_guide_pairing, takes_guidance
+from ddpm_lightning.diffusion.guidance import check_guide_pairing, extrapolated, takes_guidance
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import with_group_defaults
@@ -60,7 +60,7 @@ class FrozenTeacher:
             return output
         labels = y if getattr(self.guide, "num_classes", None) is not None else None
         weak = self.guide(x, t, labels)
-        return weak + self.guide_scale * (output - weak)
+        return extrapolated(weak, output, self.guide_scale)
 
 
 # The model setting a student may gain over its teacher: γ as an input (distill.guidance).
