@@ -428,10 +428,14 @@ def test_resuming_another_round_is_refused(tmp_path):
 
 def test_the_distill_experiment_samples_on_the_student_grid():
     """conf/experiment/distill.yaml: a round of the shipped MNIST model whose sample grids and
-    FLD use the student's DDIM grid, with settings the module takes."""
+    FLD use the student's DDIM grid, with settings the module takes, and whose FLD is logged
+    every epoch (a round lasts a few) where training logs it every 5."""
     cfg = compose_config("train", ["experiment=distill", "paths.output_dir=/tmp/unused"])
     distill = distill_settings(OmegaConf.to_container(cfg.distill))
     assert cfg.task_name == "distill" and distill["teacher"] == "mnist"
+    assert cfg.callbacks.fld.every_n_epochs == 1
+    trained = compose_config("train", ["paths.output_dir=/tmp/unused"])
+    assert trained.callbacks.fld.every_n_epochs == 5
     assert cfg.diffusion.objective == "v" and cfg.schedule.num_timesteps == T
     for callback in ("sample_grid", "fld"):
         sampler = cfg.callbacks[callback].sampler
