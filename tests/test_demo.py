@@ -33,6 +33,7 @@ from ddpm_lightning.editing.inpaint import repaint_plan, updates_in
 from ddpm_lightning.editing.sdedit import start_index
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.sharing import load_folder, npm, pretrained, site
+from ddpm_lightning.sharing.folder import GUIDE_DIR
 from ddpm_lightning.sharing.onnx import onnx_record
 from ddpm_lightning.sharing.site import PAGE_DIR, site_server
 from tests.conftest import fed_step_noise, tiny_model_folder
@@ -43,8 +44,9 @@ needs_node = pytest.mark.skipif(
 )
 PAGE_SCRIPT = (PAGE_DIR / "ddpm.js").as_uri()
 # The closed-form denoiser of the Node runs: 0.8 x + 0.001 t (+ 0.01 y with labels, + 0.02 γ
-# for a network that takes γ, 1 where not given, as the page feeds it); it prints the images
-# and each call's [batch size, γ or null].
+# for a network that takes γ, 1 where not given, as the page feeds it), and for a record with a
+# guide, the guide's: 0.5 x + 0.002 t (+ 0.03 y); it prints the images and each call's [batch
+# size, γ or null], a guide's as ["guide", batch size].
 NODE_SAMPLE = """
 import { readFileSync } from 'node:fs';
 import { sample, takesGuidance } from '__PAGE__';
@@ -59,9 +61,17 @@ const denoise = async (x, t, y, batch, g) => {
     return 0.8 * v + 0.001 * t[s] + (y ? 0.01 * y[s] : 0) + (gammas ? 0.02 * gammas[s] : 0);
   });
 };
+const guide = !job.record.guide ? null : async (x, t, y, batch) => {
+  calls.push(['guide', batch]);
+  return x.map((v, k) => {
+    const s = Math.floor(k / size);
+    return 0.5 * v + 0.002 * t[s] + (y ? 0.03 * y[s] : 0);
+  });
+};
 let used = 0;
 const normal = (n) => Float32Array.from(job.stepNoise.slice(used, (used += n)));
-const images = await sample({ ...job, noise: Float32Array.from(job.noise), denoise, normal });
+const noise = Float32Array.from(job.noise);
+const images = await sample({ ...job, noise, denoise, guide, normal });
 console.log(JSON.stringify({ images: Array.from(images), calls }));
 """.replace("__PAGE__", PAGE_SCRIPT)
 # The page's pixels: (shape, RGBA bytes) of each job's image, or the error it throws.
@@ -175,16 +185,19 @@ def run_node(script: str, job) -> list:
 
 class ClosedForm:
     """The Node runs' denoiser in torch: 0.8 x + 0.001 t (+ 0.01 y for labels, + 0.02 γ for a
-    student of distilled guidance, γ = 1 where not given)."""
+    student of distilled guidance, γ = 1 where not given); as a `guide`, 0.5 x + 0.002 t
+    (+ 0.03 y)."""
 
-    def __init__(self, num_classes: int | None, takes_guidance: bool = False):
+    def __init__(self, num_classes: int | None, takes_guidance: bool = False, guide=False):
         self.num_classes = num_classes
         self.takes_guidance = takes_guidance
+        self.gains = (0.5, 0.002, 0.03) if guide else (0.8, 0.001, 0.01)
 
     def __call__(self, x, t, y=None, guidance=None):
-        output = 0.8 * x + 0.001 * t.float().view(-1, 1, 1, 1)
+        gain, per_t, per_y = self.gains
+        output = gain * x + per_t * t.float().view(-1, 1, 1, 1)
         if y is not None:
-            output = output + 0.01 * y.float().view(-1, 1, 1, 1)
+            output = output + per_y * y.float().view(-1, 1, 1, 1)
         if self.takes_guidance:
             scales = torch.ones(len(x)) if guidance is None else guidance
             output = output + 0.02 * scales.view(-1, 1, 1, 1)
@@ -288,6 +301,28 @@ SAMPLE_CASES = {
     "consistency v explicit timesteps unclipped": dict(
         objective="v", name="consistency", timesteps=[19, 12, 6, 2], clip=False
     ),
+    "ddim v eta 1 autoguided by an eps guide": dict(
+        objective="v",
+        name="ddim",
+        steps=6,
+        eta=1.0,
+        spacing="trailing",
+        gamma=1.5,
+        guide=dict(objective="eps"),
+    ),
+    "ddim eps conditional autoguided by a conditional x0 guide on an interval": dict(
+        objective="eps",
+        name="ddim",
+        steps=6,
+        spacing="uniform",
+        gamma=2.0,
+        classes=10,
+        interval=[0.5, 3.0],
+        guide=dict(objective="x0", classes=10),
+    ),
+    "ddpm x0 unclipped autoguided by a v guide": dict(
+        objective="x0", name="ddpm", gamma=1.5, clip=False, guide=dict(objective="v")
+    ),
 }
 
 
@@ -306,7 +341,15 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
         guidance_interval=case.get("interval"),
     )
     network = ClosedForm(case.get("classes"), student)
-    denoiser = Denoiser(network, schedule, case["objective"], **denoising)
+    guide = None
+    if "guide" in case:
+        weak = case["guide"]
+        module.guide = load_folder(
+            tiny_model_folder(tmp_path / "guide", weak["objective"], weak.get("classes"), seed=1)
+        )
+        weak_network = ClosedForm(weak.get("classes"), guide=True)
+        guide = Denoiser(weak_network, schedule, weak["objective"], False, 1.0)
+    denoiser = Denoiser(network, schedule, case["objective"], **denoising, guide=guide)
     if case["name"] == "ddim":
         eta, spacing = case.get("eta", 0.0), case["spacing"]
         settings = dict(name="ddim", num_steps=case["steps"], eta=eta, spacing=spacing)
@@ -361,6 +404,14 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
         assert record["inputs"] == ["x", "t", "y", "guidance"]
         scales = [denoiser.guidance_scale_at(t) for t in sampler.steps()]
         assert result["calls"] == [[3, scale] for scale in scales]
+    if guide is not None:
+        assert record["guide"]["objective"] == case["guide"]["objective"]
+        guided = [denoiser.guidance_scale_at(t) not in (None, 1.0) for t in sampler.steps()]
+        expected_calls = [[[3, None], ["guide", 3]] if g else [[3, None]] for g in guided]
+        assert result["calls"] == [call for step in expected_calls for call in step]
+        assert 0 < sum(guided) <= len(guided) and (sum(guided) < len(guided)) == (
+            "interval" in case
+        )
 
 
 def brushed(height: int, width: int, start, end, radius: float) -> np.ndarray:
@@ -807,3 +858,42 @@ def test_a_consistency_student_starts_with_consistency_sampling(tmp_path):
         "guidance_scale": None,
         "guidance_interval": None,
     }
+
+
+def test_a_folder_with_a_guide_is_autoguided_on_the_page(tmp_path):
+    """A folder that ships a guide (guide/, here of another objective) gets guide.onnx beside
+    model.onnx, the guide network's torch output on the same inputs, and a model.json that
+    names it and starts at autoguidance's γ = 1.5 at every step, as `sample` draws it; the
+    command's γ and interval win; a folder without one writes no guide."""
+    onnxruntime = pytest.importorskip(
+        "onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
+    )
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    folder = tiny_model_folder(tmp_path / "guided", "v")
+    tiny_model_folder(folder / GUIDE_DIR, "eps", seed=1)
+    plain = tiny_model_folder(tmp_path / "plain", "v")
+    ddim = {"_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler", "_partial_": True}
+    chosen = {**ddim, "num_steps": 7, "guidance_scale": 2.5, "guidance_interval": [0.5, 3.0]}
+    cases = [([], 1.5, None), (["sampler.guidance_scale=2.5"], 2.5, None), (None, 2.5, [0.5, 3.0])]
+    for overrides, gamma, interval in cases:
+        site.add_model(tmp_path / "site", str(folder), chosen, overrides)
+        written = tmp_path / "site" / "models" / "guided"
+        record = json.loads((written / "model.json").read_text())
+        assert record["guide"] == {
+            "file": "guide.onnx",
+            "inputs": ["x", "t"],
+            "objective": "eps",
+            "num_classes": None,
+        }
+        sampler = record["sampler"]
+        assert (sampler["guidance_scale"], sampler["guidance_interval"]) == (gamma, interval)
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([19, 3])
+    session = onnxruntime.InferenceSession(str(written / "guide.onnx"))
+    output = session.run(None, {"x": x.numpy(), "t": t.numpy()})[0]
+    with torch.no_grad():
+        expected = load_folder(folder / GUIDE_DIR).model(x, t)
+    assert np.abs(output - expected.numpy()).max() < 1e-4
+    site.add_model(tmp_path / "site", str(plain), {**ddim, "num_steps": 7}, [])
+    assert not (tmp_path / "site" / "models" / "plain" / "guide.onnx").exists()
+    assert "guide" not in json.loads((tmp_path / "site/models/plain/model.json").read_text())

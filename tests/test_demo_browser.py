@@ -27,6 +27,8 @@ from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
 from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.sharing import load_pretrained, npm
+from ddpm_lightning.sharing.folder import GUIDE_DIR, shipped_guide
+from ddpm_lightning.sharing.pretrained import load_folder_guide, model_folder
 from ddpm_lightning.sharing.site import site_server
 from tests.conftest import REPO_ROOT, fed_step_noise, tiny_model_folder
 
@@ -69,16 +71,19 @@ TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """(URL, folder) of the demo built with the shipped MNIST model and four tiny random-init
-    UNets (T=20): `tiny_v` (v objective) and `tiny_cond` (x0 objective, Fashion-MNIST's 10
-    classes) on 1×32×32 images, `tiny_rgb` on 3×32×32 (Shapes) and `tiny_64` on 1×64×64
-    (v objective), served on a free port."""
+    """(URL, folder) of the demo built with the shipped MNIST model (and its guide) and five
+    tiny random-init UNets (T=20): `tiny_v` (v objective) and `tiny_cond` (x0 objective,
+    Fashion-MNIST's 10 classes) on 1×32×32 images, `tiny_rgb` on 3×32×32 (Shapes), `tiny_64` on
+    1×64×64 (v objective) and `tiny_guided` (v, 10 classes) with a conditional eps guide,
+    served on a free port."""
     root = tmp_path_factory.mktemp("demo")
     tiny_model_folder(root / "tiny_v", "v")
     tiny_model_folder(root / "tiny_cond", "x0", num_classes=10, dataset="fashion_mnist")
     tiny_model_folder(root / "tiny_rgb", "v", dataset="shapes", shape=(3, 32, 32))
     tiny_model_folder(root / "tiny_64", "v", shape=(1, 64, 64))
-    names = ["tiny_v", "tiny_cond", "tiny_rgb", "tiny_64"]
+    tiny_model_folder(root / "tiny_guided", "v", num_classes=10)
+    tiny_model_folder(root / "tiny_guided" / GUIDE_DIR, "eps", num_classes=10, seed=1)
+    names = ["tiny_v", "tiny_cond", "tiny_rgb", "tiny_64", "tiny_guided"]
     models = f"models=[mnist,{','.join(str(root / name) for name in names)}]"
     folder = root / "site"
     demo(
@@ -146,7 +151,8 @@ def write_floats(path: Path, values: torch.Tensor) -> str:
 # tiny models agree to float precision. The shipped model predicts ε, and at its first step
 # (t = 999 of the cosine schedule, √ᾱ ≈ 5e-5) x̂₀ = (x − √(1−ᾱ) ε̂)/√ᾱ multiplies the ~1e-6
 # differences between two runtimes' kernels by 2·10⁴ before clipping: there onnxruntime on the
-# CPU differs from torch by 9e-4 at the end, the page by 2e-3 to 4e-3 on the noises tried.
+# CPU differs from torch by 9e-4 at the end, the page by 2e-3 to 4e-3 on the noises tried
+# (measured unguided, before the demo autoguided with the folder's guide).
 CASES = {
     "tiny v, DDIM-5, eta 0": ("tiny_v", dict(sampler="ddim", steps=5, eta=0.0), 1e-4),
     "tiny x0 conditional, DDIM-5 trailing, eta 1, guidance 2": (
@@ -157,12 +163,21 @@ CASES = {
         1e-4,
     ),
     "tiny v, DDPM (all 20 steps)": ("tiny_v", dict(sampler="ddpm", variance="fixed_small"), 1e-4),
-    "shipped mnist, DDIM-5, eta 0": ("mnist", dict(sampler="ddim", steps=5, eta=0.0), 1e-2),
+    "shipped mnist autoguided by its guide, DDIM-5, eta 0": (
+        "mnist",
+        dict(sampler="ddim", steps=5, eta=0.0, interval=None),
+        1e-2,
+    ),
     "tiny colour 3x32x32, DDIM-5": ("tiny_rgb", dict(sampler="ddim", steps=5, eta=1.0), 1e-4),
     "tiny grey 1x64x64, DDIM-4": ("tiny_64", dict(sampler="ddim", steps=4, eta=0.0), 1e-4),
     "tiny v, consistency 3 steps trailing": (
         "tiny_v",
         dict(sampler="consistency", steps=3, spacing="trailing"),
+        1e-4,
+    ),
+    "tiny v conditional autoguided by its eps guide, DDIM-5, eta 1": (
+        "tiny_guided",
+        dict(sampler="ddim", steps=5, eta=1.0, gamma=2.0, interval=None, label=7),
         1e-4,
     ),
 }
@@ -175,8 +190,11 @@ def image_shape(folder: Path, model: str) -> tuple[int, ...]:
 
 
 def python_samples(folder: Path | str, options: dict, noise, draws) -> torch.Tensor:
-    """Our Python sampler's images from `noise` with the per-step noise `draws` (N, …)."""
+    """Our Python sampler's images from `noise` with the per-step noise `draws` (N, …),
+    autoguided by the guide the folder ships, as `sample` draws them."""
     module = load_pretrained(folder)
+    if shipped_guide(model_folder(str(folder))) is not None:
+        module.guide = load_folder_guide(folder)
     common = dict(
         progress=False,
         guidance_scale=options.get("gamma"),
@@ -371,18 +389,23 @@ return [shown.map((c) => Math.round(c.getBoundingClientRect().bottom)),
 """
 
 
-@pytest.mark.parametrize("model", ["mnist", "tiny_cond"])
-def test_the_controls_and_generate_stay_on_one_row(page, model):
+# (model, whether it shows the class menu, whether it shows γ): conditional models guide
+# classifier-free, a folder with a guide (the shipped mnist) autoguides.
+CONTROL_CASES = [("tiny_v", False, False), ("mnist", False, True), ("tiny_cond", True, True)]
+
+
+@pytest.mark.parametrize(("model", "conditional", "guided"), CONTROL_CASES)
+def test_the_controls_and_generate_stay_on_one_row(page, model, conditional, guided):
     from selenium.webdriver.support.select import Select
 
     Select(page.find_element("id", "model")).select_by_value(model)
-    conditional = model == "tiny_cond"
     wait_for(
         page,
-        f"return document.getElementById('class-row').hidden === {str(not conditional).lower()}",
+        f"return document.getElementById('class-row').hidden === {str(not conditional).lower()}"
+        f" && document.getElementById('gamma-row').hidden === {str(not guided).lower()}",
     )
     bottoms, lines = page.execute_script(CONTROLS_LAYOUT)
-    assert len(bottoms) == (8 if conditional else 6)
+    assert len(bottoms) == 6 + conditional + guided
     assert max(bottoms) - min(bottoms) <= 1
     assert lines == 1
 

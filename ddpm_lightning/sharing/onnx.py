@@ -6,6 +6,9 @@ prediction) and for a student of distilled guidance guidance (B,) float32 (γ; 1
 conditional), output (B, C, H, W), the batch size B dynamic. `model.json`: what a sampler needs
 beside it: the input names, the schedule's tables (float32 values, as the Python samplers read
 them), the objective, T, the data shape, the class names and the recommended sampler.
+`guide.onnx`, for a model with a guide (autoguidance, a model folder's `guide/`): the guide's
+network, inputs as model.onnx's; model.json's `guide` names its file, inputs, objective and
+classes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from ddpm_lightning.training.outputs import replacing
 
 ONNX_NAME = "model.onnx"
 RECORD_NAME = "model.json"
-ONNX_FILES = (ONNX_NAME, RECORD_NAME)
+GUIDE_ONNX_NAME = "guide.onnx"
+ONNX_FILES = (ONNX_NAME, RECORD_NAME, GUIDE_ONNX_NAME)
 OPSET = 20
 INPUT_NAMES = ("x", "t", "y", "guidance")
 OUTPUT_NAME = "output"
@@ -130,9 +134,21 @@ def class_names(
     return list(record.class_names)
 
 
+def guide_record(guide: DiffusionModule) -> dict[str, Any]:
+    """model.json's `guide`: the file of the guide's network, its inputs (as INPUT_NAMES), and
+    the objective and classes its x̂₀ and labels follow."""
+    return {
+        "file": GUIDE_ONNX_NAME,
+        "inputs": list(INPUT_NAMES[: input_count(guide)]),
+        "objective": guide.diffusion.objective.value,
+        "num_classes": guide.num_classes,
+    }
+
+
 def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
-    """model.json: the ONNX network's inputs and everything a sampler needs beside it. The
-    page's samplers follow the ᾱ path; a flow model is refused in one line."""
+    """model.json: the ONNX network's inputs and everything a sampler needs beside it, the
+    guide's record when `module.guide` autoguides it. The page's samplers follow the ᾱ path; a
+    flow model is refused in one line."""
     require_alpha_path(
         module.diffusion.objective.value,
         "export format=onnx (and the demo page it feeds)",
@@ -140,6 +156,7 @@ def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, A
     )
     schedule = module.diffusion.schedule
     dataset = module.hparams.get("dataset")
+    guide = {} if module.guide is None else {"guide": guide_record(module.guide)}
     return {
         "library_name": "ddpm_lightning",
         "ddpm_lightning_version": __version__,
@@ -159,19 +176,23 @@ def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, A
             "name": schedule.name,
             **{key: getattr(schedule, key).tolist() for key in SCHEDULE_TABLES},
         },
+        **guide,
     }
 
 
 def write_onnx(
     out_dir: Path, module: DiffusionModule, sampler: dict[str, Any], option: str = "format=onnx"
 ) -> dict[str, Path]:
-    """Write model.onnx and model.json of `module` into `out_dir`, the pair in place of the
-    old one at once (`replacing`), `sampler` (a ddim, ddpm or consistency sampler config) as the
-    recommended settings; `option` names what asked for it in the error when the onnx extra
-    is missing. The written files by name."""
+    """Write model.onnx and model.json of `module` (and guide.onnx of `module.guide`) into
+    `out_dir`, the set in place of the old one at once (`replacing`), `sampler` (a ddim, ddpm
+    or consistency sampler config) as the recommended settings; `option` names what asked for
+    it in the error when the onnx extra is missing. The written files by name."""
     require_onnx_extra(option)
     record = onnx_record(module, sampler)
     with replacing(out_dir, ONNX_FILES) as folder:
         write_network(module, folder / ONNX_NAME)
+        if module.guide is not None:
+            write_network(module.guide, folder / GUIDE_ONNX_NAME)
         (folder / RECORD_NAME).write_text(json.dumps(record) + "\n")
-    return {name: out_dir / name for name in ONNX_FILES}
+    written = ONNX_FILES if module.guide is not None else (ONNX_NAME, RECORD_NAME)
+    return {name: out_dir / name for name in written}

@@ -1,6 +1,7 @@
 """The demo site: a static folder to serve or publish as it is. index.html, ddpm.js and
-style.css (assets/demo), `models/<id>/model.onnx` and `model.json` for each model,
-`models.json` listing them, and onnxruntime-web's wasm build under `ort/`."""
+style.css (assets/demo), `models/<id>/model.onnx` and `model.json` for each model (and
+`guide.onnx` for a folder that ships a guide), `models.json` listing them, and
+onnxruntime-web's wasm build under `ort/`."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from typing import Any
 from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import ASSETS_DIR
-from ddpm_lightning.sharing.folder import load_folder
+from ddpm_lightning.sharing.folder import load_folder, shipped_guide
 from ddpm_lightning.sharing.onnx import write_onnx
-from ddpm_lightning.sharing.pretrained import model_folder, shipped
-from ddpm_lightning.sharing.recommended import recommendation
+from ddpm_lightning.sharing.pretrained import check_guide, model_folder, shipped
+from ddpm_lightning.sharing.recommended import autoguided, recommendation
 from ddpm_lightning.training.outputs import replacing
 
 PAGE_DIR = ASSETS_DIR / "demo"
@@ -65,11 +66,19 @@ def add_model(
 ) -> dict[str, str]:
     """Export one model (anything `pretrained=` takes) into `site/models/<id>/`, `sampler` as
     its starting settings, or the folder's recommended sampler where it has one and the
-    command's `overrides` choose none (`recommendation`); its entry of models.json."""
+    command's `overrides` choose none (`recommendation`; None: `sampler` whole); with the guide
+    the folder ships, for autoguidance as `sample` draws it (`autoguided`); its entry of
+    models.json."""
     identifier = model_id(pretrained)
-    module = load_folder(model_folder(pretrained))
+    folder = model_folder(pretrained)
+    module = load_folder(folder)
     objective = module.diffusion.objective.value
+    chosen = sampler
     sampler = recommendation(pretrained, None, sampler, overrides, objective)[0] or sampler
+    guide = shipped_guide(folder)
+    if guide is not None:
+        module.guide = check_guide(load_folder(guide), module, str(guide))
+        sampler = sampler if overrides is None else autoguided(sampler, chosen, overrides)
     write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
     return {
         "id": identifier,

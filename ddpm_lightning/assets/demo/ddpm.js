@@ -5,7 +5,8 @@
 // The sampler is a port of ddpm_lightning/diffusion/samplers.py (timestep_sequence,
 // Sampler.predict, Sampler.guidance_scale_at, DDIMSampler.step, DDPMSampler.step),
 // consistency_sampler.py (ConsistencySampler.steps and .step) and guidance.py
-// (guided_output, one call with γ for a student of distilled guidance), the edits of
+// (guided_output, one call with γ for a student of distilled guidance), denoiser.py
+// (Denoiser.autoguided: a model folder's guide, exported as guide.onnx), the edits of
 // ddpm_lightning/editing (masks.py, inpaint.py, sdedit.py, the draws of sampling.py); for the
 // same starting noise (and per-step noise) they give the Python
 // images, checked by tests/test_demo.py (in Node, with a closed-form denoiser) and
@@ -227,6 +228,12 @@ export function takesGuidance(record) {
   return (record.inputs ?? []).includes('guidance');
 }
 
+/** Whether the page offers γ for the record's model: a conditional one (classifier-free
+ * guidance) or one with a guide (autoguidance). */
+export function guided(record) {
+  return record.num_classes !== null || Boolean(record.guide);
+}
+
 /** The guided output for x (n samples) at t: ε_u + γ(ε_c − ε_u) from one doubled batch with
  * the null label, or one call with γ for a network that takes it; γ = 1 (or null, or no
  * labels) takes only the conditional pass. */
@@ -255,6 +262,30 @@ async function guidedOutput(record, denoise, x, t, labels, gamma, n) {
   return mixed;
 }
 
+/** (x̂₀, ε̂) of x̂₀ at x_t: ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t) (Denoiser.eps_from_x0), x̂₀ clipped to
+ * [-1, 1] first when `clip`. */
+function fromX0(record, t, x, x0, clip) {
+  const a = record.schedule.sqrt_alphas_cumprod[t];
+  const b = record.schedule.sqrt_one_minus_alphas_cumprod[t];
+  const clippedX0 = clip ? x0.map((v) => Math.min(1, Math.max(-1, v))) : x0;
+  return { x0: clippedX0, eps: clippedX0.map((v, k) => (x[k] - a * v) / b) };
+}
+
+/** (x̂₀, ε̂) of the network guided away from the record's guide (Denoiser.autoguided; Karras et
+ * al. 2024, eq. 2): x̂₀ = x̂₀_guide + γ (x̂₀ − x̂₀_guide), each from its own objective, unclipped
+ * until mixed; the guide takes the labels if it is conditional. γ = 1 or null (outside the
+ * interval) calls the network alone. */
+async function autoguidedAt(record, denoise, guide, settings, x, t, labels, n) {
+  const scale = guidanceScaleAt(record.schedule.alphas_cumprod, t, settings.guidance_scale, settings.guidance_interval);
+  const times = new Array(n).fill(t);
+  const { x0 } = predictX0Eps(record, t, x, await denoise(x, times, labels, n), false);
+  if (scale === null || scale === 1) return fromX0(record, t, x, x0, settings.clip_x0);
+  const weakLabels = record.guide.num_classes !== null ? labels : null;
+  const weakOutput = await guide(x, times, weakLabels, n);
+  const weak = predictX0Eps({ ...record, objective: record.guide.objective }, t, x, weakOutput, false).x0;
+  return fromX0(record, t, x, x0.map((v, k) => weak[k] + scale * (v - weak[k])), settings.clip_x0);
+}
+
 /** γ at timestep t (guidance_scale_at): γ where σ_t lies in interval (low, high], null (plain
  * conditional sampling) elsewhere; a null interval guides every step. */
 export function guidanceScaleAt(alphasCumprod, t, gamma, interval) {
@@ -280,8 +311,10 @@ export function visitedTimesteps(record, settings) {
   return timestepSequence(alphasCumprod, settings.num_steps, settings.spacing ?? CONSISTENCY_SPACING);
 }
 
-/** (x̂₀, ε̂) of the network at x (n samples), timestep t, guided as `settings` say. */
-async function predictAt(record, denoise, settings, x, t, labels, n) {
+/** (x̂₀, ε̂) of the network at x (n samples), timestep t, guided as `settings` say: away from
+ * `guide` (the record's guide network) when given, else classifier-free for labels. */
+async function predictAt(record, denoise, settings, x, t, labels, n, guide = null) {
+  if (guide !== null) return autoguidedAt(record, denoise, guide, settings, x, t, labels, n);
   const gamma = labels === null ? null : settings.guidance_scale;
   const scale = guidanceScaleAt(record.schedule.alphas_cumprod, t, gamma, settings.guidance_interval);
   const output = await guidedOutput(record, denoise, x, t, labels, scale, n);
@@ -305,18 +338,18 @@ function clipped(x) {
  * denoise(x, t[], y[] | null, batch, γ[] | undefined) → Float32Array: the network (γ only
  * for one that takes it, `takesGuidance`); settings: name (ddim, ddpm or consistency),
  * num_steps, eta, spacing, timesteps (consistency), variance, clip_x0, guidance_scale,
- * guidance_interval ([low, high] or null); labels:
- * n classes or null;
+ * guidance_interval ([low, high] or null); guide: the record's guide network, called as
+ * denoise without γ, for autoguidance (null: none); labels: n classes or null;
  * normal(size) → Float32Array of standard normal draws (the per-step noise);
  * onStep(i, total, t, x_t, x̂₀) after each step's prediction.
  */
-export async function sample({ record, denoise, noise, labels, settings, normal, onStep }) {
+export async function sample({ record, denoise, guide = null, noise, labels, settings, normal, onStep }) {
   const n = noise.length / imageSize(imageShape(record));
   const timesteps = visitedTimesteps(record, settings);
   const draw = () => normal(noise.length);
   let x = Float32Array.from(noise);
   for (let i = 0; i < timesteps.length; i++) {
-    const { x0, eps } = await predictAt(record, denoise, settings, x, timesteps[i], labels, n);
+    const { x0, eps } = await predictAt(record, denoise, settings, x, timesteps[i], labels, n, guide);
     if (onStep) onStep(i, timesteps.length, timesteps[i], x, x0);
     x = updated(record, settings, timesteps, i, x, x0, eps, draw);
   }
@@ -547,29 +580,32 @@ function workerMain() {
     const { id, path, record, noise, labels, settings, seed, stepNoise, edit } = data;
     try {
       const ort = await runtime;
-      const network = await load(ort, `${path}/model.onnx`);
       const [channels, height, width] = imageShape(record);
-      const denoise = async (x, t, y, batch, guidance = null) => {
+      // One ONNX network as denoise(x, t, y, batch, γ): the inputs its `spec` (the record, or the
+      // record's guide) names, the null label where y is null, γ = 1 where none is given.
+      const runner = (network, spec) => async (x, t, y, batch, guidance = null) => {
         const feeds = {
           x: new ort.Tensor('float32', x, [batch, channels, height, width]),
           t: new ort.Tensor('int64', BigInt64Array.from(t, BigInt), [batch]),
         };
-        if (record.num_classes !== null) {
-          const classes = y ?? new Array(batch).fill(record.num_classes);
+        if (spec.inputs.includes('y')) {
+          const classes = y ?? new Array(batch).fill(spec.num_classes);
           feeds.y = new ort.Tensor('int64', BigInt64Array.from(classes, BigInt), [batch]);
         }
-        if (takesGuidance(record)) {
+        if (spec.inputs.includes('guidance')) {
           const gammas = guidance ?? new Array(batch).fill(1);
           feeds.guidance = new ort.Tensor('float32', Float32Array.from(gammas), [batch]);
         }
         const result = await network.run(feeds);
         return result[record.output].data;
       };
+      const denoise = runner(await load(ort, `${path}/model.onnx`), record);
+      const guide = record.guide ? runner(await load(ort, `${path}/${record.guide.file}`), record.guide) : null;
       const onStep = (i, total, t, x, x0) => self.postMessage({ id, type: 'step', i, total, t, x, x0 });
       const normal = stepNoise ? givenNormals(stepNoise) : normals(seed + 1);
       const job = { record, denoise, labels, settings, onStep };
       const images = !edit
-        ? await sample({ ...job, noise, normal })
+        ? await sample({ ...job, guide, noise, normal })
         : await (edit.method === 'sdedit' ? sdedit : inpaint)({
             ...job,
             ...edit,
@@ -667,14 +703,14 @@ async function pageMain() {
     const info = await record(model);
     const conditional = info.num_classes !== null;
     $('class-row').hidden = !conditional;
-    $('gamma-row').hidden = !conditional;
+    $('gamma-row').hidden = !guided(info);
+    $('gamma').value = info.sampler.guidance_scale ?? 1;
     if (conditional) {
       const names = info.class_names ?? Array.from({ length: info.num_classes }, (_, i) => String(i));
       $('label').replaceChildren(
         new Option('one of each', 'mixed'),
         ...names.map((name, i) => new Option(name === String(i) ? name : `${i}: ${name}`, String(i))),
       );
-      $('gamma').value = info.sampler.guidance_scale ?? 1;
     }
     $('sampler').value = info.sampler.name;
     $('steps').max = info.num_timesteps;
@@ -759,7 +795,7 @@ async function pageMain() {
       name: $('sampler').value,
       num_steps: Number($('steps').value),
       eta: Number($('eta').value),
-      guidance_scale: info.num_classes !== null ? Number($('gamma').value) : null,
+      guidance_scale: guided(info) ? Number($('gamma').value) : null,
     };
     return { model, noise: normals(seed)(n * size), labels, settings, seed };
   }
