@@ -863,8 +863,9 @@ def test_a_consistency_student_starts_with_consistency_sampling(tmp_path):
 def test_a_folder_with_a_guide_is_autoguided_on_the_page(tmp_path):
     """A folder that ships a guide (guide/, here of another objective) gets guide.onnx beside
     model.onnx, the guide network's torch output on the same inputs, and a model.json that
-    names it and starts at autoguidance's γ = 1.5 at every step, as `sample` draws it; the
-    command's γ and interval win; a folder without one writes no guide."""
+    names it and starts at autoguidance's γ = 1.5 at every step, as `sample` draws it (also
+    outside a command, overrides None); the command line's γ and interval win; a folder
+    without one writes no guide."""
     onnxruntime = pytest.importorskip(
         "onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')"
     )
@@ -874,7 +875,12 @@ def test_a_folder_with_a_guide_is_autoguided_on_the_page(tmp_path):
     plain = tiny_model_folder(tmp_path / "plain", "v")
     ddim = {"_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler", "_partial_": True}
     chosen = {**ddim, "num_steps": 7, "guidance_scale": 2.5, "guidance_interval": [0.5, 3.0]}
-    cases = [([], 1.5, None), (["sampler.guidance_scale=2.5"], 2.5, None), (None, 2.5, [0.5, 3.0])]
+    cases = [
+        ([], 1.5, None),
+        (["sampler.guidance_scale=2.5"], 2.5, None),
+        (["sampler.guidance_interval=[0.5,3.0]"], 1.5, [0.5, 3.0]),
+        (None, 1.5, None),
+    ]
     for overrides, gamma, interval in cases:
         site.add_model(tmp_path / "site", str(folder), chosen, overrides)
         written = tmp_path / "site" / "models" / "guided"

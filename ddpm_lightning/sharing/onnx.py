@@ -7,8 +7,8 @@ conditional), output (B, C, H, W), the batch size B dynamic. `model.json`: what 
 beside it: the input names, the schedule's tables (float32 values, as the Python samplers read
 them), the objective, T, the data shape, the class names and the recommended sampler.
 `guide.onnx`, for a model with a guide (autoguidance, a model folder's `guide/`): the guide's
-network, inputs as model.onnx's; model.json's `guide` names its file, inputs, objective and
-classes.
+network; model.json's `guide` names its file, inputs (x, t, and y for a conditional guide),
+objective and classes.
 """
 
 from __future__ import annotations

@@ -66,9 +66,8 @@ def add_model(
 ) -> dict[str, str]:
     """Export one model (anything `pretrained=` takes) into `site/models/<id>/`, `sampler` as
     its starting settings, or the folder's recommended sampler where it has one and the
-    command's `overrides` choose none (`recommendation`; None: `sampler` whole); with the guide
-    the folder ships, for autoguidance as `sample` draws it (`autoguided`); its entry of
-    models.json."""
+    command's `overrides` choose none (`recommendation`); with the guide the folder ships, for
+    autoguidance as `sample` draws it (`autoguided`); its entry of models.json."""
     identifier = model_id(pretrained)
     folder = model_folder(pretrained)
     module = load_folder(folder)
@@ -78,7 +77,7 @@ def add_model(
     guide = shipped_guide(folder)
     if guide is not None:
         module.guide = check_guide(load_folder(guide), module, str(guide))
-        sampler = sampler if overrides is None else autoguided(sampler, chosen, overrides)
+        sampler = autoguided(sampler, chosen, overrides or [])
     write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
     return {
         "id": identifier,

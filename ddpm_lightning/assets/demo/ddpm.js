@@ -600,7 +600,7 @@ function workerMain() {
         return result[record.output].data;
       };
       const denoise = runner(await load(ort, `${path}/model.onnx`), record);
-      const guide = record.guide ? runner(await load(ort, `${path}/${record.guide.file}`), record.guide) : null;
+      const guide = record.guide && !edit ? runner(await load(ort, `${path}/${record.guide.file}`), record.guide) : null;
       const onStep = (i, total, t, x, x0) => self.postMessage({ id, type: 'step', i, total, t, x, x0 });
       const normal = stepNoise ? givenNormals(stepNoise) : normals(seed + 1);
       const job = { record, denoise, labels, settings, onStep };
@@ -898,7 +898,10 @@ async function pageMain() {
     const model = modelById($('model').value);
     const info = await record(model);
     const shape = imageShape(info);
-    const { settings, seed } = await fromControls();
+    const request = await fromControls();
+    const { seed } = request;
+    // γ of a model with a guide is autoguidance's, and edits run the model alone (as edit= does).
+    const settings = info.guide ? { ...request.settings, guidance_scale: null } : request.settings;
     const choice = $('label').value;
     const labels = info.num_classes === null || choice === 'mixed' ? null : new Array(NUM_SAMPLES).fill(Number(choice));
     const image = drawnImages(drawing, shape, NUM_SAMPLES);
