@@ -17,9 +17,9 @@ from typing import Any
 from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import ASSETS_DIR
-from ddpm_lightning.sharing.folder import load_folder, shipped_guide
+from ddpm_lightning.sharing.folder import load_folder
 from ddpm_lightning.sharing.onnx import write_onnx
-from ddpm_lightning.sharing.pretrained import check_guide, model_folder, shipped
+from ddpm_lightning.sharing.pretrained import chosen_guide, load_guide, model_folder, shipped
 from ddpm_lightning.sharing.recommended import autoguided, recommendation
 from ddpm_lightning.training.outputs import replacing
 
@@ -74,9 +74,9 @@ def add_model(
     objective = module.diffusion.objective.value
     chosen = sampler
     sampler = recommendation(pretrained, None, sampler, overrides, objective)[0] or sampler
-    guide = shipped_guide(folder)
+    guide = chosen_guide(None, folder)
     if guide is not None:
-        module.guide = check_guide(load_folder(guide), module, str(guide))
+        module.guide = load_guide(guide, module)
         sampler = autoguided(sampler, chosen, overrides or [])
     write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
     return {

@@ -150,6 +150,15 @@ export function timestepSequence(alphasCumprod, n, spacing = 'uniform') {
 
 // ---- One step: Sampler.predict, DDIMSampler.step, DDPMSampler.step, ConsistencySampler.step -
 
+/** (x̂₀, ε̂) of x̂₀ at x_t: ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t) (Denoiser.eps_from_x0), x̂₀ clipped to
+ * [-1, 1] first when `clip`. */
+function fromX0(record, t, x, x0, clip) {
+  const a = record.schedule.sqrt_alphas_cumprod[t];
+  const b = record.schedule.sqrt_one_minus_alphas_cumprod[t];
+  const clippedX0 = clip ? x0.map((v) => Math.min(1, Math.max(-1, v))) : x0;
+  return { x0: clippedX0, eps: clippedX0.map((v, k) => (x[k] - a * v) / b) };
+}
+
 /** (x̂₀, ε̂) from the network's output at x_t for the objective (eps, x0 or v), x̂₀ clipped
  * to [-1, 1] and ε̂ recomputed from it when `clip` (GaussianDiffusion.predict_x0_eps). */
 export function predictX0Eps(record, t, x, output, clip) {
@@ -168,12 +177,8 @@ export function predictX0Eps(record, t, x, output, clip) {
       x0[k] = a * x[k] - b * output[k];
       eps[k] = b * x[k] + a * output[k];
     }
-    if (clip) {
-      x0[k] = Math.min(1, Math.max(-1, x0[k]));
-      eps[k] = (x[k] - a * x0[k]) / b;
-    }
   }
-  return { x0, eps };
+  return clip ? fromX0(record, t, x, x0, true) : { x0, eps };
 }
 
 /** DDIM (Song et al. 2021, eq. 12) from timesteps[i] to the next one (the clean image after
@@ -262,28 +267,18 @@ async function guidedOutput(record, denoise, x, t, labels, gamma, n) {
   return mixed;
 }
 
-/** (x̂₀, ε̂) of x̂₀ at x_t: ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t) (Denoiser.eps_from_x0), x̂₀ clipped to
- * [-1, 1] first when `clip`. */
-function fromX0(record, t, x, x0, clip) {
-  const a = record.schedule.sqrt_alphas_cumprod[t];
-  const b = record.schedule.sqrt_one_minus_alphas_cumprod[t];
-  const clippedX0 = clip ? x0.map((v) => Math.min(1, Math.max(-1, v))) : x0;
-  return { x0: clippedX0, eps: clippedX0.map((v, k) => (x[k] - a * v) / b) };
-}
-
-/** (x̂₀, ε̂) of the network guided away from the record's guide (Denoiser.autoguided; Karras et
- * al. 2024, eq. 2): x̂₀ = x̂₀_guide + γ (x̂₀ − x̂₀_guide), each from its own objective, unclipped
- * until mixed; the guide takes the labels if it is conditional. γ = 1 or null (outside the
- * interval) calls the network alone. */
-async function autoguidedAt(record, denoise, guide, settings, x, t, labels, n) {
-  const scale = guidanceScaleAt(record.schedule.alphas_cumprod, t, settings.guidance_scale, settings.guidance_interval);
+/** (x̂₀, ε̂) of the network guided away from the record's guide at γ = `scale` (Denoiser.autoguided;
+ * Karras et al. 2024, eq. 2): x̂₀ = x̂₀_guide + γ (x̂₀ − x̂₀_guide), each from its own objective,
+ * unclipped until mixed; the guide takes the labels if it is conditional. γ = 1 or null
+ * (outside the interval) calls the network alone. */
+async function autoguidedAt(record, denoise, guide, x, t, labels, n, scale, clip) {
   const times = new Array(n).fill(t);
   const { x0 } = predictX0Eps(record, t, x, await denoise(x, times, labels, n), false);
-  if (scale === null || scale === 1) return fromX0(record, t, x, x0, settings.clip_x0);
+  if (scale === null || scale === 1) return fromX0(record, t, x, x0, clip);
   const weakLabels = record.guide.num_classes !== null ? labels : null;
   const weakOutput = await guide(x, times, weakLabels, n);
   const weak = predictX0Eps({ ...record, objective: record.guide.objective }, t, x, weakOutput, false).x0;
-  return fromX0(record, t, x, x0.map((v, k) => weak[k] + scale * (v - weak[k])), settings.clip_x0);
+  return fromX0(record, t, x, x0.map((v, k) => weak[k] + scale * (v - weak[k])), clip);
 }
 
 /** γ at timestep t (guidance_scale_at): γ where σ_t lies in interval (low, high], null (plain
@@ -314,9 +309,9 @@ export function visitedTimesteps(record, settings) {
 /** (x̂₀, ε̂) of the network at x (n samples), timestep t, guided as `settings` say: away from
  * `guide` (the record's guide network) when given, else classifier-free for labels. */
 async function predictAt(record, denoise, settings, x, t, labels, n, guide = null) {
-  if (guide !== null) return autoguidedAt(record, denoise, guide, settings, x, t, labels, n);
-  const gamma = labels === null ? null : settings.guidance_scale;
+  const gamma = labels === null && guide === null ? null : settings.guidance_scale;
   const scale = guidanceScaleAt(record.schedule.alphas_cumprod, t, gamma, settings.guidance_interval);
+  if (guide !== null) return autoguidedAt(record, denoise, guide, x, t, labels, n, scale, settings.clip_x0);
   const output = await guidedOutput(record, denoise, x, t, labels, scale, n);
   return predictX0Eps(record, t, x, output, settings.clip_x0);
 }
