@@ -4,9 +4,9 @@ samples.png), optionally pushed to the Hub with `push_to_hub=user/repo`; `format
 writes a diffusers DDPMPipeline folder with its card instead (our UNet and diffusers'
 UNet2DModel), `format=onnx` the network as model.onnx and what a sampler needs beside it as
 model.json. A folder ships the `guide=` model (or the source folder's own guide) as guide/, for
-autoguidance. The files replace the folder's old ones whole, after the source and the record are
-read and checked; the shipped model folders only with `replace_shipped=true`. The cards name
-no path of the exporting machine."""
+autoguidance; format=onnx writes it as guide.onnx. The files replace the folder's old ones
+whole, after the source and the record are read and checked; the shipped model folders only
+with `replace_shipped=true`. The cards name no path of the exporting machine."""
 
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ from ddpm_lightning.sharing.pretrained import (
     chosen_folder,
     chosen_guide,
     guide_checkpoint,
+    load_guide,
     model_folder,
 )
-from ddpm_lightning.sharing.recommended import recommendation
+from ddpm_lightning.sharing.recommended import autoguided, recommendation
 from ddpm_lightning.training.outputs import claimed
 
 FORMATS = ("folder", "diffusers", "onnx")
@@ -124,10 +125,10 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     command into `cfg.out_dir` is refused while this one runs."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format} is not supported; choose one of {list(FORMATS)}")
-    if cfg.guide and cfg.format != "folder":
+    if cfg.guide and cfg.format == "diffusers":
         raise ConfigError(
-            f"guide={cfg.guide} ships in a model folder's guide/, which format={cfg.format} "
-            "does not have: drop guide= or use format=folder"
+            f"guide={cfg.guide}: diffusers' DDPMPipeline has no place for a guide: drop guide= "
+            "or use format=folder or format=onnx"
         )
     print(f"out_dir: {Path(cfg.out_dir).resolve()}", flush=True)
     check_shipped(cfg)
@@ -163,26 +164,40 @@ def written(files: dict[str, Path], format: str) -> str:
 
 
 def export_onnx(cfg: DictConfig) -> dict[str, Path]:
-    """model.onnx and model.json of the model into `cfg.out_dir` (format=onnx)."""
+    """model.onnx and model.json of the model into `cfg.out_dir` (format=onnx), and guide.onnx
+    of the guide the command chooses (`chosen_guide`), with autoguidance's sampler settings as
+    `sample` draws it (`autoguided`)."""
     if cfg.push_to_hub:
         raise ConfigError(
             f"push_to_hub={cfg.push_to_hub} uploads model folders: drop it or use format=folder"
         )
     require_onnx_extra("format=onnx")
     with claimed(cfg.out_dir, "export") as out_dir:
-        hyper_parameters, state_dict, _ = source(cfg, pretrained_folder(cfg))
+        folder = pretrained_folder(cfg)
+        hyper_parameters, state_dict, _ = source(cfg, folder)
         module = build_module(hyper_parameters, state_dict, cfg.ckpt_path or cfg.pretrained)
-        files = write_onnx(out_dir, module, sampler_config(cfg, module.diffusion.objective.value))
+        sampler = sampler_config(cfg, module.diffusion.objective.value)
+        guide = chosen_guide(cfg.guide, folder)
+        if guide is not None:
+            module.guide = load_guide(guide, module)
+            sampler = autoguided(sampler, chosen_sampler(cfg), command_overrides() or [])
+        files = write_onnx(out_dir, module, sampler)
         size = files["model.onnx"].stat().st_size / 2**20
-        print(f"wrote {', '.join(files)} ({size:.2f} MiB) into {out_dir}")
+        guided = "" if guide is None else f", autoguided by guide={guide}"
+        print(f"wrote {', '.join(files)} ({size:.2f} MiB{guided}) into {out_dir}")
     return files
+
+
+def chosen_sampler(cfg: DictConfig) -> dict[str, Any]:
+    """The command's `sampler` config as a plain dict."""
+    return cast("dict[str, Any]", OmegaConf.to_container(cfg.sampler, resolve=True))
 
 
 def sampler_config(cfg: DictConfig, objective: str | None) -> dict[str, Any]:
     """The sampler the folder recommends, as a plain dict: the one `sample` would use for a
     model of `objective` (`recommendation`: the source folder's recommended sampler, the one a
     distilled student's checkpoint learned, a flow model's), else `cfg.sampler`."""
-    chosen = cast("dict[str, Any]", OmegaConf.to_container(cfg.sampler, resolve=True))
+    chosen = chosen_sampler(cfg)
     sampler, _ = recommendation(
         cfg.pretrained, cfg.ckpt_path, chosen, command_overrides(), objective
     )

@@ -123,8 +123,8 @@ def test_exporting_the_folder_again_keeps_its_guide_or_drops_it(models, tmp_path
 
 
 def test_a_guide_that_cannot_guide_the_model_is_refused_before_writing(models, tmp_path):
-    """A guide of other data, one that is no model, or one for a format without guide/ is one
-    line naming guide=, and out_dir stays empty."""
+    """A guide of other data, one that is no model, or one for diffusers' pipeline (which has
+    no place for it) is one line naming guide=, and out_dir stays empty."""
     colour = tiny_model_folder(tmp_path / "colour", seed=1, shape=(3, 32, 32))
     flow = tiny_model_folder(tmp_path / "flow", objective="flow", seed=1)
     cases = [
@@ -141,15 +141,16 @@ def test_a_guide_that_cannot_guide_the_model_is_refused_before_writing(models, t
         with pytest.raises(ConfigError, match=message):
             export(export_config(out, f"pretrained={models['model']}", guide, "samples=false"))
         assert not (out / "config.json").exists()
-    with pytest.raises(ConfigError, match=r"^guide=\S+ ships in a model folder's guide/, which"):
+    with pytest.raises(ConfigError, match=r"^guide=\S+: diffusers' DDPMPipeline has no place"):
         export(
             export_config(
-                tmp_path / "onnx",
+                tmp_path / "pipe",
                 f"pretrained={models['model']}",
                 f"guide={models['weak']}",
-                "format=onnx",
+                "format=diffusers",
             )
         )
+    assert not (tmp_path / "pipe").exists()
 
 
 def test_a_folder_without_a_guide_says_so(models):

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm_lightning import export as export_command
 from ddpm_lightning.components import build
 from ddpm_lightning.config import compose_config
 from ddpm_lightning.diffusion.samplers import timestep_sequence
 from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.export import export
 from ddpm_lightning.sharing import load_folder
-from tests.conftest import tiny_model_folder
+from ddpm_lightning.sharing.folder import GUIDE_DIR
+from tests.conftest import run_command, tiny_model_folder
 
 try:
     import onnxruntime
@@ -244,3 +246,55 @@ def test_a_missing_onnx_extra_is_one_line(tmp_path, monkeypatch):
         "pip install 'ddpm_lightning[onnx]'"
     )
     assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+@needs_onnxruntime
+def test_a_guided_model_exports_its_guide_as_guide_onnx(tmp_path, monkeypatch, capsys):
+    """A folder that ships a guide exports guide.onnx (the guide network's torch output) and
+    model.json's `guide`, starting at autoguidance's γ = 1.5 at every step as `sample` draws it;
+    the command line's γ wins; `guide=` adds one to a folder without or replaces the shipped
+    one; guide=false leaves it out."""
+    folder = tiny_model_folder(tmp_path / "guided", "v")
+    tiny_model_folder(folder / GUIDE_DIR, "eps", seed=1)
+    plain = tiny_model_folder(tmp_path / "plain", "v")
+    weak = tiny_model_folder(tmp_path / "weak", "x0", seed=2)
+    cases = [
+        ([f"pretrained={folder}"], "eps"),
+        ([f"pretrained={plain}", f"guide={weak}"], "x0"),
+        ([f"pretrained={folder}", f"guide={weak}"], "x0"),
+    ]
+    for number, (overrides, objective) in enumerate(cases):
+        out = tmp_path / f"out{number}"
+        files = export(onnx_config(out, *overrides))
+        assert sorted(files) == ["guide.onnx", "model.json", "model.onnx"]
+        record = json.loads((out / "model.json").read_text())
+        assert record["guide"] == {
+            "file": "guide.onnx",
+            "inputs": ["x", "t"],
+            "objective": objective,
+            "num_classes": None,
+        }
+        sampler = record["sampler"]
+        assert (sampler["guidance_scale"], sampler["guidance_interval"]) == (1.5, None)
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([19, 7, 0])
+    session = onnxruntime.InferenceSession(str(tmp_path / "out2" / "guide.onnx"))
+    with torch.no_grad():
+        expected = load_folder(weak).model(x, t)
+    assert (
+        np.abs(session.run(None, {"x": x.numpy(), "t": t.numpy()})[0] - expected.numpy()).max()
+        < 1e-4
+    )
+    out = tmp_path / "command"
+    argv = [f"pretrained={folder}", "format=onnx", f"out_dir={out}", "sampler.guidance_scale=2.5"]
+    code, printed, stderr = run_command(export_command.main, argv, monkeypatch, capsys)
+    assert code == 0, stderr[-2000:]
+    assert f"autoguided by guide={folder / GUIDE_DIR}) into {out.resolve()}" in printed[-1]
+    assert json.loads((out / "model.json").read_text())["sampler"]["guidance_scale"] == 2.5
+    for number, overrides in enumerate(
+        [[f"pretrained={folder}", "guide=false"], [f"pretrained={plain}"]]
+    ):
+        out = tmp_path / f"alone{number}"
+        assert sorted(export(onnx_config(out, *overrides))) == ["model.json", "model.onnx"]
+        assert "guide" not in json.loads((out / "model.json").read_text())
+        assert not (out / "guide.onnx").exists()
