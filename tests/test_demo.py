@@ -25,6 +25,7 @@ from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
 from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.diffusion.denoiser import Denoiser
+from ddpm_lightning.diffusion.flow_samplers import FlowEulerSampler, FlowHeunSampler
 from ddpm_lightning.diffusion.noise import SampleNoise
 from ddpm_lightning.diffusion.samplers import SPACINGS, timestep_sequence
 from ddpm_lightning.diffusion.schedules import NoiseSchedule
@@ -126,15 +127,15 @@ const images = await (job.method === 'sdedit' ? sdedit : inpaint)({
 });
 console.log(JSON.stringify([Array.from(images), steps]));
 """.replace("__PAGE__", PAGE_SCRIPT)
-# The page's edits with a sampler they do not take: each one's message.
+# The page's edits of a model (its record's objective) with a sampler: each one's refusal.
 NODE_EDIT_REFUSALS = """
 import { readFileSync } from 'node:fs';
 import { inpaint, sdedit } from '__PAGE__';
-const settings = JSON.parse(readFileSync(0, 'utf8'));
+const { record, settings } = JSON.parse(readFileSync(0, 'utf8'));
 const refusals = [];
 for (const edit of [inpaint, sdedit]) {
   try {
-    await edit({ settings });
+    await edit({ record, settings });
     refusals.push(null);
   } catch (error) {
     refusals.push(error.message);
@@ -323,6 +324,16 @@ SAMPLE_CASES = {
     "ddpm x0 unclipped autoguided by a v guide": dict(
         objective="x0", name="ddpm", gamma=1.5, clip=False, guide=dict(objective="v")
     ),
+    "flow_euler flow 6 steps": dict(objective="flow", name="flow_euler", steps=6),
+    "flow_heun flow 5 steps unclipped": dict(
+        objective="flow", name="flow_heun", steps=5, clip=False
+    ),
+    "flow_heun flow guided on an interval": dict(
+        objective="flow", name="flow_heun", steps=5, gamma=2.0, classes=10, interval=[0.3, 2.0]
+    ),
+    "flow_euler flow autoguided by a flow guide": dict(
+        objective="flow", name="flow_euler", steps=4, gamma=1.5, guide=dict(objective="flow")
+    ),
 }
 
 
@@ -363,9 +374,15 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
         sampler = ConsistencySampler(schedule, **chosen, progress=False)
         settings = onnx_record(module, {"name": "consistency", **chosen})["sampler"]
         assert settings["timesteps"] == sampler.steps()
-    else:
+    elif case["name"] == "ddpm":
         settings = dict(name="ddpm", variance=case.get("variance", "fixed_small"))
         sampler = DDPMSampler(schedule, settings["variance"], progress=False)
+    else:
+        flow_sampler = FlowHeunSampler if case["name"] == "flow_heun" else FlowEulerSampler
+        sampler = flow_sampler(schedule, case["steps"], progress=False)
+        chosen = {"name": case["name"], "num_steps": case["steps"]}
+        settings = onnx_record(module, chosen)["sampler"]
+        assert {k: settings[k] for k in chosen} == chosen
     settings |= denoising
     if "interval" in case:
         scales = {denoiser.guidance_scale_at(t) for t in sampler.steps()}
@@ -378,7 +395,9 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
         expected = sampler.sample(denoiser, tuple(noise.shape), y=labels, noise=noise)
     record = onnx_record(
         module,
-        {
+        {"name": "flow_euler", "num_steps": 4}
+        if case["objective"] == "flow"
+        else {
             "_target_": "ddpm_lightning.diffusion.samplers.DDIMSampler",
             "_partial_": True,
             "num_steps": 4,
@@ -397,9 +416,17 @@ def test_the_page_samples_what_python_samples_from_the_same_noise(case, tmp_path
     images = torch.tensor(result["images"]).reshape(expected.shape)
     assert (images - expected).abs().max() <= 1e-4
     assert expected.std() > 0.05
-    if case["name"] == "consistency":
-        batch = 6 if "gamma" in case else 3
-        assert result["calls"] == [[batch, None]] * len(sampler.steps())
+    if case["name"] in ("consistency", "flow_heun") and guide is None:
+        batch = 6 if case.get("gamma", 1.0) != 1.0 else 3
+        guided = [denoiser.guidance_scale_at(t) is not None for t in sampler.steps()]
+        calls = [[batch if g else 3, None] for g in guided]
+        if case["name"] == "flow_heun":
+            later = [[batch if g else 3, None] for g in guided[1:]]
+            calls = [
+                call for pair in zip(calls, [*later, None], strict=True) for call in pair if call
+            ]
+            assert len(calls) == sampler.network_evaluations()
+        assert result["calls"] == calls
     if student:
         assert record["inputs"] == ["x", "t", "y", "guidance"]
         scales = [denoiser.guidance_scale_at(t) for t in sampler.steps()]
@@ -537,7 +564,7 @@ def test_the_pages_edits_are_pythons_for_the_same_noise(case, tmp_path):
 
 
 @needs_node
-def test_the_pages_edits_refuse_consistency_sampling_as_pythons_do(tmp_path):
+def test_the_pages_edits_refuse_consistency_sampling_and_flow_models_as_pythons_do(tmp_path):
     module = load_folder(tiny_model_folder(tmp_path / "model", "v"))
     sampler = module.make_sampler(ConsistencySampler, num_steps=2, progress=False)
     image = torch.zeros(1, 1, 32, 32)
@@ -546,8 +573,11 @@ def test_the_pages_edits_refuse_consistency_sampling_as_pythons_do(tmp_path):
     with pytest.raises(ConfigError, match=r"^edit=sdedit works with sampler=ddpm or sampler=ddim"):
         sdedit(module, image, sampler, strength=0.5)
     refusal = "edits work with DDIM or DDPM, not consistency sampling: choose one under Sampler"
-    settings = {"name": "consistency", "num_steps": 2}
-    assert run_node(NODE_EDIT_REFUSALS, settings) == [refusal, refusal]
+    job = {"record": {"objective": "v"}, "settings": {"name": "consistency", "num_steps": 2}}
+    assert run_node(NODE_EDIT_REFUSALS, job) == [refusal, refusal]
+    flow = "edits follow the ᾱ path, but this model predicts the flow path: sample it, or edit "
+    job = {"record": {"objective": "flow"}, "settings": {"name": "ddim", "num_steps": 2}}
+    assert run_node(NODE_EDIT_REFUSALS, job) == [flow + "another model"] * 2
 
 
 def expected_rgba(images: np.ndarray, index: int) -> list[int]:
@@ -903,3 +933,25 @@ def test_a_folder_with_a_guide_is_autoguided_on_the_page(tmp_path):
     site.add_model(tmp_path / "site", str(plain), {**ddim, "num_steps": 7}, [])
     assert not (tmp_path / "site" / "models" / "plain" / "guide.onnx").exists()
     assert "guide" not in json.loads((tmp_path / "site/models/plain/model.json").read_text())
+
+
+def test_a_flow_model_on_a_site_gets_a_flow_sampler(tmp_path):
+    """One sampler option serves a site's models of either path: a flow model given an ᾱ-path
+    sampler (outside a command, or chosen on the command line) starts at flow_heun with that
+    sampler's clipping; a flow sampler given stays."""
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    folder = tiny_model_folder(tmp_path / "flow", "flow")
+    ddim = {"name": "ddim", "num_steps": 7, "clip_x0": False}
+    cases = [
+        (ddim, None, {"name": "flow_heun", "num_steps": 20, "clip_x0": False}),
+        (ddim, ["sampler=ddim"], {"name": "flow_heun", "num_steps": 20, "clip_x0": False}),
+        (
+            {"name": "flow_euler", "num_steps": 7},
+            ["sampler=flow_euler"],
+            {"name": "flow_euler", "num_steps": 7, "clip_x0": True},
+        ),
+    ]
+    for sampler, overrides, expected in cases:
+        site.add_model(tmp_path / "site", str(folder), sampler, overrides)
+        record = json.loads((tmp_path / "site" / "models" / "flow" / "model.json").read_text())
+        assert {key: record["sampler"][key] for key in expected} == expected

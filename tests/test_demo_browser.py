@@ -26,6 +26,7 @@ from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.demo import demo
 from ddpm_lightning.diffusion import DDIMSampler, DDPMSampler
 from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
+from ddpm_lightning.diffusion.flow_samplers import FlowEulerSampler, FlowHeunSampler
 from ddpm_lightning.sharing import load_pretrained, npm
 from ddpm_lightning.sharing.folder import GUIDE_DIR, shipped_guide
 from ddpm_lightning.sharing.pretrained import load_folder_guide, model_folder
@@ -71,11 +72,11 @@ TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """(URL, folder) of the demo built with the shipped MNIST model (and its guide) and five
+    """(URL, folder) of the demo built with the shipped MNIST model (and its guide) and six
     tiny random-init UNets (T=20): `tiny_v` (v objective) and `tiny_cond` (x0 objective,
     Fashion-MNIST's 10 classes) on 1×32×32 images, `tiny_rgb` on 3×32×32 (Shapes), `tiny_64` on
-    1×64×64 (v objective) and `tiny_guided` (v, 10 classes) with a conditional eps guide,
-    served on a free port."""
+    1×64×64 (v objective), `tiny_guided` (v, 10 classes) with a conditional eps guide and
+    `tiny_flow` (the flow objective), served on a free port."""
     root = tmp_path_factory.mktemp("demo")
     tiny_model_folder(root / "tiny_v", "v")
     tiny_model_folder(root / "tiny_cond", "x0", num_classes=10, dataset="fashion_mnist")
@@ -83,7 +84,8 @@ def site(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     tiny_model_folder(root / "tiny_64", "v", shape=(1, 64, 64))
     tiny_model_folder(root / "tiny_guided", "v", num_classes=10)
     tiny_model_folder(root / "tiny_guided" / GUIDE_DIR, "eps", num_classes=10, seed=1)
-    names = ["tiny_v", "tiny_cond", "tiny_rgb", "tiny_64", "tiny_guided"]
+    tiny_model_folder(root / "tiny_flow", "flow")
+    names = ["tiny_v", "tiny_cond", "tiny_rgb", "tiny_64", "tiny_guided", "tiny_flow"]
     models = f"models=[mnist,{','.join(str(root / name) for name in names)}]"
     folder = root / "site"
     demo(
@@ -177,6 +179,8 @@ CASES = {
         dict(sampler="ddim", steps=5, eta=1.0, gamma=2.0, interval=None, label=7),
         1e-4,
     ),
+    "tiny flow, Heun-5": ("tiny_flow", dict(sampler="flow_heun", steps=5), 1e-4),
+    "tiny flow, Euler-6": ("tiny_flow", dict(sampler="flow_euler", steps=6), 1e-4),
 }
 
 
@@ -206,6 +210,9 @@ def python_samples(folder: Path | str, options: dict, noise, draws) -> torch.Ten
         sampler = module.make_sampler(
             ConsistencySampler, num_steps=options["steps"], spacing=options["spacing"], **common
         )
+    elif options["sampler"].startswith("flow"):
+        flow_sampler = FlowHeunSampler if options["sampler"] == "flow_heun" else FlowEulerSampler
+        sampler = module.make_sampler(flow_sampler, num_steps=options["steps"], **common)
     else:
         sampler = module.make_sampler(DDPMSampler, variance=options["variance"], **common)
     labels = None if "label" not in options else torch.full((len(noise),), options["label"])
@@ -373,6 +380,33 @@ def test_one_of_each_shows_every_class_once_labelled(page):
     )
     Select(page.find_element("id", "label")).select_by_value("7")
     assert generate(page).shape[0] == 8 and captions(page) == [names[7]] * 8
+    assert console_errors(page) == []
+
+
+def test_a_flow_model_offers_the_flow_samplers_and_refuses_edits(page):
+    """Choosing a flow model leaves only the flow samplers in the menu (flow_heun, the default),
+    Generate samples with them, and an edit says in the status line that edits follow the ᾱ
+    path; choosing an ᾱ-path model again offers its samplers."""
+    from selenium.webdriver.support.select import Select
+
+    offered = (
+        "return [...document.getElementById('sampler').options]"
+        ".filter((option) => !option.hidden && !option.disabled).map((option) => option.value)"
+    )
+    Select(page.find_element("id", "model")).select_by_value("tiny_flow")
+    wait_for(page, "return document.getElementById('sampler').value === 'flow_heun'")
+    assert page.execute_script(offered) == ["flow_euler", "flow_heun"]
+    set_number(page, "steps", 3)
+    assert generate(page).shape[0] == 8
+    page.find_element("id", "cleanup").click()
+    wait_for(page, "return document.getElementById('status').textContent.startsWith('error')")
+    assert page.find_element("id", "status").text == (
+        "error: edits follow the ᾱ path, but this model predicts the flow path: sample it, or "
+        "edit another model"
+    )
+    Select(page.find_element("id", "model")).select_by_value("tiny_v")
+    wait_for(page, "return document.getElementById('sampler').value !== 'flow_heun'")
+    assert page.execute_script(offered) == ["ddim", "ddpm", "consistency"]
     assert console_errors(page) == []
 
 

@@ -220,7 +220,8 @@ def test_what_the_onnx_format_cannot_do_is_one_line(tmp_path):
         export(onnx_config(tmp_path / "a", f"pretrained={folder}", "sampler=heun"))
     assert str(info.value) == (
         "sampler=heun has no port outside PyTorch: the ONNX record and the demo page take "
-        "sampler=ddim, sampler=ddpm or sampler=consistency"
+        "sampler=ddim, sampler=ddpm, sampler=consistency, sampler=flow_euler or "
+        "sampler=flow_heun"
     )
     with pytest.raises(ConfigError, match=r"^push_to_hub=me/tiny uploads model folders: drop it"):
         export(onnx_config(tmp_path / "b", f"pretrained={folder}", "push_to_hub=me/tiny"))
@@ -229,11 +230,28 @@ def test_what_the_onnx_format_cannot_do_is_one_line(tmp_path):
     ):
         export(onnx_config(tmp_path / "c", f"pretrained={folder}", "format=png"))
     flow = tiny_model_folder(tmp_path / "flow", objective="flow")
-    refusal = r"^export format=onnx \(and the demo page it feeds\) follows the ᾱ path"
-    for sampler in ("sampler=ddim", "sampler=flow_euler"):
-        with pytest.raises(ConfigError, match=refusal):
-            export(onnx_config(tmp_path / "d", f"pretrained={flow}", sampler))
+    with pytest.raises(ConfigError, match=r"^sampler=ddim follows the ᾱ path but the model "):
+        export(onnx_config(tmp_path / "d", f"pretrained={flow}", "sampler=ddim"))
     assert not (tmp_path / "d" / "model.json").exists()
+
+
+@needs_onnxruntime
+def test_a_flow_model_exports_with_its_flow_sampler(tmp_path, monkeypatch, capsys):
+    """A flow model's record names the flow objective and its sampler: flow_heun (25 steps, so
+    all T = 20) from a command line that chooses none, as `sample` draws it, or the one chosen."""
+    flow = tiny_model_folder(tmp_path / "flow", objective="flow")
+    argv = [f"pretrained={flow}", "format=onnx", f"out_dir={tmp_path / 'out0'}"]
+    code, _, stderr = run_command(export_command.main, argv, monkeypatch, capsys)
+    assert code == 0, stderr[-2000:]
+    export(
+        onnx_config(
+            tmp_path / "out1", f"pretrained={flow}", "sampler=flow_euler", "sampler.num_steps=7"
+        )
+    )
+    for number, expected in enumerate([("flow_heun", 20), ("flow_euler", 7)]):
+        record = json.loads((tmp_path / f"out{number}" / "model.json").read_text())
+        assert (record["objective"], record["num_timesteps"]) == ("flow", 20)
+        assert (record["sampler"]["name"], record["sampler"]["num_steps"]) == expected
 
 
 def test_a_missing_onnx_extra_is_one_line(tmp_path, monkeypatch):

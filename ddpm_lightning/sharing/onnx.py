@@ -27,7 +27,7 @@ from ddpm_lightning.components import build
 from ddpm_lightning.data.registry import known_record
 from ddpm_lightning.diffusion.consistency_sampler import ConsistencySampler
 from ddpm_lightning.diffusion.denoiser import Denoiser
-from ddpm_lightning.diffusion.flow import require_alpha_path
+from ddpm_lightning.diffusion.flow_samplers import FlowEulerSampler
 from ddpm_lightning.diffusion.guidance import takes_guidance
 from ddpm_lightning.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm_lightning.errors import ConfigError
@@ -102,10 +102,10 @@ def write_network(module: DiffusionModule, path: Path) -> None:
 
 
 def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a ddim, ddpm or consistency sampler config as the page runs them
-    (consistency: its visited `timesteps`, and the `spacing` that gives other step counts);
-    guidance γ as `make_sampler` sets it (1.25 for conditional models when null) and its σ
-    interval."""
+    """The settings of a ddim, ddpm, consistency, flow_euler or flow_heun sampler config as the
+    page runs them (consistency: its visited `timesteps`, and the `spacing` that gives other
+    step counts); guidance γ as `make_sampler` sets it (1.25 for conditional models when null)
+    and its σ interval."""
     built = module.make_sampler(build("sampler", sampler), progress=False)
     common = cast(Denoiser, built.denoiser).settings()
     if isinstance(built, DDIMSampler):
@@ -117,9 +117,12 @@ def recommended_sampler(module: DiffusionModule, sampler: dict[str, Any]) -> dic
         steps = list(built.timesteps)
         settings = {"num_steps": len(steps), "spacing": built.spacing, "timesteps": steps}
         return {"name": "consistency", **settings, **common}
+    if isinstance(built, FlowEulerSampler):
+        return {"name": built.name, "num_steps": len(built.timesteps), **common}
     raise ConfigError(
         f"sampler={built.name} has no port outside PyTorch: the ONNX record and the demo page "
-        "take sampler=ddim, sampler=ddpm or sampler=consistency"
+        "take sampler=ddim, sampler=ddpm, sampler=consistency, sampler=flow_euler or "
+        "sampler=flow_heun"
     )
 
 
@@ -147,13 +150,9 @@ def guide_record(guide: DiffusionModule) -> dict[str, Any]:
 
 def onnx_record(module: DiffusionModule, sampler: dict[str, Any]) -> dict[str, Any]:
     """model.json: the ONNX network's inputs and everything a sampler needs beside it, the
-    guide's record when `module.guide` autoguides it. The page's samplers follow the ᾱ path; a
-    flow model is refused in one line."""
-    require_alpha_path(
-        module.diffusion.objective.value,
-        "export format=onnx (and the demo page it feeds)",
-        "sample it with python -m ddpm_lightning.sample",
-    )
+    guide's record when `module.guide` autoguides it. A flow model's sampler reads only T (its
+    x_t lie on the flow path at s_t = (t + 1)/T, `flow.py`); the others read the schedule's
+    tables."""
     schedule = module.diffusion.schedule
     dataset = module.hparams.get("dataset")
     guide = {} if module.guide is None else {"guide": guide_record(module.guide)}

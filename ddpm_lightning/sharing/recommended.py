@@ -12,6 +12,8 @@ from typing import Any
 
 from ddpm_lightning.components import component_settings
 from ddpm_lightning.components.defaults import class_defaults
+from ddpm_lightning.components.registry import factory
+from ddpm_lightning.diffusion.denoiser import DENOISER_SETTINGS
 from ddpm_lightning.diffusion.flow import FLOW
 from ddpm_lightning.diffusion.guidance import AUTOGUIDANCE_INTERVAL
 from ddpm_lightning.settings.overrides import override_key
@@ -89,9 +91,24 @@ def recommendation(
         recommended = None if learned is None else component_settings("sampler", learned)
         source = "the one the distilled student in ckpt_path learned"
     if recommended is None and objective == FLOW:
-        recommended = {"name": FLOW_SAMPLER, **class_defaults("sampler", FLOW_SAMPLER)}
+        recommended = flow_default()
         source = "the default for a model of diffusion.objective=flow"
     return on_top(recommended, chosen, overrides), source
+
+
+def flow_default() -> dict[str, Any]:
+    """The settings of `FLOW_SAMPLER`, what a flow model that recommends none draws with."""
+    return {"name": FLOW_SAMPLER, **class_defaults("sampler", FLOW_SAMPLER)}
+
+
+def for_objective(sampler: dict[str, Any], objective: str) -> dict[str, Any]:
+    """`sampler`, or for a model of `objective` flow when `sampler` follows the ᾱ path,
+    `flow_default` with `sampler`'s clipping and guidance: one sampler option serves a demo
+    site's models of either path."""
+    settings = component_settings("sampler", sampler)
+    if objective != FLOW or getattr(factory("sampler", settings["name"], "sampler"), "flow", False):
+        return sampler
+    return {**flow_default(), **{k: settings[k] for k in DENOISER_SETTINGS if k in settings}}
 
 
 def autoguided(

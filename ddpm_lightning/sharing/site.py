@@ -20,7 +20,7 @@ from ddpm_lightning.evaluation.fld import ASSETS_DIR
 from ddpm_lightning.sharing.folder import load_folder
 from ddpm_lightning.sharing.onnx import write_onnx
 from ddpm_lightning.sharing.pretrained import chosen_guide, load_guide, model_folder, shipped
-from ddpm_lightning.sharing.recommended import autoguided, recommendation
+from ddpm_lightning.sharing.recommended import autoguided, for_objective, recommendation
 from ddpm_lightning.training.outputs import replacing
 
 PAGE_DIR = ASSETS_DIR / "demo"
@@ -66,14 +66,16 @@ def add_model(
 ) -> dict[str, str]:
     """Export one model (anything `pretrained=` takes) into `site/models/<id>/`, `sampler` as
     its starting settings, or the folder's recommended sampler where it has one and the
-    command's `overrides` choose none (`recommendation`); with the guide the folder ships, for
-    autoguidance as `sample` draws it (`autoguided`); its entry of models.json."""
+    command's `overrides` choose none (`recommendation`), or a flow sampler for a flow model
+    (`for_objective`); with the guide the folder ships, for autoguidance as `sample` draws it
+    (`autoguided`); its entry of models.json."""
     identifier = model_id(pretrained)
     folder = model_folder(pretrained)
     module = load_folder(folder)
     objective = module.diffusion.objective.value
     chosen = sampler
-    sampler = recommendation(pretrained, None, sampler, overrides, objective)[0] or sampler
+    recommended = recommendation(pretrained, None, sampler, overrides, objective)[0]
+    sampler = recommended or for_objective(sampler, objective)
     guide = chosen_guide(None, folder)
     if guide is not None:
         module.guide = load_guide(guide, module)

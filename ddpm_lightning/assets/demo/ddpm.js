@@ -34,6 +34,8 @@ const BRUSH_RADII = { pen: 1.5, eraser: 2.5, region: 3 };
 const JUMP_LENGTH = 10;
 // The spacing of consistency sampling for records that name none (ConsistencySampler's default).
 const CONSISTENCY_SPACING = 'trailing';
+// The samplers of the flow path (flow_samplers.py), for models of diffusion.objective=flow.
+const FLOW_SAMPLERS = ['flow_euler', 'flow_heun'];
 
 // ---- Images: shape and pixels -------------------------------------------------------------
 
@@ -150,24 +152,52 @@ export function timestepSequence(alphasCumprod, n, spacing = 'uniform') {
 
 // ---- One step: Sampler.predict, DDIMSampler.step, DDPMSampler.step, ConsistencySampler.step -
 
-/** (x̂₀, ε̂) of x̂₀ at x_t: ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t) (Denoiser.eps_from_x0), x̂₀ clipped to
+/** Whether the record's model predicts the flow path's velocity (diffusion.objective=flow). */
+export function isFlow(record) {
+  return record.objective === 'flow';
+}
+
+/** The flow path's time s_t = (t + 1)/T, 0 for t = −1, the clean image (flow.py). */
+function flowTime(record, t) {
+  return (t + 1) / record.num_timesteps;
+}
+
+/** (a, b) with x_t = a x₀ + b ε: (√ᾱ_t, √(1−ᾱ_t)), or (1 − s_t, s_t) on the flow path. */
+function pathCoefficients(record, t) {
+  if (isFlow(record)) {
+    const s = flowTime(record, t);
+    return [1 - s, s];
+  }
+  return [record.schedule.sqrt_alphas_cumprod[t], record.schedule.sqrt_one_minus_alphas_cumprod[t]];
+}
+
+/** σ_t, the noise level of x_t/a_t: √((1−ᾱ_t)/ᾱ_t), or s_t/(1 − s_t) on the flow path (∞ at
+ * t = T−1), as Denoiser.sigma_values. */
+function noiseLevel(record, t) {
+  const [a, b] = pathCoefficients(record, t);
+  return b / a;
+}
+
+/** (x̂₀, ε̂) of x̂₀ at x_t: ε̂ = (x_t − a_t x̂₀)/b_t (Denoiser.eps_from_x0), x̂₀ clipped to
  * [-1, 1] first when `clip`. */
 function fromX0(record, t, x, x0, clip) {
-  const a = record.schedule.sqrt_alphas_cumprod[t];
-  const b = record.schedule.sqrt_one_minus_alphas_cumprod[t];
+  const [a, b] = pathCoefficients(record, t);
   const clippedX0 = clip ? x0.map((v) => Math.min(1, Math.max(-1, v))) : x0;
   return { x0: clippedX0, eps: clippedX0.map((v, k) => (x[k] - a * v) / b) };
 }
 
-/** (x̂₀, ε̂) from the network's output at x_t for the objective (eps, x0 or v), x̂₀ clipped
- * to [-1, 1] and ε̂ recomputed from it when `clip` (GaussianDiffusion.predict_x0_eps). */
+/** (x̂₀, ε̂) from the network's output at x_t for the objective (eps, x0, v, or flow: the
+ * velocity û = ε − x₀, so x̂₀ = x_s − s û, ε̂ = x_s + (1 − s) û), x̂₀ clipped to [-1, 1] and
+ * ε̂ recomputed from it when `clip` (GaussianDiffusion.predict_x0_eps). */
 export function predictX0Eps(record, t, x, output, clip) {
-  const a = record.schedule.sqrt_alphas_cumprod[t];
-  const b = record.schedule.sqrt_one_minus_alphas_cumprod[t];
+  const [a, b] = pathCoefficients(record, t);
   const x0 = new Float32Array(x.length);
   const eps = new Float32Array(x.length);
   for (let k = 0; k < x.length; k++) {
-    if (record.objective === 'eps') {
+    if (isFlow(record)) {
+      x0[k] = x[k] - b * output[k];
+      eps[k] = x[k] + a * output[k];
+    } else if (record.objective === 'eps') {
       x0[k] = (x[k] - b * output[k]) / a;
       eps[k] = output[k];
     } else if (record.objective === 'x0') {
@@ -283,9 +313,9 @@ async function autoguidedAt(record, denoise, guide, x, t, labels, n, scale, clip
 
 /** γ at timestep t (guidance_scale_at): γ where σ_t lies in interval (low, high], null (plain
  * conditional sampling) elsewhere; a null interval guides every step. */
-export function guidanceScaleAt(alphasCumprod, t, gamma, interval) {
+export function guidanceScaleAt(record, t, gamma, interval) {
   if (interval === null || interval === undefined) return gamma;
-  const sigma = Math.sqrt((1 - alphasCumprod[t]) / alphasCumprod[t]);
+  const sigma = noiseLevel(record, t);
   return interval[0] < sigma && sigma <= interval[1] ? gamma : null;
 }
 
@@ -296,11 +326,12 @@ export function balancedLabels(n, numClasses) {
 
 /** The timesteps the sampler of `settings` visits: T−1 … 0 for DDPM; for consistency sampling
  * the record's `timesteps` while num_steps is their count, else num_steps of its spacing
- * (trailing when it names none); DDIM's sequence else. */
+ * (trailing when it names none); uniform in s for the flow samplers; DDIM's sequence else. */
 export function visitedTimesteps(record, settings) {
   const T = record.num_timesteps;
   const alphasCumprod = record.schedule.alphas_cumprod;
   if (settings.name === 'ddpm') return Array.from({ length: T }, (_, i) => T - 1 - i);
+  if (FLOW_SAMPLERS.includes(settings.name)) return timestepSequence(alphasCumprod, settings.num_steps, 'uniform');
   if (settings.name !== 'consistency') return timestepSequence(alphasCumprod, settings.num_steps, settings.spacing);
   if (settings.timesteps?.length === settings.num_steps) return [...settings.timesteps];
   return timestepSequence(alphasCumprod, settings.num_steps, settings.spacing ?? CONSISTENCY_SPACING);
@@ -310,17 +341,35 @@ export function visitedTimesteps(record, settings) {
  * `guide` (the record's guide network) when given, else classifier-free for labels. */
 async function predictAt(record, denoise, settings, x, t, labels, n, guide = null) {
   const gamma = labels === null && guide === null ? null : settings.guidance_scale;
-  const scale = guidanceScaleAt(record.schedule.alphas_cumprod, t, gamma, settings.guidance_interval);
+  const scale = guidanceScaleAt(record, t, gamma, settings.guidance_interval);
   if (guide !== null) return autoguidedAt(record, denoise, guide, x, t, labels, n, scale, settings.clip_x0);
   const output = await guidedOutput(record, denoise, x, t, labels, scale, n);
   return predictX0Eps(record, t, x, output, settings.clip_x0);
 }
 
+/** The flow path's Euler step from timesteps[i] to the next one (s = 0 after the last):
+ * x_{s'} = x_s + (s' − s) û with û = ε̂ − x̂₀ (FlowEulerSampler.step). */
+export function flowEulerStep(record, timesteps, i, x, x0, eps) {
+  const next = i + 1 < timesteps.length ? timesteps[i + 1] : -1;
+  const h = flowTime(record, next) - flowTime(record, timesteps[i]);
+  return x.map((v, k) => v + h * (eps[k] - x0[k]));
+}
+
 /** The sampler's update of x from timesteps[i] to the next one; noise() gives its z. */
 function updated(record, settings, timesteps, i, x, x0, eps, noise) {
+  if (FLOW_SAMPLERS.includes(settings.name)) return flowEulerStep(record, timesteps, i, x, x0, eps);
   if (settings.name === 'ddpm') return ddpmStep(record, timesteps[i], settings.variance, x, x0, noise);
   if (settings.name === 'consistency') return consistencyStep(record, timesteps, i, x0, noise);
   return ddimStep(record, timesteps, i, settings.eta, x, x0, eps, noise);
+}
+
+/** Heun's correction of the flow path's Euler step to x̄ = `euler` at timesteps[i + 1]:
+ * x_{s'} = x_s + (s' − s)(û(x_s) + û(x̄))/2 (FlowHeunSampler.advance). */
+async function heunCorrected(record, denoise, settings, timesteps, i, x, x0, eps, euler, labels, n, guide) {
+  const next = timesteps[i + 1];
+  const h = flowTime(record, next) - flowTime(record, timesteps[i]);
+  const second = await predictAt(record, denoise, settings, euler, next, labels, n, guide);
+  return x.map((v, k) => v + (h * (eps[k] - x0[k] + second.eps[k] - second.x0[k])) / 2);
 }
 
 /** Values clipped to [-1, 1]. */
@@ -331,8 +380,9 @@ function clipped(x) {
 /**
  * Samples in [-1, 1] from `noise` (x_T of n samples, flat Float32Array), as Sampler.sample.
  * denoise(x, t[], y[] | null, batch, γ[] | undefined) → Float32Array: the network (γ only
- * for one that takes it, `takesGuidance`); settings: name (ddim, ddpm or consistency),
- * num_steps, eta, spacing, timesteps (consistency), variance, clip_x0, guidance_scale,
+ * for one that takes it, `takesGuidance`); settings: name (ddim, ddpm, consistency, or
+ * flow_euler and flow_heun for a flow model), num_steps, eta, spacing, timesteps
+ * (consistency), variance, clip_x0, guidance_scale,
  * guidance_interval ([low, high] or null); guide: the record's guide network, called as
  * denoise without γ, for autoguidance (null: none); labels: n classes or null;
  * normal(size) → Float32Array of standard normal draws (the per-step noise);
@@ -346,7 +396,10 @@ export async function sample({ record, denoise, guide = null, noise, labels, set
   for (let i = 0; i < timesteps.length; i++) {
     const { x0, eps } = await predictAt(record, denoise, settings, x, timesteps[i], labels, n, guide);
     if (onStep) onStep(i, timesteps.length, timesteps[i], x, x0);
-    x = updated(record, settings, timesteps, i, x, x0, eps, draw);
+    const euler = updated(record, settings, timesteps, i, x, x0, eps, draw);
+    x = settings.name === 'flow_heun' && i + 1 < timesteps.length
+      ? await heunCorrected(record, denoise, settings, timesteps, i, x, x0, eps, euler, labels, n, guide)
+      : euler;
   }
   return clipped(x);
 }
@@ -442,9 +495,13 @@ export function repaintPlan(numSteps, resampleJumps, jumpLength) {
   return moves;
 }
 
-/** Refuse, as sampling.py's require_sampler does, an edit with a sampler other than DDPM or
- * DDIM: the edits are those of ddpm_lightning/editing, which take no other. */
-function requireEditSampler(settings) {
+/** Refuse, as `edit` does, an edit of a flow model (editing follows the ᾱ path), and as
+ * sampling.py's require_sampler does, one with a sampler other than DDPM or DDIM: the edits are
+ * those of ddpm_lightning/editing, which take no other. */
+function requireEditSampler(record, settings) {
+  if (isFlow(record)) {
+    throw new Error('edits follow the ᾱ path, but this model predicts the flow path: sample it, or edit another model');
+  }
   if (settings.name !== 'ddpm' && settings.name !== 'ddim') {
     throw new Error(`edits work with DDIM or DDPM, not ${settings.name} sampling: choose one under Sampler`);
   }
@@ -463,7 +520,7 @@ function noised(image, a, eps) {
  * step's z, then the known pixels' ε; one per jump up); the rest as `sample` (DDIM or DDPM).
  */
 export async function inpaint({ record, denoise, image, known, labels, settings, initial, draws, onStep, resampleJumps = 1, jumpLength = 10 }) {
-  requireEditSampler(settings);
+  requireEditSampler(record, settings);
   const n = image.length / imageSize(imageShape(record));
   const timesteps = visitedTimesteps(record, settings);
   const alphaBar = (i) => (i < timesteps.length ? record.schedule.alphas_cumprod[timesteps[i]] : 1);
@@ -504,7 +561,7 @@ export function startIndex(timesteps, T, strength) {
  * at strength 1); draws.at(i): step i's noise, as plain sampling draws it; DDIM or DDPM.
  */
 export async function sdedit({ record, denoise, image, labels, settings, initial, draws, onStep, strength }) {
-  requireEditSampler(settings);
+  requireEditSampler(record, settings);
   const n = image.length / imageSize(imageShape(record));
   const timesteps = visitedTimesteps(record, settings);
   const first = startIndex(timesteps, record.num_timesteps, strength);
@@ -707,6 +764,9 @@ async function pageMain() {
         ...names.map((name, i) => new Option(name === String(i) ? name : `${i}: ${name}`, String(i))),
       );
     }
+    for (const option of $('sampler').options) {
+      option.hidden = option.disabled = isFlow(info) !== FLOW_SAMPLERS.includes(option.value);
+    }
     $('sampler').value = info.sampler.name;
     $('steps').max = info.num_timesteps;
     $('steps').value = info.sampler.num_steps ?? 20;
@@ -795,12 +855,13 @@ async function pageMain() {
     return { model, noise: normals(seed)(n * size), labels, settings, seed };
   }
 
-  /** The controls' request with DDIM of at most PREVIEW_STEPS steps (consistency sampling kept,
-   * with at most as many): quick, to show samples on load before anyone presses Generate. */
+  /** The controls' request with DDIM of at most PREVIEW_STEPS steps (consistency sampling and
+   * the flow samplers kept, with at most as many): quick, to show samples on load before
+   * anyone presses Generate. */
   async function preview() {
     const request = await fromControls();
     const { settings, model } = request;
-    if (settings.name === 'consistency') {
+    if (settings.name === 'consistency' || FLOW_SAMPLERS.includes(settings.name)) {
       return { ...request, settings: { ...settings, num_steps: Math.min(PREVIEW_STEPS, settings.num_steps) } };
     }
     const steps = settings.name === 'ddim' ? settings.num_steps : (await record(model)).num_timesteps;
@@ -813,7 +874,11 @@ async function pageMain() {
     const request = await preview();
     await run(request);
     const { name, num_steps: steps } = request.settings;
-    const quick = name === 'consistency' ? `${steps}-step consistency sampling` : `DDIM-${steps}`;
+    const quick = {
+      consistency: `${steps}-step consistency sampling`,
+      flow_euler: `${steps} Euler steps of the flow`,
+      flow_heun: `${steps} Heun steps of the flow`,
+    }[name] ?? `DDIM-${steps}`;
     $('status').textContent += `: a first look with ${quick}, press Generate for the settings above`;
   }
 
