@@ -120,7 +120,8 @@ def unguided(cfg: DictConfig, model: Source, folder: Path | None) -> Source:
 
 
 def export(cfg: DictConfig) -> dict[str, Path]:
-    """Write the model folder (or, with format=onnx, model.onnx and model.json) into
+    """Write the model folder (or, with format=onnx, model.onnx, model.json and a guided
+    model's guide.onnx) into
     `cfg.out_dir`, push the folder when asked; return the written files by name. A second
     command into `cfg.out_dir` is refused while this one runs."""
     if cfg.format not in FORMATS:

@@ -938,8 +938,17 @@ def test_a_folder_with_a_guide_is_autoguided_on_the_page(tmp_path):
 def test_a_flow_model_on_a_site_gets_a_flow_sampler(tmp_path):
     """One sampler option serves a site's models of either path: a flow model given an ᾱ-path
     sampler (outside a command, or chosen on the command line) starts at flow_heun with that
-    sampler's clipping; a flow sampler given stays."""
+    sampler's clipping, a v model given a flow sampler at DDIM; a sampler of the model's path
+    stays."""
     pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    plain = tiny_model_folder(tmp_path / "plain", "v")
+    site.add_model(tmp_path / "site", str(plain), {"name": "flow_euler", "clip_x0": False}, None)
+    record = json.loads((tmp_path / "site" / "models" / "plain" / "model.json").read_text())
+    assert {k: record["sampler"][k] for k in ("name", "num_steps", "clip_x0")} == {
+        "name": "ddim",
+        "num_steps": 20,
+        "clip_x0": False,
+    }
     folder = tiny_model_folder(tmp_path / "flow", "flow")
     ddim = {"name": "ddim", "num_steps": 7, "clip_x0": False}
     cases = [
@@ -955,3 +964,18 @@ def test_a_flow_model_on_a_site_gets_a_flow_sampler(tmp_path):
         site.add_model(tmp_path / "site", str(folder), sampler, overrides)
         record = json.loads((tmp_path / "site" / "models" / "flow" / "model.json").read_text())
         assert {key: record["sampler"][key] for key in expected} == expected
+
+
+@needs_node
+def test_more_steps_than_T_visit_each_timestep_once_as_in_python():
+    schedule = NoiseSchedule("cosine", 20)
+    record = {"num_timesteps": 20, "schedule": {"alphas_cumprod": schedule.alphas_cumprod.tolist()}}
+    samplers = {
+        "ddim": DDIMSampler(schedule, 25, spacing="trailing", progress=False),
+        "flow_euler": FlowEulerSampler(schedule, 25, progress=False),
+        "consistency": ConsistencySampler(schedule, 25, "trailing", progress=False),
+    }
+    cases = [(record, {"name": name, "num_steps": 25, "spacing": "trailing"}) for name in samplers]
+    expected = [sampler.steps() for sampler in samplers.values()]
+    assert expected[0] == list(range(19, -1, -1))
+    assert run_node(NODE_VISITED, cases) == expected

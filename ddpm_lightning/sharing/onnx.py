@@ -183,9 +183,10 @@ def write_onnx(
     out_dir: Path, module: DiffusionModule, sampler: dict[str, Any], option: str = "format=onnx"
 ) -> dict[str, Path]:
     """Write model.onnx and model.json of `module` (and guide.onnx of `module.guide`) into
-    `out_dir`, the set in place of the old one at once (`replacing`), `sampler` (a ddim, ddpm
-    or consistency sampler config) as the recommended settings; `option` names what asked for
-    it in the error when the onnx extra is missing. The written files by name."""
+    `out_dir`, the set in place of the old one at once (`replacing`), `sampler` (a ddim, ddpm,
+    consistency, flow_euler or flow_heun sampler config) as the recommended settings; `option`
+    names what asked for it in the error when the onnx extra is missing. The written files by
+    name."""
     require_onnx_extra(option)
     record = onnx_record(module, sampler)
     with replacing(out_dir, ONNX_FILES) as folder:

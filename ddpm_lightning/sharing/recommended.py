@@ -26,6 +26,8 @@ from ddpm_lightning.training.drawing import Drawing
 # Heun's 25 steps, 49 network calls as the default DDIM-50 makes 50 (flow samplers compared in
 # docs/results.md).
 FLOW_SAMPLER = "flow_heun"
+# What a model of the ᾱ path starts at on a demo site whose sampler option is a flow sampler.
+ALPHA_SAMPLER = "ddim"
 # Keys the command line may set on top of a folder's recommended sampler: how it guides, clips
 # and batches, not which sampler or how many steps.
 ON_TOP = ("guidance_scale", "guidance_interval", "clip_x0", "batch_size")
@@ -91,24 +93,28 @@ def recommendation(
         recommended = None if learned is None else component_settings("sampler", learned)
         source = "the one the distilled student in ckpt_path learned"
     if recommended is None and objective == FLOW:
-        recommended = flow_default()
+        recommended = path_default(flow=True)
         source = "the default for a model of diffusion.objective=flow"
     return on_top(recommended, chosen, overrides), source
 
 
-def flow_default() -> dict[str, Any]:
-    """The settings of `FLOW_SAMPLER`, what a flow model that recommends none draws with."""
-    return {"name": FLOW_SAMPLER, **class_defaults("sampler", FLOW_SAMPLER)}
+def path_default(flow: bool) -> dict[str, Any]:
+    """The settings of `FLOW_SAMPLER` (`flow`), what a flow model that recommends none draws
+    with, or of `ALPHA_SAMPLER`."""
+    name = FLOW_SAMPLER if flow else ALPHA_SAMPLER
+    return {"name": name, **class_defaults("sampler", name)}
 
 
 def for_objective(sampler: dict[str, Any], objective: str) -> dict[str, Any]:
-    """`sampler`, or for a model of `objective` flow when `sampler` follows the ᾱ path,
-    `flow_default` with `sampler`'s clipping and guidance: one sampler option serves a demo
+    """`sampler` when it follows the path of a model of `objective`, else that path's
+    `path_default` with `sampler`'s clipping and guidance: one sampler option serves a demo
     site's models of either path."""
     settings = component_settings("sampler", sampler)
-    if objective != FLOW or getattr(factory("sampler", settings["name"], "sampler"), "flow", False):
+    flow = objective == FLOW
+    if getattr(factory("sampler", settings["name"], "sampler"), "flow", False) == flow:
         return sampler
-    return {**flow_default(), **{k: settings[k] for k in DENOISER_SETTINGS if k in settings}}
+    kept = {key: settings[key] for key in DENOISER_SETTINGS if key in settings}
+    return {**path_default(flow), **kept}
 
 
 def autoguided(

@@ -66,9 +66,10 @@ def add_model(
 ) -> dict[str, str]:
     """Export one model (anything `pretrained=` takes) into `site/models/<id>/`, `sampler` as
     its starting settings, or the folder's recommended sampler where it has one and the
-    command's `overrides` choose none (`recommendation`), or a flow sampler for a flow model
-    (`for_objective`); with the guide the folder ships, for autoguidance as `sample` draws it
-    (`autoguided`); its entry of models.json."""
+    command's `overrides` choose none (`recommendation`), or its path's default when `sampler`
+    follows the other path (`for_objective`: a flow model and the ᾱ-path models share one);
+    with the guide the folder ships, for autoguidance as `sample` draws it (`autoguided`); its
+    entry of models.json."""
     identifier = model_id(pretrained)
     folder = model_folder(pretrained)
     module = load_folder(folder)
@@ -100,9 +101,10 @@ def build_site(
     runtime: dict[str, Path],
     overrides: Sequence[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim, ddpm or
-    consistency sampler config; each folder's own recommended sampler where the command's
-    `overrides` choose none) as its starting settings, and the `runtime` files
+    """Write the demo into `site`: the page, each of `models` with `sampler` (a ddim, ddpm,
+    consistency, flow_euler or flow_heun sampler config; each folder's own recommended sampler
+    where the command's `overrides` choose none, the other path's default where it cannot draw
+    the model) as its starting settings, and the `runtime` files
     (onnxruntime-web's, by name), announcing each stage; the new site replaces the old one
     whole (`replacing`). The entries of models.json."""
     identifiers = [model_id(name) for name in models]

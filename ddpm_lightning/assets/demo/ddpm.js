@@ -1,10 +1,11 @@
-// The demo page of ddpm_lightning: DDIM, DDPM and multistep consistency sampling of an exported
-// denoiser (model.onnx + model.json) with onnxruntime-web, in a Web Worker, and the page around
+// The demo page of ddpm_lightning: DDIM, DDPM, multistep consistency sampling and the flow
+// samplers of an exported denoiser (model.onnx + model.json) with onnxruntime-web, in a Web Worker, and the page around
 // it, with a drawing pad whose drawing the model completes, cleans up or refills.
 //
 // The sampler is a port of ddpm_lightning/diffusion/samplers.py (timestep_sequence,
 // Sampler.predict, Sampler.guidance_scale_at, DDIMSampler.step, DDPMSampler.step),
-// consistency_sampler.py (ConsistencySampler.steps and .step) and guidance.py
+// consistency_sampler.py (ConsistencySampler.steps and .step), flow_samplers.py
+// (FlowEulerSampler, FlowHeunSampler) and guidance.py
 // (guided_output, one call with γ for a student of distilled guidance), denoiser.py
 // (Denoiser.autoguided: a model folder's guide, exported as guide.onnx), the edits of
 // ddpm_lightning/editing (masks.py, inpaint.py, sdedit.py, the draws of sampling.py); for the
@@ -16,7 +17,8 @@
 
 const ORT_MODULE = './ort/ort.wasm.bundle.min.mjs';
 const NUM_SAMPLES = 8;
-// The first look the page generates on load: DDIM with at most this many steps.
+// The first look the page generates on load: DDIM (or the model's consistency or flow
+// sampler) with at most this many steps.
 const PREVIEW_STEPS = 10;
 // Tiles a row holds before the samples take two or more rows: one of each of 10 classes fits.
 const MAX_COLUMNS = 10;
@@ -174,8 +176,9 @@ function pathCoefficients(record, t) {
 /** σ_t, the noise level of x_t/a_t: √((1−ᾱ_t)/ᾱ_t), or s_t/(1 − s_t) on the flow path (∞ at
  * t = T−1), as Denoiser.sigma_values. */
 function noiseLevel(record, t) {
-  const [a, b] = pathCoefficients(record, t);
-  return b / a;
+  if (isFlow(record)) return flowTime(record, t) / (1 - flowTime(record, t));
+  const a = record.schedule.alphas_cumprod[t];
+  return Math.sqrt((1 - a) / a);
 }
 
 /** (x̂₀, ε̂) of x̂₀ at x_t: ε̂ = (x_t − a_t x̂₀)/b_t (Denoiser.eps_from_x0), x̂₀ clipped to
@@ -330,11 +333,13 @@ export function balancedLabels(n, numClasses) {
 export function visitedTimesteps(record, settings) {
   const T = record.num_timesteps;
   const alphasCumprod = record.schedule.alphas_cumprod;
+  // More steps than T visit each timestep once (step_count).
+  const n = Math.min(settings.num_steps, T);
   if (settings.name === 'ddpm') return Array.from({ length: T }, (_, i) => T - 1 - i);
-  if (FLOW_SAMPLERS.includes(settings.name)) return timestepSequence(alphasCumprod, settings.num_steps, 'uniform');
-  if (settings.name !== 'consistency') return timestepSequence(alphasCumprod, settings.num_steps, settings.spacing);
+  if (FLOW_SAMPLERS.includes(settings.name)) return timestepSequence(alphasCumprod, n, 'uniform');
+  if (settings.name !== 'consistency') return timestepSequence(alphasCumprod, n, settings.spacing);
   if (settings.timesteps?.length === settings.num_steps) return [...settings.timesteps];
-  return timestepSequence(alphasCumprod, settings.num_steps, settings.spacing ?? CONSISTENCY_SPACING);
+  return timestepSequence(alphasCumprod, n, settings.spacing ?? CONSISTENCY_SPACING);
 }
 
 /** (x̂₀, ε̂) of the network at x (n samples), timestep t, guided as `settings` say: away from
