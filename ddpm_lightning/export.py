@@ -36,10 +36,9 @@ from ddpm_lightning.sharing.pretrained import (
     chosen_folder,
     chosen_guide,
     guide_checkpoint,
-    load_guide,
     model_folder,
 )
-from ddpm_lightning.sharing.recommended import autoguided, recommendation
+from ddpm_lightning.sharing.recommended import guided_by, recommendation
 from ddpm_lightning.training.outputs import claimed
 
 FORMATS = ("folder", "diffusers", "onnx")
@@ -167,7 +166,7 @@ def written(files: dict[str, Path], format: str) -> str:
 def export_onnx(cfg: DictConfig) -> dict[str, Path]:
     """model.onnx and model.json of the model into `cfg.out_dir` (format=onnx), and guide.onnx
     of the guide the command chooses (`chosen_guide`), with autoguidance's sampler settings as
-    `sample` draws it (`autoguided`)."""
+    `sample` draws it (`guided_by`)."""
     if cfg.push_to_hub:
         raise ConfigError(
             f"push_to_hub={cfg.push_to_hub} uploads model folders: drop it or use format=folder"
@@ -179,9 +178,7 @@ def export_onnx(cfg: DictConfig) -> dict[str, Path]:
         module = build_module(hyper_parameters, state_dict, cfg.ckpt_path or cfg.pretrained)
         sampler = sampler_config(cfg, module.diffusion.objective.value)
         guide = chosen_guide(cfg.guide, folder)
-        if guide is not None:
-            module.guide = load_guide(guide, module)
-            sampler = autoguided(sampler, chosen_sampler(cfg), command_overrides() or [])
+        sampler = guided_by(module, guide, sampler, chosen_sampler(cfg), command_overrides() or [])
         files = write_onnx(out_dir, module, sampler)
         size = files["model.onnx"].stat().st_size / 2**20
         guided = "" if guide is None else f", autoguided by guide={guide}"

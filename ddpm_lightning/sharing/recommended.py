@@ -19,8 +19,9 @@ from ddpm_lightning.diffusion.guidance import AUTOGUIDANCE_INTERVAL
 from ddpm_lightning.settings.overrides import override_key
 from ddpm_lightning.sharing.folder import read_config
 from ddpm_lightning.sharing.learned import checkpoint_learned_sampler
-from ddpm_lightning.sharing.pretrained import model_folder
+from ddpm_lightning.sharing.pretrained import load_guide, model_folder
 from ddpm_lightning.training.drawing import Drawing
+from ddpm_lightning.training.module import DiffusionModule
 
 # What a flow model that recommends no sampler draws with (the ᾱ-path default cannot draw it):
 # Heun's 25 steps, 49 network calls as the default DDIM-50 makes 50 (flow samplers compared in
@@ -126,6 +127,22 @@ def autoguided(
     keys = sampler_keys(overrides)
     defaults = {"guidance_scale": None, "guidance_interval": AUTOGUIDANCE_INTERVAL}
     return {**sampler, **{k: chosen.get(k) if k in keys else v for k, v in defaults.items()}}
+
+
+def guided_by(
+    module: DiffusionModule,
+    guide: str | None,
+    sampler: dict[str, Any],
+    chosen: dict[str, Any],
+    overrides: Sequence[str],
+) -> dict[str, Any]:
+    """`sampler`, or with a `guide` (what `chosen_guide` names), that guide loaded into
+    `module` (`load_guide`) and the settings of autoguidance (`autoguided`): an exported model
+    draws as `sample` draws it."""
+    if guide is None:
+        return sampler
+    module.guide = load_guide(guide, module)
+    return autoguided(sampler, chosen, overrides)
 
 
 def with_recommended_sampler(

@@ -19,8 +19,8 @@ from ddpm_lightning.errors import ConfigError
 from ddpm_lightning.evaluation.fld import ASSETS_DIR
 from ddpm_lightning.sharing.folder import load_folder
 from ddpm_lightning.sharing.onnx import write_onnx
-from ddpm_lightning.sharing.pretrained import chosen_guide, load_guide, model_folder, shipped
-from ddpm_lightning.sharing.recommended import autoguided, for_objective, recommendation
+from ddpm_lightning.sharing.pretrained import chosen_guide, model_folder, shipped
+from ddpm_lightning.sharing.recommended import for_objective, guided_by, recommendation
 from ddpm_lightning.training.outputs import replacing
 
 PAGE_DIR = ASSETS_DIR / "demo"
@@ -68,7 +68,7 @@ def add_model(
     its starting settings, or the folder's recommended sampler where it has one and the
     command's `overrides` choose none (`recommendation`), or its path's default when `sampler`
     follows the other path (`for_objective`: a flow model and the ᾱ-path models share one);
-    with the guide the folder ships, for autoguidance as `sample` draws it (`autoguided`); its
+    with the guide the folder ships, for autoguidance as `sample` draws it (`guided_by`); its
     entry of models.json."""
     identifier = model_id(pretrained)
     folder = model_folder(pretrained)
@@ -77,10 +77,7 @@ def add_model(
     chosen = sampler
     recommended = recommendation(pretrained, None, sampler, overrides, objective)[0]
     sampler = recommended or for_objective(sampler, objective)
-    guide = chosen_guide(None, folder)
-    if guide is not None:
-        module.guide = load_guide(guide, module)
-        sampler = autoguided(sampler, chosen, overrides or [])
+    sampler = guided_by(module, chosen_guide(None, folder), sampler, chosen, overrides or [])
     write_onnx(site / MODELS_DIR / identifier, module, sampler, option="the demo")
     return {
         "id": identifier,
