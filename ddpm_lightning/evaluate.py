@@ -6,7 +6,8 @@ FLD with its bootstrap interval, KID with its standard error, precision, recall,
 coverage, the LeNet's predicted-label histogram (against uniform) and mean confidence, and the
 mean minimum distance to the class-mean images, each FLD printed beside its number of samples
 (and a shipped model's beside the FLD its folder records, each score beside its real-data floor
-when one is shipped). Writes metrics.json, label_histogram.png, report.md and report.png, as one
+when one is shipped). Writes metrics.json, label_histogram.png, report.md and report.png (and
+for a conditional model off_class.png, its samples the LeNet puts in another class), as one
 set that replaces that of an earlier run in `out_dir` whole. Images are drawn on the devices of
 `trainer` (one by default) and the files written once.
 
@@ -44,7 +45,8 @@ from ddpm_lightning.evaluation.floors import floor_for, labelled_images, real_im
 from ddpm_lightning.evaluation.intervals import across_seeds
 from ddpm_lightning.evaluation.likelihood import bits_per_dim
 from ddpm_lightning.evaluation.memorisation import memorisation
-from ddpm_lightning.evaluation.report import write_report
+from ddpm_lightning.evaluation.off_class import confusion, off_class
+from ddpm_lightning.evaluation.report import OFF_CLASS_PICTURE, write_report
 from ddpm_lightning.evaluation.scores import class_view, feature_scores
 from ddpm_lightning.evaluation.settings import metric_settings
 from ddpm_lightning.settings.overrides import command_overrides
@@ -66,6 +68,7 @@ EVALUATE_FILES = (
     "report.md",
     "report.png",
     "memorisation.png",
+    OFF_CLASS_PICTURE,
 )
 # The number of samples of the FLDs the docs and the shipped models report.
 COMPARABLE_SAMPLES = 10_000
@@ -245,12 +248,18 @@ def min_class_mean_distance(images: Tensor, class_means: Tensor) -> float:
 
 def requested_label_accuracy(predicted: Tensor, labels: Tensor, num_classes: int) -> dict:
     """Share of samples the LeNet assigns to the label they were generated for, overall and
-    per class (null for classes not requested)."""
+    per class (null for classes not requested); the requested × predicted counts and the
+    samples put in another class (`off_class`)."""
     hits = (predicted == labels).double()
     per_class = [
         hits[labels == c].mean().item() if (labels == c).any() else None for c in range(num_classes)
     ]
-    return {"requested_label_accuracy": hits.mean().item(), "per_class_accuracy": per_class}
+    return {
+        "requested_label_accuracy": hits.mean().item(),
+        "per_class_accuracy": per_class,
+        "confusion": confusion(predicted, labels, num_classes),
+        "off_class": off_class(predicted, labels),
+    }
 
 
 def check_scored_shape(images: Tensor, fld: FLD) -> None:

@@ -176,3 +176,28 @@ def test_evaluate_npz_with_labels_scores_them(tmp_path):
     assert metrics["requested_label_accuracy"] == expected
     assert metrics["per_class_accuracy"][4] == expected
     assert metrics["per_class_accuracy"][0] is None
+
+
+def test_evaluate_shows_the_samples_put_in_another_class(tmp_path):
+    images = np.zeros((30, 1, 32, 32), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "s.npz", images=images, labels=np.arange(30) % 10)
+    cfg = compose_config(
+        "evaluate",
+        [
+            f"samples={tmp_path / 's.npz'}",
+            "dataset=mnist",
+            f"out_dir={tmp_path}",
+            f"paths.output_dir={tmp_path}",
+        ],
+    )
+    metrics = evaluate(cfg)
+    # Identical images get one label, p: 3 of each class requested, 27 put in another class.
+    p = int(np.argmax(metrics["label_counts"]))
+    assert metrics["confusion"] == [[3 if got == p else 0 for got in range(10)] for _ in range(10)]
+    assert metrics["off_class"] == [[i, i % 10, p] for i in range(30) if i % 10 != p]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["confusion"] == metrics["confusion"] and len(saved["off_class"]) == 27
+    assert Image.open(tmp_path / "off_class.png").size == (2 * (8 * 34 + 2), 4 * (2 * 36 + 16))
+    report = (tmp_path / "report.md").read_text()
+    assert "puts 27 of 30 samples in another class" in report
+    assert f"{9 if p != 9 else 8}->{p}: 3" in report and "](off_class.png)" in report

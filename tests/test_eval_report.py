@@ -52,9 +52,12 @@ def test_noise_gets_an_interval_a_kid_and_low_precision(tmp_path, capsys):
     assert f"[{low:.4g}, {high:.4g}]" in fld_row and fld_row.rstrip("│ ").endswith(" 60")
     assert "KID (LeNet-5 features)" in printed and "precision (k=5)" in printed
     written = sorted(p.name for p in (tmp_path / "eval").iterdir() if p.is_file())
-    assert written == sorted(set(EVALUATE_FILES) - {"memorisation.png"}), "metric=fld"
+    unconditional = {"memorisation.png", "off_class.png"}
+    assert written == sorted(set(EVALUATE_FILES) - unconditional), "metric=fld, no labels"
+    assert "confusion" not in metrics and "off_class" not in metrics
     report = (tmp_path / "eval" / "report.md").read_text()
     assert f"{metrics['fld']:.4f}" in report and "precision (k = 5)" in report
+    assert "another class" not in report
     assert Image.open(tmp_path / "eval" / "report.png").size == (960, 260)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from ddpm_lightning.evaluation.off_class import off_class_picture
 from ddpm_lightning.evaluation.pictures import grid, to_pil
 
 # Images in the report's sample grid.
@@ -17,6 +18,9 @@ GRID_IMAGES = 64
 PANEL = (320, 260)
 BLUE, GREY = (60, 110, 200), (170, 170, 170)
 PRDC = ("precision", "recall", "density", "coverage")
+OFF_CLASS_PICTURE = "off_class.png"
+# Pairs of classes named in report.md's off-class section.
+COMMON_PAIRS = 5
 
 
 def bars(
@@ -209,11 +213,43 @@ def report_markdown(metrics: dict, floor: dict | None, picture: str = "report.pn
     return "\n".join(lines)
 
 
+def off_class_lines(metrics: dict, picture: Path | None) -> list[str]:
+    """report.md's section on the samples put in another class than requested: how many, the
+    most common requested->predicted pairs, and their picture; none for unconditional models."""
+    if "confusion" not in metrics:
+        return []
+    counts = metrics["confusion"]
+    pairs = sorted(
+        ((n, wanted, got) for wanted, row in enumerate(counts) for got, n in enumerate(row)),
+        reverse=True,
+    )
+    common = [f"{wanted}->{got}: {n:,}" for n, wanted, got in pairs if n and wanted != got]
+    found = len(metrics["off_class"])
+    lines = [
+        "## Samples put in another class",
+        "",
+        f"The LeNet puts {found:,} of {metrics['num_samples']:,} samples in another class than "
+        "the one they were drawn for (requested->predicted; metrics.json: `confusion`, "
+        "`off_class` with each one's index)"
+        + (f". Most common: {', '.join(common[:COMMON_PAIRS])}." if common else "."),
+        "",
+    ]
+    if picture is not None:
+        lines += [f"![samples put in another class]({picture.name})", ""]
+    return lines
+
+
 def write_report(folder: Path, metrics: dict, images: Tensor, floor: dict | None) -> list[Path]:
-    """Write report.md and report.png into `folder`; their paths."""
+    """Write report.md and report.png into `folder`, and for a conditional model with samples
+    put in another class, OFF_CLASS_PICTURE; their paths."""
     picture = report_picture(metrics, images, folder / "report.png")
-    text = report_markdown(metrics, floor, picture.name)
+    off = None
+    if metrics.get("off_class"):
+        off = off_class_picture(images, metrics["off_class"], folder / OFF_CLASS_PICTURE)
+    text = "\n".join(
+        [report_markdown(metrics, floor, picture.name), *off_class_lines(metrics, off)]
+    )
     # The memorisation check (evaluation/memorisation.py) adds its section and pairs here.
     markdown = folder / "report.md"
     markdown.write_text(text)
-    return [markdown, picture]
+    return [markdown, picture, *([off] if off else [])]
