@@ -157,19 +157,25 @@ def test_evaluate_reports_requested_label_accuracy(conditional, tmp_path):
     assert saved["sampler"]["guidance_interval"] == [0.3, 4.0]
 
 
-def test_evaluate_npz_with_labels_scores_them(tmp_path):
+def evaluate_black_images(tmp_path, labels):
+    """`evaluate` of 30 black MNIST-sized images drawn for `labels` (30,), from a samples.npz."""
     images = np.zeros((30, 1, 32, 32), dtype=np.uint8)
-    np.savez_compressed(tmp_path / "s.npz", images=images, labels=np.full(30, 4))
-    cfg = compose_config(
-        "evaluate",
-        [
-            f"samples={tmp_path / 's.npz'}",
-            "dataset=mnist",
-            f"out_dir={tmp_path}",
-            f"paths.output_dir={tmp_path}",
-        ],
+    np.savez_compressed(tmp_path / "s.npz", images=images, labels=labels)
+    return evaluate(
+        compose_config(
+            "evaluate",
+            [
+                f"samples={tmp_path / 's.npz'}",
+                "dataset=mnist",
+                f"out_dir={tmp_path}",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
     )
-    metrics = evaluate(cfg)
+
+
+def test_evaluate_npz_with_labels_scores_them(tmp_path):
+    metrics = evaluate_black_images(tmp_path, np.full(30, 4))
     predicted = int(np.argmax(metrics["label_counts"]))
     # All 30 images are identical (black), so the LeNet gives them one label.
     expected = 1.0 if predicted == 4 else 0.0
@@ -179,18 +185,7 @@ def test_evaluate_npz_with_labels_scores_them(tmp_path):
 
 
 def test_evaluate_shows_the_samples_put_in_another_class(tmp_path):
-    images = np.zeros((30, 1, 32, 32), dtype=np.uint8)
-    np.savez_compressed(tmp_path / "s.npz", images=images, labels=np.arange(30) % 10)
-    cfg = compose_config(
-        "evaluate",
-        [
-            f"samples={tmp_path / 's.npz'}",
-            "dataset=mnist",
-            f"out_dir={tmp_path}",
-            f"paths.output_dir={tmp_path}",
-        ],
-    )
-    metrics = evaluate(cfg)
+    metrics = evaluate_black_images(tmp_path, np.arange(30) % 10)
     # Identical images get one label, p: 3 of each class requested, 27 put in another class.
     p = int(np.argmax(metrics["label_counts"]))
     assert metrics["confusion"] == [[3 if got == p else 0 for got in range(10)] for _ in range(10)]
