@@ -56,8 +56,9 @@ from ddpm_lightning.sharing.recommended import with_recommended_sampler
 from ddpm_lightning.training.drawing import (
     Drawing,
     default_device,
-    draw_samples,
+    draw_checked_samples,
     samples_metadata,
+    with_check,
 )
 from ddpm_lightning.training.outputs import claimed, replacing
 from ddpm_lightning.training.preflight import check_sampling_request
@@ -146,6 +147,7 @@ PROVENANCE = (
     "seed",
     "sampler",
     "network_evaluations",
+    "self_check",
 )
 
 
@@ -210,11 +212,9 @@ def generate(
     sampler = module.make_sampler(make_sampler)
     check_sampling_request(module, sampler, num_samples, bool(cfg.force))
     labels = module.sample_labels(num_samples)
-    images, trainer = draw_samples(
-        drawing.trainer, module, make_sampler, num_samples, drawing.seed, labels
-    )
+    images, trainer, checked = draw_checked_samples(drawing, module, make_sampler, labels, cfg)
     metadata = samples_metadata(module, drawing.provenance, drawing.seed, drawing.sampler, sampler)
-    return images, labels, metadata, trainer
+    return images, labels, {**metadata, **with_check(checked)}, trainer
 
 
 def scored_dataset(cfg: DictConfig, recorded: str | None) -> str:
@@ -450,6 +450,11 @@ def print_table(
     if "requested_label_accuracy" in metrics:
         table.add_row(
             "samples classified as requested", f"{metrics['requested_label_accuracy']:.4f}"
+        )
+    if "self_check" in metrics:
+        table.add_row(
+            "drawn again by the self-check, per round",
+            " + ".join(f"{count:,}" for count in metrics["self_check"]["redrawn"]),
         )
     if shipped_record is not None:
         table.add_row(

@@ -42,7 +42,12 @@ from ddpm_lightning.evaluation.pictures import (
 from ddpm_lightning.settings.overrides import command_overrides
 from ddpm_lightning.sharing.pretrained import load_drawn
 from ddpm_lightning.sharing.recommended import with_recommended_sampler
-from ddpm_lightning.training.drawing import Drawing, draw_samples, samples_metadata
+from ddpm_lightning.training.drawing import (
+    Drawing,
+    draw_checked_samples,
+    samples_metadata,
+    with_check,
+)
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.outputs import Writer, claimed, write_outputs
 from ddpm_lightning.training.preflight import check_sampling_request
@@ -143,15 +148,15 @@ def draw_outputs(cfg: DictConfig) -> dict[str, Writer] | None:
         if points
         else ReverseProcessRecorder(len(sampler.steps()), cfg.gif_images, cfg.gif_frames)
     )
-    samples, trainer = draw_samples(
-        drawing.trainer, module, make_sampler, num_samples, drawing.seed, labels, recorder
+    samples, trainer, checked = draw_checked_samples(
+        drawing, module, make_sampler, labels, cfg, recorder
     )
     if not trainer.is_global_zero:
         return None
     if recorder is None:
         return point_outputs(samples)
     metadata = samples_metadata(module, drawing.provenance, drawing.seed, drawing.sampler, sampler)
-    outputs = image_outputs(samples, labels, metadata, recorder)
+    outputs = image_outputs(samples, labels, {**metadata, **with_check(checked)}, recorder)
     columns = int(cfg.same_noise_columns)
     if labels is not None and columns > 0:
         module.to(trainer.strategy.root_device)

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ddpm_lightning.components.defaults import kind_settings
 from ddpm_lightning.data.registry import DATASETS
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
+from ddpm_lightning.diffusion.self_check import self_check_settings
 from ddpm_lightning.distill.settings import METHODS
 from ddpm_lightning.editing import METHOD_SETTINGS
 from ddpm_lightning.editing.measure import measurement
@@ -243,6 +244,8 @@ DISTILL = {
 }
 # conf/evaluate.yaml's `metrics:`: what its signature declares (evaluation/settings.py).
 METRICS = {key: declared_spec(setting) for key, setting in declared(metric_settings).items()}
+# conf/sample.yaml's and conf/evaluate.yaml's `self_check:` (diffusion/self_check.py).
+SELF_CHECK = {key: declared_spec(setting) for key, setting in declared(self_check_settings).items()}
 # conf/edit/: the method and the settings its signature declares (ddpm_lightning/editing/);
 # inpaint and measurement declare resample_jumps and jump_length alike.
 EDIT = {
@@ -286,6 +289,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "out_dir": PATH,
         "gif_images": integer(1),
         "gif_frames": integer(1),
+        **mount("self_check", SELF_CHECK),
         **mount("trainer", TRAINER),
         **mount("paths", PATHS),
     },
@@ -307,6 +311,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         **mount("bpd", declared_table(bits_per_dim, "num_timesteps_sampled", "batch_size")),
         **mount("memorisation", declared_table(memorisation, "quantile", "max_shift")),
         **mount("metrics", METRICS),
+        **mount("self_check", SELF_CHECK),
         **mount("trainer", TRAINER),
         **mount("paths", PATHS),
     },

@@ -4,7 +4,7 @@ record of what made them (samples.npz's metadata, metrics.json)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +18,13 @@ from torch import Tensor
 from ddpm_lightning.components import build, component_settings
 from ddpm_lightning.diffusion.denoiser import Denoiser
 from ddpm_lightning.diffusion.samplers import Sampler, StepCallback
+from ddpm_lightning.diffusion.self_check import (
+    check_seed,
+    check_timesteps,
+    label_errors,
+    off_own_class,
+    self_check_settings,
+)
 from ddpm_lightning.errors import ConfigError, DataError
 from ddpm_lightning.training.module import DiffusionModule
 from ddpm_lightning.training.safety import find_last_checkpoint
@@ -143,13 +150,15 @@ def draw_samples(
     seed: int,
     labels: Tensor | None,
     callback: StepCallback | None = None,
+    first_index: int = 0,
 ) -> tuple[Tensor, L.Trainer]:
     """`num_samples` samples (N, *data_shape) of `module` with the sampler `make_sampler`
     builds and `seed`, drawn on the devices of the `trainer` config and gathered in order on
     every process (on the CPU), and the Trainer that drew them (its `global_rank` says which
-    process this is). Samples with NaN or infinite values stop here, before any file."""
+    process this is). Samples with NaN or infinite values stop here, before any file.
+    `first_index` numbers the samples from there (`ShardedSampling`)."""
     predictor = predict_trainer(trainer)
-    task = ShardedSampling(module, make_sampler, num_samples, seed, labels, callback)
+    task = ShardedSampling(module, make_sampler, num_samples, seed, labels, callback, first_index)
     predictor.predict(task, return_predictions=False)
     assert task.images is not None, "set by ShardedSampling.on_predict_epoch_end"
     bad = int((~torch.isfinite(task.images)).flatten(1).any(1).sum())
@@ -159,3 +168,73 @@ def draw_samples(
             "are damaged or its training diverged; nothing was written"
         )
     return task.images, predictor
+
+
+def draw_checked_samples(
+    drawing: Drawing,
+    module: DiffusionModule,
+    make_sampler: Callable[..., Sampler],
+    labels: Tensor | None,
+    settings: Mapping[str, Any],
+    callback: StepCallback | None = None,
+) -> tuple[Tensor, L.Trainer, dict[str, Any] | None]:
+    """`draw_samples` of len(labels) samples (`settings["num_samples"]` for an unconditional
+    model) on `drawing`'s devices and seed, then for a conditional model
+    `settings["self_check"]["rounds"]` rounds of drawing again the samples the model itself
+    puts in another class (`self_check_settings`; round r draws sample indices from r × N on),
+    and the record of the check (None when none ran): its settings, how many samples each round
+    checked and drew again."""
+    check = self_check_settings(**settings["self_check"])
+    num_samples = int(settings["num_samples"]) if labels is None else len(labels)
+    trainer, seed = drawing.trainer, drawing.seed
+    images, predictor = draw_samples(
+        trainer, module, make_sampler, num_samples, seed, labels, callback
+    )
+    classes = module.num_classes
+    if labels is None or classes is None or check["rounds"] == 0:
+        return images, predictor, None
+    images = images.clone()
+    timesteps = check_timesteps(module.diffusion.num_timesteps, check["num_levels"])
+    index = torch.arange(num_samples)
+    suspects = torch.arange(num_samples)
+    checked, redrawn = [], []
+    for round_ in range(1, check["rounds"] + 1):
+        seeds = [check_seed(seed, int(i)) for i in index[suspects]]
+        errors = label_errors(
+            module.model,
+            module.diffusion,
+            images[suspects],
+            classes,
+            timesteps,
+            seeds,
+            progress=predictor.is_global_zero,
+        )
+        off = suspects[off_own_class(errors, labels[suspects], check["margin"])]
+        checked.append(len(suspects))
+        redrawn.append(len(off))
+        if predictor.is_global_zero:
+            print(
+                f"self-check, round {round_} of {check['rounds']}: the model puts {len(off):,} "
+                f"of {len(suspects):,} samples in another class"
+                + ("; drawing them again" if len(off) else ""),
+                flush=True,
+            )
+        if not len(off):
+            break
+        images[off], _ = draw_samples(
+            trainer,
+            module,
+            make_sampler,
+            len(off),
+            seed,
+            labels[off],
+            first_index=round_ * num_samples,
+        )
+        index[off] = round_ * num_samples + torch.arange(len(off))
+        suspects = off
+    return images, predictor, {**check, "checked": checked, "redrawn": redrawn}
+
+
+def with_check(checked: dict[str, Any] | None) -> dict[str, Any]:
+    """The samples' metadata entry of a self-check's record (`draw_checked_samples`), if any."""
+    return {} if checked is None else {"self_check": checked}

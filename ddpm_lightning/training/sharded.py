@@ -24,6 +24,8 @@ class ShardedSampling(L.LightningModule):
 
     The sampler is built in `predict_step`, once the module sits on its device. `callback`
     (e.g. the reverse-process recorder) runs on the first process, which draws samples 0, 1, ….
+    `first_index` numbers the samples from there, so a second drawing with the same seed draws
+    other noise.
     """
 
     def __init__(
@@ -34,12 +36,14 @@ class ShardedSampling(L.LightningModule):
         seed: int,
         labels: Tensor | None = None,
         callback: StepCallback | None = None,
+        first_index: int = 0,
     ):
         super().__init__()
         self.module = module
         self.make_sampler = make_sampler
         self.num_samples, self.seed = int(num_samples), int(seed)
         self.labels, self.callback = labels, callback
+        self.first_index = int(first_index)
         self.drawn: Tensor | None = None
         self.images: Tensor | None = None
 
@@ -66,7 +70,7 @@ class ShardedSampling(L.LightningModule):
             self.seed,
             callback=self.callback if first else None,
             labels=labels,
-            indices=indices.tolist(),
+            indices=(indices + self.first_index).tolist(),
         )
         return self.drawn
 
