@@ -24,10 +24,12 @@ def shard(num_samples: int, rank: int, world_size: int) -> range:
     return range(min(rank * size, num_samples), min((rank + 1) * size, num_samples))
 
 
-def sample_seed(seed: int, index: int) -> int:
+def sample_seed(seed: int, index: int, *stream: int) -> int:
     """The 64-bit seed of sample `index` of a run seeded `seed` (NumPy's SeedSequence mixes the
-    pair, so (seed, i + 1) does not repeat (seed + 1, i))."""
-    (state,) = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)
+    pair, so (seed, i + 1) does not repeat (seed + 1, i)); a `stream` number gives the sample
+    other draws beside its own noise."""
+    entropy = [int(seed), int(index), *map(int, stream)]
+    (state,) = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
     return int(state)
 
 

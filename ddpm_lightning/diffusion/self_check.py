@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-import numpy as np
 import torch
 from rich.progress import track
 from torch import Tensor, nn
 
 from ddpm_lightning.diffusion.gaussian import GaussianDiffusion
+from ddpm_lightning.diffusion.noise import sample_seed
 from ddpm_lightning.settings import Range, checked
 
 
@@ -39,10 +39,9 @@ def check_timesteps(num_timesteps: int, num_levels: int) -> Tensor:
 
 
 def check_seed(seed: int, index: int) -> int:
-    """The 64-bit seed of the check's noise for sample `index` of a run seeded `seed`, apart
-    from the sample's own noise (`sample_seed`)."""
-    (state,) = np.random.SeedSequence([int(seed), int(index), 1]).generate_state(1, np.uint64)
-    return int(state)
+    """The 64-bit seed of the check's noise for sample `index` of a run seeded `seed`: stream 1
+    of `sample_seed`, apart from the sample's own noise."""
+    return sample_seed(seed, index, 1)
 
 
 def noised(
