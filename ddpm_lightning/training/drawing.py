@@ -195,11 +195,10 @@ def draw_checked_samples(
         return images, predictor, None
     images = images.clone()
     timesteps = check_timesteps(module.diffusion.num_timesteps, check["num_levels"])
-    index = torch.arange(num_samples)
-    suspects = torch.arange(num_samples)
+    suspects, first_index = torch.arange(num_samples), 0
     checked, redrawn = [], []
     for round_ in range(1, check["rounds"] + 1):
-        seeds = [check_seed(seed, int(i)) for i in index[suspects]]
+        seeds = [check_seed(seed, first_index + i) for i in range(len(suspects))]
         errors = label_errors(
             module.model,
             module.diffusion,
@@ -221,17 +220,10 @@ def draw_checked_samples(
             )
         if not len(off):
             break
+        suspects, first_index = off, round_ * num_samples
         images[off], _ = draw_samples(
-            trainer,
-            module,
-            make_sampler,
-            len(off),
-            seed,
-            labels[off],
-            first_index=round_ * num_samples,
+            trainer, module, make_sampler, len(off), seed, labels[off], first_index=first_index
         )
-        index[off] = round_ * num_samples + torch.arange(len(off))
-        suspects = off
     return images, predictor, {**check, "checked": checked, "redrawn": redrawn}
 
 
